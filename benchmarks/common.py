@@ -1,0 +1,69 @@
+"""What every benchmark shares: its command-line options and writing its three result files.
+
+Each benchmark writes ``docs/results/<name>.md`` (the table), ``<name>.json`` (the same rows as a list of objects)
+and ``<name>.png`` (the plot), each to a temporary file first and then renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every benchmark takes."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true", help="a run of a few minutes, on small settings (tests use it)")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the .md, .json and .png results")
+    p.add_argument("--data-root", type=Path, default=os.environ.get("COMPACTNN_DATA"),
+                   help="folder with the data set files (default: $COMPACTNN_DATA, then the loader's search order)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    return p
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A GitHub markdown table of ``rows`` over ``columns``; floats get 4 significant decimals."""
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, out: Path, rows: list[dict], columns: list[str], title: str, notes: str,
+                  plot: Callable[[Path], None]) -> None:
+    """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` under ``out``."""
+    command = "python " + " ".join([f"benchmarks/{name}.py", *sys.argv[1:]])
+    env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, {platform.python_version()}"
+    md = f"# {title}\n\nMade by `{command}` ({env}).\n\n{markdown_table(rows, columns)}\n\n{notes.strip()}\n\n![{name}]({name}.png)\n"
+    _atomic_write(out / f"{name}.md", lambda p: p.write_text(md))
+    _atomic_write(out / f"{name}.json", lambda p: p.write_text(json.dumps(rows, indent=1) + "\n"))
+    _atomic_write(out / f"{name}.png", plot)

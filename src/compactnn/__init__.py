@@ -1,0 +1,16 @@
+"""compactnn: make PyTorch models really smaller and faster.
+
+``compress(model, config, data=...)`` is the one verb; the config's class picks the method. See the README.
+"""
+
+from . import config, errors
+from .api import compress, list_methods, register_method
+
+__version__ = "0.1.0"
+
+try:  # the subpackages register their methods, models and data sets on import
+    from . import data, models, pack, prune, quantize, report, train  # noqa: F401
+except ImportError:  # pragma: no cover - only while the package is being assembled
+    pass
+
+__all__ = ["compress", "list_methods", "register_method", "config", "errors", "__version__"]

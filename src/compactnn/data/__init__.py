@@ -1,0 +1,22 @@
+"""Data sets as in-memory tensors: ``load(name) -> DataBundle`` with normalized float32 train and test sets.
+
+Names: ``digits`` (default; scikit-learn's bundled 8x8 digits, no files needed), ``fashion-mnist`` and ``mnist``
+(IDX files), ``cifar10`` (python pickle batches). File-based sets are searched for in ``root``, ``$COMPACTNN_DATA``,
+the Debian package folder and the user cache, and downloaded (checksum-verified) only when found nowhere; see
+:mod:`compactnn.data.fetch`. New families add a loader with :func:`register_dataset`.
+"""
+
+from .bundle import ArrayDataset, DataBundle, dataset_names, list_datasets, load, register_dataset
+from . import cifar, digits, idx  # noqa: F401  (register the built-in data sets)
+from .idx import read_idx, write_idx
+
+__all__ = [
+    "ArrayDataset",
+    "DataBundle",
+    "dataset_names",
+    "list_datasets",
+    "load",
+    "register_dataset",
+    "read_idx",
+    "write_idx",
+]

@@ -1,0 +1,183 @@
+"""Recipes: a YAML file that names the data, the model, its training and the compression stages.
+
+A recipe holds nothing that Python cannot say: each section is a dataclass and each stage is a method config::
+
+    data: {name: digits}
+    model: {name: lenet300}
+    train: {epochs: 30, lr: 0.1}
+    stages:
+      - {method: magnitude-prune, sparsity: 0.9, schedule: agp, finetune: {epochs: 10}}
+      - {method: kmeans-quantize, bits: 4}
+
+:func:`load_recipe` checks every key and type before any work starts; :func:`run` does the work and writes
+``model.cnz``, ``report.json``, ``report.md`` and ``report.png`` to the output folder, all at once at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import FineTune, MethodConfig, build, from_dict
+from .errors import ConfigError, OutputError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set to load; ``root`` overrides where its files are looked for."""
+
+    name: str = "digits"
+    root: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which registry model to build; ``args`` are passed to its factory."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Settings for training the reference model, as :func:`compactnn.train.fit` takes them."""
+
+    epochs: int = 10
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What the report measures besides sizes: latency at batch 1 and 256 (median of ``repeats`` runs)."""
+
+    latency: bool = True
+    repeats: int = 20
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole job. ``model`` is required; ``train`` may be null to compress an untrained model (smoke runs)."""
+
+    model: ModelSpec
+    data: DataSpec = DataSpec()
+    train: TrainSpec | None = TrainSpec()
+    stages: tuple[MethodConfig, ...] = ()
+    report: ReportSpec = ReportSpec()
+    seed: int = 0
+
+
+_INHERITED = ("optimizer", "schedule", "batch_size", "weight_decay")
+
+
+def _inherit_train(config: MethodConfig, train: TrainSpec | None) -> MethodConfig:
+    """Fill a stage's unset ``finetune`` fields (optimizer, schedule, batch size, weight decay) from ``train``."""
+    ft = getattr(config, "finetune", None)
+    if train is None or not isinstance(ft, FineTune):
+        return config
+    fills = {k: getattr(train, k) for k in _INHERITED if getattr(ft, k) is None}
+    return dataclasses.replace(config, finetune=dataclasses.replace(ft, **fills)) if fills else config
+
+
+def parse_recipe(values: Any, where: str = "recipe") -> Recipe:
+    """Build a :class:`Recipe` from parsed YAML, with one-line errors for every malformed part."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping with keys data, model, train, stages; got {values!r:.60}")
+    values = dict(values)
+    stages = values.pop("stages", [])
+    if not isinstance(stages, list):
+        raise ConfigError(f"{where}.stages: expected a list of {{method: ...}} mappings, got {stages!r:.60}")
+    recipe = build(Recipe, values, where)
+    configs = tuple(
+        _inherit_train(from_dict(s, f"{where}.stages[{i}]"), recipe.train) for i, s in enumerate(stages)
+    )
+    return dataclasses.replace(recipe, stages=configs)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and check a recipe file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"recipe {path} not found; give the path of a YAML recipe such as recipes/demo.yaml") from None
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise ConfigError(f"recipe {path} cannot be read as text: {err}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"recipe {path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+    return parse_recipe(values, where=path.name)
+
+
+def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse a non-empty output folder unless ``force``; done before any work starts."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise OutputError(f"output folder {out} exists and is not empty; choose another --out or pass --force")
+    return out
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Move the finished temporary folder ``tmp`` to ``out``, replacing what was there."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: bool | None = None) -> dict:
+    """Run ``recipe`` and write its outputs to ``out``. Returns the report as a dict (report.json's content)."""
+    import torch
+
+    from . import data as cn_data
+    from . import models, pack, report, train
+    from .api import compress
+
+    out = check_output_dir(out, force)
+    torch.manual_seed(recipe.seed)
+    bundle = cn_data.load(recipe.data.name, root=recipe.data.root)
+    model = models.create(recipe.model.name, data=bundle, **recipe.model.args)
+    if recipe.train is not None:
+        model = train.fit(model, bundle, seed=recipe.seed, quiet=quiet, **dataclasses.asdict(recipe.train))
+
+    latency = recipe.report.latency
+    before = report.summarize(model, bundle, latency=latency, name="baseline")
+    stages, current = [], model
+    for config in recipe.stages:
+        start = time.perf_counter()
+        current = compress(current, config, data=bundle)
+        seconds = time.perf_counter() - start
+        acc = train.evaluate(current, bundle)["accuracy"]
+        stages.append({"method": type(config).method, "seconds": round(seconds, 3), "accuracy": acc})
+    after = report.summarize(current, bundle, baseline=before, latency=latency, name="compressed")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        pack.save(current, tmp / "model.cnz")
+        result = after.write(tmp, stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
+        publish_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result
