@@ -1,0 +1,284 @@
+"""The ``.cnz`` container: save, load and inspect packed models. Never pickles.
+
+File layout (all integers little-endian)::
+
+    offset 0   8 bytes   magic  b"\\x89CNZ\\r\\n\\x1a\\n"
+           8   uint16    format version (1)
+          10   uint16    flags (0, reserved)
+          12   uint64    M = stored manifest length
+          20   32 bytes  SHA-256 of the stored manifest
+          52   M bytes   manifest: UTF-8 JSON, zstd-compressed
+        52+M   ...       tensor blobs, back to back (``manifest["data_bytes"]`` in total)
+
+Each blob is one tensor's codec payload, zstd-compressed (``zstandard``) when that makes it smaller. The manifest
+holds, per blob, its offset (from the start of the blob area), stored length, SHA-256 and zstd flag. Candidate codecs
+are ranked with a fast zstd level (3); the winner is then compressed at ``level``, except blobs that the fast pass
+shrinks by less than 20% (float mantissa noise), which get at most level 9: levels past 12 are 10-50x slower there
+and gain nothing (often lose a few bytes). The smallest of the tried outputs is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import tempfile
+
+import torch
+import zstandard
+from torch import nn
+
+from ..errors import OutputError, PackError
+from . import codecs, spec
+
+MAGIC = b"\x89CNZ\r\n\x1a\n"
+VERSION = 1
+_HEADER = struct.Struct("<8sHHQ32s")
+_MAX_MANIFEST = 1 << 28
+
+
+def _compress(payload: bytes, level: int) -> tuple[bytes, bool]:
+    if level == 0 or not payload:
+        return payload, False
+    fast = codecs.compressor(min(level, 3)).compress(payload)
+    best = fast
+    if level > 3:  # blobs the fast pass barely shrinks (float noise) gain nothing past level 9, slowly
+        structured = len(fast) < 0.8 * len(payload)
+        strong = codecs.compressor(level if structured else min(level, 9)).compress(payload)
+        best = min(fast, strong, key=len)
+    return (best, True) if len(best) < len(payload) else (payload, False)
+
+
+def _build(model: nn.Module, fp16: bool, level: int, metadata: dict | None = None) -> tuple[bytes, dict]:
+    if not isinstance(model, nn.Module):
+        raise PackError(f"save() needs an nn.Module, got {type(model).__name__}")
+    if not (isinstance(level, int) and 0 <= level <= 22):
+        raise PackError(f"zstd level must be an int in 0..22 (0 = no compression), got {level!r}")
+    root, refs = spec.describe(model)
+    entries, blobs, offset = {}, [], 0
+    for ref in refs:
+        t = ref["tensor"]
+        entry = {"codec": "alias", "shape": list(t.shape), "dtype": codecs.dtype_name(t.dtype), "bytes": 0,
+                 "raw_bytes": t.numel() * t.element_size(), "kind": ref["kind"], "persistent": ref["persistent"],
+                 "requires_grad": ref["requires_grad"]}
+        if ref["alias"] is not None:
+            entry["alias"] = ref["alias"]
+        else:
+            enc = codecs.encode_tensor(t, fp16=fp16)
+            stored, zipped = _compress(enc.payload, level)
+            meta = dict(enc.meta)
+            entry.update(codec=meta.pop("codec"), bytes=len(stored), offset=offset, zstd=zipped,
+                         payload_bytes=len(enc.payload), sha256=hashlib.sha256(stored).hexdigest(), meta=meta)
+            blobs.append(stored)
+            offset += len(stored)
+        entries[ref["name"]] = entry
+    manifest = {
+        "format": "cnz", "format_version": VERSION,
+        "compactnn_version": getattr(sys.modules.get("compactnn"), "__version__", "unknown"),
+        "torch_version": torch.__version__, "options": {"fp16": bool(fp16), "level": level},
+        "root": root, "tensors": entries, "data_bytes": offset, "metadata": dict(metadata or {}),
+    }
+    try:
+        text = json.dumps(manifest, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as err:
+        raise PackError(f"metadata must be JSON-safe (str, numbers, lists, dicts): {err}") from None
+    stored = codecs.compressor(max(level, 3)).compress(text)
+    header = _HEADER.pack(MAGIC, VERSION, 0, len(stored), hashlib.sha256(stored).digest())
+    return header + stored + b"".join(blobs), manifest
+
+
+def _summary(manifest: dict, path: str, file_bytes: int) -> dict:
+    return {**manifest, "path": path, "file_bytes": file_bytes,
+            "manifest_bytes": file_bytes - _HEADER.size - manifest["data_bytes"]}
+
+
+def save(model: nn.Module, path, *, fp16: bool = False, level: int = 19, metadata: dict | None = None) -> dict:
+    """Write ``model`` to a ``.cnz`` file atomically (temp file in the same folder, then ``os.replace``).
+
+    Args:
+        model: the module to save. Its classes must be allow-listed to load without a skeleton; its plain
+            attributes must be JSON-safe; parametrized or ``torch.nn.utils.prune``-d modules are refused.
+        path: destination file (str or PathLike); its folder must exist.
+        fp16: round float32/float64 tensors to fp16 (lossy, about half the size); default keeps every bit.
+        level: zstd level 1..22 for the blobs and manifest; 0 stores blobs uncompressed.
+        metadata: JSON-safe facts to keep beside the model (the CLI stores ``model``, ``data``, ``input_shape``);
+            :func:`inspect` returns them under ``"metadata"``.
+
+    Returns:
+        The manifest as :func:`inspect` returns it.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutputError(f"cannot write {path}: folder {folder} does not exist; create it first")
+    data, manifest = _build(model, fp16, level, metadata)  # fails before anything touches the disk
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return _summary(manifest, path, len(data))
+
+
+def tensor_bytes(model: nn.Module, *, fp16: bool = False, level: int = 19) -> dict[str, int]:
+    """Stored bytes per tensor, as :func:`save` stores them. Keys are state_dict keys; a tied tensor counts 0 after
+    its first key, and a module reachable at two paths is listed under its first path only.
+
+    Args:
+        model: the module.
+        fp16: as in :func:`save`.
+        level: as in :func:`save`.
+    """
+    _, manifest = _build(model, fp16, level)
+    return {name: e["bytes"] for name, e in manifest["tensors"].items()}
+
+
+def packed_size(model: nn.Module, *, fp16: bool = False, level: int = 19) -> int:
+    """Size in bytes of the file :func:`save` would write (what ``os.path.getsize`` reports), without writing it.
+
+    Args:
+        model: the module.
+        fp16: as in :func:`save`.
+        level: as in :func:`save`.
+    """
+    data, _ = _build(model, fp16, level)
+    return len(data)
+
+
+def _read(path) -> tuple[dict, memoryview, int]:
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise PackError(f"no such file: {path}; check the path") from None
+    except IsADirectoryError:
+        raise PackError(f"{path} is a folder, not a .cnz file") from None
+    except OSError as e:
+        raise PackError(f"cannot read {path}: {e.strerror}") from None
+    if len(raw) < _HEADER.size:
+        if raw[:8] == MAGIC[:len(raw[:8])]:
+            raise PackError(f"{path} is truncated ({len(raw)} bytes, the header alone needs {_HEADER.size})")
+        raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
+    magic, version, _flags, mlen, msha = _HEADER.unpack_from(raw)
+    if magic != MAGIC:
+        raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
+    if version != VERSION:
+        raise PackError(f"{path} uses .cnz format version {version}; this compactnn reads version {VERSION}, "
+                        f"upgrade compactnn")
+    end = _HEADER.size + mlen
+    if len(raw) < end:
+        raise PackError(f"{path} is truncated ({len(raw)} bytes, the manifest ends at byte {end})")
+    stored = raw[_HEADER.size:end]
+    if hashlib.sha256(stored).digest() != msha:
+        raise PackError(f"{path}: manifest checksum mismatch; the file is corrupted or was modified")
+    try:
+        size = zstandard.frame_content_size(stored)
+        if not 0 <= size <= _MAX_MANIFEST:
+            raise PackError(f"{path}: manifest size {size} is invalid; the file is corrupted")
+        manifest = json.loads(zstandard.ZstdDecompressor().decompress(stored))
+        data_bytes = manifest["data_bytes"]
+        if not (isinstance(manifest["tensors"], dict) and isinstance(manifest["root"], dict)
+                and isinstance(data_bytes, int)):
+            raise TypeError("bad manifest fields")
+    except (zstandard.ZstdError, ValueError, KeyError, TypeError) as e:
+        raise PackError(f"{path}: manifest is malformed ({type(e).__name__}); the file is corrupted") from None
+    data = memoryview(raw)[end:]
+    if len(data) < data_bytes:
+        raise PackError(f"{path} is truncated ({len(raw)} bytes, expected {end + data_bytes})")
+    if len(data) > data_bytes:
+        raise PackError(f"{path} has {len(data) - data_bytes} unexpected trailing bytes; the file is corrupted")
+    return manifest, data, mlen
+
+
+def _decode(name: str, entry: dict, data: memoryview) -> torch.Tensor:
+    codec = entry.get("codec")
+    if codec not in codecs.CODECS:
+        raise PackError(f"tensor {name!r} uses unknown codec {codec!r}; the file needs a newer compactnn "
+                        f"or is corrupted")
+    try:
+        offset, nbytes, zipped = int(entry["offset"]), int(entry["bytes"]), bool(entry["zstd"])
+        payload_bytes, digest = int(entry["payload_bytes"]), entry["sha256"]
+        meta = {"codec": codec, **entry["meta"]}
+    except (KeyError, TypeError, ValueError):
+        raise PackError(f"tensor {name!r} has a malformed manifest entry; the file is corrupted") from None
+    if offset < 0 or nbytes < 0 or offset + nbytes > len(data):
+        raise PackError(f"tensor {name!r} lies outside the data area; the file is corrupted")
+    blob = bytes(data[offset:offset + nbytes])
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise PackError(f"tensor {name!r}: checksum mismatch; the file is corrupted or was modified")
+    if zipped:
+        try:
+            if zstandard.frame_content_size(blob) != payload_bytes:
+                raise zstandard.ZstdError("frame size does not match the manifest")
+            blob = zstandard.ZstdDecompressor().decompress(blob)
+        except zstandard.ZstdError as e:
+            raise PackError(f"tensor {name!r}: cannot decompress ({e}); the file is corrupted") from None
+    if len(blob) != payload_bytes:
+        raise PackError(f"tensor {name!r}: payload is {len(blob)} bytes, expected {payload_bytes}; file is corrupted")
+    try:
+        return codecs.decode_tensor(meta, blob, entry["shape"], entry["dtype"])
+    except PackError as e:
+        raise PackError(f"tensor {name!r}: {e}") from None
+
+
+def load(path, model: nn.Module | None = None) -> nn.Module:
+    """Load a ``.cnz`` file written by :func:`save`. Checks every checksum; never unpickles.
+
+    Args:
+        path: the file (str or PathLike).
+        model: optional skeleton, needed only when the file holds module classes that are not allow-listed (your own
+            classes): such modules are taken from the skeleton at the same path (same class required) and refilled
+            in place with the saved attributes, children and tensors. Allow-listed modules are always rebuilt.
+
+    Returns:
+        The module, with the saved train/eval mode and ``requires_grad`` flags, on the CPU.
+    """
+    if model is not None and not isinstance(model, nn.Module):
+        raise PackError(f"load(model=...) needs an nn.Module skeleton, got {type(model).__name__}")
+    manifest, data, _ = _read(path)
+    tensors: dict[str, torch.Tensor] = {}
+    requires_grad: dict[str, bool] = {}
+    for name, entry in manifest["tensors"].items():
+        if not isinstance(entry, dict):
+            raise PackError(f"tensor {name!r} has a malformed manifest entry; the file is corrupted")
+        if entry.get("codec") == "alias":
+            if entry.get("alias") not in tensors:
+                raise PackError(f"tensor {name!r} aliases unknown tensor {entry.get('alias')!r}; file is corrupted")
+            tensors[name] = tensors[entry["alias"]]
+        else:
+            tensors[name] = _decode(name, entry, data)
+        requires_grad[name] = bool(entry.get("requires_grad", False))
+    spec.import_registering()
+    return spec.rebuild(manifest["root"], tensors, requires_grad, skeleton=model)
+
+
+def inspect(path) -> dict:
+    """Read a ``.cnz`` file's manifest (checks the header, the manifest checksum and the file length; blobs are not
+    decoded).
+
+    Args:
+        path: the file (str or PathLike).
+
+    Returns:
+        The manifest dict with keys ``format`` ("cnz"), ``format_version``, ``compactnn_version``,
+        ``torch_version``, ``options`` ({"fp16", "level"}), ``root`` (module spec tree, see
+        :mod:`compactnn.pack.spec`), ``data_bytes`` (blob area size), ``metadata`` (as given to :func:`save`), ``tensors``, plus ``path``, ``file_bytes``
+        (``os.path.getsize``) and ``manifest_bytes`` (stored manifest size). ``tensors`` maps each state_dict key to
+        ``{"codec", "shape", "dtype", "bytes" (stored bytes in the file), "raw_bytes" (numel * element size),
+        "kind" ("parameter"/"buffer"), "persistent", "requires_grad"}`` and, for a blob, ``offset``, ``zstd``,
+        ``payload_bytes``, ``sha256`` and ``meta`` (codec details); a tied tensor has codec ``"alias"``, 0 bytes and
+        ``alias`` naming the first key.
+    """
+    manifest, data, mlen = _read(path)
+    return _summary(manifest, os.fspath(path), _HEADER.size + mlen + len(data))
