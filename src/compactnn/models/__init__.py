@@ -1,0 +1,12 @@
+"""Model zoo: ``create(name, data=...)`` builds a registered architecture (timm-style registry).
+
+Names: ``lenet300``, ``lenet5``, ``resnet20``, ``resnet32``, ``resnet56``, ``vgg-small``. See ``list_models()``.
+"""
+
+from .lenet import LeNet5, LeNet300
+from .registry import check_input_shape, create, describe_models, list_models, register_model
+from .resnet import Add, BasicBlock, ResNet
+from .vgg import VGG, VGG_SMALL
+
+__all__ = ["create", "list_models", "describe_models", "register_model", "check_input_shape",
+           "LeNet300", "LeNet5", "ResNet", "BasicBlock", "Add", "VGG", "VGG_SMALL"]
