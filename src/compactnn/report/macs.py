@@ -1,0 +1,135 @@
+"""Count multiply-accumulates (MACs) by running the real module once, with forward hooks.
+
+What is counted (the MACs of one forward pass at batch 1):
+
+- ``nn.Linear``: ``in_features * out_features`` per input row; an input with more than 2 dims counts every position
+  (``output.numel() * in_features``).
+- ``nn.Conv1d/2d/3d``: ``output.numel() * (in_channels / groups) * prod(kernel_size)`` (stride, padding and
+  dilation act through the output size).
+- ``nn.ConvTranspose1d/2d/3d``: every input element is scattered to ``(out_channels / groups) * prod(kernel_size)``
+  outputs, so ``input.numel() * (out_channels / groups) * prod(kernel_size)``.
+- Any module whose class defines ``macs(self, input, output) -> int`` (``input`` is the tuple of positional inputs,
+  as forward hooks receive it) is asked instead; its submodules are then not counted again.
+- Everything else counts 0: normalization, activations, pooling, embeddings, and layers that compute with their
+  weights functionally (``nn.MultiheadAttention``, RNNs) unless they define ``macs``.
+
+Only products with weights are counted. Zero (pruned) weights still count: the number is what a dense kernel does.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, ModelError
+
+
+def _has_macs_method(module: nn.Module) -> bool:
+    return callable(getattr(type(module), "macs", None))
+
+
+def layer_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module, bool]]:
+    """Yield ``(name, module, whole_subtree)`` for every layer of ``model``, in ``named_modules()`` order.
+
+    A layer is a module that owns parameters directly (``Linear``, ``Conv2d``, ``BatchNorm2d``...), or a module
+    whose class defines ``macs``; such a module stands for its whole subtree (``whole_subtree=True``: its
+    parameters are all those below it) and its descendants are not listed.
+    """
+    folded: list[str] = []
+    for name, module in model.named_modules():
+        if any(name == f or name.startswith(f + ".") or f == "" for f in folded):
+            continue
+        if _has_macs_method(module):
+            folded.append(name)
+            yield name, module, True
+        elif any(True for _ in module.parameters(recurse=False)):
+            yield name, module, False
+
+
+def _conv_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    kernel = math.prod(module.kernel_size)
+    if isinstance(module, nn.modules.conv._ConvTransposeNd):
+        return inputs[0].numel() * (module.out_channels // module.groups) * kernel
+    return output.numel() * (module.in_channels // module.groups) * kernel
+
+
+def module_macs(module: nn.Module, inputs: tuple, output) -> int:
+    """MACs of one call of ``module`` given the inputs and output its forward hook saw (see the module docstring)."""
+    if _has_macs_method(module):
+        return int(module.macs(inputs, output))
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, (nn.modules.conv._ConvNd)):
+        return _conv_macs(module, inputs, output)
+    return 0
+
+
+def example_input(model: nn.Module, input_shape, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
+    """A random float input of shape ``(batch_size, *input_shape)`` on the device and float dtype of ``model``.
+
+    Raises ConfigError if ``input_shape`` is not a tuple of positive ints.
+    """
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(s <= 0 for s in shape) or list(shape) != list(input_shape):
+        raise ConfigError(f"input_shape must be a tuple of positive ints like (1, 28, 28), got {input_shape!r}")
+    device, dtype = torch.device("cpu"), torch.float32
+    for t in list(model.parameters()) + list(model.buffers()):
+        device = t.device
+        if t.is_floating_point():
+            dtype = t.dtype
+            break
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((batch_size, *shape), generator=gen).to(device=device, dtype=dtype)
+
+
+def run_forward(model: nn.Module, x: torch.Tensor):
+    """Run ``model(x)`` with ModelError (one line) instead of the raw error when the input does not fit."""
+    try:
+        return model(x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelError(
+            f"model forward failed on an input of shape {tuple(x.shape)} ({first}); "
+            "pass the input_shape (C, H, W) the model was built for"
+        ) from err
+
+
+def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
+    """MACs of one forward pass at batch 1, per layer (see :func:`layer_modules`), measured with forward hooks.
+
+    Args:
+        model: the module to measure. It is run once in eval mode under ``torch.inference_mode``; the train/eval
+            flag of every submodule is restored afterwards.
+        input_shape: the shape of one example without the batch dim, e.g. the data's ``(C, H, W)``.
+
+    Returns:
+        ``{layer_name: macs}`` for every layer; a layer called several times sums its calls, a layer never called
+        counts 0. Layers with no weight products (``BatchNorm``...) count 0. Sum the values for the model's total.
+    """
+    x = example_input(model, input_shape)
+    counts: dict[str, int] = {}
+    handles = []
+    for name, module, _ in layer_modules(model):
+        counts[name] = 0
+
+        def hook(mod, inputs, output, _name=name):
+            counts[_name] += module_macs(mod, inputs, output)
+
+        handles.append(module.register_forward_hook(hook))
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.inference_mode():
+            run_forward(model, x)
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return counts

@@ -1,0 +1,46 @@
+"""measure_latency: positive medians, restored state, bad arguments."""
+
+import pytest
+import torch
+from torch import nn
+
+from compactnn.errors import ConfigError
+from compactnn.report import measure_latency
+
+
+def _model():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_positive_median_for_each_batch_size():
+    out = measure_latency(_model(), (1, 8, 8), repeats=5, warmup=1)
+    assert list(out) == [1, 256]
+    assert all(isinstance(v, float) and v > 0 for v in out.values())
+
+
+def test_restores_mode_and_threads():
+    model = _model().train()
+    model[2].eval()
+    before = torch.get_num_threads()
+    measure_latency(model, (1, 8, 8), batch_sizes=(2,), repeats=2, warmup=0, threads=1)
+    assert torch.get_num_threads() == before
+    assert model.training and model[1].training and not model[2].training
+
+
+def test_runs_in_eval_and_inference_mode():
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append((self.training, torch.is_inference_mode_enabled(), x.shape[0]))
+            return x
+
+    measure_latency(Probe().train(), (3,), batch_sizes=(4,), repeats=3, warmup=2)
+    assert seen == [(False, True, 4)] * 5
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_sizes": (0,)}, {"batch_sizes": ()}, {"repeats": 0},
+                                    {"warmup": -1}, {"threads": 0}])
+def test_bad_arguments(kwargs):
+    with pytest.raises(ConfigError):
+        measure_latency(_model(), (1, 8, 8), **kwargs)
