@@ -142,7 +142,7 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
 
     tables = {
         "methods": api.list_methods,
-        "models": lambda: {name: models.describe(name) for name in models.list_models()},
+        "models": models.describe_models,
         "datasets": data.list_datasets,
     }
     if what != "all" and what not in tables:

@@ -174,10 +174,12 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        pack.save(current, tmp / "model.cnz")
-        result = after.write(tmp, stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
+        meta = {"model": recipe.model.name, "data": recipe.data.name, "input_shape": list(bundle.input_shape)}
+        pack.save(current, tmp / "model.cnz", metadata=meta)
+        after.totals["packed_bytes"] = os.path.getsize(tmp / "model.cnz")  # the file as written, metadata included
+        after.write(tmp, stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return result
+    return after.to_dict(stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
