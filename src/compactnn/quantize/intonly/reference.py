@@ -1,0 +1,347 @@
+"""Plain NumPy int64 reference kernels of the integer-only model (Jacob et al., CVPR 2018; TFLite uint8 kernels).
+
+This is the definition of the integer model: given integer codes and precomputed integer parameters (zero points,
+``(M0, shift)`` multipliers from :mod:`.qparams`), every kernel uses integer NumPy operations only, no float op.
+Activations are uint8 (asymmetric, zero point Z), weights int8 symmetric (zero point 0), biases int32 with scale
+``s_in·s_w``. Requantization is :func:`.fixedpoint.requantize` (TFLite's default double-rounding requantizer).
+
+Int32 overflow of an accumulator is undefined behaviour in TFLite; here it raises instead of wrapping silently.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from compactnn.errors import ModelError
+
+from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
+
+__all__ = ["add", "avg_pool2d", "clamp", "concat", "conv2d", "conv2d_acc", "linear", "linear_acc", "max_pool2d"]
+
+
+# ------------------------------------------------------------------------------------------------------------- checks
+
+
+def _arr(a, name: str, dtype, ndim: int | None = None) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.dtype(dtype):
+        raise ModelError(f"{name} must have dtype {np.dtype(dtype)}, got {a.dtype}; quantize it first")
+    if ndim is not None and a.ndim != ndim:
+        raise ModelError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    return a
+
+
+def _code(v, name: str, lo: int = 0, hi: int = 255) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= int(v) <= hi:
+        raise ModelError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+def _range(qmin, qmax, lo: int = 0, hi: int = 255) -> tuple[int, int]:
+    qmin, qmax = _code(qmin, "qmin", lo, hi), _code(qmax, "qmax", lo, hi)
+    if qmin > qmax:
+        raise ModelError(f"need qmin <= qmax, got qmin={qmin}, qmax={qmax}")
+    return qmin, qmax
+
+
+def _bias(q_b, n_out: int) -> np.ndarray:
+    if q_b is None:
+        return np.zeros(n_out, dtype=np.int64)
+    b = _arr(q_b, "q_b", np.int32, 1)
+    if b.shape[0] != n_out:
+        raise ModelError(f"q_b must have {n_out} entries (one per output channel), got {b.shape[0]}")
+    return b.astype(np.int64)
+
+
+def _int32(acc: np.ndarray, what: str) -> np.ndarray:
+    if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
+        raise ModelError(f"{what} overflows int32; reduce the layer's fan-in or the bias")
+    return acc
+
+
+def _pair(v, name: str, lo: int) -> tuple[int, int]:
+    p = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
+    if len(p) != 2 or not all(isinstance(i, (int, np.integer)) and i >= lo for i in p):
+        raise ModelError(f"{name} must be an int >= {lo} or a pair of them, got {v!r}")
+    return int(p[0]), int(p[1])
+
+
+# ------------------------------------------------------------------------------------------------------------- layers
+
+
+def linear_acc(q_x, z_x: int, q_w, q_b=None) -> np.ndarray:
+    """int32 accumulators of a quantized linear layer: ``Σ_k (q_x − Z_x)·q_w + q_b`` (weights symmetric, Z_w = 0).
+
+    Args:
+        q_x: uint8 input ``(N, K)``.
+        z_x: input zero point in [0, 255].
+        q_w: int8 weight ``(O, K)``.
+        q_b: int32 bias ``(O,)`` or None.
+
+    Returns:
+        int64 array ``(N, O)`` of int32 values.
+    """
+    x, w = _arr(q_x, "q_x", np.uint8, 2), _arr(q_w, "q_w", np.int8, 2)
+    if x.shape[1] != w.shape[1]:
+        raise ModelError(f"q_x has {x.shape[1]} features but q_w expects {w.shape[1]}")
+    acc = (x.astype(np.int64) - _code(z_x, "z_x")) @ w.astype(np.int64).T + _bias(q_b, w.shape[0])
+    return _int32(acc, "the linear accumulator")
+
+
+def linear(q_x, z_x: int, q_w, q_b, M0, shift, z_y: int, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Quantized linear layer: :func:`linear_acc`, then requantize to uint8.
+
+    Args:
+        q_x: uint8 input ``(N, K)``.
+        z_x: input zero point.
+        q_w: int8 weight ``(O, K)``.
+        q_b: int32 bias ``(O,)`` or None.
+        M0: multiplier of ``s_x·s_w/s_y``, scalar or per output channel ``(O,)``.
+        shift: its shift (positive = left), scalar or ``(O,)``.
+        z_y: output zero point.
+        qmin: lowest output code (fused activation, see :func:`.qparams.relu_range`).
+        qmax: highest output code.
+
+    Returns:
+        uint8 array ``(N, O)``.
+    """
+    qmin, qmax = _range(qmin, qmax)
+    acc = linear_acc(q_x, z_x, q_w, q_b)
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax, axis=1).astype(np.uint8)
+
+
+def conv2d_acc(q_x, z_x: int, q_w, q_b=None, stride=1, padding=0, dilation=1, groups: int = 1) -> np.ndarray:
+    """int32 accumulators of a quantized 2-D convolution (PyTorch geometry); padding uses Z_x, i.e. real 0.
+
+    Args:
+        q_x: uint8 input ``(N, C, H, W)``.
+        z_x: input zero point.
+        q_w: int8 weight ``(O, C/groups, kh, kw)``.
+        q_b: int32 bias ``(O,)`` or None.
+        stride: int or (sh, sw).
+        padding: int or (ph, pw), added on both sides.
+        dilation: int or (dh, dw).
+        groups: channel groups (``groups == C == O`` is depthwise).
+
+    Returns:
+        int64 array ``(N, O, Ho, Wo)`` of int32 values.
+    """
+    x, w = _arr(q_x, "q_x", np.uint8, 4), _arr(q_w, "q_w", np.int8, 4)
+    z_x = _code(z_x, "z_x")
+    n, c, _, _ = x.shape
+    o, cg, kh, kw = w.shape
+    if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or c // groups != cg:
+        raise ModelError(f"groups={groups!r} does not fit input channels {c} and weight shape {w.shape}")
+    sh, sw = _pair(stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    dh, dw = _pair(dilation, "dilation", 1)
+    b = _bias(q_b, o)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=z_x).astype(np.int64) - z_x
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    if xp.shape[2] < eh or xp.shape[3] < ew:
+        raise ModelError(f"input {x.shape[2:]} (padded {xp.shape[2:]}) is smaller than the dilated kernel {(eh, ew)}")
+    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw]  # (N, C, Ho, Wo, kh, kw)
+    ho, wo = win.shape[2], win.shape[3]
+    win = win.reshape(n, groups, cg, ho, wo, kh, kw)
+    wg = w.astype(np.int64).reshape(groups, o // groups, cg, kh, kw)
+    parts = [np.tensordot(win[:, g], wg[g], axes=([1, 4, 5], [1, 2, 3])) for g in range(groups)]  # (N, Ho, Wo, O/g)
+    acc = np.concatenate(parts, axis=3).transpose(0, 3, 1, 2) + b.reshape(1, o, 1, 1)
+    return _int32(np.ascontiguousarray(acc), "the conv2d accumulator")
+
+
+def conv2d(q_x, z_x: int, q_w, q_b, M0, shift, z_y: int, stride=1, padding=0, dilation=1, groups: int = 1,
+           qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Quantized 2-D convolution: :func:`conv2d_acc`, then requantize (per output channel along axis 1) to uint8.
+
+    Args:
+        q_x: uint8 input ``(N, C, H, W)``.
+        z_x: input zero point (also the padding value).
+        q_w: int8 weight ``(O, C/groups, kh, kw)``.
+        q_b: int32 bias ``(O,)`` or None.
+        M0: multiplier of ``s_x·s_w/s_y``, scalar or ``(O,)``.
+        shift: its shift (positive = left), scalar or ``(O,)``.
+        z_y: output zero point.
+        stride: int or pair.
+        padding: int or pair.
+        dilation: int or pair.
+        groups: channel groups.
+        qmin: lowest output code (fused activation).
+        qmax: highest output code.
+
+    Returns:
+        uint8 array ``(N, O, Ho, Wo)``.
+    """
+    qmin, qmax = _range(qmin, qmax)
+    acc = conv2d_acc(q_x, z_x, q_w, q_b, stride, padding, dilation, groups)
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax, axis=1).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------------------- pools
+
+
+def _pool_geometry(q, kernel, stride, padding):
+    a = np.asarray(q)
+    if a.dtype not in (np.uint8, np.int8) or a.ndim != 4:
+        raise ModelError(f"pooling needs a uint8 or int8 (N, C, H, W) array, got {a.dtype} {a.shape}")
+    k = _pair(kernel, "kernel", 1)
+    s = k if stride is None else _pair(stride, "stride", 1)
+    p = _pair(padding, "padding", 0)
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ModelError(f"padding {p} must be at most half the kernel {k}")
+    if a.shape[2] + 2 * p[0] < k[0] or a.shape[3] + 2 * p[1] < k[1]:
+        raise ModelError(f"input {a.shape[2:]} is smaller than the pooling kernel {k}")
+    return a, k, s, p
+
+
+def max_pool2d(q, kernel, stride=None, padding=0) -> np.ndarray:
+    """Max pooling on codes (the map q → S(q − Z) is increasing, so no requantization); padding is ignored.
+
+    Args:
+        q: uint8 or int8 ``(N, C, H, W)``.
+        kernel: int or (kh, kw).
+        stride: int or pair; defaults to ``kernel``.
+        padding: int or pair, at most half the kernel (padded cells take the dtype minimum, so never win).
+
+    Returns:
+        array of the input dtype.
+    """
+    a, k, s, p = _pool_geometry(q, kernel, stride, padding)
+    fill = np.iinfo(a.dtype).min
+    ap = np.pad(a, ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1])), constant_values=fill)
+    return sliding_window_view(ap, k, axis=(2, 3))[:, :, :: s[0], :: s[1]].max(axis=(4, 5))
+
+
+def avg_pool2d(q, kernel, stride=None, padding=0, qmin: int | None = None, qmax: int | None = None) -> np.ndarray:
+    """Average pooling with TFLite's integer rounding of the mean.
+
+    TFLite's uint8 ``AveragePool`` computes ``(sum + count/2) / count`` (C division; the sum is non-negative, so
+    this rounds half up). Its int8 kernel uses ``(sum − count/2) / count`` for negative sums, i.e. half away from
+    zero; both are implemented. ``count`` is the number of in-bounds cells (padding excluded, as TFLite).
+
+    Args:
+        q: uint8 or int8 ``(N, C, H, W)``.
+        kernel: int or (kh, kw).
+        stride: int or pair; defaults to ``kernel``.
+        padding: int or pair, at most half the kernel; padded cells are left out of sum and count.
+        qmin: lowest output code (defaults to the dtype minimum).
+        qmax: highest output code (defaults to the dtype maximum).
+
+    Returns:
+        array of the input dtype.
+    """
+    a, k, s, p = _pool_geometry(q, kernel, stride, padding)
+    info = np.iinfo(a.dtype)
+    qmin, qmax = _range(info.min if qmin is None else qmin, info.max if qmax is None else qmax, info.min, info.max)
+    pad = ((0, 0), (0, 0), (p[0], p[0]), (p[1], p[1]))
+    ap = np.pad(a.astype(np.int64), pad)
+    ones = np.pad(np.ones(a.shape[2:], dtype=np.int64), pad[2:])
+    total = sliding_window_view(ap, k, axis=(2, 3))[:, :, :: s[0], :: s[1]].sum(axis=(4, 5))
+    count = sliding_window_view(ones, k)[:: s[0], :: s[1]].sum(axis=(2, 3))
+    mean = np.sign(total) * ((np.abs(total) + count // 2) // count)
+    return np.clip(mean, qmin, qmax).astype(a.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------------- others
+
+
+def add(q1, z1: int, M0_1: int, shift_1: int, q2, z2: int, M0_2: int, shift_2: int, z_y: int, M0_y: int,
+        shift_y: int, left_shift: int = 20, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Quantized elementwise add, exactly as TFLite's uint8 ``AddElementwise``.
+
+    ``x_i = (q_i − Z_i)·2^left_shift``; ``s_i = MBQM(x_i, M0_i, shift_i)``;
+    ``y = clamp(MBQM(s_1 + s_2, M0_y, shift_y) + Z_y, qmin, qmax)``. Get the multipliers from
+    :func:`.qparams.add_multipliers`. Inputs broadcast as NumPy does.
+
+    Args:
+        q1: uint8 first input.
+        z1: its zero point.
+        M0_1: its multiplier.
+        shift_1: its shift.
+        q2: uint8 second input.
+        z2: its zero point.
+        M0_2: its multiplier.
+        shift_2: its shift.
+        z_y: output zero point.
+        M0_y: output multiplier.
+        shift_y: output shift.
+        left_shift: input left shift in [0, 23] (20 in TFLite for 8-bit).
+        qmin: lowest output code (fused activation).
+        qmax: highest output code.
+
+    Returns:
+        uint8 array of the broadcast shape.
+    """
+    a, b = _arr(q1, "q1", np.uint8), _arr(q2, "q2", np.uint8)
+    qmin, qmax = _range(qmin, qmax)
+    ls = _code(left_shift, "left_shift", 0, 23)  # (255 · 2^23) still fits in int32
+    x1 = (a.astype(np.int64) - _code(z1, "z1")) << ls
+    x2 = (b.astype(np.int64) - _code(z2, "z2")) << ls
+    raw = multiply_by_quantized_multiplier(x1, M0_1, shift_1) + multiply_by_quantized_multiplier(x2, M0_2, shift_2)
+    _int32(raw, "the add's rescaled sum")
+    return requantize(raw, M0_y, shift_y, _code(z_y, "z_y"), qmin, qmax).astype(np.uint8)
+
+
+def concat(inputs, zero_points, multipliers, z_y: int, axis: int = 1, left_shift: int = 20, qmin: int = 0,
+           qmax: int = 255) -> np.ndarray:
+    """Concatenate uint8 tensors into one output scale, requantizing each input with integers only.
+
+    TFLite passes inputs with the output's (scale, zero point) through unchanged (``multipliers[i] is None``) and
+    otherwise requantizes; its reference does that in float (``round(q·s_i/s_y + bias)``). Here, integer-only, and
+    like Add for precision: ``clamp(Z_y + MBQM((q − Z_i)·2^L, M0_i, shift_i − L))`` with ``(M0_i, shift_i)`` the
+    multiplier of ``s_i/s_y`` (:func:`.qparams.concat_multipliers`), ``L = min(left_shift, shift_i + 31)`` so that the
+    right shift stays <= 31. The result is ``round((q − Z_i)·s_i/s_y)`` except at the rare near-ties that the
+    two-step rounding moves.
+
+    Args:
+        inputs: uint8 arrays with equal shapes except along ``axis``.
+        zero_points: their zero points.
+        multipliers: per input, ``(M0, shift)`` or None (pass-through; needs ``Z_i == z_y``).
+        z_y: output zero point.
+        axis: concatenation axis.
+        left_shift: precision left shift in [0, 23].
+        qmin: lowest output code.
+        qmax: highest output code.
+
+    Returns:
+        uint8 array.
+    """
+    inputs, zero_points, multipliers = list(inputs), list(zero_points), list(multipliers)
+    if not inputs or not len(inputs) == len(zero_points) == len(multipliers):
+        raise ModelError("concat needs one zero point and one multiplier (or None) per input, and >= 1 input")
+    qmin, qmax = _range(qmin, qmax)
+    z_y, ls = _code(z_y, "z_y"), _code(left_shift, "left_shift", 0, 23)
+    parts = []
+    for i, (q, z, m) in enumerate(zip(inputs, zero_points, multipliers)):
+        a, z = _arr(q, f"inputs[{i}]", np.uint8), _code(z, f"zero_points[{i}]")
+        if m is None:
+            if z != z_y:
+                raise ModelError(f"inputs[{i}] passes through (multiplier None) but its zero point {z} != z_y {z_y}")
+            parts.append(np.clip(a, qmin, qmax))
+            continue
+        m0, sh = int(m[0]), int(m[1])
+        if sh < -31:
+            raise ModelError(f"multipliers[{i}] has shift {sh} < -31; build it with quantize_multiplier")
+        L = min(ls, sh + 31)
+        y = multiply_by_quantized_multiplier((a.astype(np.int64) - z) << L, m0, sh - L) + z_y
+        parts.append(np.clip(y, qmin, qmax).astype(np.uint8))
+    try:
+        return np.concatenate(parts, axis=axis)
+    except ValueError as err:
+        raise ModelError(f"concat inputs do not fit along axis {axis}: {err}") from None
+
+
+def clamp(q, qmin: int, qmax: int) -> np.ndarray:
+    """Clamp codes to a fused-activation range (see :func:`.qparams.relu_range`); keeps the dtype.
+
+    Args:
+        q: integer array.
+        qmin: lowest code.
+        qmax: highest code.
+    """
+    a = np.asarray(q)
+    if a.dtype.kind not in "iu":
+        raise ModelError(f"clamp needs an integer array, got {a.dtype}")
+    info = np.iinfo(a.dtype)
+    qmin, qmax = _range(qmin, qmax, info.min, info.max)
+    return np.clip(a, qmin, qmax).astype(a.dtype)
