@@ -1,0 +1,20 @@
+"""Tensor decompositions: factorized layers that replace dense ``nn.Linear`` / ``nn.Conv2d`` / LSTM input maps.
+
+- :mod:`.tensor_ring`: Tensor Ring Nets (Wang et al., CVPR 2018): :class:`TRLinear`, :class:`TRConv2d`, plus the
+  ring helpers :func:`merge_cores` (balanced pairwise merge), :func:`ring_to_tensor`, :func:`tree_merge_macs`.
+- :mod:`.block_term`: Block-Term RNNs (Ye et al., CVPR 2018): :class:`BTLinear`, :class:`BTLSTM`, :class:`BTGRU`.
+- :mod:`.shapes`: :func:`suggest_modes` (balanced factorization of a feature count), :func:`check_modes`,
+  :func:`check_ranks`.
+
+Every layer has ``full_weight()`` (the dense weight it stands for, laid out like the torch layer's) and
+``macs(input, output)`` (what its real forward path multiplies, used by :func:`compactnn.report.count_macs`).
+"""
+
+from .block_term import BTGRU, BTLSTM, BTLinear
+from .shapes import check_modes, check_ranks, suggest_modes
+from .tensor_ring import TRConv2d, TRLinear, merge_cores, ring_sigma, ring_to_tensor, tree_merge_macs
+
+__all__ = [
+    "BTGRU", "BTLSTM", "BTLinear", "TRConv2d", "TRLinear",
+    "check_modes", "check_ranks", "merge_cores", "ring_sigma", "ring_to_tensor", "suggest_modes", "tree_merge_macs",
+]
