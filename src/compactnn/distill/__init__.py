@@ -1,0 +1,1 @@
+"""Distillation (knowledge distillation, IDN, PAD-Net). Not implemented yet."""

@@ -1,0 +1,1 @@
+"""Product quantization (biresolution spectral PQ). Not implemented yet."""
