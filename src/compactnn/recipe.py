@@ -161,7 +161,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
         model = train.fit(model, bundle, seed=recipe.seed, quiet=quiet, **dataclasses.asdict(recipe.train))
 
     latency = recipe.report.latency
-    before = report.summarize(model, bundle, latency=latency, name="baseline")
+    before = report.summarize(model, bundle, latency=latency, name=recipe.model.name)
     stages, current = [], model
     for config in recipe.stages:
         start = time.perf_counter()
@@ -169,7 +169,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
         seconds = time.perf_counter() - start
         acc = train.evaluate(current, bundle)["accuracy"]
         stages.append({"method": type(config).method, "seconds": round(seconds, 3), "accuracy": acc})
-    after = report.summarize(current, bundle, baseline=before, latency=latency, name="compressed")
+    after = report.summarize(current, bundle, baseline=before, latency=latency, name=recipe.model.name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

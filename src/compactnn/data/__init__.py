@@ -8,6 +8,7 @@ the Debian package folder and the user cache, and downloaded (checksum-verified)
 
 from .bundle import ArrayDataset, DataBundle, dataset_names, list_datasets, load, register_dataset
 from . import cifar, digits, idx  # noqa: F401  (register the built-in data sets)
+from . import moving  # noqa: F401  (registers moving-fashion-mnist)
 from .idx import read_idx, write_idx
 
 __all__ = [
