@@ -151,3 +151,47 @@ def test_subprocess_exit_code_and_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: unknown method 'shrink'")
     assert "Traceback" not in proc.stderr
+
+
+class NotPackable(torch.nn.Module):
+    """A user's own class: not on the allow-list, so loading it needs a skeleton."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_cnz_with_unknown_codec_or_foreign_class_at_the_cli(tmp_path, capsys):
+    from cnz_forge import rewrite_manifest
+
+    path = tmp_path / "codec.cnz"
+    pack.save(torch.nn.Sequential(torch.nn.Linear(4, 2)), path)
+    rewrite_manifest(path, lambda m: m["tensors"]["0.weight"].update(codec="bogus"))
+    assert "unknown codec 'bogus'" in error_line(capsys, cli("report", str(path)))
+    path = tmp_path / "foreign.cnz"
+    pack.save(NotPackable(), path)
+    assert "not on the allow-list" in error_line(capsys, cli("eval", str(path)))
+
+
+@pytest.mark.parametrize("damage", ["magic", "truncated"])
+def test_bad_idx_files_at_the_cli(tmp_path, recipe_file, capsys, damage):
+    from compactnn.data.idx import write_idx
+    import numpy as np
+
+    root = tmp_path / "fm"
+    root.mkdir()
+    names = {"train-images-idx3-ubyte": np.zeros((20, 28, 28), np.uint8), "train-labels-idx1-ubyte": np.zeros(20, np.uint8),
+             "t10k-images-idx3-ubyte": np.zeros((10, 28, 28), np.uint8), "t10k-labels-idx1-ubyte": np.zeros(10, np.uint8)}
+    for name, array in names.items():
+        write_idx(root / name, array)
+    bad = root / "train-images-idx3-ubyte"
+    raw = bad.read_bytes()
+    bad.write_bytes(b"\x00\x00\x09\x03" + raw[4:] if damage == "magic" else raw[: len(raw) - 100])
+    text = f"model: {{name: lenet300}}\ndata: {{name: fashion-mnist, root: {root}}}\ntrain: null\n"
+    line = error_line(capsys, cli("run", recipe_file(text), "--out", str(tmp_path / "o")))
+    assert "train-images-idx3-ubyte" in line
+    assert ("magic" in line) if damage == "magic" else ("truncated" in line or "expected" in line)
+    assert not (tmp_path / "o").exists()

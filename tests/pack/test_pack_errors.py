@@ -1,13 +1,10 @@
 """Error paths of save/load/inspect: each raises a one-line PackError (or OutputError) and leaves no partial file."""
 
-import hashlib
-import json
 import os
 import struct
 
 import pytest
 import torch
-import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -16,8 +13,8 @@ from torch.nn.utils import parametrize, prune
 from compactnn import pack
 from compactnn.errors import OutputError, PackError
 from compactnn.pack import container
+from cnz_forge import HEADER, manifest_span, rewrite_manifest
 
-HEADER = struct.Struct("<8sHHQ32s")
 
 
 def small_model():
@@ -39,20 +36,6 @@ def load_fails(path, match, **kw):
     return str(err.value)
 
 
-def manifest_span(raw):
-    return HEADER.size, HEADER.size + HEADER.unpack_from(raw)[3]
-
-
-def rewrite_manifest(path, edit):
-    """Apply ``edit`` to the decoded manifest and write it back with valid checksums (a forged file)."""
-    raw = path.read_bytes()
-    start, end = manifest_span(raw)
-    manifest = json.loads(zstandard.ZstdDecompressor().decompress(raw[start:end]))
-    edit(manifest)
-    stored = zstandard.ZstdCompressor().compress(json.dumps(manifest).encode())
-    magic, version, flags, _, _ = HEADER.unpack_from(raw)
-    head = HEADER.pack(magic, version, flags, len(stored), hashlib.sha256(stored).digest())
-    path.write_bytes(head + stored + raw[end:])
 
 
 def test_missing_file_names_the_path(tmp_path):
