@@ -8,9 +8,7 @@ from .api import compress, list_methods, register_method
 
 __version__ = "0.1.0"
 
-try:  # the subpackages register their methods, models and data sets on import
-    from . import data, models, pack, prune, quantize, report, train  # noqa: F401
-except ImportError:  # pragma: no cover - only while the package is being assembled
-    pass
+# the subpackages register their methods, models and data sets on import
+from . import data, decompose, models, pack, prune, quantize, report, train  # noqa: E402,F401
 
 __all__ = ["compress", "list_methods", "register_method", "config", "errors", "__version__"]
