@@ -195,3 +195,16 @@ def test_bad_idx_files_at_the_cli(tmp_path, recipe_file, capsys, damage):
     assert "train-images-idx3-ubyte" in line
     assert ("magic" in line) if damage == "magic" else ("truncated" in line or "expected" in line)
     assert not (tmp_path / "o").exists()
+
+
+def test_sensitivity_command_writes_csv_and_plot(tmp_path, capsys):
+    from compactnn import models
+
+    path = tmp_path / "m.cnz"
+    pack.save(models.create("lenet300", data=cn_data.load("digits")), path)
+    assert cli("sensitivity", str(path), "--out", str(tmp_path / "s"), "--levels", "0.5,0.9", "--quiet") == 0
+    csv = (tmp_path / "s" / "sensitivity.csv").read_text().splitlines()
+    assert len(csv) == 1 + 3 * 3  # header, then 3 layers x (the unpruned reference + 2 levels)
+    assert (tmp_path / "s" / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "--levels" in error_line(capsys, cli("sensitivity", str(path), "--out", str(tmp_path / "t"), "--levels", "a,b"))
+    assert "[0, 1)" in error_line(capsys, cli("sensitivity", str(path), "--out", str(tmp_path / "u"), "--levels", "1.5"))

@@ -135,6 +135,47 @@ def report(
     console.print(f"file size: {file.stat().st_size:,} bytes")
 
 
+@app.command()
+def export(
+    file: Path = typer.Argument(..., help="a packed integer-only model (.cnz) from the integer-only method"),
+    out: Path = typer.Argument(..., help="the ONNX file to write"),
+    exact: bool = typer.Option(False, "--exact", help="plain integer ONNX ops: bit-exact in ONNX Runtime, slower"),
+    force: bool = typer.Option(False, "--force", help="replace an existing output file"),
+) -> None:
+    """Export an integer-only model to ONNX: QOperator ops (QLinearConv, QGemm, QLinearAdd) or, with --exact,
+    the same fixed-point program in integer ops."""
+    from .quantize.intonly.export import export_file
+
+    if out.exists() and not force:
+        raise OutputError(f"{out} exists; choose another output or pass --force")
+    export_file(file, out, mode="exact" if exact else "qoperator")
+    console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+
+
+@app.command()
+def sensitivity(
+    file: Path = typer.Argument(..., help="a packed model (.cnz)"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for sensitivity.csv and sensitivity.png"),
+    data: str = typer.Option("digits", help="data set whose test split is scored"),
+    data_root: Optional[Path] = typer.Option(None, help="folder holding the data set's files"),
+    levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="comma-separated fractions pruned"),
+    layers: Optional[str] = typer.Option(None, help="comma-separated layer name patterns (default: all)"),
+    structured: bool = typer.Option(False, "--structured", help="prune whole filters instead of single weights"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Prune each layer alone at a sweep of levels, without retraining, and plot accuracy against sparsity."""
+    from .prune.sensitivity import run_sensitivity_cli
+
+    try:
+        fractions = [float(v) for v in levels.split(",") if v.strip()]
+    except ValueError:
+        raise CompactnnError(f"--levels must be comma-separated numbers in [0, 1), got {levels!r}") from None
+    result = run_sensitivity_cli(file, data, out, fractions, data_root=data_root,
+                                 layers=layers.split(",") if layers else None, structured=structured,
+                                 quiet=True if quiet else None)
+    console.print(f"wrote {result['csv']} and {result['png']} ({len(result['rows'])} rows)")
+
+
 @app.command("list")
 def list_(what: str = typer.Argument("all", help="methods, models, datasets or all")) -> None:
     """List the registered methods, models and data sets."""

@@ -1,0 +1,283 @@
+"""NISP: Neuron Importance Score Propagation (Yu et al., CVPR 2018), with channels removed physically.
+
+1. **Final response layer (FRL) importance by Inf-FS** (Roffo et al. 2015) over the FRL responses (the input
+   features of the last Linear) on a subset of the training set: ``A_ij = alpha*max(sigma_i, sigma_j) +
+   (1 - alpha)*(1 - |Spearman_ij|)``, ``r = 0.9 / rho(A)``, ``S = (I - rA)^-1 - I``, score ``= S @ 1``.
+   ``alpha = 0.5`` is **unverified** (the paper does not give it). Our choices: ``sigma`` is the per-feature std
+   (ddof 1), and the matrix ``max(sigma_i, sigma_j)`` is min-max normalized to [0, 1]; a constant feature's
+   undefined correlation term counts 0 (fully redundant). Spearman = Pearson on ranks (``scipy.stats.rankdata``).
+2. **Backward propagation** ``s_k = |W_{k+1}|^T s_{k+1}`` (biases ignored), on per-position score maps:
+   Linear ``s @ |W|``; Conv ``conv_transpose2d(s, |W|)`` with the conv's stride/padding/dilation/groups; BN scales
+   by ``|gamma / sqrt(var + eps)|`` (**our choice**, the paper does not say); activations and dropout pass; average
+   pooling is linear (its adjoint); max pooling spreads each score uniformly over its window (**unverified**: the
+   adjoint of the matching average pool); flatten reshapes; an add gives its score to both inputs (so a shared input
+   sums both paths); cat splits.
+3. **Pruning.** A channel's score is its producer's output score map summed over positions; groups tied by residual
+   adds sum their producers' scores. The lowest scores go at a per-group ratio, :func:`.surgery.prune_channels`
+   removes them, and :func:`compactnn.layers.run_finetune` fine-tunes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.stats import rankdata
+from torch import Tensor, fx, nn
+
+from ..api import register_method
+from ..config import FineTune, MethodConfig, check
+from ..errors import ModelError
+from ..layers import require_data, run_finetune
+from ..models.resnet import Add
+from .graph import ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, DependencyGraph
+from .surgery import check_ratio, keep_by_scores, prune_channels, resolve_ratios
+
+
+@dataclasses.dataclass(frozen=True)
+class NISP(MethodConfig):
+    """NISP structured pruning with physical channel removal.
+
+    Args:
+        ratio: fraction of channels/neurons removed in every prunable group (a float in [0, 1)), or
+            ``{layer pattern: ratio}`` (fnmatch over Conv/Linear names; groups matched by no key are not pruned).
+            Residual groups are pruned together, ranked by their summed score.
+        alpha: Inf-FS mix of the std term and the correlation term, in [0, 1] (0.5, unverified).
+        samples: training examples whose final-response-layer features feed Inf-FS (at least 2).
+        finetune: fine-tuning after the channels are removed (``None`` = prune only); its lr defaults to 0.01.
+    """
+
+    method = "nisp"
+    description = "NISP (Yu et al. 2018): Inf-FS importance propagated back; channels removed for real, fine-tuned"
+
+    ratio: float | dict[str, float]
+    alpha: float = 0.5
+    samples: int = 1000
+    finetune: FineTune | None = FineTune()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ratio, Mapping):
+            check(len(self.ratio) > 0, "nisp: ratio mapping is empty; give {layer pattern: ratio} or one float")
+            for key, value in self.ratio.items():
+                check_ratio(value, f"nisp: ratio[{key!r}]")
+        else:
+            check_ratio(self.ratio, "nisp: ratio")
+        check(isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0,
+              f"nisp: alpha must be in [0, 1], got {self.alpha!r}")
+        check(isinstance(self.samples, int) and self.samples >= 2,
+              f"nisp: samples must be an int >= 2 (examples for Inf-FS), got {self.samples!r}")
+
+
+def spearman(x: np.ndarray) -> np.ndarray:
+    """Spearman correlation matrix of the columns of ``x`` (N, d): Pearson correlation of average ranks.
+
+    Columns with no variance give NaN rows/columns.
+    """
+    ranks = rankdata(np.asarray(x, dtype=np.float64), axis=0)
+    ranks = ranks - ranks.mean(0)
+    norm = np.sqrt((ranks**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ranks.T @ ranks) / np.outer(norm, norm)
+
+
+def inf_fs(x: np.ndarray, alpha: float = 0.5, factor: float = 0.9) -> np.ndarray:
+    """Inf-FS feature scores of the columns of ``x`` (N samples, d features); higher = more important.
+
+    Args:
+        x: responses, one row per example.
+        alpha: weight of the std term (``1 - alpha`` weights ``1 - |Spearman|``).
+        factor: ``r = factor / rho(A)`` (0.9 in Inf-FS), so the series ``sum (rA)^k`` converges.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ModelError(f"Inf-FS needs a 2-D array of at least 2 samples, got shape {x.shape}")
+    std = x.std(0, ddof=1)
+    sig = np.maximum.outer(std, std)
+    sig = sig - sig.min()
+    if sig.max() > 0:
+        sig = sig / sig.max()
+    corr = 1.0 - np.abs(spearman(x))
+    corr[np.isnan(corr)] = 0.0
+    a = alpha * sig + (1.0 - alpha) * corr
+    rho = float(np.max(np.abs(np.linalg.eigvalsh(a))))
+    d = a.shape[0]
+    if rho == 0.0:
+        return np.zeros(d)
+    s = np.linalg.inv(np.eye(d) - (factor / rho) * a) - np.eye(d)
+    return s.sum(1)
+
+
+def _adjoint(fn, in_shape: tuple[int, ...], s: Tensor) -> Tensor:
+    """``J^T s`` of the linear map ``fn`` at an input of ``in_shape`` (autograd VJP)."""
+    x = torch.zeros(in_shape, dtype=s.dtype, requires_grad=True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(fn(x), x, grad_outputs=s)
+    return grad
+
+
+def _pool_args(node: fx.Node, names: tuple[str, ...], defaults: tuple) -> list:
+    vals = list(node.args[1:]) + [None] * len(names)
+    return [node.kwargs.get(n, vals[i] if vals[i] is not None else defaults[i]) for i, n in enumerate(names)]
+
+
+def _uniform_pool(mod_or_node: Any, dims: int, in_shape, s: Tensor) -> Tensor:
+    """Max pooling spreads each score uniformly over its window: the adjoint of the matching average pool."""
+    avg = F.avg_pool1d if dims == 1 else F.avg_pool2d
+    if isinstance(mod_or_node, nn.Module):
+        k, st, p, dil, ceil = (mod_or_node.kernel_size, mod_or_node.stride, mod_or_node.padding,
+                               mod_or_node.dilation, mod_or_node.ceil_mode)
+    else:
+        k, st, p, dil, ceil = _pool_args(mod_or_node, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"),
+                                         (None, None, 0, 1, False))
+    if any(d != 1 for d in np.atleast_1d(dil)):
+        raise ModelError("NISP: max pooling with dilation is not supported; use dilation=1")
+    return _adjoint(lambda x: avg(x, k, st or k, p, ceil_mode=ceil, count_include_pad=False), in_shape, s)
+
+
+def _conv_adjoint(mod: nn.Module, in_shape, s: Tensor) -> Tensor:
+    w = mod.weight.detach().abs().to(s.dtype)
+    if isinstance(mod.padding, str):  # 'same'/'valid': let autograd find the transposed conv
+        fn = F.conv1d if isinstance(mod, nn.Conv1d) else F.conv2d
+        return _adjoint(lambda x: fn(x, w, None, mod.stride, mod.padding, mod.dilation, mod.groups), in_shape, s)
+    spatial = in_shape[2:]
+    out_pad = [spatial[i] - ((s.shape[2 + i] - 1) * mod.stride[i] - 2 * mod.padding[i]
+                             + mod.dilation[i] * (mod.kernel_size[i] - 1) + 1) for i in range(len(spatial))]
+    fn = F.conv_transpose1d if isinstance(mod, nn.Conv1d) else F.conv_transpose2d
+    return fn(s, w, None, mod.stride, mod.padding, tuple(out_pad), mod.groups, mod.dilation)
+
+
+def _module_rule(mod: nn.Module, in_shape, s: Tensor) -> Tensor:
+    if isinstance(mod, nn.Linear):
+        return s @ mod.weight.detach().abs().to(s.dtype)
+    if isinstance(mod, CONV):
+        return _conv_adjoint(mod, in_shape, s)
+    if isinstance(mod, NORM):
+        var = mod.running_var if mod.running_var is not None else torch.ones(s.shape[1])
+        gamma = mod.weight.detach() if mod.affine else torch.ones_like(var)
+        scale = (gamma / torch.sqrt(var + mod.eps)).abs().to(s.dtype)
+        return s * scale.reshape(1, -1, *([1] * (s.dim() - 2)))
+    if isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d)):
+        return _uniform_pool(mod, 1 if isinstance(mod, nn.MaxPool1d) else 2, in_shape, s)
+    if isinstance(mod, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
+        avg = F.adaptive_avg_pool1d if isinstance(mod, nn.AdaptiveMaxPool1d) else F.adaptive_avg_pool2d
+        return _adjoint(lambda x: avg(x, mod.output_size), in_shape, s)
+    if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)):
+        return _adjoint(mod, in_shape, s)
+    if isinstance(mod, nn.Flatten):
+        return s.reshape(in_shape)
+    return s  # activations, dropout, identity
+
+
+def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str, Tensor]:
+    """Propagate ``score`` (one per feature of node ``start``) backwards; returns ``{node name: score map}``.
+
+    Each map has the node's shape at batch 1 (float64). Nodes that do not feed ``start`` get no entry.
+    """
+    shape = graph.shape(start)
+    scores: dict[str, Tensor] = {start.name: score.detach().double().reshape(shape)}
+    modules = dict(graph.gm.named_modules())
+    nodes = list(graph.gm.graph.nodes)
+    for node in reversed(nodes[: nodes.index(start) + 1]):
+        s = scores.get(node.name)
+        if s is None or node.op in ("placeholder", "get_attr"):
+            continue
+        args = [a for a in node.all_input_nodes if a.name in graph.node_ids]
+        if not args:
+            continue
+        shapes = [graph.shape(a) for a in args]
+        target = node.target
+        if node.op == "call_module":
+            mod = modules[target]
+            outs = [s] * len(args) if isinstance(mod, Add) else [_module_rule(mod, shapes[0], s)]
+        elif target in ADD_FUNCTIONS or target == "add":
+            outs = [s] * len(args)
+        elif target in CAT_FUNCTIONS:
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) % s.dim()
+            outs = list(torch.split(s, [sh[dim] for sh in shapes], dim=dim))
+        elif target in (torch.flatten, "view", "reshape", "flatten"):
+            outs = [s.reshape(shapes[0])]
+        elif target in (F.max_pool1d, F.max_pool2d):
+            outs = [_uniform_pool(node, 1 if target is F.max_pool1d else 2, shapes[0], s)]
+        elif target in (F.adaptive_max_pool1d, F.adaptive_max_pool2d):
+            avg = F.adaptive_avg_pool1d if target is F.adaptive_max_pool1d else F.adaptive_avg_pool2d
+            size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+            outs = [_adjoint(lambda x: avg(x, size), shapes[0], s)]
+        elif target in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+            outs = [_adjoint(lambda x: target(x, *node.args[1:], **node.kwargs), shapes[0], s)]
+        else:
+            outs = [s]  # elementwise ops the graph lets pass
+        for arg, out in zip(args, outs):
+            out = out.reshape(graph.shape(arg))
+            scores[arg.name] = scores[arg.name] + out if arg.name in scores else out
+    return scores
+
+
+def final_response_node(graph: DependencyGraph) -> tuple[str, fx.Node]:
+    """The last Linear (the classifier) and the node feeding it (the final response layer)."""
+    modules = dict(graph.gm.named_modules())
+    last = [n for n in graph.gm.graph.nodes if n.op == "call_module" and isinstance(modules[n.target], nn.Linear)]
+    if not last:
+        raise ModelError("NISP needs a final nn.Linear classifier to find the final response layer; the model has "
+                         "no Linear layer")
+    node = last[-1]
+    return str(node.target), node.all_input_nodes[0]
+
+
+def responses(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) -> np.ndarray:
+    """Inputs of module ``layer`` (flattened per example) for the examples ``x``, in eval mode, as (N, d)."""
+    mod = dict(model.named_modules())[layer]
+    seen: list[Tensor] = []
+    handle = mod.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().flatten(1).cpu()))
+    modes = {m: m.training for m in model.modules()}
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size].to(device))
+    finally:
+        handle.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return torch.cat(seen).double().numpy()
+
+
+def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: float = 0.5) -> dict[str, Tensor]:
+    """NISP score of every channel of every prunable group: ``{group name: scores over group.roots}``.
+
+    Args:
+        model: the model ``graph`` was built from.
+        graph: its dependency graph.
+        x: training inputs whose final-response features feed Inf-FS.
+        alpha: Inf-FS mix (see :func:`inf_fs`).
+    """
+    classifier, frl = final_response_node(graph)
+    frl_score = torch.from_numpy(inf_fs(responses(model, classifier, x), alpha))
+    node_scores = propagate(graph, frl, frl_score)
+    per_layer: dict[str, Tensor] = {}
+    for node in graph.gm.graph.nodes:
+        if node.op == "call_module" and node.name in node_scores and str(node.target) in graph.layers:
+            s = node_scores[node.name]
+            ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
+            name = str(node.target)
+            per_layer[name] = per_layer[name] + ch if name in per_layer else ch
+    return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
+
+
+@register_method(NISP)
+def nisp(model: nn.Module, config: NISP, data: Any = None) -> nn.Module:
+    """Score channels with NISP, remove the lowest physically, fine-tune; returns the smaller model (in place)."""
+    require_data(data, config.method)
+    graph = DependencyGraph.build(model, data.input_shape)
+    ratios = resolve_ratios(graph, config.ratio, config.method)
+    scores = nisp_scores(model, graph, data.train.subset(config.samples).x, config.alpha)
+    prune_channels(model, graph, keep_by_scores(scores, ratios))
+    if config.finetune is not None:
+        run_finetune(model, data, config.finetune, config.method)
+    return model
+
+
+__all__ = ["NISP", "nisp", "inf_fs", "spearman", "propagate", "final_response_node", "responses", "nisp_scores"]

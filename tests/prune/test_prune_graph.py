@@ -1,0 +1,152 @@
+"""Dependency graph: channel groups, flatten mapping, residual and concat ties, clear errors on unsupported ops."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import compactnn as cn
+from compactnn.errors import ModelError
+from compactnn.prune.graph import build_graph
+
+
+class CatNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_shape = (3, 8, 8)
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.b = nn.Conv2d(3, 5, 1)
+        self.dw = nn.Conv2d(11, 11, 3, padding=1, groups=11)
+        self.c = nn.Conv2d(11, 7, 3, stride=2)
+        self.fc = nn.Linear(7 * 3 * 3, 4)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.bn(self.a(x))), self.b(x)], 1)
+        y = self.dw(y) + y
+        return self.fc(torch.flatten(self.c(y), 1))
+
+
+def test_lenet5_groups_and_flatten_mapping():
+    g = build_graph(cn.models.create("lenet5", input_shape=(1, 8, 8)))
+    assert {n: (gr.size, gr.pinned) for n, gr in g.groups.items()} == {
+        "conv1": (20, False), "conv2": (50, False), "fc1": (500, False), "fc2": (10, True)}
+    assert set(g.prunable()) == {"conv1", "conv2", "fc1"}
+    # flatten after conv2 (50 x 2 x 2): feature f of fc1 is channel f // 4 of conv2
+    fc1_in = g.root(g.layers["fc1"].in_ids)
+    conv2_out = g.root(g.layers["conv2"].out_ids)
+    assert len(fc1_in) == 200
+    assert np.array_equal(fc1_in, np.repeat(conv2_out, 4))
+    assert g.groups["conv2"].members == ["conv2", "fc1"]
+
+
+def test_resnet20_residual_groups():
+    g = build_graph(cn.models.create("resnet20", input_shape=(1, 8, 8)))
+    prunable = g.prunable()
+    assert len(prunable) == 12  # 9 inner block groups + 3 residual stage groups
+    assert prunable["conv1"].producers == ["conv1", "layer1.0.conv2", "layer1.1.conv2", "layer1.2.conv2"]
+    stage2 = prunable["layer2.0.conv2"]
+    assert set(stage2.producers) == {"layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2", "layer2.2.conv2"}
+    assert "layer2.0.bn2" in stage2.members and "layer2.0.shortcut.1" in stage2.members
+    assert "layer3.0.conv1" in stage2.members  # consumer of the stage output
+    # every member of an add shares the same 32 channels
+    for p in stage2.producers:
+        assert np.array_equal(g.root(g.layers[p].out_ids), stage2.roots)
+    assert prunable["layer1.0.conv1"].members == ["layer1.0.conv1", "layer1.0.bn1", "layer1.0.conv2"]
+    assert g.groups["fc"].pinned
+
+
+def test_concat_offsets_and_depthwise_coupling():
+    g = build_graph(CatNet())
+    assert set(g.prunable()) == {"a", "b", "c"}
+    a, b = g.root(g.layers["a"].out_ids), g.root(g.layers["b"].out_ids)
+    assert np.array_equal(g.root(g.layers["c"].in_ids), np.concatenate([a, b]))
+    dw = g.layers["dw"]
+    assert dw.kind == "depthwise" and np.array_equal(g.root(dw.out_ids), np.concatenate([a, b]))
+    assert "dw" in g.groups["a"].members and "dw" in g.groups["b"].members
+    assert g.groups["a"].members == ["a", "bn", "dw", "c"]
+
+
+def test_group_sum_adds_producers_per_channel():
+    g = build_graph(cn.models.create("resnet20", input_shape=(1, 8, 8)))
+    grp = g.groups["conv1"]
+    per_layer = {p: torch.arange(16.0) * (i + 1) for i, p in enumerate(grp.producers)}
+    assert torch.equal(g.group_sum(grp, per_layer), torch.arange(16.0, dtype=torch.float64) * 10)
+
+
+class Wrap(nn.Module):
+    def __init__(self, body, shape=(3, 8, 8)):
+        super().__init__()
+        self.input_shape = shape
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Lstm(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_shape = (4, 5)
+        self.rnn = nn.LSTM(5, 3, batch_first=True)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.fc(self.rnn(x)[0][:, -1])
+
+
+class Roll(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_shape = (3, 8, 8)
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.roll(self.conv(x), 1, 1)
+
+
+class OddView(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_shape = (3, 8, 8)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x).view(x.size(0), 2, 16, 8)
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.input_shape = (3, 8, 8)
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.conv(x)
+        return x
+
+
+@pytest.mark.parametrize("model, words", [
+    (Lstm(), ["'rnn'", "LSTM"]),
+    (Roll(), ["'roll'", "call_function"]),
+    (OddView(), ["'view'", "reshape"]),
+    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 6, 3, groups=2))), ["groups=2", "Conv2d"]),
+    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 2))), ["Linear", "4-D"]),
+    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(6))), ["LayerNorm"]),
+    (Branchy(), ["trace"]),
+])
+def test_unsupported_ops_raise_model_error_naming_them(model, words):
+    with pytest.raises(ModelError) as err:
+        build_graph(model)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_missing_input_shape_is_model_error():
+    with pytest.raises(ModelError, match="input_shape"):
+        build_graph(nn.Sequential(nn.Linear(3, 2)))
+    g = build_graph(nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2)), input_shape=(3, 2, 2))
+    assert set(g.prunable()) == {"1"}
