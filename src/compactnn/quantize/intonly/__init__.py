@@ -58,3 +58,11 @@ __all__ = [
     "srdhm_torch",
     "symmetric_int8",
 ]
+from . import calibrate, convert, engine, fakequant, method, model, qat  # noqa: E402  (method registers "integer-only")
+from .method import IntegerOnly, inspect, int_mismatches  # noqa: E402
+from .model import IntegerModel  # noqa: E402
+from .qat import prepare  # noqa: E402
+from .export import build_onnx, export_file, export_onnx  # noqa: E402
+
+__all__ += ["build_onnx", "export_file", "export_onnx", "IntegerModel", "IntegerOnly", "calibrate", "convert", "engine", "fakequant", "inspect",
+            "int_mismatches", "method", "model", "prepare", "qat"]

@@ -1,0 +1,341 @@
+"""The fast engine of :class:`.model.IntegerModel`: torch integer kernels, bit-identical to :mod:`.reference`.
+
+How it stays exact and fast:
+
+- **Layout.** Activations live as int8 ``q − 128`` (so ``torch._int_mm``, which needs int8 × int8 → int32, takes
+  them directly) in channels-last layout ``(N, H, W, C)``, so a conv's im2col matrix is one strided copy and its
+  GEMM output ``(N·Ho·Wo, O)`` is already the next layer's input.
+- **Zero points.** ``Σ (q − Z)·w = Σ (q − 128)·w + (128 − Z)·Σ w``: the second term is folded with the int32 bias
+  into one int64 constant per output channel, computed once when the engine is built. Padding uses ``Z − 128``.
+- **Requantization.** TFLite's ``RDBPOT(SRDHM(acc·2^left, M0), right)`` in int64, rewritten to few ops:
+  ``SRDHM(a, M0) = (a·M0 + 2^30) >> 31`` (floor; exact since ``M0 >= 0`` so the INT32_MIN case cannot occur) and
+  ``RDBPOT(y, e) = (y + 2^(e−1) − [y < 0]) >> e`` for ``e > 0``, merged into one shift
+  ``(a·M0 + 2^30 + 2^(e−1)·2^31 − 2^31·[a·M0 + 2^30 < 0] + (Z_out − 128)·2^(31+e)) >> (31 + e)``. The ``[y < 0]``
+  term is skipped when the clamp makes it irrelevant (``qmin >= Z_out``, fused ReLU). The bias is folded in as
+  ``acc·M0 + bias·M0`` when that is exact in int64 (checked when the engine is built). This requantizer is tested
+  equal to :func:`.fixedpoint.requantize` (the definition) on random, tie and int32-limit accumulators; the torch
+  versions in :mod:`.fixedpoint` validate their inputs (a min/max reduction and a host sync per call), which costs
+  more than the requantization itself here.
+- **Max pool after conv.** Requantization is non-decreasing in the accumulator, so ``maxpool(requant(acc)) ==
+  requant(maxpool(acc))``: a conv whose only consumer is a max pool is pooled before requantization (4× fewer
+  elements for 2×2 pools). Per-value runs (``all_values=True``) do not fuse.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compactnn.errors import ModelError
+
+from .fixedpoint import INT32_MAX, INT32_MIN
+
+__all__ = ["FastEngine", "Requant", "mbqm_fast"]
+
+_I64 = torch.int64
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+def mbqm_fast(a: Tensor, m0: int, shift: int) -> Tensor:
+    """``MultiplyByQuantizedMultiplier`` (TFLite double rounding) on an int64 tensor of int32 values, in place.
+
+    Args:
+        a: int64 tensor (overwritten).
+        m0: multiplier in [0, 2^31).
+        shift: shift, positive = left.
+    """
+    left, right = min(max(shift, 0), 31), max(-shift, 0)
+    if left:
+        a.bitwise_left_shift_(left).clamp_(INT32_MIN, INT32_MAX)
+    a.mul_(m0)
+    if right:
+        t = (a + (1 << 30)).bitwise_right_shift_(63).bitwise_and_(-(1 << 31))
+        a.add_(t)
+        a.add_((1 << 30) + ((1 << (right - 1)) << 31))
+    else:
+        a.add_(1 << 30)
+    return a.bitwise_right_shift_(31 + right)
+
+
+class Requant:
+    """Requantize accumulators to int8 ``q − 128``: ``clamp(MBQM(acc + bias) + Z_out, qmin, qmax) − 128``.
+
+    Args:
+        m0: multipliers, scalar or per output channel (the last axis).
+        shift: shifts, same shape (positive = left).
+        z_out: output zero point.
+        qmin: lowest output code.
+        qmax: highest output code.
+        bias: int64 per-channel constant added to the accumulator first (or None); when there is no left shift it
+            is folded into the multiply as ``acc·M0 + bias·M0`` (exact in int64, checked here).
+    """
+
+    def __init__(self, m0, shift, z_out: int, qmin: int, qmax: int, bias: Tensor | None = None) -> None:
+        m0 = np.asarray(m0, dtype=np.int64).reshape(-1)
+        sh = np.asarray(shift, dtype=np.int64).reshape(-1)
+        if m0.min(initial=0) < 0:
+            raise ModelError("requantization multipliers must be >= 0")
+        left, right = np.clip(sh, 0, 31), np.maximum(-sh, 0)
+        scalar = m0.size == 1
+
+        def const(v):
+            return int(v[0]) if scalar else torch.from_numpy(np.ascontiguousarray(v))
+
+        self.left = const(left) if left.any() else None
+        self.m0 = const(m0)
+        self.m0_t = torch.from_numpy(m0.copy())  # 1-D int64: int32 acc · m0_t promotes to int64
+        half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
+        total = 31 + right
+        self.fold_zp = bool(right.max() <= 23)
+        k2 = half << 31
+        if self.fold_zp:
+            k2 = k2 + np.left_shift(np.int64(z_out - 128), total)
+        self.neg = bool((right > 0).any()) and qmin < z_out
+        self.kc = const(np.where(right > 0, -(1 << 31), 0))
+        self.bias = None if bias is None else bias.to(_I64)
+        k1 = np.full(m0.shape, 1 << 30, dtype=object)
+        self.fold_bias = False
+        if bias is not None and self.left is None:
+            bm = [int(b) * int(m) + (1 << 30) for b, m in zip(bias.tolist(), np.broadcast_to(m0, bias.shape))]
+            if all(abs(v) + (1 << 62) < (1 << 63) for v in bm):
+                k1, self.fold_bias = np.array(bm, dtype=np.int64), True
+        k1 = np.asarray(k1, dtype=np.int64)
+        if self.neg:
+            self.k1, self.k2 = torch.from_numpy(k1), const(k2)
+        else:
+            self.k1, self.k2 = torch.from_numpy(k1 + k2), 0
+        self.total = const(total)
+        self.zp = int(z_out) - 128
+        self.lo, self.hi = int(qmin) - 128, int(qmax) - 128
+
+    def __call__(self, acc: Tensor) -> Tensor:
+        """``acc``: int32 (or int64, then overwritten) accumulators; returns int8."""
+        if self.fold_bias:
+            u = torch.mul(acc, self.m0_t)
+        else:
+            u = acc.to(_I64) if self.bias is None else torch.add(acc, self.bias)
+            if self.left is not None:
+                u.bitwise_left_shift_(self.left).clamp_(INT32_MIN, INT32_MAX)
+            u.mul_(self.m0)
+        u.add_(self.k1)
+        if self.neg:
+            t = u.bitwise_right_shift(63).bitwise_and_(self.kc)
+            u.add_(t).add_(self.k2)
+        u.bitwise_right_shift_(self.total)
+        if not self.fold_zp:
+            u.add_(self.zp)
+        return u.clamp_(self.lo, self.hi).to(torch.int8)
+
+
+def _windows(x: Tensor, k, s, d=(1, 1)) -> Tensor:
+    """Sliding windows of an NHWC tensor: ``(N, Ho, Wo, kh, kw, C)`` view."""
+    n, h, w, c = x.shape
+    sn, sh_, sw_, sc = x.stride()
+    ho, wo = (h - d[0] * (k[0] - 1) - 1) // s[0] + 1, (w - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    return x.as_strided((n, ho, wo, k[0], k[1], c), (sn, s[0] * sh_, s[1] * sw_, d[0] * sh_, d[1] * sw_, sc))
+
+
+def _pad(x: Tensor, p, fill: int) -> Tensor:
+    if p == (0, 0):
+        return x
+    return torch.nn.functional.pad(x, (0, 0, p[1], p[1], p[0], p[0]), value=fill)  # integer constant_pad_nd
+
+
+def _max_pool(x: Tensor, k, s, p, fill: int) -> Tensor:
+    """Max pool of an NHWC tensor, separably: maxima of strided slices along W, then along H (``kh + kw − 2``
+    elementwise ops; ``amax`` over window axes is far slower for integer tensors)."""
+    x = _pad(x, p, fill)
+    _, h, w, _ = x.shape
+    ho, wo = (h - k[0]) // s[0] + 1, (w - k[1]) // s[1] + 1
+    t = x[:, :, 0:(wo - 1) * s[1] + 1:s[1]]
+    if k[1] > 1:
+        t = torch.maximum(t, x[:, :, 1:(wo - 1) * s[1] + 2:s[1]])
+        for j in range(2, k[1]):
+            torch.maximum(t, x[:, :, j:(wo - 1) * s[1] + 1 + j:s[1]], out=t)
+    r = t[:, 0:(ho - 1) * s[0] + 1:s[0]]
+    if k[0] > 1:
+        r = torch.maximum(r, t[:, 1:(ho - 1) * s[0] + 2:s[0]])
+        for i in range(2, k[0]):
+            torch.maximum(r, t[:, i:(ho - 1) * s[0] + 1 + i:s[0]], out=r)
+    return r.contiguous()
+
+
+class _Conv:
+    """im2col + ``torch._int_mm`` (groups == 1), per-group GEMMs, or a depthwise multiply-add path."""
+
+    def __init__(self, model, op: dict, z_in: int, z_out: int) -> None:
+        w = getattr(model, op["weight"])
+        self.out_ch, self.cg, kh, kw = w.shape
+        self.k, self.s = (kh, kw), _pair(op["stride"])
+        self.p, self.d, self.groups = _pair(op["padding"]), _pair(op["dilation"]), int(op["groups"])
+        self.fill = z_in - 128
+        wl = w.to(_I64)
+        self.bias = getattr(model, op["bias"]).to(_I64) + (128 - z_in) * wl.sum(dim=(1, 2, 3))
+        self.depthwise = self.groups > 1 and self.cg == 1 and self.out_ch == self.groups
+        og = self.out_ch // self.groups
+        wt = w.permute(0, 2, 3, 1)  # (O, kh, kw, C/g): the im2col column order
+        if self.depthwise:
+            self.wd = wt.reshape(self.out_ch, kh, kw).permute(1, 2, 0).to(torch.int32).contiguous()  # (kh, kw, C)
+        else:
+            self.wg = [wt[g * og:(g + 1) * og].reshape(og, -1).contiguous() for g in range(self.groups)]
+        self.requant = Requant(getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(),
+                               z_out, op["qmin"], op["qmax"], bias=self.bias)
+
+    def acc(self, x: Tensor) -> Tensor:
+        """int32 ``Σ (q − 128)·w`` as ``(N, Ho, Wo, O)`` (the bias and zero-point term are added later)."""
+        x = _pad(x, self.p, self.fill)
+        win = _windows(x, self.k, self.s, self.d)
+        n, ho, wo = win.shape[:3]
+        if self.depthwise:
+            acc = torch.zeros((n, ho, wo, self.out_ch), dtype=torch.int32)
+            for i in range(self.k[0]):
+                for j in range(self.k[1]):
+                    acc += win[:, :, :, i, j].to(torch.int32) * self.wd[i, j]
+            return acc
+        if self.groups == 1 and win.shape[-1] < 8 and n * ho * wo >= 4096:  # few channels, many rows: build cols^T row by row (long contiguous runs)
+            kh, kw, c = win.shape[3:]
+            cols_t = torch.empty((kh, kw, c, n, ho, wo), dtype=torch.int8)
+            for i in range(kh):
+                for j in range(kw):
+                    cols_t[i, j] = win[:, :, :, i, j].permute(3, 0, 1, 2)
+            return torch._int_mm(cols_t.view(kh * kw * c, -1).t(), self.wg[0].t()).view(n, ho, wo, self.out_ch)
+        if self.groups == 1:
+            cols = win.reshape(n * ho * wo, -1)
+            return torch._int_mm(cols, self.wg[0].t()).view(n, ho, wo, self.out_ch)
+        parts = []
+        for g in range(self.groups):
+            cols = win[..., g * self.cg:(g + 1) * self.cg].reshape(n * ho * wo, -1)
+            parts.append(torch._int_mm(cols, self.wg[g].t()))
+        return torch.cat(parts, dim=1).view(n, ho, wo, self.out_ch)
+
+    def finish(self, acc: Tensor) -> Tensor:
+        return self.requant(acc)
+
+
+class FastEngine:
+    """Compiled fast program of an :class:`.model.IntegerModel` (constants precomputed once).
+
+    Args:
+        model: the integer model.
+    """
+
+    def __init__(self, model) -> None:
+        self.input_value = model.input["value"]
+        self.output_value = model.output["value"]
+        zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
+        consumers: dict[str, int] = {}
+        for op in model.ops:
+            for name in op["inputs"]:
+                consumers[name] = consumers.get(name, 0) + 1
+        self.steps = []  # (inputs, output, fn)
+        for op in model.ops:
+            self.steps.append((op["inputs"], op["output"], self._compile(model, op, zp)))
+        # fused program: conv/linear -> max_pool2d (no padding) when the conv output has no other use
+        self.fused = []
+        i, n = 0, len(model.ops)
+        while i < n:
+            op = model.ops[i]
+            nxt = model.ops[i + 1] if i + 1 < n else None
+            if (op["op"] == "conv2d" and nxt is not None and nxt["op"] == "max_pool2d" and nxt["inputs"] ==
+                    [op["output"]] and consumers.get(op["output"]) == 1 and op["output"] != self.output_value
+                    and _pair(nxt["padding"]) == (0, 0)):
+                conv = self.steps[i][2].__self__.conv
+                k, s = _pair(nxt["kernel"]), _pair(nxt["stride"])
+
+                def fn(x, conv=conv, k=k, s=s):
+                    return conv.finish(_max_pool(conv.acc(x), k, s, (0, 0), INT32_MIN))
+
+                self.fused.append((op["inputs"], nxt["output"], fn))
+                i += 2
+                continue
+            self.fused.append(self.steps[i])
+            i += 1
+        self.shapes: dict[str, int] = {}
+
+    def _compile(self, model, op: dict, zp: dict):
+        kind, ins, out = op["op"], op["inputs"], op["output"]
+        if kind == "conv2d":
+            return _ConvStep(_Conv(model, op, zp[ins[0]], zp[out])).__call__
+        if kind == "linear":
+            w = getattr(model, op["weight"])
+            wt = w.contiguous()
+            bias = getattr(model, op["bias"]).to(_I64) + (128 - zp[ins[0]]) * w.to(_I64).sum(dim=1)
+            rq = Requant(getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), zp[out],
+                         op["qmin"], op["qmax"], bias=bias)
+            wtt = wt.t()
+            return lambda x: rq(torch._int_mm(x, wtt))
+        if kind == "max_pool2d":
+            k, s, p = _pair(op["kernel"]), _pair(op["stride"]), _pair(op["padding"])
+            return lambda x: _max_pool(x, k, s, p, -128)
+        if kind in ("avg_pool2d", "global_avg_pool"):
+            k, s = (_pair(op["kernel"]), _pair(op["stride"])) if kind == "avg_pool2d" else (None, None)
+
+            def avg(x, k=k, s=s):
+                if k is None:
+                    total, cnt = x.sum(dim=(1, 2), keepdim=True, dtype=torch.int32), x.shape[1] * x.shape[2]
+                else:
+                    total, cnt = _windows(x, k, s).sum(dim=(3, 4), dtype=torch.int32), k[0] * k[1]
+                return torch.div(total.add_(cnt // 2), cnt, rounding_mode="floor").to(torch.int8)
+
+            return avg
+        if kind == "flatten":
+            return lambda x: x.permute(0, 3, 1, 2).reshape(x.shape[0], -1) if x.dim() == 4 else x.reshape(
+                x.shape[0], -1)
+        if kind == "add":
+            za, zb = zp[ins[0]] - 128, zp[ins[1]] - 128
+            ls = int(op["left_shift"])
+            rq = Requant(op["multiplier_out"], op["shift_out"], zp[out], op["qmin"], op["qmax"])
+
+            def add(a, b):
+                xa = mbqm_fast((a.to(_I64) - za).bitwise_left_shift_(ls), op["multiplier_a"], op["shift_a"])
+                xb = mbqm_fast((b.to(_I64) - zb).bitwise_left_shift_(ls), op["multiplier_b"], op["shift_b"])
+                return rq(xa.add_(xb))
+
+            return add
+        if kind == "concat":
+            ls, zy = int(op["left_shift"]), zp[out] - 128
+            lo, hi = int(op.get("qmin", 0)) - 128, int(op.get("qmax", 255)) - 128
+            parts = []
+            for name, (m0, sh) in zip(ins, op["multipliers"]):
+                L = min(ls, int(sh) + 31)
+                parts.append((zp[name] - 128, L, int(m0), int(sh) - L))
+
+            def cat(*xs):
+                ys = [mbqm_fast((x.to(_I64) - z).bitwise_left_shift_(L), m0, sh).add_(zy).clamp_(lo, hi).to(
+                    torch.int8) for x, (z, L, m0, sh) in zip(xs, parts)]
+                return torch.cat(ys, dim=-1)  # channels: last axis in NHWC, axis 1 for (N, F)
+
+            return cat
+        raise ModelError(f"the fast engine has no kernel for op {kind!r}")
+
+    # ------------------------------------------------------------------------------------------------------- run
+    @staticmethod
+    def _to_internal(q: Tensor) -> Tensor:
+        x = (q ^ 128).view(torch.int8)
+        return x.permute(0, 2, 3, 1).contiguous() if x.dim() == 4 else x.contiguous()
+
+    @staticmethod
+    def _to_codes(x: Tensor) -> Tensor:
+        q = x.view(torch.uint8) ^ 128
+        return q.permute(0, 3, 1, 2).contiguous() if q.dim() == 4 else q
+
+    def run(self, q: Tensor, all_values: bool = False):
+        """Run on uint8 codes (PyTorch layout); the uint8 output, or every value by name if ``all_values``."""
+        env = {self.input_value: self._to_internal(q)}
+        for ins, out, fn in (self.steps if all_values else self.fused):
+            env[out] = fn(*[env[i] for i in ins])
+        if all_values:
+            return {k: self._to_codes(v) for k, v in env.items()}
+        return self._to_codes(env[self.output_value])
+
+
+class _ConvStep:
+    def __init__(self, conv: _Conv) -> None:
+        self.conv = conv
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.conv.finish(self.conv.acc(x))

@@ -1,0 +1,396 @@
+"""ONNX export of an integer-only model (QOperator format) that ONNX Runtime runs.
+
+The :class:`~compactnn.quantize.intonly.model.IntegerModel` IR maps one to one onto ONNX's quantized operators; the
+graph is built with the ``onnx`` package's helpers and checked with ``onnx.checker``. Operators used:
+
+- ``QuantizeLinear`` (float → uint8) at the input and ``DequantizeLinear`` at the output;
+- conv2d → ``QLinearConv`` (uint8 activations, int8 weights with per-channel ``w_scale``, int32 bias);
+- linear → ``QGemm`` (domain ``com.microsoft``, ``transB=1``): QLinearMatMul has no bias input, QGemm takes the
+  int32 bias and per-channel ``b_scale`` and is what ORT's own ``quantize_static`` emits for Gemm;
+- add → ``QLinearAdd``, concat → ``QLinearConcat``, avg_pool2d → ``QLinearAveragePool``, global_avg_pool →
+  ``QLinearGlobalAveragePool`` (all ``com.microsoft``); max_pool2d → ``MaxPool`` on uint8; flatten → ``Flatten``;
+- fused ReLU/ReLU6: the IR gives the clamp ``[qmin, qmax]`` in output codes. When it is the whole uint8 range (the
+  usual case: the output range was observed after the activation, so Z = 0 already clips at real 0) nothing is
+  added; otherwise a ``Clip`` on uint8 with ``qmin``/``qmax`` follows the op, which reproduces the clamp exactly.
+
+ORT requantizes in float32 (``acc · s_x·s_w/s_y``, rounded half to even) where compactnn uses TFLite's fixed-point
+``(M0, shift)`` with double rounding; its pools round the mean half to even where TFLite rounds half up. Op by op
+the two agree within one code (~99.9% exactly), but in a deep net a one-code difference ripples through later
+layers (ResNet-20: a few codes at the output). Hence ``mode="exact"``: the same program in plain ONNX integer ops —
+``ConvInteger``/``MatMulInteger`` for the int32 accumulators, TFLite's ``MultiplyByQuantizedMultiplier`` spelled out
+in int64 ``Mul``/``Div`` (C truncation)/``Where``/``Sign``/``Abs``/``Clip``, ``ReduceSum`` pools, and the input
+quantize/output dequantize in float64 as :class:`IntegerModel` does — which ORT runs bit-identically to compactnn's
+engines, at the cost of speed. On CPUs without AVX-VNNI, ORT's u8s8 kernels may saturate pair sums (ORT's
+``reduce_range`` caveat); the tests would show it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from compactnn.errors import ModelError, OutputError
+
+__all__ = ["build_onnx", "export_file", "export_onnx"]
+
+MS = "com.microsoft"
+DEFAULT_OPSET = 17
+
+
+class _Graph:
+    """Collects nodes and initializers while walking the IR."""
+
+    def __init__(self, model) -> None:
+        from onnx import helper, numpy_helper  # imported lazily: onnx is only needed to export
+
+        self.helper, self.numpy_helper = helper, numpy_helper
+        self.model = model
+        self.nodes: list = []
+        self.inits: dict[str, object] = {}
+        self.count = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name not in self.inits:
+            self.inits[name] = self.numpy_helper.from_array(np.array(array, order="C"), name)
+        return name
+
+    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str | None = None, **attrs) -> None:
+        self.count += 1
+        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=f"{op}_{self.count}", domain=domain, **attrs))
+
+    def qparams(self, value: str) -> tuple[str, str]:
+        """Names of the float32 scale and uint8 zero point initializers of an IR value."""
+        info = self.model.values.get(value)
+        if info is None:
+            raise ModelError(f"value {value!r} has no entry in model.values; the integer model is malformed")
+        if info.get("dtype", "uint8") != "uint8":
+            raise ModelError(f"value {value!r} has dtype {info['dtype']!r}; only uint8 activations export to ONNX")
+        s = self.const(f"{value}_scale", np.array(info["scale"], dtype=np.float32))
+        z = self.const(f"{value}_zero_point", np.array(info["zero_point"], dtype=np.uint8))
+        return s, z
+
+    def buffer(self, name: str) -> np.ndarray:
+        try:
+            t = self.model.get_buffer(name) if hasattr(self.model, "get_buffer") else getattr(self.model, name)
+        except (AttributeError, KeyError):
+            raise ModelError(f"the integer model has no buffer {name!r}; the model is malformed") from None
+        return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
+
+    def clamp(self, op: dict, raw: str, out: str) -> None:
+        """Route ``raw`` to ``out``, through a uint8 ``Clip`` when the op's fused clamp is narrower than [0, 255]."""
+        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
+        if (qmin, qmax) == (0, 255):
+            self.nodes[-1].output[0] = out  # no clamp: the op writes the value directly
+            return
+        lo = self.const(f"{out}_qmin", np.array(qmin, dtype=np.uint8))
+        hi = self.const(f"{out}_qmax", np.array(qmax, dtype=np.uint8))
+        self.node("Clip", [raw, lo, hi], [out])
+
+
+def _pair(v) -> list[int]:
+    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(i) for i in v]
+
+
+def _weight_scale(g: _Graph, op: dict, n_out: int, name: str) -> tuple[str, str]:
+    ws = g.buffer(op["weight_scale"]).astype(np.float32).reshape(-1)
+    if ws.size == 1:
+        ws = ws.reshape(())
+    elif ws.size != n_out:
+        raise ModelError(f"{name}: weight_scale has {ws.size} entries for {n_out} output channels")
+    s = g.const(f"{name}_w_scale", ws)
+    z = g.const(f"{name}_w_zero_point", np.zeros(ws.shape, dtype=np.int8))
+    return s, z
+
+
+def _bias(g: _Graph, op: dict, n_out: int, name: str) -> str:
+    b = g.buffer(op["bias"]).astype(np.int32) if op.get("bias") else np.zeros(n_out, dtype=np.int32)
+    return g.const(f"{name}_bias", b.reshape(n_out))
+
+
+def _emit(g: _Graph, i: int, op: dict) -> None:
+    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
+    name = f"op{i}_{kind}"
+    raw = f"{out}_raw"
+    if kind == "conv2d":
+        w = g.buffer(op["weight"]).astype(np.int8)
+        ws, wz = _weight_scale(g, op, w.shape[0], name)
+        xs, xz = g.qparams(ins[0])
+        ys, yz = g.qparams(out)
+        p = _pair(op.get("padding", 0))
+        g.node("QLinearConv", [ins[0], xs, xz, g.const(f"{name}_w", w), ws, wz, ys, yz, _bias(g, op, w.shape[0], name)],
+               [raw], kernel_shape=list(w.shape[2:]), strides=_pair(op.get("stride", 1)),
+               pads=[p[0], p[1], p[0], p[1]], dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
+        g.clamp(op, raw, out)
+    elif kind == "linear":
+        w = g.buffer(op["weight"]).astype(np.int8)
+        ws, wz = _weight_scale(g, op, w.shape[0], name)
+        xs, xz = g.qparams(ins[0])
+        ys, yz = g.qparams(out)
+        g.node("QGemm", [ins[0], xs, xz, g.const(f"{name}_w", w), ws, wz, _bias(g, op, w.shape[0], name), ys, yz],
+               [raw], domain=MS, transA=0, transB=1, alpha=1.0)
+        g.clamp(op, raw, out)
+    elif kind == "add":
+        (a, b), ys_yz = ins, g.qparams(out)
+        g.node("QLinearAdd", [a, *g.qparams(a), b, *g.qparams(b), *ys_yz], [raw], domain=MS)
+        g.clamp(op, raw, out)
+    elif kind == "concat":
+        args = list(g.qparams(out))
+        for v in ins:
+            args += [v, *g.qparams(v)]
+        g.node("QLinearConcat", args, [raw], domain=MS, axis=int(op.get("axis", 1)))
+        g.clamp(op, raw, out)
+    elif kind == "max_pool2d":
+        k = _pair(op["kernel"])
+        p = _pair(op.get("padding", 0))
+        g.node("MaxPool", ins[:1], [out], kernel_shape=k, strides=_pair(op.get("stride") or k),
+               pads=[p[0], p[1], p[0], p[1]])
+    elif kind == "avg_pool2d":
+        k = _pair(op["kernel"])
+        p = _pair(op.get("padding", 0))
+        g.node("QLinearAveragePool", [ins[0], *g.qparams(ins[0]), *g.qparams(out)], [raw], domain=MS,
+               kernel_shape=k, strides=_pair(op.get("stride") or k), pads=[p[0], p[1], p[0], p[1]],
+               count_include_pad=0)
+        g.clamp(op, raw, out)
+    elif kind == "global_avg_pool":
+        g.node("QLinearGlobalAveragePool", [ins[0], *g.qparams(ins[0]), *g.qparams(out)], [raw], domain=MS,
+               channels_last=0)
+        g.clamp(op, raw, out)
+    elif kind == "flatten":
+        g.node("Flatten", ins[:1], [out], axis=1)
+    else:
+        raise ModelError(f"op {i} has kind {kind!r}, which the ONNX exporter does not know; "
+                         "supported: conv2d, linear, add, concat, max_pool2d, avg_pool2d, global_avg_pool, flatten")
+
+
+# ------------------------------------------------------------------------------------------------ exact mode
+# The same program in ONNX integer ops: ConvInteger / MatMulInteger give the int32 accumulators, and TFLite's
+# fixed-point requantization is spelled out in int64 (Mul, Div — C truncation in ORT —, Where, Sign, Abs, Clip), so
+# ORT reproduces compactnn's engines bit for bit. Slower than QOperator: the requantization is elementwise int64.
+
+
+def _c64(g: _Graph, stem: str, a, shape=None) -> str:
+    arr = np.asarray(a, dtype=np.int64)
+    return g.const(f"{stem}_{g.count}_{len(g.inits)}", arr.reshape(shape) if shape is not None else arr)
+
+
+def _tmp(g: _Graph, stem: str) -> str:
+    g.count += 1
+    return f"{stem}_t{g.count}"
+
+
+def _op(g: _Graph, op: str, inputs: list[str], **attrs) -> str:
+    out = _tmp(g, op.lower())
+    g.node(op, inputs, [out], **attrs)
+    return out
+
+
+def _mbqm(g: _Graph, x: str, m0, shift, shape=None) -> str:
+    """``MultiplyByQuantizedMultiplier`` on an int64 tensor: RDBPOT(SRDHM(sat(x·2^left), M0), right)."""
+    m0, shift = np.asarray(m0, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    left, right = np.clip(shift, 0, 31), np.maximum(-shift, 0)
+    y = _op(g, "Mul", [x, _c64(g, "pow_left", 1 << left, shape)])
+    y = _op(g, "Clip", [y, _c64(g, "i32min", -(2**31)), _c64(g, "i32max", 2**31 - 1)])
+    ab = _op(g, "Mul", [y, _c64(g, "m0", m0, shape)])
+    nudge = _op(g, "Where", [_op(g, "GreaterOrEqual", [ab, _c64(g, "zero", 0)]), _c64(g, "pos_nudge", 1 << 30),
+                             _c64(g, "neg_nudge", 1 - (1 << 30))])
+    y = _op(g, "Div", [_op(g, "Add", [ab, nudge]), _c64(g, "two31", 1 << 31)])  # truncates toward zero
+    half = _op(g, "Add", [_op(g, "Abs", [y]), _c64(g, "half", (1 << right) // 2, shape)])
+    return _op(g, "Mul", [_op(g, "Sign", [y]), _op(g, "Div", [half, _c64(g, "pow_right", 1 << right, shape)])])
+
+
+def _to_codes(g: _Graph, y: str, z: int, qmin: int, qmax: int, out: str) -> None:
+    y = _op(g, "Clip", [_op(g, "Add", [y, _c64(g, "z", z)]), _c64(g, "qmin", qmin), _c64(g, "qmax", qmax)])
+    g.node("Cast", [y], [out], to=2)  # UINT8
+
+
+def _centered(g: _Graph, v: str) -> str:
+    """``int64(q) − Z`` of an IR value."""
+    return _op(g, "Sub", [_op(g, "Cast", [v], to=7), _c64(g, "z", g.model.values[v]["zero_point"])])
+
+
+def _emit_exact(g: _Graph, i: int, op: dict) -> None:
+    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
+    z = {v: int(g.model.values[v]["zero_point"]) for v in [*ins, out] if v in g.model.values}
+    if kind in ("conv2d", "linear"):
+        w = g.buffer(op["weight"]).astype(np.int8)
+        xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]], dtype=np.uint8))
+        if kind == "conv2d":
+            p = _pair(op.get("padding", 0))
+            acc = _op(g, "ConvInteger", [ins[0], g.const(f"op{i}_w", w), xz], kernel_shape=list(w.shape[2:]),
+                      strides=_pair(op.get("stride", 1)), pads=[p[0], p[1], p[0], p[1]],
+                      dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
+            shape = (1, -1, 1, 1)
+        else:
+            acc = _op(g, "MatMulInteger", [ins[0], g.const(f"op{i}_wt", np.ascontiguousarray(w.T)), xz])
+            shape = (1, -1)
+        b = g.buffer(op["bias"]).astype(np.int64) if op.get("bias") else np.zeros(w.shape[0], dtype=np.int64)
+        acc = _op(g, "Add", [_op(g, "Cast", [acc], to=7), _c64(g, "bias", b, shape)])
+        m0 = g.buffer(op["multiplier"]).reshape(-1)
+        sh = g.buffer(op["shift"]).reshape(-1)
+        shp = shape if m0.size > 1 else None
+        y = _mbqm(g, acc, m0 if m0.size > 1 else m0[0], sh if sh.size > 1 else sh[0], shp)
+        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
+    elif kind == "add":
+        ls = 1 << int(op.get("left_shift", 20))
+        a = _mbqm(g, _op(g, "Mul", [_centered(g, ins[0]), _c64(g, "ls", ls)]), op["multiplier_a"], op["shift_a"])
+        b = _mbqm(g, _op(g, "Mul", [_centered(g, ins[1]), _c64(g, "ls", ls)]), op["multiplier_b"], op["shift_b"])
+        y = _mbqm(g, _op(g, "Add", [a, b]), op["multiplier_out"], op["shift_out"])
+        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
+    elif kind == "concat":
+        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
+        parts = []
+        for v, m in zip(ins, op["multipliers"]):
+            part = _tmp(g, f"{v}_cat")
+            if m is None:
+                g.node("Clip", [v, g.const(f"u8_{qmin}", np.array(qmin, np.uint8)),
+                                g.const(f"u8_{qmax}", np.array(qmax, np.uint8))], [part])
+            else:
+                m0, sh = int(m[0]), int(m[1])
+                L = min(int(op.get("left_shift", 20)), sh + 31)
+                y = _mbqm(g, _op(g, "Mul", [_centered(g, v), _c64(g, "ls", 1 << L)]), m0, sh - L)
+                _to_codes(g, y, z[out], qmin, qmax, part)
+            parts.append(part)
+        g.node("Concat", parts, [out], axis=int(op.get("axis", 1)))
+    elif kind in ("avg_pool2d", "global_avg_pool"):
+        if kind == "global_avg_pool":
+            total = _op(g, "ReduceSum", [_op(g, "Cast", [ins[0]], to=7), _c64(g, "axes", [2, 3])], keepdims=1)
+            shape = _op(g, "Shape", [ins[0]])
+            count = _op(g, "Mul", [_op(g, "Gather", [shape, _c64(g, "h", 2)]), _op(g, "Gather", [shape, _c64(g, "w", 3)])])
+        else:
+            k = _pair(op["kernel"])
+            mean = _op(g, "AveragePool", [_op(g, "Cast", [ins[0]], to=1)], kernel_shape=k,
+                       strides=_pair(op.get("stride") or k))
+            n = k[0] * k[1]  # the IR's avg_pool2d has no padding: every window holds k·k cells
+            # sums of <= 2^24 uint8 codes are exact in float32, and mean·n is within 1/2 of the sum: rounding
+            # recovers the integer sum exactly
+            total = _op(g, "Cast", [_op(g, "Round", [_op(g, "Mul", [mean, g.const(f"f32_{n}", np.array(n, np.float32))])])],
+                        to=7)
+            count = _c64(g, "count", n)
+        half = _op(g, "Div", [count, _c64(g, "two", 2)])
+        y = _op(g, "Div", [_op(g, "Add", [total, half]), count])  # non-negative: truncation is floor
+        g.node("Cast", [y], [out], to=2)
+    elif kind in ("max_pool2d", "flatten"):
+        _emit(g, i, op)
+    else:
+        _emit(g, i, op)  # raises the unknown-op error
+
+
+def _exact_io(g: _Graph, v_in: str) -> None:
+    """Quantize the float input exactly as ``IntegerModel.quantize_input`` (float64, half away from zero)."""
+    t = _op(g, "Div", [_op(g, "Cast", ["input"], to=11),
+                       g.const("in_scale_f64", np.array(g.model.input["scale"], np.float64))])
+    r = _op(g, "Mul", [_op(g, "Sign", [t]), _op(g, "Floor", [_op(g, "Add", [_op(g, "Abs", [t]),
+                                                                           g.const("f64_half", np.array(0.5))])])])
+    r = _op(g, "Add", [r, g.const("in_zp_f64", np.array(float(g.model.input["zero_point"])))])
+    r = _op(g, "Clip", [r, g.const("f64_0", np.array(0.0)), g.const("f64_255", np.array(255.0))])
+    g.node("Cast", [r], [v_in], to=2)
+
+
+def _exact_out(g: _Graph, v_out: str) -> None:
+    """Dequantize exactly as ``IntegerModel.dequantize_output``: float32(float64(q − Z) · S)."""
+    d = _op(g, "Sub", [_op(g, "Cast", [v_out], to=11), g.const("out_zp_f64", np.array(float(g.model.output["zero_point"])))])
+    g.node("Cast", [_op(g, "Mul", [d, g.const("out_scale_f64", np.array(g.model.output["scale"], np.float64))])],
+           ["output"], to=1)
+
+
+def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "qoperator"):
+    """The ``onnx.ModelProto`` of an integer model (see the module docstring for the operator mapping).
+
+    Args:
+        model: an ``IntegerModel`` (or any object with its IR attributes ``input_shape``, ``input``, ``output``,
+            ``values``, ``ops`` and the buffers the ops name).
+        opset: the default-domain opset, >= 13 (per-channel quantization); ``com.microsoft`` uses version 1.
+        mode: ``"qoperator"`` (ORT's fast quantized operators; float32 requantization, so a code can differ) or
+            ``"exact"`` (integer ONNX ops with TFLite's fixed-point requantization: bit-identical to compactnn).
+
+    Returns:
+        A checked ``onnx.ModelProto`` with float input ``"input"`` ``(N, C, H, W)`` and float output ``"output"``;
+        the batch dimension ``N`` is dynamic.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    if int(opset) < 13:
+        raise ModelError(f"opset {opset} is too old for per-channel quantized ops; use opset >= 13")
+    for attr in ("input_shape", "input", "output", "values", "ops"):
+        if not hasattr(model, attr):
+            raise ModelError(f"export needs an IntegerModel (missing {attr!r}); convert with IntegerOnly first")
+    if mode not in ("qoperator", "exact"):
+        raise ModelError(f"unknown export mode {mode!r}; use 'qoperator' or 'exact'")
+    g = _Graph(model)
+    v_in, v_out = model.input["value"], model.output["value"]
+    if mode == "exact":
+        _exact_io(g, v_in)
+    else:
+        g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [v_in])
+    for i, op in enumerate(model.ops):
+        (_emit_exact if mode == "exact" else _emit)(g, i, op)
+    if mode == "exact":
+        _exact_out(g, v_out)
+    else:
+        g.node("DequantizeLinear", [v_out, *g.qparams(v_out)], ["output"])
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *map(int, model.input_shape)])
+    rank = 1 + len(model.input_shape)
+    for op in model.ops:  # only flatten and linear change the rank
+        rank = 2 if op.get("op") in ("flatten", "linear") else rank
+    y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *[f"d{i}" for i in range(1, rank)]])
+    graph = helper.make_graph(g.nodes, "compactnn_integer_model", [x], [y], initializer=list(g.inits.values()))
+    proto = helper.make_model(graph, producer_name="compactnn",
+                              opset_imports=[helper.make_opsetid("", int(opset)), helper.make_opsetid(MS, 1)])
+    proto.ir_version = min(proto.ir_version, 8)  # readable by older ONNX Runtime releases too
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def export_onnx(model, path, opset: int = DEFAULT_OPSET, mode: str = "qoperator") -> Path:
+    """Write an integer model as a QOperator ONNX file that ONNX Runtime runs (temp file + rename).
+
+    Args:
+        model: an ``IntegerModel`` (from ``compactnn.compress(model, IntegerOnly(...), data=...)``).
+        path: the ``.onnx`` file to write; its folder must exist.
+        opset: the default-domain opset (>= 13).
+        mode: ``"qoperator"`` (fast, ORT's quantized ops) or ``"exact"`` (bit-identical integer ops); see
+            :func:`build_onnx`.
+
+    Returns:
+        The path written.
+    """
+    proto = build_onnx(model, opset, mode)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_file(cnz_path, onnx_path, opset: int = DEFAULT_OPSET, mode: str = "qoperator") -> Path:
+    """``compactnn export model.cnz model.onnx``: load a packed integer model and write it as ONNX.
+
+    Args:
+        cnz_path: a ``.cnz`` file holding an ``IntegerModel`` (written by ``compactnn.pack.save``).
+        onnx_path: the ``.onnx`` file to write.
+        opset: the default-domain opset (>= 13).
+        mode: ``"qoperator"`` or ``"exact"`` (see :func:`build_onnx`).
+
+    Returns:
+        The path written.
+    """
+    from compactnn import pack
+
+    from .model import IntegerModel
+
+    model = pack.load(cnz_path)
+    if not isinstance(model, IntegerModel):
+        raise ModelError(f"{cnz_path} holds a {type(model).__name__}, not an IntegerModel; compress it with "
+                         "IntegerOnly (method 'integer-only') before exporting to ONNX")
+    return export_onnx(model, onnx_path, opset, mode)

@@ -1,0 +1,155 @@
+"""The ``integer-only`` method (Jacob et al., CVPR 2018): config, handler, ``inspect`` and engine comparison.
+
+``compress(model, IntegerOnly(), data=bundle)`` runs: :func:`.qat.prepare` (BN folding, fused activations,
+observers) → :func:`.calibrate.calibrate` on a few training batches → quantization-aware fine-tuning with
+:func:`compactnn.layers.run_finetune` (``mode="qat"`` with a ``finetune``) → :func:`.convert.convert`, and returns
+the :class:`.model.IntegerModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from compactnn.api import register_method
+from compactnn.config import FineTune, MethodConfig, check
+from compactnn.errors import ConfigError, ModelError
+from compactnn.layers import run_finetune
+
+from .calibrate import calibrate, calibration_batches
+from .convert import convert
+from .model import IntegerModel
+from .qat import prepare
+
+__all__ = ["IntegerOnly", "inspect", "int_mismatches", "integer_only"]
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerOnly(MethodConfig):
+    """Integer-arithmetic-only inference: uint8 activations, int8 weights, int32 bias, fixed-point requantization.
+
+    Args:
+        bits: bit width; only 8 is supported.
+        per_channel: one weight scale per output channel (else one per tensor).
+        mode: ``"qat"`` (calibrate, then fine-tune with simulated quantization) or ``"calibrate"`` (post-training
+            calibration only, no training).
+        calibration: activation-range observer used for calibration: ``"minmax"`` or ``"percentile"``.
+        percentile: the upper percentile for ``calibration="percentile"``, in (50, 100].
+        calibration_batches: training batches (of 128) used to calibrate.
+        ema_decay: decay of the EMA of activation min/max during QAT, in [0, 1).
+        act_delay: QAT training steps before activations are fake-quantized.
+        freeze_bn_after: QAT training steps after which folded BN uses running statistics (None: never).
+        finetune: QAT fine-tuning settings (``lr`` defaults to 0.01); used when ``mode="qat"``; None skips it.
+        engine: default engine of the result, ``"fast"`` or ``"reference"``.
+    """
+
+    method = "integer-only"
+    description = "Integer-arithmetic-only int8 inference (Jacob et al. 2018): QAT or calibration, exact int engine"
+
+    bits: int = 8
+    per_channel: bool = True
+    mode: Literal["qat", "calibrate"] = "qat"
+    calibration: Literal["minmax", "percentile"] = "minmax"
+    percentile: float = 99.99
+    calibration_batches: int = 8
+    ema_decay: float = 0.999
+    act_delay: int = 0
+    freeze_bn_after: int | None = 1000
+    finetune: FineTune | None = FineTune(epochs=2)
+    engine: Literal["fast", "reference"] = "fast"
+
+    def __post_init__(self) -> None:
+        check(self.bits == 8, f"integer-only: only bits=8 is supported, got {self.bits!r}")
+        check(self.mode in ("qat", "calibrate"), f"integer-only: mode must be 'qat' or 'calibrate', got {self.mode!r}")
+        check(self.calibration in ("minmax", "percentile"),
+              f"integer-only: calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
+        check(isinstance(self.percentile, (int, float)) and 50.0 < self.percentile <= 100.0,
+              f"integer-only: percentile must be in (50, 100], got {self.percentile!r}")
+        check(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1,
+              f"integer-only: calibration_batches must be an int >= 1, got {self.calibration_batches!r}")
+        check(isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0,
+              f"integer-only: ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        check(isinstance(self.act_delay, int) and self.act_delay >= 0,
+              f"integer-only: act_delay must be an int >= 0 (steps), got {self.act_delay!r}")
+        check(self.freeze_bn_after is None or (isinstance(self.freeze_bn_after, int) and self.freeze_bn_after >= 0),
+              f"integer-only: freeze_bn_after must be an int >= 0 (steps) or null, got {self.freeze_bn_after!r}")
+        check(self.engine in ("fast", "reference"), f"integer-only: engine must be 'fast' or 'reference'")
+
+
+def _input_shape(model: nn.Module, data: Any) -> tuple:
+    shape = getattr(data, "input_shape", None) or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ConfigError("integer-only: cannot tell the input shape; pass a DataBundle with input_shape")
+    return tuple(int(s) for s in shape)
+
+
+@register_method(IntegerOnly)
+def integer_only(model: nn.Module, config: IntegerOnly, data: Any) -> IntegerModel:
+    """Handler of :class:`IntegerOnly`: prepare → calibrate → (QAT fine-tune) → convert.
+
+    Args:
+        model: the float model (a copy; ``compress`` deep-copies it).
+        config: the settings.
+        data: a :class:`compactnn.data.DataBundle` (required: calibration needs data).
+
+    Raises:
+        ConfigError: no data.
+        ModelError: the model has a layer the integer model does not support.
+    """
+    batches = calibration_batches(data, config.calibration_batches)  # ConfigError without data, before any work
+    shape = _input_shape(model, data)
+    prepared = prepare(model, per_channel=config.per_channel, ema_decay=config.ema_decay,
+                       act_delay=config.act_delay, freeze_bn_after=config.freeze_bn_after)
+    calibrate(prepared, batches, config.calibration, config.percentile)
+    if config.mode == "qat" and config.finetune is not None:
+        run_finetune(prepared, data, config.finetune, IntegerOnly.method)
+    return convert(prepared, shape, engine=config.engine)
+
+
+def inspect(model: IntegerModel) -> list[dict]:
+    """Each op's integer parameters, enough to recompute it independently.
+
+    Returns:
+        one dict per op with ``op``, ``name``, ``inputs``, ``output``, ``input_scale``/``input_zero_point``
+        (lists for ops with several inputs), ``output_scale``/``output_zero_point``, and for conv2d/linear the
+        NumPy arrays ``weight`` (int8), ``bias`` (int32), ``M0`` and ``shift`` (int32, per channel or length 1),
+        ``weight_scale`` (float32), plus the op's own fields (stride, padding, qmin, qmax, multipliers, ...).
+    """
+    if not isinstance(model, IntegerModel):
+        raise ModelError(f"inspect() takes an IntegerModel, got {type(model).__name__}")
+    rows = []
+    for op in model.ops:
+        row = {k: v for k, v in op.items() if k not in ("weight", "bias", "multiplier", "shift", "weight_scale")}
+        ins = [model.values[i] for i in op["inputs"]]
+        row["input_scale"] = ins[0]["scale"] if len(ins) == 1 else [v["scale"] for v in ins]
+        row["input_zero_point"] = ins[0]["zero_point"] if len(ins) == 1 else [v["zero_point"] for v in ins]
+        row["output_scale"] = model.values[op["output"]]["scale"]
+        row["output_zero_point"] = model.values[op["output"]]["zero_point"]
+        if op["op"] in ("conv2d", "linear"):
+            for key, field in (("weight", "weight"), ("bias", "bias"), ("M0", "multiplier"), ("shift", "shift"),
+                               ("weight_scale", "weight_scale")):
+                row[key] = getattr(model, op[field]).numpy().copy()
+        rows.append(row)
+    return rows
+
+
+@torch.no_grad()
+def int_mismatches(model: IntegerModel, x: torch.Tensor, batch_size: int = 1024) -> int:
+    """Number of output codes on which the fast and the reference engines differ for float inputs ``x``.
+
+    Args:
+        model: the integer model.
+        x: float inputs ``(N, *input_shape)``.
+        batch_size: inputs per run.
+    """
+    bad = 0
+    for i in range(0, len(x), batch_size):
+        q = model.quantize_input(x[i:i + batch_size])
+        a = model.run_int(q, engine="fast").numpy()
+        b = model.run_int(q, engine="reference").numpy()
+        bad += int(np.count_nonzero(a != b))
+    return bad

@@ -1,0 +1,181 @@
+"""The integer model: a straight-line program of integer ops (the IR in ``/work/intonly_ir.md``).
+
+``forward`` quantizes its float input once, runs every op on integer codes only (``run_int``) and dequantizes once.
+``engine="reference"`` interprets the ops with the NumPy int64 kernels of :mod:`.reference` (the definition);
+``engine="fast"`` with the torch int8 kernels of :mod:`.engine`. They agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from compactnn.errors import ModelError
+from compactnn.pack.spec import packable
+
+from . import reference as ref
+
+__all__ = ["IntegerModel", "run_reference"]
+
+ENGINES = ("fast", "reference")
+
+
+@packable
+class IntegerModel(nn.Module):
+    """Integer-arithmetic-only model (uint8 activations, int8 weights, int32 bias and accumulators).
+
+    Args:
+        input_shape: ``(C, H, W)`` of one input (or ``(F,)`` for a flat input).
+        input: ``{"value", "scale", "zero_point"}`` of the input.
+        output: ``{"value", "scale", "zero_point"}`` of the output.
+        values: ``{name: {"scale", "zero_point", "dtype": "uint8"}}`` for every value.
+        ops: the ops, in execution order (see the IR document).
+        tensors: the ops' buffers by name (int8 weights, int32 bias/multiplier/shift, float32 weight scales).
+        engine: ``"fast"`` (torch int8 kernels) or ``"reference"`` (NumPy int64).
+    """
+
+    __pack_skip__ = {"_fast"}
+
+    def __init__(self, input_shape, input: dict, output: dict, values: dict, ops: list, tensors: dict,
+                 engine: str = "fast") -> None:
+        super().__init__()
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.input = dict(input)
+        self.output = dict(output)
+        self.values = {k: dict(v) for k, v in values.items()}
+        self.ops = [dict(op) for op in ops]
+        self.engine = engine
+        for name, t in tensors.items():
+            self.register_buffer(name, t)
+        self._fast = None
+
+    def __pack_restore__(self) -> None:
+        self._fast = None
+
+    def _check_engine(self, engine: str | None) -> str:
+        engine = self.engine if engine is None else engine
+        if engine not in ENGINES:
+            raise ModelError(f"unknown engine {engine!r}; use 'fast' or 'reference'")
+        return engine
+
+    def fast_engine(self):
+        """The compiled fast engine (built once, from the current buffers; :meth:`invalidate` rebuilds it)."""
+        if getattr(self, "_fast", None) is None:
+            from .engine import FastEngine
+
+            self._fast = FastEngine(self)
+        return self._fast
+
+    def invalidate(self) -> None:
+        """Drop the fast engine's precomputed constants (call after changing buffers in place)."""
+        self._fast = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # noqa: D401 - torch hook
+        self._fast = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------- running
+    def quantize_input(self, x: Tensor) -> Tensor:
+        """Check ``x`` and quantize it to uint8: ``clamp(round(x / S) + Z, 0, 255)``, rounding half away from zero."""
+        if not isinstance(x, Tensor):
+            raise ModelError(f"IntegerModel takes a float tensor, got {type(x).__name__}")
+        if not x.dtype.is_floating_point:
+            raise ModelError(f"IntegerModel takes a float tensor of shape (N, {', '.join(map(str, self.input_shape))})"
+                             f", got dtype {x.dtype}; pass the normalized float input, not codes")
+        if x.dim() != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
+            raise ModelError(f"IntegerModel expects input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                             f"got {tuple(x.shape)}")
+        t = x.detach().double() / float(self.input["scale"])  # float64, as qparams.quantize
+        m = t.abs()
+        fl = torch.floor(m)
+        r = torch.copysign(fl + (m - fl >= 0.5), t)  # exact half-away rounding (floor(m + 0.5) is not)
+        return (r + int(self.input["zero_point"])).clamp_(0, 255).to(torch.uint8)
+
+    def dequantize_output(self, q: Tensor) -> Tensor:
+        """``S·(q − Z)`` as float32."""
+        return ((q.to(torch.int32) - int(self.output["zero_point"])).double() * float(self.output["scale"])).float()
+
+    def run_int(self, q: Tensor, engine: str | None = None) -> Tensor:
+        """Run the ops on uint8 input codes and return the uint8 output codes (no float op).
+
+        Args:
+            q: uint8 tensor ``(N, *input_shape)``.
+            engine: ``"fast"`` or ``"reference"``; default ``self.engine``.
+        """
+        engine = self._check_engine(engine)
+        if not isinstance(q, Tensor) or q.dtype != torch.uint8:
+            raise ModelError(f"run_int takes a uint8 tensor, got {getattr(q, 'dtype', type(q).__name__)}")
+        if engine == "reference":
+            return torch.from_numpy(run_reference(self, q.numpy())[self.output["value"]])
+        return self.fast_engine().run(q)
+
+    def run_values(self, q: Tensor, engine: str | None = None) -> dict[str, Tensor]:
+        """Every value (input, each op's output) as uint8 tensors in PyTorch layout, for per-layer checks.
+
+        Args:
+            q: uint8 input codes.
+            engine: ``"fast"`` or ``"reference"``; default ``self.engine``.
+        """
+        engine = self._check_engine(engine)
+        if engine == "reference":
+            return {k: torch.from_numpy(v) for k, v in run_reference(self, q.numpy()).items()}
+        return self.fast_engine().run(q, all_values=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dequantize_output(self.run_int(self.quantize_input(x)))
+
+    def extra_repr(self) -> str:
+        kinds = [op["op"] for op in self.ops]
+        return f"input_shape={self.input_shape}, ops={len(kinds)} ({', '.join(kinds)}), engine={self.engine!r}"
+
+
+def _np(model: IntegerModel, name: str) -> np.ndarray:
+    return getattr(model, name).numpy()
+
+
+def run_reference(model: IntegerModel, q: np.ndarray) -> dict[str, np.ndarray]:
+    """Interpret ``model.ops`` with the NumPy int64 kernels of :mod:`.reference`; returns every value by name.
+
+    Args:
+        model: the integer model.
+        q: uint8 input codes ``(N, *input_shape)``.
+    """
+    if q.dtype != np.uint8:
+        raise ModelError(f"the reference engine takes uint8 codes, got {q.dtype}")
+    env = {model.input["value"]: q}
+    zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
+    for op in model.ops:
+        kind, ins, out = op["op"], op["inputs"], op["output"]
+        x = env[ins[0]]
+        if kind in ("conv2d", "linear"):
+            m0, sh = _np(model, op["multiplier"]), _np(model, op["shift"])
+            m0, sh = (m0[0], sh[0]) if m0.shape == (1,) else (m0, sh)
+            common = dict(q_b=_np(model, op["bias"]), M0=m0, shift=sh, z_y=zp[out], qmin=op["qmin"], qmax=op["qmax"])
+            if kind == "linear":
+                y = ref.linear(x, zp[ins[0]], _np(model, op["weight"]), **common)
+            else:
+                y = ref.conv2d(x, zp[ins[0]], _np(model, op["weight"]), stride=tuple(op["stride"]),
+                               padding=tuple(op["padding"]), dilation=tuple(op["dilation"]), groups=op["groups"],
+                               **common)
+        elif kind == "max_pool2d":
+            y = ref.max_pool2d(x, tuple(op["kernel"]), tuple(op["stride"]), tuple(op["padding"]))
+        elif kind == "avg_pool2d":
+            y = ref.avg_pool2d(x, tuple(op["kernel"]), tuple(op["stride"]))
+        elif kind == "global_avg_pool":
+            y = ref.avg_pool2d(x, x.shape[2:], x.shape[2:])
+        elif kind == "flatten":
+            y = x.reshape(x.shape[0], -1)
+        elif kind == "add":
+            y = ref.add(x, zp[ins[0]], op["multiplier_a"], op["shift_a"], env[ins[1]], zp[ins[1]], op["multiplier_b"],
+                        op["shift_b"], zp[out], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
+                        op["qmax"])
+        elif kind == "concat":
+            y = ref.concat([env[i] for i in ins], [zp[i] for i in ins], [tuple(m) for m in op["multipliers"]],
+                           zp[out], op["axis"], op["left_shift"], op.get("qmin", 0), op.get("qmax", 255))
+        else:
+            raise ModelError(f"unknown integer op {kind!r} in the model; it was built by a newer compactnn?")
+        if y.dtype != np.uint8:
+            raise ModelError(f"op {kind} produced {y.dtype}, expected uint8")
+        env[out] = y
+    return env
