@@ -11,11 +11,6 @@ from compactnn.data import bundle
 from compactnn.errors import DataError
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return cd.load("digits")
-
-
 def test_digits_shapes_and_sizes(digits):
     assert digits.name == "digits"
     assert digits.input_shape == (1, 8, 8)

@@ -13,23 +13,6 @@ from compactnn.errors import ModelError
 from compactnn.report import count_macs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny matmuls are slow with several threads on a busy machine; the tests run single-threaded."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("in_modes,out_modes,ranks,blocks", [
     ((2, 3, 4), (3, 2, 2), (2, 3, 2), 3),
     ((5, 2, 3), (1, 4, 2), (3, 1, 2), 1),

@@ -19,14 +19,6 @@ from compactnn.decompose.tensor_ring import TRConv2d, TRLinear  # noqa: E402
 from compactnn.errors import ConfigError, ModelError  # noqa: E402
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def small_cnn() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(

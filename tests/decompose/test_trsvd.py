@@ -15,14 +15,6 @@ from compactnn.decompose.trsvd import (  # noqa: E402
 from compactnn.errors import ModelError  # noqa: E402
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 def test_linear_tensor_is_trlinear_layout(f64):
     layer = TRLinear((2, 3), (4, 2), 2)
     t = ring_to_tensor(layer.cores)

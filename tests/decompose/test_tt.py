@@ -15,14 +15,6 @@ from compactnn.errors import ModelError
 from compactnn.report import count_macs
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 @pytest.mark.parametrize("in_modes,out_modes,ranks", [
     ((2, 3, 4), (3, 2, 2), (2, 3)),
     ((4, 7), (5, 2), 3),

@@ -13,14 +13,6 @@ from compactnn.decompose.tucker_cp import CPConv2d, TuckerConv2d, relative_error
 from compactnn.errors import ModelError  # noqa: E402
 
 
-@pytest.fixture
-def f64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
-
-
 GEOMETRY = [(3, 1, 0, 1), (3, 2, 1, 1), ((3, 5), (1, 2), (1, 2), (2, 1)), (1, 1, 0, 1)]
 
 

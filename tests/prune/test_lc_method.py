@@ -18,19 +18,6 @@ from compactnn.prune.lc import (LC, epochs_schedule, layer_budget, lc_penalty, l
 FAST = dict(steps=2, epochs_per_step=1, first_epochs=1, batch_size=64, mu0=1e-3, mu_factor=2.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return cn.data.load("digits")
-
-
 @pytest.fixture(scope="module")
 def trained(digits):
     torch.manual_seed(0)

@@ -11,20 +11,6 @@ from compactnn.prune import MagnitudePrune, PruneSchedule, magnitude_masks, mask
 from compactnn.train import evaluate, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train ~30x faster on one thread than on two contended ones (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return cn.data.load("digits")
-
-
 @pytest.fixture(scope="module")
 def trained(digits):
     torch.manual_seed(0)

@@ -15,11 +15,6 @@ from compactnn.quantize.intonly.model import IntegerModel
 from compactnn.quantize.intonly.qat import prepare
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return cn.data.load("digits")
-
-
 def _train(model, data, steps=150, lr=3e-3):
     torch.manual_seed(0)
     opt = torch.optim.Adam(model.parameters(), lr=lr)

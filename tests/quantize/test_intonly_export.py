@@ -252,13 +252,6 @@ def test_export_file_rejects_a_float_model(tmp_path):
 # ------------------------------------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def digits():
-    from compactnn.data import load
-
-    return load("digits")
-
-
 def _integer_model(name, digits):
     pytest.importorskip("compactnn.quantize.intonly.method")
     import compactnn as cn

@@ -14,15 +14,6 @@ from compactnn.quantize.kmeans import cluster_weight, codebook_of, share_weights
 from compactnn.train import evaluate, fit
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train ~30x faster on one thread than on two contended ones (OpenMP spin-waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_codebook_gradient_is_exact_per_cluster_sum():
     layer = nn.Linear(5, 4)
     index = torch.tensor([[0, 1, 2, 3, 1], [2, 2, 0, 1, 3], [3, 0, 0, 2, 1], [1, 1, 1, 0, 2]])
@@ -75,11 +66,6 @@ def test_compress_without_finetune_shares_weights_and_keeps_zeros(bits, init):
         assert torch.equal(after.bias, before.bias)
         index, codebook = cluster_weight(before.weight, bits, init)  # each weight became its centroid
         assert torch.equal(after.weight, torch.cat([torch.zeros(1), codebook])[index])
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return cn.data.load("digits")
 
 
 def test_finetune_trains_codebooks_and_bakes_plain_layers(digits):

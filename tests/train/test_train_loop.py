@@ -10,11 +10,6 @@ from compactnn.models import create
 from compactnn.train import evaluate, fit, lr_factor
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return load("digits")
-
-
 def fresh(name, data, seed=0, **kw):
     torch.manual_seed(seed)
     return create(name, data=data, **kw)
