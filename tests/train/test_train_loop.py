@@ -159,3 +159,9 @@ def test_single_row_last_batch_is_dropped_so_batchnorm_trains(digits):
     model = fresh("resnet20", digits, widths=(4, 4, 8))
     fit(model, data, epochs=2, batch_size=64, quiet=True, step_hooks=[lambda m, s, t: calls.append((s, t))])
     assert calls == [(1, 2), (2, 2)]
+
+
+def test_divergence_stops_with_a_clear_error(digits):
+    model = create("lenet300", data=digits)
+    with pytest.raises(ConfigError, match=r"training diverged at step \d+ \(epoch 1\): loss is (nan|inf); lower lr"):
+        fit(model, digits, epochs=1, lr=1e6, batch_size=64, quiet=True)

@@ -196,13 +196,18 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
             for x, y in _batches(dataset, order, batch_size, device):
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(net, x, y) if loss_fn is not None else F.cross_entropy(net(x), y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    bar.close()
+                    raise ConfigError(f"training diverged at step {step + 1} (epoch {epoch + 1}): loss is {value}; "
+                                      f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
                 loss.backward()
                 opt.step()
                 sched.step()
                 step += 1
                 for hook in step_hooks:
                     hook(model, step, total)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{value:.4f}", lr=f"{opt.param_groups[0]['lr']:.3g}", refresh=False)
                 bar.update()
                 if step >= total:
                     break
