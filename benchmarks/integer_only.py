@@ -43,7 +43,7 @@ warnings.filterwarnings("ignore", module="torch.ao")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 SETTINGS = {
-    "lenet5": dict(train=dict(epochs=10, lr=0.05, batch_size=128), qat=dict(epochs=2, lr=0.002), calib=2000),
+    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), qat=dict(epochs=2, lr=0.002), calib=2000),
     "resnet20": dict(train=dict(epochs=6, lr=0.1, batch_size=128), qat=dict(epochs=1, lr=0.002), calib=2000),
 }
 QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), qat=dict(epochs=2, lr=0.002), calib=500)

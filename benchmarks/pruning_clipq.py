@@ -27,7 +27,7 @@ from pretrained import pretrained  # noqa: E402
 SETTINGS = {
     "lenet300": dict(train=dict(epochs=20, lr=0.1, batch_size=128), trials=50, target_ratio=0.018,
                      finetune=dict(epochs=15, lr=0.01)),
-    "lenet5": dict(train=dict(epochs=10, lr=0.05, batch_size=128), trials=50, target_ratio=0.018,
+    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), trials=50, target_ratio=0.018,
                    finetune=dict(epochs=10, lr=0.01)),
 }
 QUICK = {
