@@ -47,8 +47,8 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub markdown table of ``rows`` over ``columns``; floats get 4 significant decimals."""
 
     def cell(v):
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.1f}"
+        if isinstance(v, float):  # fractions (accuracy) to 4 decimals; ratios, times and the like to 2
+            return f"{v:.4f}" if abs(v) < 1 else f"{v:,.2f}"
         if isinstance(v, int):
             return f"{v:,}"
         return "" if v is None else str(v)
