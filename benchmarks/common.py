@@ -11,11 +11,12 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
+
+from compactnn.files import atomic_write, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
@@ -31,16 +32,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
@@ -59,11 +50,13 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
 
 
 def write_results(name: str, out: Path, rows: list[dict], columns: list[str], title: str, notes: str,
-                  plot: Callable[[Path], None]) -> None:
-    """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` under ``out``."""
+                  plot: Callable) -> None:
+    """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` under ``out``; ``plot(fh)`` saves a PNG to a binary
+    file object (``fig.savefig(fh, format="png")``)."""
     command = "python " + " ".join([f"benchmarks/{name}.py", *sys.argv[1:]])
     env = f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, {platform.python_version()}"
     md = f"# {title}\n\nMade by `{command}` ({env}).\n\n{markdown_table(rows, columns)}\n\n{notes.strip()}\n\n![{name}]({name}.png)\n"
-    _atomic_write(out / f"{name}.md", lambda p: p.write_text(md))
-    _atomic_write(out / f"{name}.json", lambda p: p.write_text(json.dumps(rows, indent=1) + "\n"))
-    _atomic_write(out / f"{name}.png", plot)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.md", md)
+    atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write(out / f"{name}.png", plot)

@@ -22,7 +22,8 @@ import compactnn as cn  # noqa: E402
 import pruning_clipq  # noqa: E402
 import pruning_lc  # noqa: E402
 import pruning_nisp  # noqa: E402
-from common import _atomic_write, markdown_table, parser  # noqa: E402
+from common import markdown_table, parser  # noqa: E402
+from compactnn.files import atomic_write, atomic_write_text  # noqa: E402
 
 SECTIONS = {
     "lc": ("LC (learning-compression), LeNet-300-100", pruning_lc, pruning_lc.COLUMNS),
@@ -91,9 +92,10 @@ def main() -> None:
             print({k: r.get(k) for k in SECTIONS[key][2]}, flush=True)
     rows.sort(key=lambda r: list(SECTIONS).index(r["section"]))
     command = "python benchmarks/pruning.py " + " ".join(f"--sections {s}" for s in chosen)
-    _atomic_write(args.out / "pruning.md", lambda path: path.write_text(markdown(rows, command)))
-    _atomic_write(store, lambda path: path.write_text(json.dumps(rows, indent=1) + "\n"))
-    _atomic_write(args.out / "pruning.png", lambda path: plot(rows, path))
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "pruning.md", markdown(rows, command))
+    atomic_write_text(store, json.dumps(rows, indent=1) + "\n")
+    atomic_write(args.out / "pruning.png", lambda fh: plot(rows, fh))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import yaml
 
 from .config import FineTune, MethodConfig, build, from_dict
 from .errors import ConfigError, OutputError
+from .files import public_mode
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,7 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    public_mode(tmp, folder=True)
     try:
         meta = {"model": recipe.model.name, "data": recipe.data.name, "input_shape": list(bundle.input_shape)}
         pack.save(current, tmp / "model.cnz", metadata=meta)

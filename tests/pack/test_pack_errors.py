@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize, prune
 from compactnn import pack
 from compactnn.errors import OutputError, PackError
 from compactnn.pack import container
-from cnz_forge import HEADER, manifest_span, rewrite_manifest
+from cnz_forge import manifest_span, rewrite_manifest
 
 
 

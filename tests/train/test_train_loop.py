@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compactnn.data import ArrayDataset, load
+from compactnn.data import ArrayDataset
 from compactnn.errors import ConfigError, DataError
 from compactnn.models import create
 from compactnn.train import evaluate, fit, lr_factor

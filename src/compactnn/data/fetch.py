@@ -30,6 +30,7 @@ from typing import BinaryIO, Callable, Optional, Sequence, TypeVar
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..files import public_mode
 
 T = TypeVar("T")
 DATA_ENV = "COMPACTNN_DATA"
@@ -133,6 +134,7 @@ def download(resource: Resource, folder: Path, quiet: bool | None = None) -> Pat
                     f"got {got}) and was discarded; retry later or place the file in {folder} yourself"
                 )
                 continue
+            public_mode(tmp)
             os.replace(tmp, target)
             return target
         except OSError as err:  # URLError, HTTPError, timeouts and socket errors are all OSErrors

@@ -24,13 +24,13 @@ import json
 import os
 import struct
 import sys
-import tempfile
 
 import torch
 import zstandard
 from torch import nn
 
 from ..errors import OutputError, PackError
+from ..files import atomic_write_bytes
 from . import codecs, spec
 
 MAGIC = b"\x89CNZ\r\n\x1a\n"
@@ -114,19 +114,7 @@ def save(model: nn.Module, path, *, fp16: bool = False, level: int = 19, metadat
     if not os.path.isdir(folder):
         raise OutputError(f"cannot write {path}: folder {folder} does not exist; create it first")
     data, manifest = _build(model, fp16, level, metadata)  # fails before anything touches the disk
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, data)
     return _summary(manifest, path, len(data))
 
 

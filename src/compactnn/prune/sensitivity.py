@@ -13,7 +13,6 @@ import csv
 import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, OutputError
+from ..files import atomic_write_bytes
 from ..layers import select_layers
 from .magnitude import keep_top
 
@@ -96,17 +96,6 @@ def sensitivity(model: nn.Module, data: Any, levels: Sequence[float] = LEVELS, l
     return rows
 
 
-def _atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_sensitivity(rows: list[dict], out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``sensitivity.csv`` and ``sensitivity.png`` (accuracy vs sparsity, one line per layer) atomically.
 
@@ -131,7 +120,7 @@ def write_sensitivity(rows: list[dict], out_dir: str | os.PathLike) -> dict[str,
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: r[k] for k in COLUMNS} for r in rows)
-    _atomic(out / "sensitivity.csv", text.getvalue().encode())
+    atomic_write_bytes(out / "sensitivity.csv", text.getvalue().encode())
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -146,7 +135,7 @@ def write_sensitivity(rows: list[dict], out_dir: str | os.PathLike) -> dict[str,
     ax.legend(fontsize=7, ncol=2 if len({r["layer"] for r in rows}) > 10 else 1)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    _atomic(out / "sensitivity.png", buf.getvalue())
+    atomic_write_bytes(out / "sensitivity.png", buf.getvalue())
     return {"csv": out / "sensitivity.csv", "png": out / "sensitivity.png"}
 
 

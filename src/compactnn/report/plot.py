@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import OutputError
+from ..files import atomic_savefig
 
 
 def _layer_bytes(layers) -> dict[str, int]:
@@ -64,15 +63,6 @@ def plot_layer_sizes(report, path) -> Path:
 def _save_atomic(fig, path: Path) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:
         raise OutputError(f"cannot write {path}: {err.strerror or err}; choose a writable folder") from err
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_savefig(path, fig, dpi=110)

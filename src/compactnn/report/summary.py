@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import OutputError
+
+from ..files import atomic_write_text
 from .latency import measure_latency
 from .macs import count_macs, layer_modules
 
@@ -206,8 +206,8 @@ class Report:
             raise OutputError(f"cannot create {out}: {err.strerror or err}; choose a writable folder") from err
         doc = self.to_dict(stages=stages, model_name=model_name, data_name=data_name)
         paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "report.png"}
-        _write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
-        _write_text(paths["markdown"], self.to_markdown(stages=stages))
+        atomic_write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(paths["markdown"], self.to_markdown(stages=stages))
         plot_layer_sizes(self, paths["plot"])
         return paths
 
@@ -320,13 +320,3 @@ def _md_table(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -114,7 +114,7 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
                 raise ModelError(f"{where} does not take a quantized tensor (is the model input quantized?)")
         i = len(ops)
         if isinstance(mod, (QConv2d, QLinear)):
-            s_in, z_in = values[x]["scale"], values[x]["zero_point"]
+            s_in = values[x]["scale"]
             s_out, z_out = observed(mod.out_quant, where)
             w, b = mod.folded()
             s_w, _ = symmetric_int8(w, per_channel=mod.per_channel, axis=0)
@@ -192,14 +192,13 @@ def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> dict:
         ceil = mod.ceil_mode
         dil = getattr(mod, "dilation", 1)
         is_max = isinstance(mod, nn.MaxPool2d)
-        extra = mod.count_include_pad if not is_max else True
     else:
         is_max = node.target is F.max_pool2d
         names = ["kernel_size", "stride", "padding"]
         vals = dict(zip(names, node.args[1:]))
         vals.update({k: v for k, v in node.kwargs.items() if k in names})
         k, s, p = vals["kernel_size"], vals.get("stride") or vals["kernel_size"], vals.get("padding", 0)
-        ceil, dil, extra = node.kwargs.get("ceil_mode", False), node.kwargs.get("dilation", 1), True
+        ceil, dil = node.kwargs.get("ceil_mode", False), node.kwargs.get("dilation", 1)
     s = k if s is None or s == [] else s
     if ceil or _pair(dil) != [1, 1]:
         raise ModelError(f"{where}: pooling with ceil_mode or dilation is not supported")

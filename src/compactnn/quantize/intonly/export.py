@@ -26,13 +26,12 @@ engines, at the cost of speed. On CPUs without AVX-VNNI, ORT's u8s8 kernels may 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from compactnn.errors import ModelError, OutputError
+from compactnn.errors import ModelError
+from compactnn.files import atomic_write_bytes
 
 __all__ = ["build_onnx", "export_file", "export_onnx"]
 
@@ -359,18 +358,7 @@ def export_onnx(model, path, opset: int = DEFAULT_OPSET, mode: str = "qoperator"
         The path written.
     """
     proto = build_onnx(model, opset, mode)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, proto.SerializeToString())
 
 
 def export_file(cnz_path, onnx_path, opset: int = DEFAULT_OPSET, mode: str = "qoperator") -> Path:

@@ -77,7 +77,7 @@ class IntegerOnly(MethodConfig):
               f"integer-only: act_delay must be an int >= 0 (steps), got {self.act_delay!r}")
         check(self.freeze_bn_after is None or (isinstance(self.freeze_bn_after, int) and self.freeze_bn_after >= 0),
               f"integer-only: freeze_bn_after must be an int >= 0 (steps) or null, got {self.freeze_bn_after!r}")
-        check(self.engine in ("fast", "reference"), f"integer-only: engine must be 'fast' or 'reference'")
+        check(self.engine in ("fast", "reference"), f"integer-only: engine must be 'fast' or 'reference', got {self.engine!r}")
 
 
 def _input_shape(model: nn.Module, data: Any) -> tuple:
