@@ -25,6 +25,18 @@ def public_mode(path: str | os.PathLike, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` (and its parents) if needed; :class:`OutputError` if it cannot be."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} exists and is not a folder; give a folder for the output")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"cannot create folder {path}: {err.strerror or err}; choose a writable folder") from None
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(fh)`` on a temporary binary file beside ``path``, then rename it to ``path``.
 

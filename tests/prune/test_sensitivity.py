@@ -62,7 +62,7 @@ def test_write_and_cli(trained, tmp_path):
     assert table[0]["layer"] == "fc1" and float(table[1]["level"]) == 0.3
     assert not [p for p in (tmp_path / "sens").iterdir() if p.name.startswith(".")]  # no temp files left
     (tmp_path / "file").write_text("x")
-    with pytest.raises(OutputError, match="is a file"):
+    with pytest.raises(OutputError, match="exists and is not a folder"):
         write_sensitivity(out["rows"], tmp_path / "file")
 
 

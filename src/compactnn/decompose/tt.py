@@ -17,7 +17,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..pack.spec import packable
-from .block_term import _BTRecurrent
+from .block_term import BTLSTM, _BTRecurrent
 from .shapes import check_modes
 
 
@@ -177,18 +177,7 @@ class TTLSTM(_BTRecurrent):
                 nn.init.orthogonal_(self.hh.weight[g * h:(g + 1) * h])
             self.ih.bias[h:2 * h] = 1.0
 
-    def forward(self, x: torch.Tensor, hx: tuple[torch.Tensor, torch.Tensor] | None = None):
-        x = self._sequence(x)
-        xi = self.ih(x)  # all steps at once: (B, T, 4H)
-        h = self._state(None if hx is None else hx[0], x)
-        c = self._state(None if hx is None else hx[1], x)
-        outs = []
-        for t in range(x.shape[1]):
-            i, f, g, o = (xi[:, t] + self.hh(h)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(h)
-        return self._output(outs), (h.unsqueeze(0), c.unsqueeze(0))
+    forward = BTLSTM.forward  # the same LSTM steps over a different input-to-hidden map
 
     def extra_repr(self) -> str:
         return (f"in_modes={self.in_modes}, hidden_modes={self.hidden_modes}, ranks={self.ranks}, "

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..errors import ConfigError, OutputError
-from ..files import atomic_write_bytes
+from ..errors import ConfigError
+from ..files import atomic_write_bytes, ensure_dir
 from ..layers import select_layers
 from .magnitude import keep_top
 
@@ -109,13 +109,7 @@ def write_sensitivity(rows: list[dict], out_dir: str | os.PathLike) -> dict[str,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"--out {out} is a file; give a folder for sensitivity.csv and sensitivity.png")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create output folder {out} ({err.strerror}); choose a writable folder") from None
+    out = ensure_dir(out_dir)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()

@@ -15,9 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import OutputError
-
-from ..files import atomic_write_text
+from ..files import atomic_write_text, ensure_dir
 from .latency import measure_latency
 from .macs import count_macs, layer_modules
 
@@ -197,13 +195,7 @@ class Report:
         """
         from .plot import plot_layer_sizes
 
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise OutputError(f"{out} exists and is not a folder; pass a folder path for the report")
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OutputError(f"cannot create {out}: {err.strerror or err}; choose a writable folder") from err
+        out = ensure_dir(out_dir)
         doc = self.to_dict(stages=stages, model_name=model_name, data_name=data_name)
         paths = {"json": out / "report.json", "markdown": out / "report.md", "plot": out / "report.png"}
         atomic_write_text(paths["json"], json.dumps(doc, indent=2) + "\n")
