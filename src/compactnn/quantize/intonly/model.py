@@ -1,4 +1,4 @@
-"""The integer model: a straight-line program of integer ops (the IR in ``/work/intonly_ir.md``).
+"""The integer model: a straight-line program of integer ops (the IR described in ``docs/integer_ir.md``).
 
 ``forward`` quantizes its float input once, runs every op on integer codes only (``run_int``) and dequantizes once.
 ``engine="reference"`` interprets the ops with the NumPy int64 kernels of :mod:`.reference` (the definition);
