@@ -6,7 +6,8 @@ figure), then fine-tuned. L1-norm filter pruning (Li et al. 2017) is run at the 
 (:func:`compactnn.prune.l1filter.l1_ratio_for_macs`) and fine-tuned the same way. Each row gives test accuracy,
 parameters, MACs (:func:`compactnn.report.count_macs`, batch 1), packed bytes, and CPU latency at batch 256
 (:func:`compactnn.report.measure_latency`: 2 threads, eval mode, ``torch.inference_mode``; median of 20 timed passes
-after 3 warm-up passes, the three models timed round-robin so load changes hit them alike). ``--quick`` runs on scikit-learn digits with a short training.
+after 3 warm-up passes, all models timed round-robin so load changes hit them alike), both as eager modules and in
+the deployed form of :func:`compactnn.report.inference_form` (BN folded, channels-last). ``--quick`` runs on scikit-learn digits with a short training.
 
 Run alone: ``python benchmarks/pruning_nisp.py [--quick]``; ``benchmarks/pruning.py`` imports :func:`run`.
 """
@@ -35,7 +36,7 @@ QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), finetune=dict(epochs
 TARGET_REMOVED = 0.43  # fraction of MACs NISP removes (paper: -43.6% FLOPs on ResNet-56)
 THREADS = 2
 COLUMNS = ["model", "data", "method", "ratio", "accuracy", "drop_points", "params", "macs", "macs_removed",
-           "packed_bytes", "latency_ms_b256", "speedup", "seconds"]
+           "packed_bytes", "eager_ms_b256", "eager_speedup", "latency_ms_b256", "speedup", "seconds"]
 
 
 def latencies(models: list, shape, repeats: int) -> list[float]:
@@ -88,17 +89,26 @@ def run(bundle, quick: bool) -> list[dict]:
     l1_row = _row(l1, bundle, "L1-filter + fine-tune", l1_ratio, time.perf_counter() - t, dense)
     print(f"l1: {l1_row}", flush=True)
     rows = [dense, nisp_row, l1_row]
-    ms = latencies([dense_model, nisp, l1], bundle.input_shape, s["repeats"])
-    for r, m in zip(rows, ms):
-        r.update(latency_ms_b256=round(m, 2), speedup=round(ms[0] / m, 3))
-    print("latency ms at batch 256 (dense, nisp, l1):", [round(m, 1) for m in ms], flush=True)
+    models = [dense_model, nisp, l1]
+    deployed = [cn.report.inference_form(m) for m in models]
+    x = torch.randn(64, *bundle.input_shape)
+    with torch.inference_mode():
+        for m, d in zip(models, deployed):  # the deployed form computes the same function
+            assert torch.allclose(m.eval()(x), d(x), atol=1e-4, rtol=1e-4), "inference_form changed the outputs"
+    ms = latencies(models + deployed, bundle.input_shape, s["repeats"])
+    eager, deploy = ms[:3], ms[3:]
+    for r, e, d in zip(rows, eager, deploy):
+        r.update(eager_ms_b256=round(e, 2), eager_speedup=round(eager[0] / e, 3), latency_ms_b256=round(d, 2),
+                 speedup=round(deploy[0] / d, 3))
+    print("ms at batch 256, eager (dense, nisp, l1):", [round(m, 1) for m in eager], "deployed:",
+          [round(m, 1) for m in deploy], flush=True)
     return rows
 
 
 def plot(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = ["#888", "#36c", "#c63"]
-    for ax, key, label in ((axes[0], "macs", "MACs (batch 1)"), (axes[1], "latency_ms_b256", "ms at batch 256")):
+    for ax, key, label in ((axes[0], "macs", "MACs (batch 1)"), (axes[1], "latency_ms_b256", "ms at batch 256 (BN folded, channels-last)")):
         for r, c in zip(rows, colors):
             ax.scatter(r[key], r["accuracy"], color=c, s=60, label=r["method"])
             ax.annotate(f"{r['speedup']:.2f}x" if key != "macs" else f"-{r['macs_removed']:.0%}",
@@ -118,8 +128,10 @@ NOTES = """Both pruned models are plain, smaller `nn.Conv2d`/`BatchNorm2d`/`Line
 inner channels, and each stage's residual channels, which all members of the adds lose together); the classifier's
 outputs are never pruned. The ratio was found by bisection to remove about 43% of the MACs; L1 uses the ratio that
 gives the same MACs. Latency: `compactnn.report.measure_latency`, batch 256, 2 torch threads, median of 20 timed
-passes after 3 warm-up passes (5 in --quick); the three models are timed round-robin, one pass each per round, so
-load changes on a shared machine hit them alike. NISP's alpha = 0.5 is unverified;
+passes after 3 warm-up passes (7 in --quick); the models are timed round-robin, one pass each per round, so load
+changes on a shared machine hit them alike. `latency_ms_b256`/`speedup` time every model in its deployed form,
+`compactnn.report.inference_form` (BN folded into the convs, channels-last weights; outputs checked equal to the
+eager model's); `eager_ms_b256`/`eager_speedup` time the same models as eager NCHW modules with separate BN. NISP's alpha = 0.5 is unverified;
 BN scaling by |gamma/sigma| and uniform max-pool spreading are our choices (see `compactnn/prune/nisp.py`)."""
 
 

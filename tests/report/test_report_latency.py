@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+import compactnn
 from compactnn.errors import ConfigError
 from compactnn.report import measure_latency
 
@@ -44,3 +45,24 @@ def test_runs_in_eval_and_inference_mode():
 def test_bad_arguments(kwargs):
     with pytest.raises(ConfigError):
         measure_latency(_model(), (1, 8, 8), **kwargs)
+
+
+def test_inference_form_folds_bn_keeps_function_and_leaves_model_alone():
+    from compactnn.report import inference_form
+
+    torch.manual_seed(0)
+    model = compactnn.models.create("resnet20", input_shape=(1, 12, 12), num_classes=10)
+    for m in model.modules():  # non-trivial BN statistics, so folding matters
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    model.eval()
+    deployed = inference_form(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    conv = next(m for m in deployed.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), model(x), atol=1e-5, rtol=1e-4)

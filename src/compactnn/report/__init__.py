@@ -1,14 +1,16 @@
 """Measure a model: per-layer params, nonzeros, packed bytes and MACs, latency, and before/after reports.
 
 - :func:`count_macs` counts multiply-accumulates with forward hooks on the real module (``macs.py``).
-- :func:`measure_latency` times the real module (``latency.py``).
+- :func:`measure_latency` times the real module; :func:`inference_form` is its deployed copy (BN folded,
+  channels-last) (``latency.py``).
 - :func:`summarize` builds a :class:`Report` (``summary.py``); ``Report.write`` saves report.json, report.md and
   a PNG of per-layer sizes (:func:`plot_layer_sizes`, ``plot.py``).
 """
 
-from .latency import measure_latency
+from .latency import inference_form, measure_latency
 from .macs import count_macs, layer_modules
 from .plot import plot_layer_sizes
 from .summary import Report, summarize
 
-__all__ = ["count_macs", "layer_modules", "measure_latency", "plot_layer_sizes", "Report", "summarize"]
+__all__ = ["count_macs", "layer_modules", "measure_latency", "inference_form", "plot_layer_sizes", "Report",
+           "summarize"]

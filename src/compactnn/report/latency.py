@@ -66,3 +66,31 @@ def measure_latency(
         for m, mode in modes.items():
             m.training = mode
     return result
+
+
+def inference_form(model: nn.Module, fold_bn: bool = True, channels_last: bool = True) -> nn.Module:
+    """A copy of ``model`` in the form one deploys on CPU: eval mode, BatchNorm folded into the preceding conv
+    (``torch.fx.experimental.optimization.fuse``), and 4-D weights in ``channels_last`` (NHWC), the layout oneDNN's
+    convolutions run fastest in. The copy computes the same function to float rounding.
+
+    Speed-ups of pruned against dense models are fairest when both are timed in this form: eager NCHW with separate
+    BN passes adds memory-bound work that does not shrink with the MACs.
+
+    Args:
+        model: the module (left untouched).
+        fold_bn: fold Conv+BN pairs; models that torch.fx cannot trace are kept unfolded.
+        channels_last: convert 4-D parameters and buffers to ``torch.channels_last``.
+    """
+    import copy
+
+    out = copy.deepcopy(model).eval()
+    if fold_bn:
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            out = fuse(out)
+        except Exception:  # noqa: BLE001 - untraceable models are timed unfolded
+            pass
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    return out
