@@ -153,3 +153,25 @@ def test_ratio_for_macs_hits_the_uniform_ratio_macs():
     r = ratio_for_macs(m, target, graph=g, tol=1e-3)
     keep_r = {n: list(range(keep_count(gr.size, r))) for n, gr in g.prunable().items()}
     assert total_macs(prune_channels(copy.deepcopy(m), g, keep_r), g.input_shape) == target
+
+
+def test_keep_count_round_to_snaps_to_multiples():
+    assert [keep_count(64, r, 8) for r in (0.0, 0.24, 0.3, 0.7, 0.99)] == [64, 48, 48, 16, 8]
+    assert keep_count(16, 0.25, 8) == 16  # 12 is halfway: halves round up
+    assert keep_count(6, 0.5, 8) == 6  # groups no wider than round_to stay whole
+    assert keep_count(20, 0.1, 8) == 16  # 18 is nearer 16 than 24
+    assert keep_count(20, 0.3, 8) == 16
+    assert keep_count(10, 0.3) == 7  # round_to=1 is the exact count
+
+
+def test_round_to_in_configs_and_bad_values():
+    from compactnn.prune import L1Filter, NISP
+
+    with pytest.raises(ConfigError, match="round_to"):
+        NISP(ratio=0.3, round_to=0)
+    with pytest.raises(ConfigError, match="round_to"):
+        L1Filter(ratio=0.3, round_to=2.5)
+    m = cn.models.create("resnet20", input_shape=(1, 12, 12), num_classes=10)
+    out = cn.compress(m, L1Filter(ratio=0.3, round_to=8, finetune=None))
+    widths = {n: c.out_channels for n, c in out.named_modules() if isinstance(c, nn.Conv2d)}
+    assert all(w % 8 == 0 for w in widths.values()), widths

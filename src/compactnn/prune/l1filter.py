@@ -21,7 +21,7 @@ from ..config import FineTune, MethodConfig, check
 from ..errors import ModelError
 from ..layers import require_data, run_finetune
 from .graph import DependencyGraph
-from .surgery import check_ratio, keep_by_scores, prune_channels, ratio_for_macs, resolve_ratios
+from .surgery import check_ratio, check_round_to, keep_by_scores, prune_channels, ratio_for_macs, resolve_ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,8 @@ class L1Filter(MethodConfig):
     Args:
         ratio: fraction of filters removed in every prunable group (a float in [0, 1)), or ``{layer pattern:
             ratio}`` (fnmatch over Conv/Linear names; groups matched by no key are not pruned).
+        round_to: every pruned group keeps a multiple of this many channels (1 = exact ratio; 8 suits CPU
+            convolutions), as Torch-Pruning's ``round_to``.
         finetune: fine-tuning after the filters are removed (``None`` = prune only); its lr defaults to 0.01.
     """
 
@@ -38,6 +40,7 @@ class L1Filter(MethodConfig):
     description = "L1-norm filter pruning (Li et al. 2017): smallest-norm filters removed for real, fine-tuned"
 
     ratio: float | dict[str, float]
+    round_to: int = 1
     finetune: FineTune | None = FineTune()
 
     def __post_init__(self) -> None:
@@ -47,6 +50,7 @@ class L1Filter(MethodConfig):
                 check_ratio(value, f"l1-filter: ratio[{key!r}]")
         else:
             check_ratio(self.ratio, "l1-filter: ratio")
+        check_round_to(self.round_to, "l1-filter")
 
 
 def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, Tensor]:
@@ -58,22 +62,24 @@ def filter_norms(model: nn.Module, graph: DependencyGraph) -> dict[str, Tensor]:
 
 
 def l1_filter_prune(model: nn.Module, ratio: float | Mapping[str, float],
-                    input_shape: Sequence[int] | None = None) -> nn.Module:
+                    input_shape: Sequence[int] | None = None, round_to: int = 1) -> nn.Module:
     """Remove the smallest-L1 filters of ``model`` in place at ``ratio`` (see :class:`L1Filter`); returns it."""
     graph = DependencyGraph.build(model, input_shape)
     ratios = resolve_ratios(graph, ratio, "l1-filter")
-    return prune_channels(model, graph, keep_by_scores(filter_norms(model, graph), ratios))
+    return prune_channels(model, graph, keep_by_scores(filter_norms(model, graph), ratios, round_to))
 
 
-def l1_ratio_for_macs(model: nn.Module, target_macs: int, input_shape: Sequence[int] | None = None) -> float:
+def l1_ratio_for_macs(model: nn.Module, target_macs: int, input_shape: Sequence[int] | None = None,
+                      round_to: int = 1) -> float:
     """The uniform L1 ratio whose pruned model has MACs closest to ``target_macs`` (e.g. a NISP model's MACs).
 
     Args:
         model: the dense model.
         target_macs: total MACs (batch 1, :func:`compactnn.report.count_macs`) to match.
         input_shape: one example's shape; ``None`` uses ``model.input_shape``.
+        round_to: kept counts snap to multiples of this, as :class:`L1Filter` with the same ``round_to`` does.
     """
-    return ratio_for_macs(model, target_macs, input_shape)
+    return ratio_for_macs(model, target_macs, input_shape, round_to=round_to)
 
 
 def _input_shape(model: nn.Module, data: Any) -> Sequence[int]:
@@ -90,7 +96,7 @@ def l1_filter(model: nn.Module, config: L1Filter, data: Any = None) -> nn.Module
     """Prune ``model`` in place as ``config`` says, fine-tune if asked, and return the smaller model."""
     if config.finetune is not None:
         require_data(data, config.method)
-    l1_filter_prune(model, config.ratio, _input_shape(model, data))
+    l1_filter_prune(model, config.ratio, _input_shape(model, data), config.round_to)
     if config.finetune is not None:
         run_finetune(model, data, config.finetune, config.method)
     return model

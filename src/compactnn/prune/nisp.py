@@ -34,7 +34,7 @@ from ..errors import ModelError
 from ..layers import require_data, run_finetune
 from ..models.resnet import Add
 from .graph import ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, DependencyGraph
-from .surgery import check_ratio, keep_by_scores, prune_channels, resolve_ratios
+from .surgery import check_ratio, check_round_to, keep_by_scores, prune_channels, resolve_ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +47,8 @@ class NISP(MethodConfig):
             Residual groups are pruned together, ranked by their summed score.
         alpha: Inf-FS mix of the std term and the correlation term, in [0, 1] (0.5, unverified).
         samples: training examples whose final-response-layer features feed Inf-FS (at least 2).
+        round_to: every pruned group keeps a multiple of this many channels (1 = exact ratio; 8 suits CPU
+            convolutions), as Torch-Pruning's ``round_to``; the kept channels are still the best-scoring ones.
         finetune: fine-tuning after the channels are removed (``None`` = prune only); its lr defaults to 0.01.
     """
 
@@ -56,6 +58,7 @@ class NISP(MethodConfig):
     ratio: float | dict[str, float]
     alpha: float = 0.5
     samples: int = 1000
+    round_to: int = 1
     finetune: FineTune | None = FineTune()
 
     def __post_init__(self) -> None:
@@ -67,6 +70,7 @@ class NISP(MethodConfig):
             check_ratio(self.ratio, "nisp: ratio")
         check(isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0,
               f"nisp: alpha must be in [0, 1], got {self.alpha!r}")
+        check_round_to(self.round_to, "nisp")
         check(isinstance(self.samples, int) and self.samples >= 2,
               f"nisp: samples must be an int >= 2 (examples for Inf-FS), got {self.samples!r}")
 
@@ -274,7 +278,7 @@ def nisp(model: nn.Module, config: NISP, data: Any = None) -> nn.Module:
     graph = DependencyGraph.build(model, data.input_shape)
     ratios = resolve_ratios(graph, config.ratio, config.method)
     scores = nisp_scores(model, graph, data.train.subset(config.samples).x, config.alpha)
-    prune_channels(model, graph, keep_by_scores(scores, ratios))
+    prune_channels(model, graph, keep_by_scores(scores, ratios, config.round_to))
     if config.finetune is not None:
         run_finetune(model, data, config.finetune, config.method)
     return model
