@@ -1,54 +1,65 @@
-"""Integer-arithmetic-only inference (Jacob et al. 2018): speed against torch and ONNX Runtime int8, and accuracy.
+"""Integer-arithmetic-only inference (Jacob et al. 2018): accuracy, exactness, ONNX agreement, packing and speed.
 
-For LeNet-5 and ResNet-20 (1-channel input) on Fashion-MNIST, times in one process, on the same inputs, with the same
-thread count for every engine, the median of >= 20 runs after warm-up at batch 1 and batch 256:
+For LeNet-5 and ResNet-20 (1-channel input) on Fashion-MNIST. The work comes in parts (``--parts``), which can be
+run separately (each run updates its own sections of docs/results/integer_only.{md,json,png} and keeps the others):
 
-- fp32 eager (the trained float model) and ORT fp32 (its ``torch.onnx.export``) for scale;
-- torch's own x86 int8: FX graph mode (``prepare_fx``/``convert_fx``, ``get_default_qconfig_mapping("x86")``, run
-  eager on the fbgemm/x86 quantized kernels). PT2E is not used: torch 2.13 no longer ships
-  ``torch.ao.quantization.quantize_pt2e`` (it moved to torchao, which is not installed);
-- ORT int8: ``onnxruntime.quantization.quantize_static`` on the fp32 ONNX export (QOperator, per-channel int8 weights,
-  uint8 activations, MinMax calibration over training images);
-- ORT running compactnn's own export (``compactnn.quantize.intonly.export.export_onnx``);
-- compactnn's fast engine (``IntegerModel`` with ``engine="fast"``), and its NumPy reference engine at batch 256.
+- ``accuracy``: full test set accuracy of fp32, QAT int8 (``IntegerOnly(mode="qat")``), post-training calibration
+  (min/max and percentile, per channel; min/max per tensor), and of every timed engine;
+- ``exactness``: the NumPy reference engine against the fast engine, output codes and every intermediate value; the
+  reference needs ~0.08 s per ResNet-20 image, so ``--check-range A:B`` runs part of the test set and the counts of
+  disjoint parts add up in the JSON (the table says how many images are covered);
+- ``onnx``: ORT on our QOperator export and on the ``mode="exact"`` export against the fast engine, end to end, and
+  per layer (each ORT op fed exactly the codes our engine gave its inputs);
+- ``pack``: packed file sizes of fp32 and integer models (per channel and per tensor) and bit-identical reload;
+- ``timing``: in one process, on the same inputs, with the same thread count for every engine, the median of
+  >= 20 runs after warm-up at batch 1 and batch 256 of
+  - fp32 eager (the trained float model) and ORT fp32 (its ``torch.onnx.export``) for scale;
+  - torch's own x86 int8: FX graph mode (``prepare_fx``/``convert_fx``, ``get_default_qconfig_mapping("x86")``,
+    run eager on the fbgemm/x86 quantized kernels). PT2E is not used: torch 2.13 no longer ships
+    ``torch.ao.quantization.quantize_pt2e`` (it moved to torchao, which is not installed);
+  - ORT int8: ``onnxruntime.quantization.quantize_static`` on the fp32 ONNX export (QOperator, per-channel int8
+    weights, uint8 activations, MinMax calibration over training images);
+  - ORT running compactnn's own export (``compactnn.quantize.intonly.export.export_onnx``);
+  - compactnn's fast engine (``IntegerModel`` with ``engine="fast"``), and its NumPy reference engine at batch 256.
 
-Accuracy on the full test set: fp32, QAT int8 (``IntegerOnly(mode="qat")``), post-training calibration (min/max and
-percentile), torch int8, ORT int8 and our ONNX. Also the bit-exactness of the reference and fast engines and the
-agreement of ORT on our export with the fast engine. Writes docs/results/integer_only.{md,json,png}.
-``--quick``: digits, LeNet-5 only, few epochs and repeats.
+The integer models are built once and cached next to the fp32 references (benchmarks/pretrained.py), so every part
+sees the same models. ``--quick``: digits, LeNet-5 only, few epochs and repeats.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import statistics
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import compactnn as cn
+import integer_only_checks as checks
+from integer_only_report import OURS, ORT_INT8, TORCH_INT8, VARIANTS, plot, render, targets
+from common import parser
+from pretrained import cache_dir, pretrained
 
-import compactnn as cn  # noqa: E402
-from common import markdown_table, parser, write_results  # noqa: E402
-from pretrained import pretrained  # noqa: E402
+from compactnn.files import atomic_write, atomic_write_text
 
 warnings.filterwarnings("ignore", module="torch.ao")
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
+#: fp32 training (the cached reference), QAT (fine-tuning and IntegerOnly settings) and calibration images.
 SETTINGS = {
-    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), qat=dict(epochs=2, lr=0.002), calib=2000),
-    "resnet20": dict(train=dict(epochs=6, lr=0.1, batch_size=128), qat=dict(epochs=1, lr=0.002), calib=2000),
+    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128),
+                   qat=dict(finetune=dict(epochs=2, lr=0.002)), calib=2000),
+    "resnet20": dict(train=dict(epochs=3, lr=0.05, batch_size=128),
+                     qat=dict(finetune=dict(epochs=1, lr=0.002), freeze_bn_after=200, act_delay=0), calib=2000),
 }
-QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), qat=dict(epochs=2, lr=0.002), calib=500)
-COLUMNS = ["model", "engine", "accuracy", "ms_b1", "ms_b256", "x_ort_b1", "x_ort_b256", "x_torch_b256"]
-ORT_INT8, TORCH_INT8, OURS = "ORT int8 (quantize_static)", "torch int8 (FX x86)", "compactnn int8 (fast)"
+QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), qat=dict(finetune=dict(epochs=2, lr=0.002)), calib=500)
+PARTS = ("accuracy", "exactness", "onnx", "pack", "timing")
 
 
 # ----------------------------------------------------------------------------------------------- engines
@@ -129,115 +140,167 @@ def torch_fn(model):
     return run
 
 
-# ----------------------------------------------------------------------------------------------- compactnn
+# ----------------------------------------------------------------------------------------------- integer models
 
 
-def integer_models(model, bundle, s, quick: bool) -> dict:
-    """QAT and post-training calibrated integer models; empty when IntegerOnly is not there yet."""
-    try:
-        from compactnn.config import FineTune
-        from compactnn.quantize.intonly.method import IntegerOnly
-    except ImportError as err:
-        print(f"IntegerOnly not available ({err}); timing the comparators only", flush=True)
-        return {}
-    nb = max(1, s["calib"] // 128)  # calibration batches of 128 training images
-    out = {}
-    for label, cfg, data in [
-        ("calibrate minmax", IntegerOnly(mode="calibrate", calibration="minmax", calibration_batches=nb), bundle),
-        ("calibrate percentile", IntegerOnly(mode="calibrate", calibration="percentile", calibration_batches=nb),
-         bundle),
-        ("QAT", IntegerOnly(mode="qat", calibration_batches=nb, finetune=FineTune(**s["qat"])), bundle),
-    ]:
-        t = time.perf_counter()
-        out[label] = cn.compress(model, cfg, data=data).eval()
-        print(f"  {label}: {time.perf_counter() - t:.1f} s", flush=True)
-    return out
+
+def integer_model(label: str, model, fp32_tag: str, bundle, s: dict):
+    """The integer model ``label`` of VARIANTS for this fp32 model, built once and cached as a .cnz file."""
+    from compactnn.config import FineTune
+    from compactnn.quantize.intonly.method import IntegerOnly
+
+    kw = dict(VARIANTS[label], calibration_batches=max(1, s["calib"] // 128))
+    if kw["mode"] == "qat":
+        q = dict(s["qat"])
+        kw.update(q, finetune=FineTune(**q["finetune"]))
+    cfg = IntegerOnly(**kw)
+    digest = hashlib.sha1(repr(cfg).encode()).hexdigest()[:10]
+    path = cache_dir() / f"intonly-{fp32_tag}-{label.replace(' ', '').replace(',', '-')}-{digest}.cnz"
+    if path.exists():
+        return cn.pack.load(path).eval(), cfg
+    t = time.perf_counter()
+    im = cn.compress(model, cfg, data=bundle).eval()
+    print(f"  built {label} in {time.perf_counter() - t:.0f} s (cached in {path})", flush=True)
+    cn.pack.save(im, path, metadata={"config": repr(cfg)})
+    return im, cfg
 
 
-def input_codes(im, x: np.ndarray) -> torch.Tensor:
-    return im.quantize_input(torch.from_numpy(x))
+def fp32_finetuned(model, fp32_tag: str, bundle, s: dict):
+    """Control for QAT: the fp32 model fine-tuned with QAT's schedule but no quantization (cached)."""
+    ft = s["qat"]["finetune"]
+    path = cache_dir() / f"{fp32_tag}-finetuned-e{ft['epochs']}-lr{ft['lr']}.cnz"
+    if path.exists():
+        return cn.pack.load(path).eval()
+    tuned = copy.deepcopy(model)
+    cn.train.fit(tuned, bundle, **ft)  # what run_finetune does for IntegerOnly's FineTune(**ft)
+    cn.pack.save(tuned, path)
+    return tuned.eval()
 
 
-def run_codes(im, q: torch.Tensor, engine: str, batch: int = 500, quiet: bool = False) -> np.ndarray:
-    with torch.inference_mode():
-        parts = [im.run_int(q[i:i + batch], engine=engine).numpy() for i in
-                 tqdm(range(0, len(q), batch), desc=f"{engine} engine", leave=False, disable=quiet)]
-    return np.concatenate(parts).astype(np.int64)
+def fingerprint(im) -> str:
+    """Short hash of an integer model's buffers and ops, so counts from different runs are only added when equal."""
+    h = hashlib.sha1(json.dumps(im.ops, sort_keys=True, default=str).encode())
+    for k, t in sorted(im.state_dict().items()):
+        h.update(k.encode() + t.numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def accuracy(fn, x: np.ndarray, y: np.ndarray) -> float:
+    return round(float((predict(fn, x).argmax(1) == y).mean()), 4)
 
 
 # ----------------------------------------------------------------------------------------------- one model
 
 
-def run_model(name: str, bundle, quick: bool, threads: int, repeats: int, tmp: Path,
-              check_images: int | None = None) -> tuple[list[dict], dict]:
-    s = {**SETTINGS[name], **(QUICK if quick else {})}
+def run_model(name: str, bundle, args, parts: set, state: dict, tmp: Path) -> None:
+    s = {**SETTINGS[name], **(QUICK if args.quick else {})}
     print(f"== {name} on {bundle.name}", flush=True)
     model = pretrained(name, bundle, **s["train"]).eval()
+    tr = s["train"]
+    fp32_tag = f"{name}-{bundle.name}-e{tr['epochs']}-lr{tr['lr']}-b{tr['batch_size']}"
     shape = tuple(bundle.input_shape)
     x_test, y_test = bundle.test.x.numpy(), bundle.test.y.numpy()
     calib_x = bundle.train.subset(s["calib"], seed=0).x
-    inputs = {1: x_test[:1].copy(), 256: x_test[:256].copy()}
+    ims, cfgs = {}, {}
+    for label in VARIANTS:
+        ims[label], cfgs[label] = integer_model(label, model, fp32_tag, bundle, s)
+    qat = ims["QAT"]
+    qat.engine = "fast"
+    state.setdefault("settings", {})[name] = dict(fp32=fp32_tag, **{k: repr(v) for k, v in cfgs.items()})
 
-    engines: dict[str, object] = {"fp32 eager": torch_fn(model)}
-    fp32_onnx, int8_onnx, ours_onnx = tmp / f"{name}_fp32.onnx", tmp / f"{name}_int8.onnx", tmp / f"{name}_ours.onnx"
-    export_fp32(model, shape, fp32_onnx)
-    engines["ORT fp32"] = ort_session(fp32_onnx, threads)
-    engines[TORCH_INT8] = torch_fn(torch_int8(model, calib_x))
-    ort_int8(fp32_onnx, int8_onnx, calib_x.numpy())
-    engines[ORT_INT8] = ort_session(int8_onnx, threads)
-
-    ims = integer_models(model, bundle, s, quick)
-    extra: dict = {}
-    if ims:
+    if parts & {"accuracy", "timing"}:
+        engines: dict[str, object] = {"fp32 eager": torch_fn(model)}
+        fp32_onnx, int8_onnx = tmp / f"{name}_fp32.onnx", tmp / f"{name}_int8.onnx"
+        export_fp32(model, shape, fp32_onnx)
+        engines["ORT fp32"] = ort_session(fp32_onnx, args.threads)
+        engines[TORCH_INT8] = torch_fn(torch_int8(model, calib_x))
+        ort_int8(fp32_onnx, int8_onnx, calib_x.numpy())
+        engines[ORT_INT8] = ort_session(int8_onnx, args.threads)
         from compactnn.quantize.intonly.export import export_onnx
 
-        qat = ims["QAT"]
-        qat.engine = "fast"
-        export_onnx(qat, ours_onnx)
-        engines["ORT (our export)"] = ort_session(ours_onnx, threads)
+        export_onnx(qat, tmp / f"{name}_ours.onnx")
+        engines["ORT (our export)"] = ort_session(tmp / f"{name}_ours.onnx", args.threads)
         export_onnx(qat, tmp / f"{name}_exact.onnx", mode="exact")
-        engines["ORT (our export, exact)"] = ort_session(tmp / f"{name}_exact.onnx", threads)
+        engines["ORT (our export, exact)"] = ort_session(tmp / f"{name}_exact.onnx", args.threads)
         engines[OURS] = torch_fn(qat)
+        rows = state.setdefault("engines", [])
+        if "accuracy" in parts:
+            for label, fn in engines.items():
+                _row(rows, name, label)["accuracy"] = accuracy(fn, x_test, y_test)
+                print(f"  {label}: accuracy {_row(rows, name, label)['accuracy']:.4f}", flush=True)
+            label = "fp32 fine-tuned like QAT"
+            _row(rows, name, label)["accuracy"] = accuracy(torch_fn(fp32_finetuned(model, fp32_tag, bundle, s)),
+                                                           x_test, y_test)
+            for label, im in ims.items():
+                if label != "QAT":
+                    _row(rows, name, f"compactnn int8 ({label}, fast)")["accuracy"] = accuracy(torch_fn(im), x_test,
+                                                                                                y_test)
+        if "timing" in parts:
+            inputs = {1: x_test[:1].copy(), 256: x_test[:256].copy()}
+            for label, fn in engines.items():
+                row = _row(rows, name, label)
+                for b, x in inputs.items():
+                    n = args.repeats if b == 1 else max(20, args.repeats // 2)
+                    row[f"ms_b{b}"] = round(median_ms(fn, x if label != OURS else torch.from_numpy(x), n), 4)
+                print(f"  {label}: b1 {row['ms_b1']:.3f} ms, b256 {row['ms_b256']:.2f} ms", flush=True)
+            ref_fn = torch_fn(_with_engine(qat, "reference"))
+            _row(rows, name, "compactnn int8 (reference)")["ms_b256"] = round(
+                median_ms(ref_fn, torch.from_numpy(inputs[256]), 3 if args.quick else 5, 1), 2)
+            state.setdefault("timing", {})[name] = dict(repeats=args.repeats, threads=args.threads)
+        _ratios(rows, name)
 
-    rows = []
-    acc = {}
-    for label, fn in engines.items():
-        logits = predict(fn, x_test)
-        acc[label] = float((logits.argmax(1) == y_test).mean())
-        row = dict(model=name, engine=label, accuracy=round(acc[label], 4))
-        for b, x in inputs.items():
-            n = repeats if b == 1 else max(20, repeats // 2)
-            row[f"ms_b{b}"] = round(median_ms(fn, x if label != OURS else torch.from_numpy(x), n), 4)
-        rows.append(row)
-        print(f"  {label}: acc {row['accuracy']:.4f}, b1 {row['ms_b1']:.3f} ms, b256 {row['ms_b256']:.2f} ms",
-              flush=True)
-    if ims:
-        qat = ims["QAT"]
-        ref_fn = torch_fn(_with_engine(qat, "reference"))
-        rows.append(dict(model=name, engine="compactnn int8 (reference)", accuracy=acc[OURS],
-                         ms_b256=round(median_ms(ref_fn, torch.from_numpy(inputs[256]), 3 if quick else 5, 1), 2)))
-        for label in ("calibrate minmax", "calibrate percentile"):
-            a = float((predict(torch_fn(ims[label]), x_test).argmax(1) == y_test).mean())
-            rows.append(dict(model=name, engine=f"compactnn int8 ({label}, fast)", accuracy=round(a, 4)))
-        q = input_codes(qat, x_test[:check_images])
-        fast, ref = run_codes(qat, q, "fast"), run_codes(qat, q, "reference")
-        diff = np.abs(_onnx_codes(engines["ORT (our export)"], qat, x_test[:check_images]) - fast)
-        diff_x = np.abs(_onnx_codes(engines["ORT (our export, exact)"], qat, x_test[:check_images]) - fast)
-        extra = dict(model=name, outputs=int(fast.size), ref_fast_mismatches=int((fast != ref).sum()),
-                     onnx_max_code_diff=int(diff.max()), onnx_exact_fraction=round(float((diff == 0).mean()), 6),
-                     onnx_exact_mode_mismatches=int((diff_x != 0).sum()),
-                     fp32=acc["fp32 eager"], qat=acc[OURS], qat_drop_points=round(100 * (acc["fp32 eager"] - acc[OURS]), 2))
-        print(f"  bit-exactness: {extra['ref_fast_mismatches']} mismatching codes of {fast.size}; ONNX: max diff "
-              f"{extra['onnx_max_code_diff']}, exact {extra['onnx_exact_fraction']:.4%}", flush=True)
-    ort_row = next(r for r in rows if r["engine"] == ORT_INT8)
-    torch_row = next(r for r in rows if r["engine"] == TORCH_INT8)
+    if "exactness" in parts:
+        a, b = args.check_range
+        b = min(b, len(x_test))
+        print(f"  exactness on test images {a}:{b} ...", flush=True)
+        t = time.perf_counter()
+        res = checks.exactness(qat, torch.from_numpy(x_test[a:b]))
+        res.update(start=a, stop=b, model_id=fingerprint(qat), seconds=round(time.perf_counter() - t, 1))
+        chunks = [c for c in state.setdefault("exactness_chunks", {}).get(name, [])
+                  if c["model_id"] == res["model_id"] and (c["stop"] <= a or c["start"] >= b)]
+        state["exactness_chunks"][name] = sorted(chunks + [res], key=lambda c: c["start"])
+        print(f"  {res['output_mismatches']} of {res['outputs']} output codes and {res['value_mismatches']} of "
+              f"{res['value_codes']} codes of all values differ ({res['seconds']} s)", flush=True)
+
+    if "onnx" in parts:
+        from compactnn.quantize.intonly.export import export_onnx
+
+        rows = [r for r in state.get("onnx", []) if r["model"] != name]
+        for mode in ("qoperator", "exact"):
+            path = export_onnx(qat, tmp / f"{name}_{mode}.onnx", mode=mode)
+            r = checks.onnx_end_to_end(qat, path, x_test, args.threads)
+            rows.append(dict(model=name, export=mode, **r))
+            print(f"  ONNX {mode}: max diff {r['max_code_diff']}, exact {r['exact_fraction']:.4%}", flush=True)
+        state["onnx"] = rows
+        layers = checks.onnx_per_layer(qat, torch.from_numpy(x_test), args.threads)
+        state["layers"] = [r for r in state.get("layers", []) if r["model"] != name] + [
+            dict(model=name, **r) for r in layers]
+
+    if "pack" in parts:
+        chosen = {"int8 per-channel (QAT)": ims["QAT"],
+                  "int8 per-tensor (calibrate minmax)": ims["calibrate minmax, per-tensor"]}
+        rows = checks.packing(name, model, chosen, torch.from_numpy(x_test))
+        state["packing"] = [r for r in state.get("packing", []) if r["model"] != name] + rows
+        for r in rows:
+            print(f"  packed {r['variant']}: {r['file_bytes']} bytes, {r['ratio']}x", flush=True)
+
+
+def _row(rows: list[dict], model: str, engine: str) -> dict:
     for r in rows:
-        if r.get("ms_b1"):
-            r["x_ort_b1"] = round(r["ms_b1"] / ort_row["ms_b1"], 2)
-        if r.get("ms_b256"):
-            r["x_ort_b256"] = round(r["ms_b256"] / ort_row["ms_b256"], 2)
-            r["x_torch_b256"] = round(r["ms_b256"] / torch_row["ms_b256"], 2)
-    return rows, extra
+        if r["model"] == model and r["engine"] == engine:
+            return r
+    rows.append(dict(model=model, engine=engine))
+    return rows[-1]
+
+
+def _ratios(rows: list[dict], name: str) -> None:
+    by = {r["engine"]: r for r in rows if r["model"] == name}
+    ort_r, torch_r = by.get(ORT_INT8, {}), by.get(TORCH_INT8, {})
+    for r in by.values():
+        for key, base, col in (("ms_b1", ort_r, "x_ort_b1"), ("ms_b256", ort_r, "x_ort_b256"),
+                               ("ms_b256", torch_r, "x_torch_b256")):
+            if r.get(key) and base.get(key):
+                r[col] = round(r[key] / base[key], 2)
 
 
 def _with_engine(im, engine: str):
@@ -246,96 +309,50 @@ def _with_engine(im, engine: str):
     return other
 
 
-def _onnx_codes(fn, im, x: np.ndarray) -> np.ndarray:
-    y = predict(fn, x)
-    s, z = im.output["scale"], im.output["zero_point"]
-    return np.rint(y / np.float32(s)).astype(np.int64) + int(z)
-
-
-def targets(rows: list[dict]) -> list[str]:
-    lines = []
-    for name in dict.fromkeys(r["model"] for r in rows):
-        by = {r["engine"]: r for r in rows if r["model"] == name}
-        if OURS not in by:
-            continue
-        ours, ort_r, tor = by[OURS], by[ORT_INT8], by[TORCH_INT8]
-        best = min(ort_r["ms_b256"], tor["ms_b256"])
-        f256, f1 = ours["ms_b256"] / best, ours["ms_b1"] / ort_r["ms_b1"]
-        lines.append(f"- {name}, batch 256: compactnn {ours['ms_b256']:.2f} ms vs. best int8 {best:.2f} ms: "
-                     f"{'met' if f256 <= 1 else 'missed'} ({f256:.2f}x)")
-        lines.append(f"- {name}, batch 1: compactnn {ours['ms_b1']:.3f} ms vs. 2x ORT int8 "
-                     f"{2 * ort_r['ms_b1']:.3f} ms: {'met' if f1 <= 2 else 'missed'} ({f1:.2f}x ORT)")
-    return lines
-
-
-def plot(rows: list[dict], path) -> None:
-    names = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(7 * len(names), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        sub = [r for r in rows if r["model"] == name and r.get("ms_b1")]
-        width = 0.8 / max(1, len(sub))
-        for i, r in enumerate(sub):
-            ax.bar(np.arange(2) + i * width, [r["ms_b1"], r["ms_b256"]], width, label=r["engine"])
-        ax.set_xticks(np.arange(2) + width * (len(sub) - 1) / 2, ["batch 1", "batch 256"])
-        ax.set_yscale("log")
-        ax.set_ylabel("median latency, ms (log)")
-        ax.set_title(name)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+def _check_range(text: str) -> tuple[int, int]:
+    a, _, b = text.partition(":")
+    return int(a or 0), int(b or 10**9)
 
 
 def main() -> None:
+    import platform
+    import sys
+
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--models", default=None, help="comma-separated registry names (default lenet5,resnet20)")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)}; 'report' only rewrites the .md/.png from the JSON")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per engine and batch size (>= 20)")
-    p.add_argument("--check-images", type=int, default=None,
-                   help="test images for the bit-exactness/ONNX checks (default: all; the NumPy reference engine "
-                        "needs ~0.03-0.08 s per ResNet-20 image)")
+    p.add_argument("--check-range", type=_check_range, default=(0, 10**9),
+                   help="test images A:B for the exactness part (default: all); disjoint parts add up")
+    p.add_argument("--fresh", action="store_true", help="start the results afresh instead of updating them")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= {*PARTS, "report"}:
+        p.error(f"unknown parts {sorted(parts - set(PARTS))}; choose from {','.join(PARTS)}")
     torch.set_num_threads(args.threads)
     names = (args.models or ("lenet5" if args.quick else "lenet5,resnet20")).split(",")
-    repeats = args.repeats or (20 if args.quick else 50)
+    args.repeats = args.repeats or (20 if args.quick else 50)
     bundle = cn.data.load("digits" if args.quick else "fashion-mnist", root=args.data_root)
-    rows, extras = [], []
-    t0 = time.perf_counter()
+    json_path = Path(args.out) / "integer_only.json"
+    state: dict = {}
+    if json_path.exists() and not args.fresh:
+        old = json.loads(json_path.read_text())
+        state = old if isinstance(old, dict) else {}
+    command = "python " + " ".join(["benchmarks/integer_only.py", *sys.argv[1:]])
+    if parts != {"report"}:
+        state["commands"] = list(dict.fromkeys(state.get("commands", []) + [command]))
+    state["env"] = (f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
+                    f"Python {platform.python_version()}; data {bundle.name}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            r, e = run_model(name, bundle, args.quick, args.threads, repeats, Path(tmp), args.check_images)
-            rows += r
-            if e:
-                extras.append(e)
-    goal = targets(rows)
-    notes = [
-        f"Data: {bundle.name}, full test set ({len(bundle.test)} images) for accuracy; timing on its first 1 and "
-        f"256 images, the median of {repeats} runs (batch 1) / {max(20, repeats // 2)} runs (batch 256) after 5 "
-        f"warm-up runs, {args.threads} threads for every engine (torch.set_num_threads; ORT intra-op {args.threads}, "
-        f"inter-op 1). Total run time {time.perf_counter() - t0:.0f} s.",
-        "`x_ort_*` / `x_torch_*`: time divided by ORT int8's / torch int8's at that batch size.",
-        "torch int8 is FX graph mode with the 'x86' qconfig (torch 2.13 no longer ships "
-        "`torch.ao.quantization.quantize_pt2e`; it moved to torchao). ORT int8 is `quantize_static` on the fp32 "
-        "ONNX export: QOperator, per-channel int8 weights, uint8 activations, MinMax over training images.",
-        "Our ONNX export is QOperator: QuantizeLinear, QLinearConv, QGemm (com.microsoft, has the int32 bias), "
-        "QLinearAdd, QLinearGlobalAveragePool, MaxPool on uint8, Flatten, DequantizeLinear. ORT requantizes in "
-        "float32 and rounds half to even, compactnn in TFLite fixed point, hence the rare one-code differences. "
-        "The exact export uses ConvInteger/MatMulInteger and int64 fixed-point ops (bit-identical, slower).",
-    ]
-    if goal:
-        notes += ["## Targets", "\n".join(goal)]
-    if extras:
-        notes += ["## Bit-exactness and ONNX agreement (output codes over the full test set)",
-                  markdown_table(extras, ["model", "outputs", "ref_fast_mismatches", "onnx_max_code_diff",
-                                          "onnx_exact_fraction", "onnx_exact_mode_mismatches", "fp32", "qat",
-                                          "qat_drop_points"]),
-                  "`onnx_*`: ORT on our QOperator export vs. the fast engine (float32 requantization in ORT, so "
-                  "one-code differences ripple through deep nets); `onnx_exact_mode_mismatches`: ORT on the "
-                  "`mode=\"exact\"` export (integer ops, fixed-point requantization)."]
-    for e in extras:  # the checks go into the JSON on the compactnn row of their model
-        next(r for r in rows if r["model"] == e["model"] and r["engine"] == OURS).update(
-            {k: v for k, v in e.items() if k != "model"})
-    write_results("integer_only", args.out, rows, COLUMNS, "Integer-only inference: speed and accuracy", "\n\n".join(notes),
-                  lambda path: plot(rows, path))
+        for name in names if parts != {"report"} else []:
+            run_model(name, bundle, args, parts, state, Path(tmp))
+    goal = targets(state.get("engines", []))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "integer_only.md", render(state, goal))
+    atomic_write_text(json_path, json.dumps(state, indent=1) + "\n")
+    atomic_write(out / "integer_only.png", lambda fh: plot(state, fh))
     for line in goal:
         print(line)
 

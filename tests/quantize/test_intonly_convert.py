@@ -11,7 +11,8 @@ import compactnn as cn
 from compactnn.errors import ConfigError, ModelError
 from compactnn.quantize.intonly.calibrate import calibrate
 from compactnn.quantize.intonly.convert import convert
-from compactnn.quantize.intonly.model import IntegerModel
+from compactnn.quantize.intonly.model import IntegerModel, weight_scales
+from compactnn.quantize.intonly.qparams import symmetric_int8
 from compactnn.quantize.intonly.qat import prepare
 
 
@@ -82,7 +83,11 @@ def test_ir_fields(lenet, digits):
             assert w.dtype == torch.int8 and w.abs().max() <= 127 and b.dtype == torch.int32
             assert m.dtype == torch.int32 and s.dtype == torch.int32 and m.shape == (w.shape[0],)
             assert bool(((m >= 2**30) & (m.long() < 2**31)).all())
-            assert getattr(im, op["weight_scale"]).dtype == torch.float32
+            assert "weight_scale" not in op  # not stored: derived from M0, shift and the value scales
+            ws = weight_scales(im, op)
+            assert ws.dtype == np.float32 and ws.shape == (w.shape[0],)
+            s_w, _ = symmetric_int8(gm.get_submodule(op["name"]).folded()[0], per_channel=True, axis=0)
+            np.testing.assert_allclose(ws, s_w, rtol=2e-7)  # M0 keeps 31 bits: float32 rounding is all that differs
     fc1 = next(op for op in im.ops if op.get("name") == "fc1")
     assert fc1["activation"] == "relu" and fc1["qmin"] == im.values[fc1["output"]]["zero_point"]
     assert all(v["dtype"] == "uint8" and 0 <= v["zero_point"] <= 255 for v in im.values.values())

@@ -289,14 +289,60 @@ def test_end_to_end_lenet5_qoperator_within_one_code(tmp_path, digits):
 
 
 def test_end_to_end_resnet20_qoperator_drift(tmp_path, digits):
-    """ORT's float requantization differs by one code on ~0.1% of each layer's outputs; through 19 layers that
-    ripples to a few codes: QOperator agrees with the engine on the predictions, the exact mode on every bit."""
+    """ORT's single rounding differs from TFLite's double rounding by one code on ~0.1% of each layer's outputs
+    (test below); through 19 layers that ripples to a few codes: QOperator agrees with the engine on the
+    predictions, the exact mode on every bit."""
     im = _integer_model("resnet", digits)
     diff, y, y_engine = _onnx_vs_engine(im, digits.test.x, tmp_path / "m.onnx", "qoperator")
     exact = float((diff == 0).mean())
     print(f"resnet20 qoperator: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
     assert exact >= 0.15 and diff.max() <= 16  # measured here: max 8, 24% (8 training steps; 1 epoch: max 4, 46%)
     assert (y.argmax(1) == y_engine.argmax(1)).mean() >= 0.95
+
+
+def _single_rounding(acc, m0, shift, z, qmin, qmax):
+    """clamp(round_half_even(acc·M0 / 2^(31 − shift)) + Z): one exact rounding, in int64."""
+    den = np.left_shift(np.int64(1), (31 - shift).astype(np.int64))
+    q, r = np.divmod(acc.astype(np.int64) * m0.astype(np.int64), den)
+    return np.clip(q + ((2 * r > den) | ((2 * r == den) & (q % 2 == 1))) + z, qmin, qmax)
+
+
+def test_per_layer_qoperator_is_single_rounding_and_exact_mode_is_identical(digits):
+    """Each op alone, fed our engine's input codes: ORT's QLinearConv/QGemm equal the *single* correctly rounded
+    requantization of the int32 accumulator (so every difference from compactnn is TFLite's double rounding, one
+    code at most), and the exact mode equals compactnn on every op."""
+    from compactnn.quantize.intonly import reference as ref
+    from compactnn.quantize.intonly.export import build_op_onnx
+
+    im = _integer_model("resnet", digits)
+    vals = {k: v.numpy() for k, v in im.run_values(im.quantize_input(digits.test.x[:40]), engine="fast").items()}
+    double_vs_single = 0
+    for i, op in enumerate(im.ops):
+        feed = {v: vals[v] for v in dict.fromkeys(op["inputs"])}
+        ours = vals[op["output"]].astype(np.int64)
+        for mode in ("qoperator", "exact"):
+            sess = ort.InferenceSession(build_op_onnx(im, i, mode=mode).SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
+            got = sess.run(None, feed)[0].astype(np.int64)
+            assert got.shape == ours.shape
+            if mode == "exact":
+                np.testing.assert_array_equal(got, ours)
+                continue
+            assert np.abs(got - ours).max() <= 1, (i, op["op"])
+            if op["op"] in ("conv2d", "linear"):
+                x, zx = vals[op["inputs"][0]], im.values[op["inputs"][0]]["zero_point"]
+                w, b = getattr(im, op["weight"]).numpy(), getattr(im, op["bias"]).numpy()
+                acc = (ref.conv2d_acc(x, zx, w, b, op["stride"], op["padding"], op["dilation"], op["groups"])
+                       if op["op"] == "conv2d" else ref.linear_acc(x, zx, w, b))
+                shape = [1, -1] + [1] * (acc.ndim - 2)
+                m0 = getattr(im, op["multiplier"]).numpy().reshape(shape)
+                sh = getattr(im, op["shift"]).numpy().reshape(shape)
+                single = _single_rounding(acc, m0, sh, im.values[op["output"]]["zero_point"], op["qmin"], op["qmax"])
+                np.testing.assert_array_equal(got, single)
+                double_vs_single += int((single != ours).sum())
+    assert double_vs_single > 0  # the double rounding does differ somewhere: the check has teeth
+    with pytest.raises(ModelError, match="out of range"):
+        build_op_onnx(im, len(im.ops))
 
 
 def test_export_file_writes_a_packed_integer_model(tmp_path, digits):

@@ -120,8 +120,7 @@ def test_pack_roundtrip_and_size(tmp_path, lenet, int_lenet, small):
     per_tensor = cn.compress(lenet, IntegerOnly(mode="calibrate", calibration_batches=1, per_channel=False),
                              data=small)
     assert _ratio(lenet, per_tensor, tmp_path) >= 3.8
-    # per channel on 8x8 digits the int32/float32 per-channel parameters cost ~7% more: >= 3.4x here, >= 3.8x on
-    # 28x28 inputs (below)
+    # per channel on 8x8 digits the int32 per-channel parameters cost ~5% more: >= 3.4x here; see below for 28x28
     assert _ratio(lenet, int_lenet, tmp_path) >= 3.4
     f_int = tmp_path / "int.cnz"
     cn.pack.save(int_lenet, f_int)
@@ -136,6 +135,9 @@ def test_pack_roundtrip_and_size(tmp_path, lenet, int_lenet, small):
 
 
 def test_pack_ratio_per_channel_28x28(tmp_path, small):
+    """Random Gaussian weights: >= 3.8x per channel. Trained weights are less favourable (their fp32 file compresses
+    ~8% with zstd, while per-channel int8 codes fill the whole range of every row and barely compress): the trained
+    Fashion-MNIST LeNet-5 measures ~3.7x per channel and ~4.4x per tensor (docs/results/integer_only.md)."""
     torch.manual_seed(0)
     model = cn.models.create("lenet5", input_shape=(1, 28, 28))
     with torch.no_grad():

@@ -118,18 +118,16 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             s_out, z_out = observed(mod.out_quant, where)
             w, b = mod.folded()
             s_w, _ = symmetric_int8(w, per_channel=mod.per_channel, axis=0)
-            s_w_arr = np.atleast_1d(np.asarray(s_w, dtype=np.float64))
             q_w = quantize(w, s_w, 0, -127, 127, axis=0 if mod.per_channel else None).astype(np.int8)
             m0, sh = output_multiplier(s_in, s_w, s_out)
             qmin, qmax = relu_range(z_out, s_out, mod.activation)
             tensors.update({f"w{i}": torch.from_numpy(q_w), f"b{i}": torch.from_numpy(bias_int32(b, s_in, s_w)),
                             f"m{i}": torch.from_numpy(np.atleast_1d(np.asarray(m0, dtype=np.int32)).copy()),
-                            f"s{i}": torch.from_numpy(np.atleast_1d(np.asarray(sh, dtype=np.int32)).copy()),
-                            f"ws{i}": torch.from_numpy(s_w_arr.astype(np.float32))})
+                            f"s{i}": torch.from_numpy(np.atleast_1d(np.asarray(sh, dtype=np.int32)).copy())})
             out = new_value(s_out, z_out, shape)
             op = {"op": "conv2d" if isinstance(mod, QConv2d) else "linear", "inputs": [x], "output": out,
                   "weight": f"w{i}", "bias": f"b{i}", "multiplier": f"m{i}", "shift": f"s{i}",
-                  "weight_scale": f"ws{i}", "activation": mod.activation, "qmin": int(qmin), "qmax": int(qmax),
+                  "activation": mod.activation, "qmin": int(qmin), "qmax": int(qmax),
                   "name": str(node.target)}
             if isinstance(mod, QConv2d):
                 c = mod.conv

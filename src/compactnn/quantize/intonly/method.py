@@ -22,7 +22,7 @@ from compactnn.layers import run_finetune
 
 from .calibrate import calibrate, calibration_batches
 from .convert import convert
-from .model import IntegerModel
+from .model import IntegerModel, weight_scales
 from .qat import prepare
 
 __all__ = ["IntegerOnly", "inspect", "int_mismatches", "integer_only"]
@@ -117,7 +117,8 @@ def inspect(model: IntegerModel) -> list[dict]:
         one dict per op with ``op``, ``name``, ``inputs``, ``output``, ``input_scale``/``input_zero_point``
         (lists for ops with several inputs), ``output_scale``/``output_zero_point``, and for conv2d/linear the
         NumPy arrays ``weight`` (int8), ``bias`` (int32), ``M0`` and ``shift`` (int32, per channel or length 1),
-        ``weight_scale`` (float32), plus the op's own fields (stride, padding, qmin, qmax, multipliers, ...).
+        ``weight_scale`` (float32, derived from M0 and the scales: :func:`.model.weight_scales`), plus the op's own
+        fields (stride, padding, qmin, qmax, multipliers, ...).
     """
     if not isinstance(model, IntegerModel):
         raise ModelError(f"inspect() takes an IntegerModel, got {type(model).__name__}")
@@ -130,9 +131,9 @@ def inspect(model: IntegerModel) -> list[dict]:
         row["output_scale"] = model.values[op["output"]]["scale"]
         row["output_zero_point"] = model.values[op["output"]]["zero_point"]
         if op["op"] in ("conv2d", "linear"):
-            for key, field in (("weight", "weight"), ("bias", "bias"), ("M0", "multiplier"), ("shift", "shift"),
-                               ("weight_scale", "weight_scale")):
+            for key, field in (("weight", "weight"), ("bias", "bias"), ("M0", "multiplier"), ("shift", "shift")):
                 row[key] = getattr(model, op[field]).numpy().copy()
+            row["weight_scale"] = weight_scales(model, op)
         rows.append(row)
     return rows
 

@@ -16,7 +16,7 @@ from compactnn.pack.spec import packable
 
 from . import reference as ref
 
-__all__ = ["IntegerModel", "run_reference"]
+__all__ = ["IntegerModel", "run_reference", "weight_scales"]
 
 ENGINES = ("fast", "reference")
 
@@ -179,3 +179,18 @@ def run_reference(model: IntegerModel, q: np.ndarray) -> dict[str, np.ndarray]:
             raise ModelError(f"op {kind} produced {y.dtype}, expected uint8")
         env[out] = y
     return env
+
+
+def weight_scales(model, op: dict) -> np.ndarray:
+    """The float32 weight scales of a conv2d/linear op, one per output channel or one (for exporters and inspect).
+
+    The integer program does not use them, so the model does not store them: they follow from the requantization
+    multiplier, ``S_w = M0·2^(shift−31)·S_out/S_in`` (exact up to M0's rounding, 2^-31 relative). An op built with
+    an explicit ``"weight_scale"`` buffer (older models) returns that buffer instead.
+    """
+    if op.get("weight_scale"):
+        return getattr(model, op["weight_scale"]).detach().cpu().numpy().astype(np.float32).reshape(-1)
+    m0 = getattr(model, op["multiplier"]).detach().cpu().numpy().astype(np.float64).reshape(-1)
+    sh = getattr(model, op["shift"]).detach().cpu().numpy().astype(np.float64).reshape(-1)
+    s_in, s_out = model.values[op["inputs"][0]]["scale"], model.values[op["output"]]["scale"]
+    return (m0 * np.exp2(sh - 31) * (s_out / s_in)).astype(np.float32)
