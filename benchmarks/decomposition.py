@@ -6,12 +6,21 @@ scratch and obtained from a trained model (``compactnn.compress`` with ``TensorR
 (b) BT-LSTM (Ye et al., CVPR 2018) against a dense LSTM and a TT-LSTM on moving Fashion-MNIST (64x64 frames).
 (c) Inference time of the factorized layers against the dense ones (batch 1 and 256, 2 threads).
 Compression ratios come from parameter counts and from packed ``.cnz`` bytes. Writes docs/results/decomposition.*
-and docs/results/decomposition_{rnn,latency}.png. ``--quick``: scikit-learn digits (and moving digits), ~2 minutes.
+and docs/results/decomposition_{rnn,latency}.png. ``--quick``: scikit-learn digits (and moving digits), ~3 minutes.
+
+Runs are split into parts so that each stays short on a shared CPU: ``--parts`` takes ``a300`` (LeNet-300-100),
+``a5`` (LeNet-5), ``b-lstm``, ``b-bt``, ``b-tt`` (one clip model each), ``c`` (latency), the groups ``a``, ``b``,
+``all``, or ``report`` (run nothing, rewrite the .md and plots from the JSON); ``--ranks`` / ``--ratios`` restrict
+a300 / a5 to some settings. Every row keeps the command that made it, and each run merges its rows into the
+existing ``decomposition.json`` (replacing rows with the same key; ``--fresh`` starts over), then rewrites the .md
+table and plots from all rows, listing every command.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -25,39 +34,46 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import compactnn as cn  # noqa: E402
-from compactnn.config import FineTune  # noqa: E402
 from compactnn.data import DataBundle  # noqa: E402
 from compactnn.data.moving import load_moving_fashion_mnist, moving_bundle  # noqa: E402
 from compactnn.decompose import BTLinear, TRConv2d, TRLinear  # noqa: E402
 from compactnn.decompose.method import TensorRing, plan_layers  # noqa: E402
 from compactnn.decompose.shapes import suggest_modes  # noqa: E402
+from compactnn.decompose.trsvd import conv_tensor, linear_tensor, ring_error  # noqa: E402
 from compactnn.decompose.tt import TTLinear  # noqa: E402
-from compactnn.errors import ModelError  # noqa: E402
 from compactnn.models.recurrent import RebuiltBTLinear, RebuiltTTLinear  # noqa: E402
 
 from compactnn.files import atomic_savefig  # noqa: E402
 from common import parser, write_results  # noqa: E402
 from pretrained import pretrained  # noqa: E402
 
-FULL = dict(  # about 20 minutes on 2 idle cores
-    lenet300=dict(dense=dict(epochs=15, lr=0.05), scratch=dict(epochs=15, lr=0.05), ft=dict(epochs=8, lr=0.003),
-                  ranks=(3, 5, 10, 15), sweeps=5),
-    lenet5=dict(dense=dict(epochs=12, lr=0.01), scratch=dict(epochs=8, lr=0.01), ft=dict(epochs=5, lr=0.003),
-                ratios=(10, 20), sweeps=4),
-    rnn=dict(n_train=6000, n_test=1000, size=64, epochs=8, lr=2e-3, batch_size=64),
+# TR training: Adam (no weight decay, cosine to 0) from scratch and for fine-tuning; the dense references are the
+# cached SGD models shared with the other benchmarks (benchmarks/pretrained.py).
+ADAM = dict(optimizer="adam", weight_decay=0.0)
+FULL = dict(  # per part, on 2 cores: a300 ~10 min, a5 ~12 min per ratio, b-* ~5 min each, c ~2 min
+    lenet300=dict(dense=dict(epochs=20, lr=0.1), scratch=dict(epochs=12, lr=2e-3, **ADAM),
+                  ft=dict(epochs=8, lr=1e-3, **ADAM), ranks=(3, 5, 10, 15), sweeps=10),
+    lenet5=dict(dense=dict(epochs=12, lr=0.01), scratch=dict(epochs=15, lr=2e-3, **ADAM),
+                ft=dict(epochs=10, lr=1e-3, **ADAM), ratios=(10, 20), sweeps=8),
+    rnn=dict(n_train=6000, n_test=1000, size=64, epochs=8, batch_size=64, dropout=0.25,
+             lr={"clip-lstm": 1e-3, "clip-bt-lstm": 5e-3, "clip-tt-lstm": 5e-3}),
     repeats=10,
 )
-QUICK = dict(  # about 2 minutes
-    lenet300=dict(dense=dict(epochs=15, lr=0.05), scratch=dict(epochs=15, lr=0.05), ft=dict(epochs=15, lr=0.003),
-                  ranks=(3, 5, 10, 15), sweeps=3),
-    lenet5=dict(dense=dict(epochs=15, lr=0.05), scratch=dict(epochs=10, lr=0.05), ft=dict(epochs=10, lr=0.003),
-                ratios=(10, 20), sweeps=3),
-    rnn=dict(n_train=1000, n_test=300, size=32, epochs=8, lr=2e-3, batch_size=32),
+QUICK = dict(  # about 3 minutes
+    lenet300=dict(dense=dict(epochs=15, lr=0.05), scratch=dict(epochs=15, lr=2e-3, **ADAM),
+                  ft=dict(epochs=10, lr=1e-3, **ADAM), ranks=(3, 5, 10, 15), sweeps=3),
+    lenet5=dict(dense=dict(epochs=15, lr=0.05), scratch=dict(epochs=10, lr=2e-3, **ADAM),
+                ft=dict(epochs=10, lr=1e-3, **ADAM), ratios=(10, 20), sweeps=3),
+    rnn=dict(n_train=1000, n_test=300, size=32, epochs=8, batch_size=32, dropout=0.25,
+             lr={"clip-lstm": 1e-3, "clip-bt-lstm": 5e-3, "clip-tt-lstm": 5e-3}),
     repeats=5,
 )
+PARTS = ("a300", "a5", "b-lstm", "b-bt", "b-tt", "c")
+GROUPS = {"a": ("a300", "a5"), "b": ("b-lstm", "b-bt", "b-tt"), "all": PARTS}
 # the paper's LeNet-300-100 shapes: fc1 (4*7*4*7)->(3*4*5*5), fc2 (3*4*5*5)->(4*5*5), fc3 (4*5*5)->(2*5): 91 R^2
 PAPER_OUT = {"fc1": (3, 4, 5, 5), "fc2": (4, 5, 5), "fc3": (2, 5)}
 CELLS = [("clip-lstm", "dense LSTM"), ("clip-bt-lstm", "BT-LSTM"), ("clip-tt-lstm", "TT-LSTM")]
+CELL_PART = {"b-lstm": "clip-lstm", "b-bt": "clip-bt-lstm", "b-tt": "clip-tt-lstm"}
 COLUMNS = ["part", "model", "variant", "setting", "params", "ratio_params", "packed_bytes", "ratio_bytes", "w_ih",
            "ratio_w_ih", "macs", "accuracy", "train_s", "s_per_epoch", "ms_b1", "ms_b256"]
 
@@ -81,7 +97,7 @@ def size_row(model: nn.Module, ref: dict | None, input_shape) -> dict:
 
 def fit_timed(model, bundle, **kw) -> float:
     start = time.perf_counter()
-    cn.train.fit(model, bundle, seed=0, quiet=None, **kw)
+    cn.train.fit(model, bundle, **{"seed": 0, "quiet": None, **kw})
     return time.perf_counter() - start
 
 
@@ -95,18 +111,23 @@ def lenet300_modes(in_features: int) -> tuple[dict, dict]:
     return {"fc1": first, "fc2": PAPER_OUT["fc1"], "fc3": PAPER_OUT["fc2"]}, dict(PAPER_OUT)
 
 
-def tr_compress(model, config_kw: dict, bundle, ft: dict, sweeps: int) -> tuple[nn.Module, str]:
-    """``compactnn.compress`` with TensorRing: TR-SVD start, or a random start where TR-SVD's rank cap refuses the
-    ranks; then ``sweeps`` ALS sweeps and fine-tuning."""
-    for init in ("svd", "random"):
-        cfg = TensorRing(**config_kw, init=init, als_sweeps=sweeps, finetune=FineTune(**ft))
-        try:
-            return cn.compress(model, cfg, data=bundle), f"{init} start + {sweeps} ALS sweeps"
-        except ModelError as err:
-            if init == "random":
-                raise
-            log(f"  TR-SVD start refused ({str(err)[:80]}...); random start")
-    raise AssertionError("unreachable")
+def tr_compress(dense, config_kw: dict, bundle, ft: dict, sweeps: int) -> tuple[nn.Module, str, float]:
+    """``compactnn.compress`` with TensorRing(init="auto") and no fine-tuning: per layer a TR-SVD start, or a random
+    start where TR-SVD's rank cap refuses the ranks, then ``sweeps`` ALS sweeps; then fine-tuning with
+    ``cn.train.fit`` (what ``TensorRing(finetune=...)`` runs), so that the ALS fit and the accuracy before
+    fine-tuning can be reported. Returns ``(model, description, accuracy before fine-tuning)``."""
+    small = cn.compress(dense, TensorRing(**config_kw, init="auto", als_sweeps=sweeps, finetune=None))
+    errors = []
+    for name, m in small.named_modules():
+        if isinstance(m, (TRLinear, TRConv2d)):
+            w = dense.get_submodule(name).weight
+            t = (linear_tensor(w, m.in_modes, m.out_modes) if isinstance(m, TRLinear)
+                 else conv_tensor(w, m.in_modes, m.out_modes))
+            cores = m.cores if isinstance(m, TRLinear) else m.ring_cores()
+            errors.append(f"{name} {ring_error(t, [c.detach() for c in cores]):.2f}")
+    before = accuracy(small, bundle)
+    cn.train.fit(small, bundle, batch_size=128, seed=0, quiet=None, **ft)
+    return small, f"{sweeps} ALS sweeps (rel. error {', '.join(errors)}; acc before fine-tune {before:.2%})", before
 
 
 def replace_fresh(model: nn.Module, plan: dict) -> nn.Module:
@@ -122,34 +143,41 @@ def replace_fresh(model: nn.Module, plan: dict) -> nn.Module:
     return model
 
 
-def run_trn(name: str, bundle, s: dict) -> list[dict]:
+def describe(train: dict) -> str:
+    return f"{train['epochs']} ep {train.get('optimizer', 'sgd')} lr {train['lr']:g}"
+
+
+def run_trn(name: str, bundle, s: dict, only: list | None) -> list[dict]:
+    """Dense reference, then per setting (rank or ratio; ``only`` keeps some): TR from scratch and from trained."""
     shape = bundle.input_shape
     dense = pretrained(name, bundle, batch_size=128, **s["dense"])  # cached: no training time to report
-    ref = dict(part="a TRN", model=name, variant="dense", setting=f"{s['dense']['epochs']} ep SGD (cached)",
-               accuracy=accuracy(dense, bundle))
+    part = "a300" if name == "lenet300" else "a5"
+    ref = dict(key=f"{part}/dense", part="a TRN", model=name, variant="dense",
+               setting=f"{describe(s['dense'])} (cached)", accuracy=accuracy(dense, bundle))
     ref.update(size_row(dense, None, shape))
     rows = [ref]
     log(f"{name} dense: acc {ref['accuracy']:.4f}, {ref['params']:,} params")
     if name == "lenet300":
         in_modes, out_modes = lenet300_modes(math.prod(shape))
-        settings = [(f"R={r}", dict(rank=r, in_modes=in_modes, out_modes=out_modes)) for r in s["ranks"]]
+        settings = [(f"R={r}", dict(rank=r, in_modes=in_modes, out_modes=out_modes)) for r in only or s["ranks"]]
     else:
-        settings = [(f"{r}x per layer", dict(ratio=float(r), layers=("conv2", "fc1", "fc2"))) for r in s["ratios"]]
+        settings = [(f"{r:g}x per layer", dict(ratio=float(r), layers=("conv2", "fc1", "fc2")))
+                    for r in only or s["ratios"]]
     for label, cfg in settings:
         torch.manual_seed(0)
         plan = plan_layers(cn.models.create(name, data=bundle), TensorRing(**cfg))
         ranks = ", ".join(f"{k} R={v['rank']}" for k, v in plan.items())
         scratch = replace_fresh(cn.models.create(name, data=bundle), plan)
         secs = fit_timed(scratch, bundle, batch_size=128, **s["scratch"])
-        row = dict(part="a TRN", model=name, variant="TR from scratch",
-                   setting=f"{label}: {ranks}; {s['scratch']['epochs']} ep",
+        row = dict(key=f"{part}/{label}/scratch", part="a TRN", model=name, variant="TR from scratch",
+                   setting=f"{label}: {ranks}; {describe(s['scratch'])}",
                    accuracy=accuracy(scratch, bundle), train_s=round(secs, 1))
         rows.append({**row, **size_row(scratch, ref, shape)})
         log(f"{name} scratch {label}: acc {row['accuracy']:.4f}, {rows[-1]['ratio_params']}x params")
         start = time.perf_counter()
-        compressed, init = tr_compress(dense, cfg, bundle, s["ft"], s["sweeps"])
-        row = dict(part="a TRN", model=name, variant="TR from trained",
-                   setting=f"{label}: {ranks}; {init}, fine-tune {s['ft']['epochs']} ep",
+        compressed, init, _ = tr_compress(dense, cfg, bundle, s["ft"], s["sweeps"])
+        row = dict(key=f"{part}/{label}/trained", part="a TRN", model=name, variant="TR from trained",
+                   setting=f"{label}: {ranks}; {init}, fine-tune {describe(s['ft'])}",
                    accuracy=accuracy(compressed, bundle), train_s=round(time.perf_counter() - start, 1))
         rows.append({**row, **size_row(compressed, ref, shape)})
         log(f"{name} from trained {label}: acc {row['accuracy']:.4f}, {rows[-1]['ratio_params']}x params")
@@ -169,50 +197,67 @@ def moving_data(quick: bool, s: dict, root) -> DataBundle:
                          classes=[str(i) for i in range(10)])
 
 
-def run_rnn(bundle: DataBundle, s: dict) -> tuple[list[dict], dict]:
-    rows, models = [], {}
-    ref = None
+def run_rnn(bundle: DataBundle, s: dict, names: list[str]) -> list[dict]:
+    """Train the clip models ``names`` (Adam, cosine, dropout) and return their rows (ratios filled in later)."""
+    rows = []
     for name, label in CELLS:
+        if name not in names:
+            continue
         torch.manual_seed(0)
-        model = cn.models.create(name, data=bundle)
-        secs = fit_timed(model, bundle, epochs=s["epochs"], lr=s["lr"], optimizer="adam", weight_decay=0.0,
+        model = cn.models.create(name, data=bundle, dropout=s["dropout"])
+        lr = s["lr"][name]
+        secs = fit_timed(model, bundle, epochs=s["epochs"], lr=lr, optimizer="adam", weight_decay=0.0,
                          batch_size=s["batch_size"])
         w_ih = model.input_weight_params()
-        row = dict(part="b RNN", model=name, variant=label, accuracy=accuracy(model, bundle), w_ih=w_ih,
-                   train_s=round(secs, 1), s_per_epoch=round(secs / s["epochs"], 2))
-        row.update(size_row(model, ref, bundle.input_shape))
-        ref = ref or row
-        row["ratio_w_ih"] = round(ref["w_ih"] / w_ih, 1)
+        row = dict(key=f"b/{name}", part="b RNN", model=name, variant=label, accuracy=accuracy(model, bundle),
+                   w_ih=w_ih, train_s=round(secs, 1), s_per_epoch=round(secs / s["epochs"], 2))
+        row.update(size_row(model, None, bundle.input_shape))
         rnn = model.rnn
         modes = (f"{rnn.in_modes}->{rnn.ih.out_modes}, ranks {rnn.ranks}"
                  + (f", N={rnn.blocks}" if hasattr(rnn, "blocks") else "") if hasattr(rnn, "in_modes") else "")
-        row["setting"] = (f"{bundle.name} {tuple(bundle.input_shape)}, {s['epochs']} ep Adam {s['lr']}"
-                          + (f"; {modes}" if modes else ""))
+        row["setting"] = (f"{bundle.name} {tuple(bundle.input_shape)}, {len(bundle.train)} clips, {s['epochs']} ep "
+                          f"Adam lr {lr:g}, dropout {s['dropout']}" + (f"; {modes}" if modes else ""))
         rows.append(row)
-        models[name] = model
-        log(f"{label}: acc {row['accuracy']:.4f}, W_ih {w_ih:,} ({row['ratio_w_ih']}x), {row['s_per_epoch']} s/epoch")
-    return rows, models
+        log(f"{label}: acc {row['accuracy']:.4f}, W_ih {w_ih:,}, {row['s_per_epoch']} s/epoch")
+    return rows
+
+
+def fill_rnn_ratios(rows: list[dict]) -> None:
+    """Ratios of the clip models to the dense LSTM row (when it is there)."""
+    ref = next((r for r in rows if r.get("key") == "b/clip-lstm"), None)
+    for r in rows:
+        if r["part"] == "b RNN" and ref is not None:
+            r["ratio_w_ih"] = round(ref["w_ih"] / r["w_ih"], 1)
+            r["ratio_params"] = round(ref["params"] / r["params"], 2)
+            r["ratio_bytes"] = round(ref["packed_bytes"] / r["packed_bytes"], 2)
 
 
 # ------------------------------------------------------------------------------------------------ (c) latency
-def latency_rows(bundle300, bundle_rnn: DataBundle, models: dict, repeats: int) -> list[dict]:
+def latency_rows(tr_shape: tuple, clip_shape: tuple, repeats: int, lenet5_ratio: float) -> list[dict]:
+    """Time dense against factorized layers and whole clip models (fresh weights: time does not depend on them)."""
     torch.manual_seed(0)
-    feats = math.prod(bundle_rnn.input_shape[1:])
-    in300 = math.prod(bundle300.input_shape)
+    models = {name: cn.models.create(name, input_shape=clip_shape) for name, _ in CELLS}
+    feats = math.prod(clip_shape[1:])
+    in300 = math.prod(tr_shape)
     modes300, _ = lenet300_modes(in300)
     bt = BTLinear(models["clip-bt-lstm"].rnn.in_modes, models["clip-bt-lstm"].rnn.ih.out_modes, 4, blocks=2)
     tt = TTLinear(bt.in_modes, bt.out_modes, 4)
     rb, rt = RebuiltBTLinear(bt.in_modes, bt.out_modes, 4, blocks=2), RebuiltTTLinear(bt.in_modes, bt.out_modes, 4)
-    lenet5 = cn.models.create("lenet5", data=bundle300)
-    c2 = lenet5.conv2
-    plan = plan_layers(lenet5, TensorRing(ratio=10.0, layers=("conv2",)))["conv2"]
+    lenet5 = cn.models.create("lenet5", input_shape=tr_shape)
+    c2, f1 = lenet5.conv2, lenet5.fc1
+    plans = plan_layers(lenet5, TensorRing(ratio=lenet5_ratio, layers=("conv2", "fc1")))
+    plan, pf = plans["conv2"], plans["fc1"]
     trc = TRConv2d(plan["in_modes"], plan["out_modes"], c2.kernel_size, plan["rank"], padding=c2.padding)
-    c2_in = (20, (bundle300.input_shape[1] + 2 * c2.padding[0] - 4) // 2, (bundle300.input_shape[2] + 2 * c2.padding[0] - 4) // 2)
+    trf = TRLinear(pf["in_modes"], pf["out_modes"], pf["rank"])
+    side = [(n + 2 * c2.padding[0] - 4) // 2 for n in tr_shape[1:]]
+    c2_in = (20, side[0], side[1])
     layers = [
         ("lenet300 fc1", "dense Linear", nn.Linear(in300, 300), (in300,)),
         ("lenet300 fc1", "TRLinear R=10", TRLinear(modes300["fc1"], PAPER_OUT["fc1"], 10), (in300,)),
         ("lenet5 conv2", "dense Conv2d", c2, c2_in),
         ("lenet5 conv2", f"TRConv2d R={plan['rank']}", trc, c2_in),
+        ("lenet5 fc1", "dense Linear", f1, (f1.in_features,)),
+        ("lenet5 fc1", f"TRLinear R={pf['rank']}", trf, (f1.in_features,)),
         ("LSTM W_ih", "dense Linear", nn.Linear(feats, 4 * 256), (feats,)),
         ("LSTM W_ih", "BTLinear factorized", bt, (feats,)),
         ("LSTM W_ih", "BTLinear rebuilt", rb, (feats,)),
@@ -225,15 +270,16 @@ def latency_rows(bundle300, bundle_rnn: DataBundle, models: dict, repeats: int) 
         macs = sum(cn.report.count_macs(mod, shape).values())
         extra = getattr(mod, "rebuild_macs", getattr(mod, "merge_macs", None))
         setting = f"input {shape}" + (f"; + {extra():,} MACs per call (rebuild/merge)" if extra else "")
-        rows.append(dict(part="c latency", model=layer, variant=variant, setting=setting, params=nparams(mod),
+        rows.append(dict(key=f"c/{layer}/{variant}", part="c latency", model=layer, variant=variant,
+                         setting=setting, params=nparams(mod),
                          macs=macs, ms_b1=round(ms[1], 3), ms_b256=round(ms[256], 2)))
         log(f"latency {layer} {variant}: {ms[1]:.3f} ms @1, {ms[256]:.2f} ms @256")
     for name, label in CELLS:  # whole clip models (batch = clips of T frames)
-        ms = cn.report.measure_latency(models[name], bundle_rnn.input_shape, batch_sizes=(1, 256), repeats=repeats,
+        ms = cn.report.measure_latency(models[name], clip_shape, batch_sizes=(1, 256), repeats=repeats,
                                        warmup=1, threads=2)
-        rows.append(dict(part="c latency", model="clip model", variant=label + (" (rebuilt W_ih)" if "-" in label
-                                                                                else ""),
-                         setting=f"clips {tuple(bundle_rnn.input_shape)}", params=nparams(models[name]),
+        variant = label + (" (rebuilt W_ih)" if "-" in label else "")
+        rows.append(dict(key=f"c/clip/{name}", part="c latency", model="clip model", variant=variant,
+                         setting=f"clips {tuple(clip_shape)}", params=nparams(models[name]),
                          ms_b1=round(ms[1], 3), ms_b256=round(ms[256], 2)))
         log(f"latency clip {label}: {ms[1]:.3f} ms @1, {ms[256]:.2f} ms @256")
     return rows
@@ -251,7 +297,10 @@ def plot_trn(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, name in zip(axes, ["lenet300", "lenet5"]):
         sub = [r for r in rows if r["part"] == "a TRN" and r["model"] == name]
-        dense = next(r for r in sub if r["variant"] == "dense")
+        dense = next((r for r in sub if r["variant"] == "dense"), None)
+        if dense is None:
+            ax.set_title(f"{name}: not run yet")
+            continue
         ax.axhline(dense["accuracy"], color="#888", ls="--", label=f"dense {dense['accuracy']:.2%}")
         ax.axhline(dense["accuracy"] - 0.01, color="#ccc", ls=":", label="dense - 1 point")
         ticks = [1.0]
@@ -302,98 +351,213 @@ def plot_latency(rows: list[dict], path: Path) -> None:
     save_png(path, fig)
 
 
-def notes_text(rows: list[dict], quick: bool, tr_data: str, rnn_data: str) -> str:
+def verdicts(rows: list[dict]) -> str:
     out = []
     for name in ("lenet300", "lenet5"):
         sub = [r for r in rows if r["part"] == "a TRN" and r["model"] == name]
-        dense = next(r for r in sub if r["variant"] == "dense")
-        ok = [r for r in sub if r["variant"] != "dense" and r["ratio_params"] >= 10
+        dense = next((r for r in sub if r["variant"] == "dense"), None)
+        if dense is None:
+            continue
+        floor = 10 if name == "lenet5" else 1  # the issue's target is on LeNet-5; LeNet-300-100 is the sweep
+        ok = [r for r in sub if r["variant"] != "dense" and r["ratio_params"] >= floor
               and r["accuracy"] >= dense["accuracy"] - 0.01]
         best = max(ok, key=lambda r: r["ratio_params"]) if ok else None
-        verdict = (f"held: {best['variant']} {best['setting'].split(':')[0]} is {best['ratio_params']}x smaller "
-                   f"(params; {best['ratio_bytes']}x packed) at {best['accuracy']:.2%} vs dense {dense['accuracy']:.2%}"
-                   if best else "did not hold at the ratios tried")
-        out.append(f"- **{name}, >= 10x within 1 point of dense**: {verdict}.")
+        verdict = (f"{'held: ' if name == 'lenet5' else ''}{best['variant']} {best['setting'].split(':')[0]} is "
+                   f"{best['ratio_params']}x smaller (params; {best['ratio_bytes']}x packed) at "
+                   f"{best['accuracy']:.2%} vs dense {dense['accuracy']:.2%}"
+                   if best else f"{'did not hold: ' if name == 'lenet5' else ''}no setting tried is within 1 point")
+        what = ">= 10x within 1 point of dense" if name == "lenet5" else "largest ratio within 1 point of dense"
+        out.append(f"- **{name}, {what}**: {verdict}.")
     rnn = {r["model"]: r for r in rows if r["part"] == "b RNN"}
-    d, b = rnn.get("clip-lstm"), rnn.get("clip-bt-lstm")
-    if d and b:
-        held = b["ratio_w_ih"] >= 1000 and b["accuracy"] >= d["accuracy"] - 0.01
-        out.append(f"- **BT-LSTM >= 1000x fewer W_ih params with accuracy >= dense - 1 point**: "
-                   f"{'held' if held else 'did not hold'}: W_ih {b['w_ih']:,} vs {d['w_ih']:,} "
-                   f"({b['ratio_w_ih']:,}x), accuracy {b['accuracy']:.2%} vs dense {d['accuracy']:.2%}.")
+    d = rnn.get("clip-lstm")
+    for name in ("clip-bt-lstm", "clip-tt-lstm"):
+        b = rnn.get(name)
+        if d and b:
+            held = b["ratio_w_ih"] >= 1000 and b["accuracy"] >= d["accuracy"] - 0.01
+            out.append(f"- **{b['variant']} >= 1000x fewer W_ih params with accuracy >= dense LSTM - 1 point**: "
+                       f"{'held' if held else 'did not hold'}: W_ih {b['w_ih']:,} vs {d['w_ih']:,} "
+                       f"({b['ratio_w_ih']:,}x), accuracy {b['accuracy']:.2%} vs dense {d['accuracy']:.2%}.")
     lat = [r for r in rows if r["part"] == "c latency"]
     slower = []
     for r in lat:
-        if "dense" in r["variant"]:
-            continue
         base = next((q for q in lat if q["model"] == r["model"] and "dense" in q["variant"]), None)
+        if "dense" in r["variant"] or base is None:
+            continue
         for key, b_size in (("ms_b1", 1), ("ms_b256", 256)):
-            if base and r.get(key) and base.get(key) and r[key] > base[key]:
+            if r.get(key) and base.get(key) and r[key] > base[key]:
                 slower.append(f"{r['model']} {r['variant']} at batch {b_size} ({r[key]:.3g} vs {base[key]:.3g} ms)")
-    out.append("- **Factorized slower than dense**: " + ("; ".join(slower) if slower else "none measured") + ".")
-    text = "\n".join(out)
-    return f"""Targets (from issue 5):
+    if lat:
+        out.append("- **Factorized slower than dense** (measured): " + ("; ".join(slower) if slower else "none") + ".")
+    return "\n".join(out)
 
-{text}
 
-Setup. (a) {tr_data}; LeNet-300-100 uses the paper's shapes (fc1 (4,7,4,7)->(3,4,5,5), fc2 (3,4,5,5)->(4,5,5),
-fc3 (4,5,5)->(2,5): 91 R^2 core weights + biases; on 8x8 digits fc1's input modes are (2,2,4,4)); LeNet-5 factors conv2, fc1 and fc2 at the given
-per-layer ratio (ranks from `TensorRing(ratio=...)`: the largest uniform rank at that ratio; conv1, 520 weights, stays
-dense because a ring on its single input channel is larger than the layer). "from scratch" = the same layers freshly
-initialized (variance-matched init) and trained with SGD; "from trained" = `compactnn.compress(dense,
-TensorRing(...))`: TR-SVD start (random start + ALS where TR-SVD's rank cap refuses the rank), ALS sweeps, then
-fine-tuning. `ratio_params` counts all parameters (biases and dense conv1 included), `ratio_bytes` the packed `.cnz`
-files. (b) {rnn_data}; clips padded at the start to 10 frames; last hidden state -> Linear; Adam
-(lr {QUICK['rnn']['lr'] if quick else FULL['rnn']['lr']}, cosine), batch {QUICK['rnn']['batch_size'] if quick else FULL['rnn']['batch_size']}, no weight decay; all cells hidden 256 (4x4x4x4). W_ih counts the input-to-hidden weights without bias: BT
-N(sum I_k J_k R_k + prod R_k), TT sum r_(k-1) m_k n_k r_k. The BT/TT cells train with `ih_path="rebuilt"` (the
-dense W_ih is rebuilt from the factors once per batch, then one GEMM: same parameters and function as the
-mode-by-mode contraction, which for 4096 -> 1024 has growing intermediates and is slower on CPU). (c) median of
-{QUICK['repeats'] if quick else FULL['repeats']} timed passes, 2 threads, `compactnn.report.measure_latency`; `macs` is per sample (or per
-clip) at batch 1 and excludes the batch-independent core merge / weight rebuild given in `setting`.
+def discussion(rows: list[dict], n_test: int) -> str:
+    """Where the papers' claims held, with the numbers of ``rows``."""
+    out = []
+    get = {r["key"]: r for r in rows}
+    for part, name in (("a5", "LeNet-5"), ("a300", "LeNet-300-100")):
+        dense = get.get(f"{part}/dense")
+        pairs = [(get[k], get[k.replace("/scratch", "/trained")]) for k in get
+                 if k.startswith(part + "/") and k.endswith("/scratch") and k.replace("/scratch", "/trained") in get]
+        if not dense or not pairs:
+            continue
+        gains = ", ".join(f"{a['setting'].split(':')[0]}: {100 * (b['accuracy'] - a['accuracy']):+.2f}"
+                          for a, b in pairs)
+        helps = ("the trained start still helps" if all(b["accuracy"] > a["accuracy"] for a, b in pairs)
+                 else "the trained start does not always help")
+        out.append(f"- {name}: from trained minus from scratch, in points: {gains}. Trained weights are far from "
+                   "low tensor-ring rank: the ALS fits have large relative errors (in `setting`; ALS itself recovers "
+                   "exact rings, e.g. a rank-3 ring over 5 modes to < 1e-6 from random cores in "
+                   "tests/decompose/test_trsvd.py), so the decomposed model starts far below dense (accuracy before "
+                   f"fine-tuning in `setting`) and fine-tuning does most of the work; {helps}.")
+        if part == "a5":
+            loss = ", ".join(f"{r['ratio_params']}x {r['variant']}: {100 * (r['accuracy'] - dense['accuracy']):+.2f}"
+                             for pair in pairs for r in pair)
+            out.append(f"- Paper: LeNet-5 11x without loss on MNIST. Here, Fashion-MNIST, change in points vs dense: "
+                       f"{loss}; 'without loss' did not hold, 'within 1 point' did where the verdict says so.")
+    d, b = get.get("b/clip-lstm"), get.get("b/clip-bt-lstm")
+    if d and b:
+        se = 100 * math.sqrt(d["accuracy"] * (1 - d["accuracy"]) / n_test)
+        diff = 100 * (b["accuracy"] - d["accuracy"])
+        noise = ("within" if abs(diff) < 2 * math.sqrt(2) * se else "beyond") + " noise of each other"
+        paper = ("was not reproduced; what held is 'no loss at >1000x fewer W_ih'" if diff < 15.6
+                 else "was matched")
+        out.append(f"- BT-LSTM vs dense LSTM: {diff:+.2f} points from one seed; the binomial standard error of each "
+                   f"accuracy on {n_test} test clips is about {se:.1f} points, so the two are {noise} (2 standard "
+                   "errors of the difference). The paper's +15.6 points on UCF11 (where the dense LSTM overfits "
+                   f"57,600-dim inputs) {paper}. "
+                   f"BT-LSTM trained {d['s_per_epoch'] / b['s_per_epoch']:.2f}x faster per epoch here (rebuilt W_ih, "
+                   "fewer parameters for Adam to update).")
+    return "\n".join(out)
+
+
+def notes_text(rows: list[dict], quick: bool) -> str:
+    s = QUICK if quick else FULL
+    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    info = {r["part"]: r.get("data", "") for r in rows}
+    return f"""The line above names the last run only. The rows come from these commands (each merges its rows into
+decomposition.json by key; every one ran under `flock /tmp/cpu.lock`):
+
+{chr(10).join(f"    {c}" for c in commands)}
+
+Targets (from issue 5):
+
+{verdicts(rows)}
+
+Discussion:
+
+{discussion(rows, s['rnn']['n_test'])}
+
+Setup. (a) {info.get('a TRN', '')}; LeNet-300-100 uses the paper's shapes (fc1 (4,7,4,7)->(3,4,5,5), fc2
+(3,4,5,5)->(4,5,5), fc3 (4,5,5)->(2,5): 91 R^2 core weights + biases); LeNet-5 factors conv2, fc1 and fc2 at the
+given per-layer ratio (ranks from `TensorRing(ratio=...)`: the largest uniform rank at that ratio; conv1, 520
+weights, stays dense because a ring on its single input channel is larger than the layer). "from scratch" = the same
+TR layers freshly initialized (variance-matched init) and trained ({describe(s['lenet5']['scratch'])} for LeNet-5,
+{describe(s['lenet300']['scratch'])} for LeNet-300-100, cosine schedule, no weight decay); "from trained" =
+`compactnn.compress(dense, TensorRing(init="auto", ...))`: TR-SVD start where its rank cap allows the rank, else
+random cores, then ALS sweeps (the relative Frobenius error of each layer's fit is in `setting`), then fine-tuning.
+`ratio_params` counts all parameters (biases and the dense conv1 included), `ratio_bytes` the packed `.cnz` files.
+(b) {info.get('b RNN', '')}; clips padded at the start to 10 frames; last hidden state -> Linear; dropout
+{s['rnn']['dropout']} on the input features and on the last hidden state; Adam (cosine to 0; lr per model in
+`setting`: the factorized cells take a 5x larger lr than the dense one; our notes on the BT-RNN paper record no
+learning rate or dropout, so these are our choices, made before the run and not tuned), batch
+{s['rnn']['batch_size']}, no weight decay; all cells hidden 256 (4x4x4x4). W_ih counts the input-to-hidden weights
+without bias: BT N(sum I_k J_k R_k + prod R_k), TT sum r_(k-1) m_k n_k r_k. The BT/TT cells train with
+`ih_path="rebuilt"` (the dense W_ih is rebuilt from the factors once per batch, then one GEMM: same parameters and
+function as the mode-by-mode contraction, which for 4096 -> 1024 has growing intermediates and is slower on CPU).
+s/epoch is wall-clock training time per epoch on 2 threads. (c) median of {s['repeats']} timed passes, 2 threads,
+`compactnn.report.measure_latency`; `macs` is per sample (or per clip) at batch 1 and excludes the
+batch-independent core merge / weight rebuild given in `setting`.
 
 Paper claims: TRN LeNet-5 11x without loss on MNIST; BT-LSTM above the dense LSTM on UCF11 with 17,388x fewer W_ih
-parameters (our 64x64 frames allow at most 4096x1024 dense, so the ratio is {b['ratio_w_ih'] if b else '?'}x).
+parameters (our 64x64 frames allow at most 4096x1024 dense, so the ratio is smaller).
 {'**Quick run**: digits and moving digits, tiny settings; the numbers only show the pipeline works.' if quick else ''}
 
 ![rnn](decomposition_rnn.png) ![latency](decomposition_latency.png)
 """
 
 
+def parse_parts(text: str) -> list[str]:
+    parts: list[str] = []
+    for item in text.split(","):
+        item = item.strip()
+        if item == "report":  # run nothing: rewrite the .md and plots from decomposition.json
+            continue
+        if item not in PARTS and item not in GROUPS:
+            raise SystemExit(f"unknown part {item!r}; valid parts are {', '.join(PARTS + tuple(GROUPS))}")
+        parts += list(GROUPS.get(item, (item,)))
+    return list(dict.fromkeys(parts))
+
+
+def load_rows(path: Path, quick: bool) -> list[dict]:
+    """Rows of an earlier run of the same kind (quick or full), or none."""
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())
+    return [r for r in rows if r.get("quick", False) == quick and "key" in r]
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``old`` with rows of the same key replaced by ``new`` (new rows appended), in part order."""
+    keys = {r["key"] for r in new}
+    rows = [r for r in old if r["key"] not in keys] + new
+    order = {"a TRN": 0, "b RNN": 1, "c latency": 2}
+    model_order = {"lenet300": 0, "lenet5": 1}
+    cells = {name: k for k, (name, _) in enumerate(CELLS)}
+    return sorted(rows, key=lambda r: (order[r["part"]], model_order.get(r["model"], 2), cells.get(r["model"], 0),
+                                       r.get("ratio_params") or 0 if r["part"] == "a TRN" else 0))
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("--parts", default="a,b,c", help="comma-separated parts to run: a (TRN), b (RNN), c (latency)")
+    p.add_argument("--parts", default="all", help=f"comma-separated parts: {', '.join(PARTS)} or a, b, all")
+    p.add_argument("--ranks", default=None, help="a300 only these ranks (comma-separated), e.g. 3,5")
+    p.add_argument("--ratios", default=None, help="a5 only these per-layer ratios (comma-separated), e.g. 10")
+    p.add_argument("--fresh", action="store_true", help="drop the rows of earlier runs instead of merging")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
-    parts = set(args.parts.split(","))
+    parts = parse_parts(args.parts)
     t_start = time.perf_counter()
-    if args.quick:
-        tr_bundle = cn.data.load("digits")
-        tr_data = "scikit-learn digits (1437 train / 360 test)"
-    else:
-        tr_bundle = cn.data.load("fashion-mnist", root=args.data_root)
-        tr_data = "Fashion-MNIST (60,000 train / 10,000 test)"
+    command = "python " + " ".join(["benchmarks/decomposition.py", *sys.argv[1:]])
     rows: list[dict] = []
-    if "a" in parts:
-        for name in ("lenet300", "lenet5"):
-            log(f"(a) TRN {name} on {tr_bundle.name}")
-            rows += run_trn(name, tr_bundle, s[name])
-    log("(b) generating moving clips")
-    rnn_bundle = moving_data(args.quick, s["rnn"], args.data_root)
-    rnn_data = (f"{rnn_bundle.name}: {len(rnn_bundle.train)} train / {len(rnn_bundle.test)} test clips of 6-10 "
-                f"frames of {s['rnn']['size']}x{s['rnn']['size']}")
-    rnn_rows, models = run_rnn(rnn_bundle, s["rnn"]) if "b" in parts or "c" in parts else ([], {})
-    rows += rnn_rows if "b" in parts else []
+    if {"a300", "a5"} & set(parts):
+        if args.quick:
+            tr_bundle = cn.data.load("digits")
+            tr_data = "scikit-learn digits (1437 train / 360 test)"
+        else:
+            tr_bundle = cn.data.load("fashion-mnist", root=args.data_root)
+            tr_data = "Fashion-MNIST (60,000 train / 10,000 test)"
+        for part, name, only in (("a300", "lenet300", args.ranks), ("a5", "lenet5", args.ratios)):
+            if part in parts:
+                log(f"(a) TRN {name} on {tr_bundle.name}")
+                pick = [int(v) if part == "a300" else float(v) for v in only.split(",")] if only else None
+                rows += [{**r, "data": tr_data} for r in run_trn(name, tr_bundle, s[name], pick)]
+    cells = [CELL_PART[q] for q in parts if q in CELL_PART]
+    if cells:
+        log("(b) generating moving clips")
+        rnn_bundle = moving_data(args.quick, s["rnn"], args.data_root)
+        rnn_data = (f"{rnn_bundle.name}: {len(rnn_bundle.train)} train / {len(rnn_bundle.test)} test clips of 6-10 "
+                    f"frames of {s['rnn']['size']}x{s['rnn']['size']}")
+        rows += [{**r, "data": rnn_data} for r in run_rnn(rnn_bundle, s["rnn"], cells)]
     if "c" in parts:
         log("(c) latency")
-        rows += latency_rows(tr_bundle, rnn_bundle, models, s["repeats"])
-    notes = notes_text(rows, args.quick, tr_data, rnn_data) if {"a", "b", "c"} <= parts else "Partial run."
+        tr_shape = (1, 8, 8) if args.quick else (1, 28, 28)
+        rows += latency_rows(tr_shape, (10, s["rnn"]["size"], s["rnn"]["size"]), s["repeats"],
+                             float(s["lenet5"]["ratios"][0]))
+    for r in rows:
+        r.update(command=command, quick=bool(args.quick))
+    old = [] if args.fresh else load_rows(args.out / "decomposition.json", bool(args.quick))
+    rows = merge(old, rows)
+    fill_rnn_ratios(rows)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_results("decomposition", args.out, rows, COLUMNS, "Tensor decomposition: TRN and BT-LSTM", notes,
-                  lambda path: plot_trn(rows, path) if "a" in parts else plt.figure().savefig(path, format="png"))
-    if "b" in parts:
+    has = {r["part"] for r in rows}
+    write_results("decomposition", args.out, rows, COLUMNS, "Tensor decomposition: TRN and BT-LSTM",
+                  notes_text(rows, args.quick),
+                  lambda fh: plot_trn(rows, fh) if "a TRN" in has else plt.figure().savefig(fh, format="png"))
+    if "b RNN" in has:
         plot_rnn(rows, args.out / "decomposition_rnn.png")
-    if "c" in parts:
+    if "c latency" in has:
         plot_latency(rows, args.out / "decomposition_latency.png")
     log(f"done in {time.perf_counter() - t_start:.0f} s; results in {args.out}")
 

@@ -138,6 +138,8 @@ def test_svd_rank_too_large_suggests_als(f64):
     assert "\n" not in str(err.value)
     out = compactnn.compress(model, TensorRing(rank=4, layers=("7",), init="random", als_sweeps=3, finetune=None))
     assert out[7].ranks == (4,) * 5  # modes (2, 3, 4) -> (2, 5)
+    auto = compactnn.compress(model, TensorRing(rank=4, init="auto", als_sweeps=3, finetune=None))
+    assert auto[7].ranks == (4,) * 5  # the layer TR-SVD refuses starts from random cores; the others from TR-SVD
 
 
 def test_grouped_conv_skipped_or_refused():

@@ -125,3 +125,24 @@ def test_factorize_conv_rejects_groups(f64):
 def test_factorize_bad_modes_propose_factorization(f64):
     with pytest.raises(ModelError, match=r"such as \(4, 6\)"):
         factorize_linear(nn.Linear(24, 10), (5, 5), (2, 5), 2)
+
+
+def test_als_recovers_rank_3_ring_from_random_start(f64):
+    # an exact ring of rank 3 over 5 modes (all <= 7, where TR-SVD cannot start at rank 3) is recovered by ALS
+    true = random_ring((4, 7, 4, 7, 3), 3, seed=1)
+    t = ring_to_tensor(true)
+    with pytest.raises(ModelError, match="init='random' or 'auto'"):
+        tr_svd(t, 3)
+    _, errors = decompose(t, 3, init="random", sweeps=30, seed=10)
+    assert errors[-1] < 1e-6
+
+
+def test_auto_init_is_svd_when_allowed_else_random(f64):
+    torch.manual_seed(0)
+    t = torch.randn(4, 6, 5, 3)
+    auto, svd = decompose(t, 2, init="auto", sweeps=0)[0], decompose(t, 2, init="svd", sweeps=0)[0]
+    assert all(torch.equal(a, b) for a, b in zip(auto, svd))
+    auto, rnd = decompose(t, 4, init="auto", sweeps=0, seed=3)[0], decompose(t, 4, init="random", sweeps=0, seed=3)[0]
+    assert all(torch.equal(a, b) for a, b in zip(auto, rnd))
+    with pytest.raises(ModelError, match="init must be 'svd', 'random' or 'auto'"):
+        decompose(t, 2, init="tucker")

@@ -159,3 +159,27 @@ def test_wrong_input_shape():
     with pytest.raises(ModelError, match="H\\*W = 64"):
         model(torch.randn(2, 5, 9, 9))
     assert math.prod(SMALL["input_shape"][1:]) == model.features
+
+
+@pytest.mark.parametrize("cell", ["lstm", "bt-lstm"])
+def test_dropout_only_in_training_and_packed(cell, tmp_path):
+    torch.manual_seed(1)
+    model = create(f"clip-{cell}", dropout=0.5, **SMALL)
+    plain = create(f"clip-{cell}", **SMALL)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(3, 5, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), plain.eval()(x))  # eval: dropout is the identity
+        model.train()
+        assert not torch.equal(model(x), plain(x))
+    pack.save(model, tmp_path / "m.cnz", level=1)
+    back = pack.load(tmp_path / "m.cnz")
+    assert back.dropout == 0.5
+    with torch.no_grad():
+        assert torch.equal(back.eval()(x), model.eval()(x))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, "0.2", True])
+def test_bad_dropout(bad):
+    with pytest.raises(ModelError, match="dropout must be a probability"):
+        create("clip-lstm", dropout=bad, **SMALL)

@@ -39,7 +39,8 @@ class TensorRing(MethodConfig):
         in_modes: ``{layer name: modes}`` of the input features (Linear) or input channels (Conv2d).
         out_modes: ``{layer name: modes}`` of the output features or channels.
         init: ``"svd"``: TR-SVD start (its ranks are bounded by the unfoldings, see :func:`.trsvd.tr_svd`);
-            ``"random"``: random cores (any rank), for ALS to fit.
+            ``"random"``: random cores (any rank), for ALS to fit; ``"auto"``: per layer, TR-SVD where its rank cap
+            allows the ranks, else random cores.
         als_sweeps: ALS sweeps after the start (0 = TR-SVD only; ``init="random"`` needs at least 1).
         seed: seed of the random start.
         finetune: fine-tuning after the replacement (``None`` = none); its ``lr`` defaults to 0.01.
@@ -54,7 +55,7 @@ class TensorRing(MethodConfig):
     num_modes: int = 3
     in_modes: dict[str, tuple[int, ...]] | None = None
     out_modes: dict[str, tuple[int, ...]] | None = None
-    init: Literal["svd", "random"] = "svd"
+    init: Literal["svd", "random", "auto"] = "svd"
     als_sweeps: int = 10
     seed: int = 0
     finetune: FineTune | None = FineTune()
@@ -74,11 +75,12 @@ class TensorRing(MethodConfig):
               f"tensor-ring: layers must be a non-empty list of name patterns or null, got {self.layers!r}")
         check(isinstance(self.num_modes, int) and self.num_modes >= 1,
               f"tensor-ring: num_modes must be a positive int like 3, got {self.num_modes!r}")
-        check(self.init in ("svd", "random"), f"tensor-ring: init must be 'svd' or 'random', got {self.init!r}")
+        check(self.init in ("svd", "random", "auto"),
+              f"tensor-ring: init must be 'svd', 'random' or 'auto', got {self.init!r}")
         check(isinstance(self.als_sweeps, int) and self.als_sweeps >= 0,
               f"tensor-ring: als_sweeps must be an int >= 0, got {self.als_sweeps!r}")
-        check(self.init != "random" or self.als_sweeps >= 1,
-              "tensor-ring: init 'random' needs als_sweeps >= 1 (ALS fits the random cores)")
+        check(self.init == "svd" or self.als_sweeps >= 1,
+              f"tensor-ring: init {self.init!r} needs als_sweeps >= 1 (ALS fits random cores)")
         for key in ("in_modes", "out_modes"):
             value = getattr(self, key)
             check(value is None or isinstance(value, dict),

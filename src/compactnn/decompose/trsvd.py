@@ -90,8 +90,8 @@ def tr_svd(tensor: torch.Tensor, ranks: int | Sequence[int]) -> list[torch.Tenso
         room = max(min(s, total // s) for s in shape)
         raise ModelError(
             f"TR-SVD cannot reach ranks {ranks} for modes {shape}: its first SVD needs R_k*R_(k+1) <= "
-            f"min(n_k, N/n_k) for some mode k, at most {room} here; use init='random' (ALS from random cores) or a "
-            f"rank <= {math.isqrt(room)}"
+            f"min(n_k, N/n_k) for some mode k, at most {room} here; use init='random' or 'auto' (ALS from random "
+            f"cores) or a rank <= {math.isqrt(room)}"
         )
     t = tensor.detach().double().cpu().numpy()
     with warnings.catch_warnings():
@@ -168,16 +168,20 @@ def tr_als(tensor: torch.Tensor, cores: Sequence[torch.Tensor], sweeps: int = 10
 
 def decompose(tensor: torch.Tensor, ranks: int | Sequence[int], *, init: str = "svd", sweeps: int = 10,
               seed: int = 0) -> tuple[list[torch.Tensor], list[float]]:
-    """TR-SVD (``init="svd"``) or random cores (``init="random"``), then ``sweeps`` of :func:`tr_als`.
+    """TR-SVD (``init="svd"``), random cores (``init="random"``), or ``init="auto"``: TR-SVD when its rank cap allows
+    the ranks (see :func:`tr_svd`), else random cores; then ``sweeps`` of :func:`tr_als`.
 
     Returns ``(cores, errors)`` as :func:`tr_als` does (``errors[0]`` is the error of the start).
     """
+    if init not in ("svd", "random", "auto"):
+        raise ModelError(f"init must be 'svd', 'random' or 'auto', got {init!r}")
+    if init == "auto":
+        n = len(tensor.shape)
+        init = "svd" if n >= 2 and svd_rank_limit(tensor.shape, check_ranks(ranks, n))[1] >= 0 else "random"
     if init == "svd":
         start = tr_svd(tensor, ranks)
-    elif init == "random":
-        start = random_ring(tensor.shape, ranks, std=float(tensor.double().std()), seed=seed)
     else:
-        raise ModelError(f"init must be 'svd' or 'random', got {init!r}")
+        start = random_ring(tensor.shape, ranks, std=float(tensor.double().std()), seed=seed)
     return tr_als(tensor, start, sweeps)
 
 

@@ -18,6 +18,10 @@ Cells (``cell=``):
 ``ih_path="rebuilt"`` (default) makes a factorized input map rebuild its dense weight once per call and run one GEMM
 (:class:`RebuiltBTLinear`): same parameters and function, much faster to train on CPU (see its docstring).
 
+``dropout=p`` (default 0) drops input features (every frame's pixels, a fresh mask per step) and the last hidden
+state before the head during training, as a regularizer for the ~4M-weight dense input map (the BT-RNN paper trains
+all its cells with dropout; see ``docs/results/decomposition.md`` for the rates used).
+
 The dense cells get the same initialization as the factorized ones where they share parts: ``W_ih ~ N(0,
 1/F)`` (unit-variance pre-activations, as :class:`~compactnn.decompose.BTLinear`), ``W_hh`` orthogonal per gate,
 biases 0 except the LSTM forget gate at 1.
@@ -189,6 +193,7 @@ class ClipClassifier(nn.Module):
         ih_path: how a BT or TT cell computes its input map: ``"rebuilt"`` (default; :class:`RebuiltBTLinear` /
             :class:`RebuiltTTLinear`, fast to train on CPU) or ``"factorized"`` (the layer's own mode-by-mode
             contraction). Same parameters, same function.
+        dropout: dropout probability on the input features and on the last hidden state (0 = none).
 
     ``forward`` also takes ``(B, T, 1, H, W)`` or ``(B, T, H*W)`` inputs.
     """
@@ -196,7 +201,7 @@ class ClipClassifier(nn.Module):
     def __init__(self, input_shape: Sequence[int] = (10, 64, 64), num_classes: int = 10, cell: str = "lstm",
                  hidden: int = 256, in_modes: Sequence[int] | None = None,
                  hidden_modes: Sequence[int] | None = None, ranks: int | Sequence[int] = 4, blocks: int = 2,
-                 tt_ranks: int | Sequence[int] = 4, ih_path: str = "rebuilt") -> None:
+                 tt_ranks: int | Sequence[int] = 4, ih_path: str = "rebuilt", dropout: float = 0.0) -> None:
         super().__init__()
         from ..decompose.shapes import check_modes, suggest_modes
 
@@ -208,6 +213,10 @@ class ClipClassifier(nn.Module):
         if ih_path not in ("rebuilt", "factorized"):
             raise ModelError(f"ih_path must be 'rebuilt' or 'factorized', got {ih_path!r}")
         self.ih_path = ih_path
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ModelError(f"dropout must be a probability in [0, 1), like 0.25, got {dropout!r}")
+        self.dropout = float(dropout)
+        self.drop = nn.Dropout(self.dropout)
         self.features = self.input_shape[1] * self.input_shape[2]
         if cell in ("lstm", "gru"):
             if not isinstance(hidden, int) or hidden < 1:
@@ -249,17 +258,17 @@ class ClipClassifier(nn.Module):
         if x.dim() != 3 or x.shape[-1] != self.features:
             raise ModelError(f"ClipClassifier expects clips (B, T, H, W) with H*W = {self.features} "
                              f"(input_shape {self.input_shape}), got shape {tuple(x.shape)}")
-        out = self.rnn(x)[0]
-        return self.head(out[:, -1])
+        out = self.rnn(self.drop(x))[0]
+        return self.head(self.drop(out[:, -1]))
 
 
 def _factory(cell: str):
     def build(input_shape: Sequence[int] = (10, 64, 64), num_classes: int = 10, hidden: int = 256,
               in_modes: Sequence[int] | None = None, hidden_modes: Sequence[int] | None = None,
               ranks: int | Sequence[int] = 4, blocks: int = 2, tt_ranks: int | Sequence[int] = 4,
-              ih_path: str = "rebuilt") -> ClipClassifier:
+              ih_path: str = "rebuilt", dropout: float = 0.0) -> ClipClassifier:
         return ClipClassifier(input_shape, num_classes, cell, hidden, in_modes, hidden_modes, ranks, blocks,
-                              tt_ranks, ih_path)
+                              tt_ranks, ih_path, dropout)
 
     build.__doc__ = f"Build a :class:`ClipClassifier` with ``cell={cell!r}`` (options as its arguments)."
     return build
