@@ -135,7 +135,9 @@ class Recorder(TorchDispatchMode):
         return out
 
 
-def test_no_float_op_between_quantize_and_dequantize():
+@pytest.mark.parametrize("native", ["off", "auto"])
+def test_no_float_op_between_quantize_and_dequantize(monkeypatch, native):
+    monkeypatch.setenv("COMPACTNN_NATIVE", native)
     im, _, x = _zoo_int()
     q = im.quantize_input(x[:5])
     with Recorder() as rec:
@@ -143,7 +145,8 @@ def test_no_float_op_between_quantize_and_dequantize():
         im.run_values(q)
     assert y.dtype == torch.uint8 and len(rec.seen) > 50
     names = {f for f, _ in rec.seen}
-    assert any("_int_mm" in f for f in names)
+    assert any("_int_mm" in f for f in names) == (im.fast_engine().native is None)
+    assert native == "auto" or im.fast_engine().native is None
     floats = [(f, d) for f, d in rec.seen if any(t.is_floating_point or t.is_complex for t in d)]
     assert floats == []
     with Recorder() as rec:  # the recorder does see float ops (the check can fail)

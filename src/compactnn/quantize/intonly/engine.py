@@ -1,6 +1,13 @@
-"""The fast engine of :class:`.model.IntegerModel`: torch integer kernels, bit-identical to :mod:`.reference`.
+"""The fast engine of :class:`.model.IntegerModel`: native C kernels or torch integer kernels, bit-identical to
+:mod:`.reference`.
 
-How it stays exact and fast:
+When the C kernels of :mod:`.native` build on this machine (system C compiler, cached; ``COMPACTNN_NATIVE=off``
+disables them), a run is one C call per op on uint8 NHWC codes (:mod:`.native.program`: direct convolution with
+AVX-512 VNNI and a fused requantizer, table-driven Add, conv + 2x2 max pool fused before requantization), and
+:meth:`FastEngine.forward_float` also does the input quantize / output dequantize natively. Otherwise (no compiler,
+an op the native program lacks, or batch 0) the torch path below runs.
+
+How the torch path stays exact and fast:
 
 - **Layout.** Activations live as int8 ``q − 128`` (so ``torch._int_mm``, which needs int8 × int8 → int32, takes
   them directly) in channels-last layout ``(N, H, W, C)``, so a conv's im2col matrix is one strided copy and its
@@ -219,11 +226,20 @@ class _Conv:
 class FastEngine:
     """Compiled fast program of an :class:`.model.IntegerModel` (constants precomputed once).
 
+    When the native kernels build (:mod:`.native`), runs are one C call per op (:mod:`.native.program`); else, or
+    with ``native="off"``, the torch ops below.
+
     Args:
         model: the integer model.
+        native: ``"auto"``, ``"generic"`` (portable C loops) or ``"off"``; default ``COMPACTNN_NATIVE``.
     """
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, native: str | None = None) -> None:
+        from . import native as nat
+        from .native.program import NativeProgram
+
+        lib = nat.load(native)
+        self.native = None if lib is None else NativeProgram.build(model, lib)
         self.input_value = model.input["value"]
         self.output_value = model.output["value"]
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
@@ -313,6 +329,26 @@ class FastEngine:
         raise ModelError(f"the fast engine has no kernel for op {kind!r}")
 
     # ------------------------------------------------------------------------------------------------------- run
+    def forward_float(self, model, x: Tensor) -> Tensor | None:
+        """``model.forward(x)`` in three native calls (quantize, program, dequantize), bit-identical to
+        ``model.dequantize_output(model.run_int(model.quantize_input(x)))``; None when the native program is off
+        or ``x`` is not a CPU float32 tensor of the model's input shape (the caller then takes the checked path,
+        which also raises the errors)."""
+        nat = self.native
+        if (nat is None or not isinstance(x, Tensor) or x.dtype != torch.float32 or x.device.type != "cpu"
+                or x.dim() != len(model.input_shape) + 1 or tuple(x.shape[1:]) != model.input_shape
+                or x.shape[0] == 0):
+            return None
+        x = x.detach().contiguous()
+        q = torch.empty(x.shape, dtype=torch.uint8)
+        nat.lib.cnn_quantize_f32(x.data_ptr(), q.data_ptr(), q.numel(), float(model.input["scale"]),
+                                 int(model.input["zero_point"]))
+        codes = nat.run(q)
+        y = torch.empty(codes.shape, dtype=torch.float32)
+        nat.lib.cnn_dequantize_u8(codes.data_ptr(), y.data_ptr(), y.numel(), float(model.output["scale"]),
+                                  int(model.output["zero_point"]))
+        return y
+
     @staticmethod
     def _to_internal(q: Tensor) -> Tensor:
         x = (q ^ 128).view(torch.int8)
@@ -325,6 +361,8 @@ class FastEngine:
 
     def run(self, q: Tensor, all_values: bool = False):
         """Run on uint8 codes (PyTorch layout); the uint8 output, or every value by name if ``all_values``."""
+        if self.native is not None and q.shape[0] > 0:
+            return self.native.run(q, all_values)
         env = {self.input_value: self._to_internal(q)}
         for ins, out, fn in (self.steps if all_values else self.fused):
             env[out] = fn(*[env[i] for i in ins])

@@ -1,0 +1,325 @@
+"""The native program of an :class:`..model.IntegerModel`: one C call per op on uint8 NHWC codes in one buffer.
+
+Built once per model (weights packed, zero points folded into int64 biases, lookup tables built with the NumPy
+definition in :mod:`..fixedpoint`); a run allocates one uint8 arena (all values, 64-byte aligned, with slack for
+the kernels' 4-byte reads past a row) and calls the kernels with raw pointers. The kernels take integer buffers
+only. Choices:
+
+- **Activations are uint8 codes q** (not q − 128): ``vpdpbusd`` multiplies u8 × s8, so ``Σ q·w`` is exact in int32
+  while ``K·255·127 < 2^31`` (checked here) and ``Σ (q − Z)·w + b = Σ q·w + (b − Z·Σ w)``.
+- **Add and concat use lookup tables:** each input code's rescaled value (``MBQM((q − Z)·2^20)`` for Add, the whole
+  requantized code for concat) has 256 possible values, computed once with the reference functions.
+- **Overflow:** where the reference raises (an accumulator or an add's sum outside int32) the kernels set a flag
+  and this raises the same :class:`ModelError`.
+
+:meth:`NativeProgram.build` returns None for a model it does not cover (an op kind, axis or fan-in it has no
+kernel for); the engine then runs the pure-torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from compactnn.errors import ModelError
+
+from .. import reference as ref
+from ..fixedpoint import multiply_by_quantized_multiplier
+from . import Conv, Requant
+
+__all__ = ["NativeProgram"]
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b) * b
+
+
+class _Keep:
+    """Keeps numpy arrays alive and hands out their addresses."""
+
+    def __init__(self) -> None:
+        self.arrays: list = []
+
+    def __call__(self, a: np.ndarray) -> int:
+        a = np.ascontiguousarray(a)
+        self.arrays.append(a)
+        return a.ctypes.data
+
+
+def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, channels: int) -> Requant:
+    npad = max(16, _ceil(channels, 16))
+
+    def per_ch(v):
+        out = np.zeros(npad, dtype=np.int64)
+        out[:channels] = np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (channels,))
+        return out
+
+    m0, sh = per_ch(m0), per_ch(shift)
+    if (m0 < 0).any() or (m0 >= 1 << 31).any() or (sh < -31).any():
+        raise _Unsupported("multiplier out of range")
+    right, bias = np.maximum(-sh, 0), per_ch(bias)
+    half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
+    fast32 = bool((sh <= 0).all() and (np.abs(bias) < 1 << 31).all())  # the int32-lane requantizer applies
+    i32 = (lambda a: keep(a.astype(np.int32))) if fast32 else (lambda a: 0)
+    return Requant(keep(bias), keep(m0), keep(np.clip(sh, 0, 31)), keep(right), keep(half),
+                   keep((right > 0).astype(np.int64)), int(z_out), int(qmin), int(qmax), int(fast32), i32(bias),
+                   i32(m0), i32(right), i32(np.left_shift(np.int64(1), right) - 1))
+
+
+def _pack(w: np.ndarray, nseg: int, seglen: int, per_pixel: bool) -> np.ndarray:
+    """Weights ``(O, C, kh, kw)`` -> ``[ceil(O/16)][nseg·seglen/4][16][4]`` in the kernels' segment order."""
+    o, c, kh, kw = w.shape
+    seg = np.zeros((_ceil(o, 16), nseg, seglen), dtype=np.int8)
+    wt = w.transpose(0, 2, 3, 1)  # (O, kh, kw, C): NHWC order
+    if per_pixel:  # kh*kw segments of C bytes
+        seg[:o, :, :c] = wt.reshape(o, kh * kw, c)
+    else:  # kh segments of kw*C bytes
+        seg[:o, :, :kw * c] = wt.reshape(o, kh, kw * c)
+    nb = seg.shape[0] // 16
+    return np.ascontiguousarray(seg.reshape(nb, 16, nseg * seglen // 4, 4).transpose(0, 2, 1, 3))
+
+
+class NativeProgram:
+    """Compiled native program (see the module docstring). Use :meth:`build`."""
+
+    def __init__(self, model, lib) -> None:
+        self.lib, self.keep = lib, _Keep()
+        self.input_value, self.output_value = model.input["value"], model.output["value"]
+        zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
+        shp = {self.input_value: tuple(model.input_shape)}  # (C, H, W) or (F,), PyTorch order
+        self.steps = []  # (fn(ptrs, n, threads), inputs, output)
+        self._convs: dict = {}  # output value -> Conv address (groups == 1)
+        for op in model.ops:
+            kind, ins, out = op["op"], op["inputs"], op["output"]
+            fn, shp[out] = getattr(self, "_" + kind, self._unknown)(model, op, [shp[i] for i in ins], zp)
+            self.steps.append((fn, ins, out))
+        self.shapes = shp
+        self.fused = self._fuse(model)
+        self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
+        self._layouts: dict = {}
+        self._local = threading.local()
+
+    def _fuse(self, model) -> list:
+        """The steps with each conv -> 2x2/2 max pool pair (the conv output used by the pool only) as one step."""
+        uses: dict = {}
+        for op in model.ops:
+            for v in op["inputs"]:
+                uses[v] = uses.get(v, 0) + 1
+        fused, i = [], 0
+        while i < len(self.steps):
+            op, nxt = model.ops[i], model.ops[i + 1] if i + 1 < len(model.ops) else None
+            addr = self._convs.get(op["output"])
+            if (addr and nxt and nxt["op"] == "max_pool2d" and nxt["inputs"] == [op["output"]]
+                    and uses[op["output"]] == 1 and op["output"] != self.output_value
+                    and [_pair(nxt[k]) for k in ("kernel", "stride", "padding")] == [(2, 2), (2, 2), (0, 0)]):
+                fused.append(((lambda p, n, t, a=addr: self.lib.cnn_conv_pool2(a, n, p[0], p[1], p[-1], t)),
+                              op["inputs"], nxt["output"]))
+                i += 2
+                continue
+            fused.append(self.steps[i])
+            i += 1
+        return fused
+
+    def __deepcopy__(self, memo):
+        return self  # read-only after the build (ctypes pointers cannot be copied); arenas are per thread
+
+    @classmethod
+    def build(cls, model, lib):
+        """The program, or None when some op has no native kernel."""
+        try:
+            return cls(model, lib)
+        except _Unsupported:
+            return None
+
+    def _unknown(self, model, op, shapes, zp):
+        raise _Unsupported(op["op"])
+
+    # ----------------------------------------------------------------------------------------------------- ops
+    def _weighted(self, model, op, cin: int, kh: int, kw: int, geo: dict, zin: int, z_out: int) -> Conv:
+        w = getattr(model, op["weight"]).numpy()
+        w4 = w.reshape(w.shape[0], -1, kh, kw)
+        o = w4.shape[0]
+        if w4.shape[1] * kh * kw * 255 * 127 >= 1 << 31:
+            raise _Unsupported("fan-in too large for int32 u8 x s8 accumulation")
+        bias = getattr(model, op["bias"]).numpy().astype(np.int64) - zin * w4.astype(np.int64).sum(axis=(1, 2, 3))
+        per_pixel = geo["dw"] != 1
+        nseg, seglen = (kh * kw, _ceil(cin, 4)) if per_pixel else (kh, _ceil(kw * cin, 4))
+        groups = geo.pop("groups", 1)
+        wp = self.keep(_pack(w4, nseg, seglen, per_pixel)) if groups == 1 else self.keep(
+            w4.transpose(0, 2, 3, 1).copy())
+        rq = _requant(self.keep, getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), bias,
+                      z_out, op["qmin"], op["qmax"], o)
+        d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo)
+        self.keep.arrays.append(d)
+        return d
+
+    def _conv2d(self, model, op, shapes, zp):
+        (c, h, w), (kh, kw) = shapes[0], getattr(model, op["weight"]).shape[2:]
+        (sh, sw), (ph, pw), (dh, dw) = _pair(op["stride"]), _pair(op["padding"]), _pair(op["dilation"])
+        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        groups = int(op["groups"])
+        d = self._weighted(model, op, c // groups if groups > 1 else c, kh, kw,
+                           dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=groups),
+                           zp[op["inputs"][0]], zp[op["output"]])
+        if groups > 1:
+            d.c = c
+            addr = ctypes.addressof(d)
+            return (lambda p, n, t: self.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
+        self.scratch = max(getattr(self, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
+        addr = self._convs[op["output"]] = ctypes.addressof(d)
+        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], p[1], p[-1], t)), (d.o, ho, wo)
+
+    def _linear(self, model, op, shapes, zp):
+        if len(shapes[0]) != 1:
+            raise _Unsupported("linear on a 4-D value")
+        f = shapes[0][0]
+        d = self._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
+                           zp[op["inputs"][0]], zp[op["output"]])
+        addr = ctypes.addressof(d)
+        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], p[1], 0, t)), (d.o,)
+
+    def _max_pool2d(self, model, op, shapes, zp):
+        c, h, w = shapes[0]
+        (kh, kw), (sh, sw), (ph, pw) = _pair(op["kernel"]), _pair(op["stride"]), _pair(op["padding"])
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        return (lambda p, n, t: self.lib.cnn_maxpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, t)), (
+            c, ho, wo)
+
+    def _avg_pool2d(self, model, op, shapes, zp):
+        c, h, w = shapes[0]
+        (kh, kw), (sh, sw) = _pair(op["kernel"]), _pair(op["stride"])
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ho, wo, t)), (c, ho, wo)
+
+    def _global_avg_pool(self, model, op, shapes, zp):
+        c, h, w = shapes[0]
+        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, h, w, 1, 1, 1, 1, t)), (c, 1, 1)
+
+    def _flatten(self, model, op, shapes, zp):
+        s = shapes[0]
+        if len(s) == 1:
+            return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
+        c, hw = s[0], s[1] * s[2]
+        return (lambda p, n, t: self.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
+
+    def _add(self, model, op, shapes, zp):
+        if shapes[0] != shapes[1]:
+            raise _Unsupported("broadcasting add")
+        codes = np.arange(256, dtype=np.uint8)
+        try:  # the reference kernel on all 256 x 256 code pairs
+            table = ref.add(np.repeat(codes, 256), zp[op["inputs"][0]], op["multiplier_a"], op["shift_a"],
+                            np.tile(codes, 256), zp[op["inputs"][1]], op["multiplier_b"], op["shift_b"],
+                            zp[op["output"]], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
+                            op["qmax"])
+        except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
+            raise _Unsupported(str(err)) from None
+        tp, size = self.keep(table), int(np.prod(shapes[0]))
+        return (lambda p, n, t: self.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
+
+    def _concat(self, model, op, shapes, zp):
+        if int(op["axis"]) != 1 or len({s[1:] for s in shapes}) != 1:
+            raise _Unsupported("concat axis")
+        zy, ls = zp[op["output"]], int(op["left_shift"])
+        lo, hi = int(op.get("qmin", 0)), int(op.get("qmax", 255))
+        codes = np.arange(256, dtype=np.int64)
+        parts, off, total = [], 0, sum(s[0] for s in shapes)
+        inner = int(np.prod(shapes[0][1:]))  # pixels per image (1 for flat values)
+        for name, s, m in zip(op["inputs"], shapes, op["multipliers"]):
+            if m is None:
+                lut = np.clip(codes, lo, hi)
+            else:
+                m0, sh = int(m[0]), int(m[1])
+                L = min(ls, sh + 31)
+                lut = np.clip(multiply_by_quantized_multiplier((codes - zp[name]) << L, m0, sh - L) + zy, lo, hi)
+            parts.append((self.keep(lut.astype(np.uint8)), s[0], off))
+            off += s[0]
+
+        def cat(p, n, t):
+            for i, (lut, c, o) in enumerate(parts):
+                self.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
+
+        return cat, (total,) + tuple(shapes[0][1:])
+
+    # ----------------------------------------------------------------------------------------------------- run
+    def _layout(self, n: int, threads: int, all_values: bool):
+        """Byte offsets of the values in the arena: a dead value's block is reused (first fit, smallest block)
+        unless every value is kept (``all_values``); then the scratch of the padded images; then the total."""
+        key = (n, threads, all_values)
+        if key not in self._layouts:
+            steps = self.steps if all_values else self.fused
+            last = {self.output_value: len(steps)}
+            for i, (_, ins, _) in enumerate(steps):
+                for v in ins:
+                    last[v] = max(last.get(v, -1), i)
+            offs, free, pos = {}, [], 0
+
+            def alloc(name):
+                nonlocal pos
+                size = _ceil(n * self.nbytes[name] + 64, 64)
+                fits = [b for b in free if b[1] >= size]
+                if fits:
+                    block = min(fits, key=lambda b: b[1])
+                    free.remove(block)
+                    offs[name] = block[0]
+                else:
+                    offs[name], block = pos, (pos, size)
+                    pos += size
+                return block
+
+            blocks = {self.input_value: alloc(self.input_value)}
+            for i, (_, ins, out) in enumerate(steps):
+                blocks[out] = alloc(out)
+                for v in set(ins) | {out}:
+                    if not all_values and last.get(v, -1) <= i and v in blocks:
+                        free.append(blocks.pop(v))
+            scratch = pos
+            pos += threads * _ceil(getattr(self, "scratch", 0), 64) + 64
+            self._layouts[key] = (offs, scratch, pos)
+        return self._layouts[key]
+
+    def run(self, q: Tensor, all_values: bool = False):
+        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
+        n, threads = int(q.shape[0]), torch.get_num_threads()
+        offs, scratch, total = self._layout(n, threads, all_values)
+        arenas = self._local.__dict__.setdefault("arenas", {})  # one reusable arena per thread and layout
+        arena = arenas.get((n, threads, all_values))
+        if arena is None:
+            if len(arenas) > 4:
+                arenas.clear()
+            arena = arenas[(n, threads, all_values)] = torch.empty(total + 64, dtype=torch.uint8)
+        base = (arena.data_ptr() + 63) // 64 * 64
+        ptr = {k: base + v for k, v in offs.items()}
+        q = q.contiguous()
+        s = self.shapes[self.input_value]
+        if len(s) == 3:
+            self.lib.cnn_nchw_to_nhwc(q.data_ptr(), ptr[self.input_value], n, s[1] * s[2], s[0])
+        else:
+            ctypes.memmove(ptr[self.input_value], q.data_ptr(), n * s[0])
+        sp = base + scratch
+        for fn, ins, out in self.steps if all_values else self.fused:
+            if fn([ptr[i] for i in ins] + [ptr[out], sp], n, threads):
+                raise ModelError(f"an accumulator of the op producing {out!r} overflows int32 (the reference engine "
+                                 "raises here too); reduce the layer's fan-in or the bias")
+        names = list(self.shapes) if all_values else [self.output_value]
+        res = {k: self._value(arena, base - arena.data_ptr() + offs[k], n, self.shapes[k]) for k in names}
+        return res if all_values else res[self.output_value]
+
+    @staticmethod
+    def _value(arena: Tensor, off: int, n: int, s: tuple) -> Tensor:
+        size = n * int(np.prod(s))
+        v = arena[off:off + size]
+        if len(s) == 3:
+            return v.view(n, s[1], s[2], s[0]).permute(0, 3, 1, 2).contiguous()
+        return v.view(n, s[0]).clone()

@@ -1,0 +1,245 @@
+"""Native (C) kernels of the fast engine: bit-exact with the NumPy reference and the pure-torch path on random and
+edge-case layers, integer-only, and the build cache (atomic, race-safe, clean fallback without a compiler)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from compactnn.errors import ModelError
+from compactnn.quantize.intonly import native
+from compactnn.quantize.intonly.engine import FastEngine
+from compactnn.quantize.intonly.fixedpoint import INT32_MAX, INT32_MIN
+from compactnn.quantize.intonly.model import IntegerModel, run_reference
+from compactnn.quantize.intonly.qparams import add_multipliers
+
+pytestmark = pytest.mark.skipif(native.load("auto") is None, reason=f"no native kernels: {native.status('auto')}")
+KINDS = ("auto", "generic", "off")
+
+
+class Builder:
+    """A hand-made IntegerModel with random integer parameters (any M0/shift/bias, not only calibrated ones)."""
+
+    def __init__(self, rng, shape, z_in):
+        self.rng, self.tensors, self.ops = rng, {}, []
+        self.shape = {"v0": tuple(shape)}
+        self.values = {"v0": {"scale": 0.1, "zero_point": int(z_in), "dtype": "uint8"}}
+
+    def _new(self, shape, z=None):
+        name = f"v{len(self.values)}"
+        z = int(self.rng.integers(0, 256)) if z is None else int(z)
+        self.values[name] = {"scale": 0.1, "zero_point": z, "dtype": "uint8"}
+        self.shape[name] = tuple(shape)
+        return name
+
+    def _requant(self, i, o, m0=None, shift=None, bias=None, k=1):
+        rng = self.rng
+        self.tensors[f"m{i}"] = torch.tensor(rng.integers(1 << 30, 1 << 31, o) if m0 is None else
+                                             np.broadcast_to(m0, (o,)), dtype=torch.int32)
+        self.tensors[f"s{i}"] = torch.tensor(rng.integers(-18, -4, o) if shift is None else
+                                             np.broadcast_to(shift, (o,)), dtype=torch.int32)
+        self.tensors[f"b{i}"] = torch.tensor(rng.integers(-(1 << 16), 1 << 16, o) if bias is None else
+                                             np.broadcast_to(bias, (o,)), dtype=torch.int32)
+
+    def conv(self, x, o, k, stride=1, padding=0, dilation=1, groups=1, qmin=0, qmax=255, z=None, **rq):
+        c, h, w = self.shape[x]
+        kh, kw = (k, k) if isinstance(k, int) else k
+        i = len(self.ops)
+        self.tensors[f"w{i}"] = torch.tensor(self.rng.integers(-127, 128, (o, c // groups, kh, kw)), dtype=torch.int8)
+        self._requant(i, o, **rq)
+        s, p, d = [(v, v) if isinstance(v, int) else v for v in (stride, padding, dilation)]
+        ho, wo = (h + 2 * p[0] - d[0] * (kh - 1) - 1) // s[0] + 1, (w + 2 * p[1] - d[1] * (kw - 1) - 1) // s[1] + 1
+        out = self._new((o, ho, wo), z)
+        self.ops.append(dict(op="conv2d", inputs=[x], output=out, weight=f"w{i}", bias=f"b{i}", multiplier=f"m{i}",
+                             shift=f"s{i}", stride=list(s), padding=list(p), dilation=list(d), groups=groups,
+                             activation="none", qmin=qmin, qmax=qmax, name=f"conv{i}"))
+        return out
+
+    def linear(self, x, o, qmin=0, qmax=255, z=None, **rq):
+        (f,) = self.shape[x]
+        i = len(self.ops)
+        self.tensors[f"w{i}"] = torch.tensor(self.rng.integers(-127, 128, (o, f)), dtype=torch.int8)
+        self._requant(i, o, **rq)
+        out = self._new((o,), z)
+        self.ops.append(dict(op="linear", inputs=[x], output=out, weight=f"w{i}", bias=f"b{i}", multiplier=f"m{i}",
+                             shift=f"s{i}", activation="none", qmin=qmin, qmax=qmax, name=f"fc{i}"))
+        return out
+
+    def op(self, kind, inputs, shape, z=None, **kw):
+        out = self._new(shape, self.values[inputs[0]]["zero_point"] if z is None else z)
+        self.ops.append(dict(op=kind, inputs=list(inputs), output=out, name=f"{kind}{len(self.ops)}", **kw))
+        return out
+
+    def add(self, a, b, qmin=0, qmax=255):
+        m = add_multipliers(*self.rng.uniform(0.01, 0.2, 3))
+        return self.op("add", [a, b], self.shape[a], z=int(self.rng.integers(0, 256)), multiplier_a=m["M0_1"],
+                       shift_a=m["shift_1"], multiplier_b=m["M0_2"], shift_b=m["shift_2"], multiplier_out=m["M0_y"],
+                       shift_out=m["shift_y"], left_shift=m["left_shift"], activation="none", qmin=qmin, qmax=qmax)
+
+    def model(self, out):
+        v0 = self.values["v0"]
+        return IntegerModel(self.shape["v0"], {"value": "v0", **{k: v0[k] for k in ("scale", "zero_point")}},
+                            {"value": out, "scale": 0.1, "zero_point": self.values[out]["zero_point"]}, self.values,
+                            self.ops, self.tensors)
+
+
+def _check(im, n=3, seed=0, lo=0, hi=256):
+    q = torch.from_numpy(np.random.default_rng(seed).integers(lo, hi, (n, *im.input_shape), dtype=np.uint8))
+    ref = {k: torch.from_numpy(v) for k, v in run_reference(im, q.numpy()).items()}
+    for kind in KINDS:
+        eng = FastEngine(im, kind)
+        assert (eng.native is None) == (kind == "off")
+        got = eng.run(q, all_values=True)
+        for name in ref:
+            assert torch.equal(got[name], ref[name]), (kind, name)
+        assert torch.equal(eng.run(q), ref[im.output["value"]]), kind
+        assert torch.equal(eng.run(q[:1]), ref[im.output["value"]][:1]), kind
+
+
+@pytest.mark.parametrize("c,o,k,stride,padding,dilation,groups", [
+    (1, 16, 3, 1, 1, 1, 1), (1, 20, 5, 1, 0, 1, 1), (3, 33, 3, 2, 1, 1, 1), (16, 70, (3, 2), (2, 1), (1, 2), 1, 1),
+    (5, 7, 3, 1, 2, 2, 1), (8, 8, 3, 1, 1, 1, 8), (8, 12, 3, 2, 2, 2, 4), (6, 4, 1, 1, 0, 1, 1)])
+def test_conv_random_layers(c, o, k, stride, padding, dilation, groups):
+    rng = np.random.default_rng(c * 100 + o)
+    b = Builder(rng, (c, 9, 11), z_in=int(rng.integers(1, 255)))  # padding uses a non-zero zero point
+    y = b.conv("v0", o, k, stride, padding, dilation, groups)
+    y = b.conv(y, 9, 3, padding=1, qmin=b.values[y]["zero_point"])  # fused ReLU clamp
+    _check(b.model(y), n=5, seed=o)
+
+
+def test_linear_pool_flatten_add_concat_program():
+    rng = np.random.default_rng(3)
+    b = Builder(rng, (3, 12, 12), z_in=77)
+    c1 = b.conv("v0", 18, 3, padding=1)
+    c2 = b.conv(c1, 18, 3, padding=1)
+    a = b.add(c1, c2, qmin=40)
+    mp = b.op("max_pool2d", [a], (18, 6, 6), kernel=[3, 3], stride=[2, 2], padding=[1, 1])
+    ap = b.op("avg_pool2d", [mp], (18, 5, 5), kernel=[2, 2], stride=[1, 1])
+    b.op("max_pool2d", [a], (18, 5, 11), kernel=[3, 2], stride=[2, 1], padding=[0, 0])  # the unpadded kernel
+    c3 = b.conv(ap, 5, 1)
+    cat = b.op("concat", [ap, c3], (23, 5, 5), z=100, axis=1, left_shift=20, qmin=0, qmax=255,
+               multipliers=[[1518500250, -1], [1 << 30, 0]])
+    g = b.op("global_avg_pool", [cat], (23, 1, 1))
+    f = b.op("flatten", [cat], (23 * 25,))
+    f2 = b.op("flatten", [g], (23,))
+    l1 = b.linear(f, 37)
+    l2 = b.linear(f2, 37)
+    s = b.add(l1, l2)
+    out = b.linear(s, 10, qmin=3, qmax=250)
+    _check(b.model(out), n=6)
+
+
+@pytest.mark.parametrize("padding,o", [(0, 20), (1, 50), (2, 3)])
+def test_conv_then_2x2_max_pool_fused(padding, o):
+    """A conv whose only consumer is a 2x2/2 max pool is pooled before requantization (odd sizes floor)."""
+    rng = np.random.default_rng(o)
+    b = Builder(rng, (2, 9, 11), z_in=200)
+    c = b.conv("v0", o, 3, padding=padding, qmin=150)
+    ho, wo = b.shape[c][1:]
+    mp = b.op("max_pool2d", [c], (o, ho // 2, wo // 2), kernel=[2, 2], stride=[2, 2], padding=[0, 0])
+    im = b.model(b.conv(mp, 4, 1))
+    assert len(FastEngine(im, "auto").native.fused) == 2
+    _check(im, n=7, seed=padding)
+
+
+@pytest.mark.parametrize("shift", [-31, -20, -1, 0, 2])
+def test_requant_ties_and_int32_limits(shift):
+    """M0 = 2^30 makes ties of both roundings frequent; biases push accumulators to the int32 limits; shift > 0
+    takes the left-shift path, large folded biases the int64 path."""
+    rng = np.random.default_rng(shift + 40)
+    for m0, bias in ((1 << 30, None), ((1 << 31) - 1, INT32_MAX - 255 * 127 * 4 - 5),
+                     (1 << 30, INT32_MIN + 255 * 127 * 4 + 5), (1 << 30, 0), (0, 123)):
+        b = Builder(rng, (4,), z_in=0 if bias is not None and bias > 0 else 255)
+        y = b.linear("v0", 40, m0=m0, shift=shift, bias=bias if bias is not None else rng.integers(-999, 999, 40),
+                     z=int(rng.integers(0, 256)))
+        _check(b.model(y), n=64, seed=shift & 7)
+
+
+def test_overflow_raises_like_the_reference():
+    b = Builder(np.random.default_rng(0), (4,), z_in=0)
+    y = b.linear("v0", 3, bias=INT32_MAX - 10)
+    b.tensors["w0"].fill_(127)
+    im = b.model(y)
+    q = torch.full((2, 4), 255, dtype=torch.uint8)
+    with pytest.raises(ModelError, match="overflows int32"):
+        run_reference(im, q.numpy())
+    for kind in ("auto", "generic"):
+        with pytest.raises(ModelError, match="overflows int32"):
+            FastEngine(im, kind).run(q)
+
+
+def test_zoo_model_native_vs_torch_vs_reference():
+    from test_intonly_engine import _zoo_int
+
+    im, _, x = _zoo_int()
+    _check_codes = im.quantize_input(x)
+    ref = im.run_values(_check_codes, "reference")
+    for kind in KINDS:
+        got = FastEngine(im, kind).run(_check_codes, all_values=True)
+        assert all(torch.equal(got[k], ref[k]) for k in ref), kind
+
+
+def test_native_run_has_no_float_op_and_kernels_have_no_float_type():
+    from test_intonly_engine import Recorder, _zoo_int
+
+    im, _, x = _zoo_int()
+    q = im.quantize_input(x[:5])
+    eng = FastEngine(im, "auto")
+    with Recorder() as rec:
+        eng.run(q)
+        eng.run(q, all_values=True)
+    assert rec.seen and not [f for f, d in rec.seen if any(t.is_floating_point or t.is_complex for t in d)]
+    code = re.sub(r"/\*.*?\*/|//[^\n]*", "", "".join(f.read_text() for f in native.SOURCES), flags=re.S)
+    assert not re.search(r"\b(float|double|__m512[dh]?|__m256[dh]?|_ps|_pd)\b", code)
+
+
+def test_env_switch_and_missing_compiler(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPACTNN_NATIVE", "off")
+    assert native.mode() == "off" and native.load() is None
+    b = Builder(np.random.default_rng(1), (5,), z_in=3)
+    assert FastEngine(b.model(b.linear("v0", 4))).native is None
+    monkeypatch.setenv("COMPACTNN_NATIVE", "auto")
+    monkeypatch.setattr(native, "_cache", {})
+    monkeypatch.setattr(native.shutil, "which", lambda name: None)
+    assert native.load() is None and "no C compiler" in native.status()
+
+
+def test_build_is_atomic_when_processes_race(tmp_path):
+    code = ("from compactnn.quantize.intonly import native; lib = native.load('generic'); "
+            "assert lib is not None, native.status('generic'); print(lib.cnn_simd())")
+    env = {**os.environ, "COMPACTNN_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    files = sorted(os.listdir(tmp_path / "native"))
+    assert len(files) == 1 and files[0].startswith("kernels-") and files[0].endswith(".so"), files
+
+
+def test_forward_float_equals_the_checked_path():
+    """The native quantize/dequantize (io.c) give the model's own codes and floats, ties and infinities included."""
+    from test_intonly_engine import _zoo_int
+
+    im, _, x = _zoo_int()
+    x = x[:9].clone()
+    s = im.input["scale"]
+    x[0, 0, :5, :5] = (torch.arange(-12, 13, dtype=torch.float64).reshape(5, 5) + 0.5).mul(s).float()  # near ties
+    x[1, 1, 0, :4] = torch.tensor([float("inf"), -float("inf"), 1e30, -1e30])
+    eng = im.fast_engine()
+    assert torch.equal(eng.forward_float(im, x), im.dequantize_output(im.run_int(im.quantize_input(x), "reference")))
+    assert eng.forward_float(im, x.double()) is None and eng.forward_float(im, x[:, :1]) is None
+    assert FastEngine(im, "off").forward_float(im, x) is None
+
+
+def test_model_with_built_native_engine_deep_copies():
+    import copy
+
+    b = Builder(np.random.default_rng(2), (2, 6, 6), z_in=9)
+    im = b.model(b.conv("v0", 5, 3, padding=1))
+    q = torch.randint(0, 256, (2, 2, 6, 6), dtype=torch.uint8)
+    y = im.run_int(q)
+    assert im.fast_engine().native is not None and torch.equal(copy.deepcopy(im).run_int(q), y)
