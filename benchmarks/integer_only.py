@@ -114,6 +114,9 @@ def torch_int8(model, calib_x: torch.Tensor):
 
 
 def median_ms(fn, x, repeats: int, warmup: int = 5) -> float:
+    """Median wall-clock ms of ``fn(x)`` over ``repeats`` runs after ``warmup`` runs. A pause first lets the thread
+    pools of the engine timed before (ORT's spin-waiting workers) go idle, so they do not steal this one's cores."""
+    time.sleep(0.5)
     for _ in range(warmup):
         fn(x)
     times = []
