@@ -92,19 +92,43 @@ def run(bundle, quick: bool) -> list[dict]:
     print(f"l1: {l1_row}", flush=True)
     rows = [dense, nisp_row, l1_row]
     models = [dense_model, nisp, l1]
+    for name, m in zip(("nisp", "l1"), models[1:]):  # kept so that --retime can time them again on an idle machine
+        cn.pack.save(m, _saved(name, bundle))
+    time_rows(rows, models, bundle, s["repeats"])
+    return rows
+
+
+def _saved(name: str, bundle):
+    from pretrained import cache_dir
+
+    return cache_dir() / f"pruned-resnet20-{name}-{bundle.name}.cnz"
+
+
+def retime(rows: list[dict], bundle, quick: bool) -> list[dict]:
+    """Time the models of a previous run again (dense from the cache, pruned ones saved by :func:`run`) and update
+    the timing columns of its ``rows`` (dense, NISP, L1), e.g. once the machine is idle."""
+    from pretrained import pretrained
+
+    s = QUICK if quick else FULL
+    models = [pretrained("resnet20", bundle, **s["train"])] + [cn.pack.load(_saved(n, bundle)) for n in ("nisp", "l1")]
+    time_rows(rows, models, bundle, s["repeats"])
+    return rows
+
+
+def time_rows(rows: list[dict], models: list, bundle, repeats: int) -> None:
+    """Add eager and deployed (:func:`compactnn.report.inference_form`) latency and speed-up columns to ``rows``."""
     deployed = [cn.report.inference_form(m) for m in models]
     x = torch.randn(64, *bundle.input_shape)
     with torch.inference_mode():
         for m, d in zip(models, deployed):  # the deployed form computes the same function
             assert torch.allclose(m.eval()(x), d(x), atol=1e-4, rtol=1e-4), "inference_form changed the outputs"
-    ms = latencies(models + deployed, bundle.input_shape, s["repeats"])
+    ms = latencies(models + deployed, bundle.input_shape, repeats)
     eager, deploy = ms[:3], ms[3:]
     for r, e, d in zip(rows, eager, deploy):
         r.update(eager_ms_b256=round(e, 2), eager_speedup=round(eager[0] / e, 3), latency_ms_b256=round(d, 2),
                  speedup=round(deploy[0] / d, 3))
     print("ms at batch 256, eager (dense, nisp, l1):", [round(m, 1) for m in eager], "deployed:",
           [round(m, 1) for m in deploy], flush=True)
-    return rows
 
 
 def plot(rows: list[dict], path) -> None:
