@@ -54,7 +54,7 @@ FULL = dict(  # per part, on 2 cores: a300 ~10 min, a5 ~12 min per ratio, b-* ~5
     lenet300=dict(dense=dict(epochs=20, lr=0.1), scratch=dict(epochs=12, lr=2e-3, **ADAM),
                   ft=dict(epochs=8, lr=1e-3, **ADAM), ranks=(3, 5, 10, 15), sweeps=10),
     lenet5=dict(dense=dict(epochs=12, lr=0.01), scratch=dict(epochs=15, lr=2e-3, **ADAM),
-                ft=dict(epochs=10, lr=1e-3, **ADAM), ratios=(10, 20), sweeps=8),
+                ft=dict(epochs=10, lr=1e-3, **ADAM), ratios=(10, 11, 20), sweeps=8),
     rnn=dict(n_train=6000, n_test=1000, size=64, epochs=8, batch_size=64, dropout=0.25,
              lr={"clip-lstm": 1e-3, "clip-bt-lstm": 5e-3, "clip-tt-lstm": 5e-3}),
     repeats=10,

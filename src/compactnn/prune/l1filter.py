@@ -17,11 +17,11 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor, nn
 
 from ..api import register_method
-from ..config import FineTune, MethodConfig, check
+from ..config import FineTune, MethodConfig
 from ..errors import ModelError
 from ..layers import require_data, run_finetune
 from .graph import DependencyGraph
-from .surgery import check_ratio, check_round_to, keep_by_scores, prune_channels, ratio_for_macs, resolve_ratios
+from .surgery import check_ratios, check_round_to, keep_by_scores, prune_channels, ratio_for_macs, resolve_ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +44,7 @@ class L1Filter(MethodConfig):
     finetune: FineTune | None = FineTune()
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, Mapping):
-            check(len(self.ratio) > 0, "l1-filter: ratio mapping is empty; give {layer pattern: ratio} or one float")
-            for key, value in self.ratio.items():
-                check_ratio(value, f"l1-filter: ratio[{key!r}]")
-        else:
-            check_ratio(self.ratio, "l1-filter: ratio")
+        check_ratios(self.ratio, "l1-filter")
         check_round_to(self.round_to, "l1-filter")
 
 

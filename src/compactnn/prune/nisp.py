@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from ..errors import ModelError
 from ..layers import require_data, run_finetune
 from ..models.resnet import Add
 from .graph import ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, DependencyGraph
-from .surgery import check_ratio, check_round_to, keep_by_scores, prune_channels, resolve_ratios
+from .surgery import check_ratios, check_round_to, keep_by_scores, prune_channels, resolve_ratios
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +62,7 @@ class NISP(MethodConfig):
     finetune: FineTune | None = FineTune()
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, Mapping):
-            check(len(self.ratio) > 0, "nisp: ratio mapping is empty; give {layer pattern: ratio} or one float")
-            for key, value in self.ratio.items():
-                check_ratio(value, f"nisp: ratio[{key!r}]")
-        else:
-            check_ratio(self.ratio, "nisp: ratio")
+        check_ratios(self.ratio, "nisp")
         check(isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0,
               f"nisp: alpha must be in [0, 1], got {self.alpha!r}")
         check_round_to(self.round_to, "nisp")

@@ -67,6 +67,17 @@ def resolve_ratios(graph: DependencyGraph, ratio: float | Mapping[str, float], w
     return out
 
 
+def check_ratios(ratio: float | Mapping[str, float], where: str) -> None:
+    """ConfigError unless ``ratio`` is a float in [0, 1) or a non-empty ``{layer pattern: ratio}`` of such floats."""
+    if isinstance(ratio, Mapping):
+        if not ratio:
+            raise ConfigError(f"{where}: ratio mapping is empty; give {{layer pattern: ratio}} or one float")
+        for key, value in ratio.items():
+            check_ratio(value, f"{where}: ratio[{key!r}]")
+    else:
+        check_ratio(ratio, f"{where}: ratio")
+
+
 def check_round_to(round_to: int, where: str) -> int:
     """Return ``round_to``; ConfigError unless it is an int >= 1 (the channel multiple kept counts snap to)."""
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -264,5 +275,5 @@ def ratio_for_macs(model: nn.Module, target_macs: int, input_shape: Sequence[int
     return round(best[1], 6) if not math.isnan(best[1]) else 0.0
 
 
-__all__ = ["check_ratio", "check_round_to", "resolve_ratios", "keep_count", "keep_by_scores", "removed_roots",
+__all__ = ["check_ratio", "check_ratios", "check_round_to", "resolve_ratios", "keep_count", "keep_by_scores", "removed_roots",
            "prune_channels", "zero_channels", "total_macs", "ratio_for_macs"]

@@ -266,53 +266,73 @@ static void pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out,
 #define MR_TILE 6
 #endif
 
+/* Byte offset of every weight segment (one kernel row, or one kernel tap) in a padded NHWC image of width wpd. */
+static int seg_offsets(const Conv *d, int64_t wpd, int64_t *segoff) {
+    if (d->nseg > 4096) return -1;
+    for (int64_t s = 0; s < d->nseg; s++) {
+        int64_t i = d->nseg == d->kh ? s : s / d->kw, j = d->nseg == d->kh ? 0 : s % d->kw;
+        segoff[s] = (i * d->dh * wpd + j * d->dw) * d->c;
+    }
+    return 0;
+}
+
+/* How the n images x pix output pixels are split: with padding, items are (image, band of pixels) and *bands is set;
+   without, items are ranges of pixels over the whole batch. Returns the number of items. */
+static int64_t work_items(int pad, int64_t n, int64_t pix, int nthreads, int64_t *bands) {
+    *bands = 1;
+    if (pad) {
+        if (n < 2 * nthreads) *bands = (2 * nthreads + n - 1) / n;
+        if (*bands > pix) *bands = pix;
+        return n * *bands;
+    }
+    int64_t items = nthreads == 1 ? 1 : 8 * nthreads;
+    return items > n * pix ? n * pix : items;
+}
+
+/* Pixel range [*p0, *p1) of work item it; with padding, pads its image into this thread's scratch (filled with the
+   input zero point) and returns it, else returns x. */
+static const uint8_t *item_span(const Conv *d, int pad, const uint8_t *x, uint8_t *scratch, int tid, int64_t it,
+                                int64_t n, int64_t pix, int64_t bands, int64_t items, int64_t *p0, int64_t *p1) {
+    if (!pad) {
+        *p0 = n * pix * it / items;
+        *p1 = n * pix * (it + 1) / items;
+        return x;
+    }
+    const int64_t wpd = d->w + 2 * d->pw, c = d->c, imgsz = d->h * d->w * c;
+    const int64_t b = it / bands, band = it % bands;
+    *p0 = b * pix + pix * band / bands;
+    *p1 = b * pix + pix * (band + 1) / bands;
+    uint8_t *sp = scratch + tid * ((d->h + 2 * d->ph) * wpd * c + 64);
+    memset(sp, (int)d->zin, (d->h + 2 * d->ph) * wpd * c);
+    for (int64_t r = 0; r < d->h; r++)
+        memcpy(sp + ((r + d->ph) * wpd + d->pw) * c, x + b * imgsz + r * d->w * c, d->w * c);
+    return sp;
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 /* Convolution (groups == 1) on uint8 NHWC codes; a linear layer is a 1x1 conv on (rows, 1, 1, K).
    x: input (n images); y: output (n, ho, wo, o); scratch: nthreads * (hp*wp*c + 64) bytes for padded images.
    With padding, work items are (image, band of output pixels) and each thread pads its image into its scratch;
    without, items are ranges of output pixels over the whole batch (tiles may span images). */
 int cnn_conv(const Conv *d, int64_t n, const uint8_t *x, uint8_t *y, uint8_t *scratch, int nthreads) {
-    const int64_t hp = d->h + 2 * d->ph, wpd = d->w + 2 * d->pw, c = d->c;
-    const int64_t pix = d->ho * d->wo, padsz = hp * wpd * c + 64, imgsz = d->h * d->w * c;
+    const int64_t wpd = d->w + 2 * d->pw, c = d->c, pix = d->ho * d->wo, imgsz = d->h * d->w * c;
     const int pad = d->ph || d->pw;
-    int64_t segoff[4096];
-    if (d->nseg > 4096) return -1;
-    for (int64_t s = 0; s < d->nseg; s++) {
-        int64_t i = d->nseg == d->kh ? s : s / d->kw, j = d->nseg == d->kh ? 0 : s % d->kw;
-        segoff[s] = (i * d->dh * wpd + j * d->dw) * c;
-    }
-    const int64_t macs = n * pix * d->o * d->nseg * d->seglen;
-    if (macs < 300000) nthreads = 1;
-    int64_t bands = 1, items;
-    if (pad) {
-        if (n < 2 * nthreads) bands = (2 * nthreads + n - 1) / n;
-        if (bands > pix) bands = pix;
-        items = n * bands;
-    } else {
-        items = nthreads == 1 ? 1 : 8 * nthreads;
-        if (items > n * pix) items = n * pix;
-    }
+    int64_t segoff[4096], bands;
+    if (seg_offsets(d, wpd, segoff)) return -1;
+    if (n * pix * d->o * d->nseg * d->seglen < 300000) nthreads = 1;
+    const int64_t items = work_items(pad, n, pix, nthreads, &bands);
     int ovf = 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(| : ovf) if (nthreads > 1)
     for (int64_t it = 0; it < items; it++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
         int64_t p0, p1;
-        const uint8_t *img = x;
-        if (pad) {
-            const int64_t b = it / bands, band = it % bands;
-            p0 = b * pix + pix * band / bands;
-            p1 = b * pix + pix * (band + 1) / bands;
-            uint8_t *sp = scratch + tid * padsz;
-            memset(sp, (int)d->zin, hp * wpd * c);
-            for (int64_t r = 0; r < d->h; r++)
-                memcpy(sp + ((r + d->ph) * wpd + d->pw) * c, x + b * imgsz + r * d->w * c, d->w * c);
-            img = sp;
-        } else {
-            p0 = n * pix * it / items;
-            p1 = n * pix * (it + 1) / items;
-        }
+        const uint8_t *img = item_span(d, pad, x, scratch, thread_id(), it, n, pix, bands, items, &p0, &p1);
         const uint8_t *rows[MR_TILE];
         uint8_t *outs[MR_TILE];
         int64_t b = p0 / pix, oh = (p0 % pix) / d->wo, ow = (p0 % pix) % d->wo;  /* advanced row by row */
@@ -332,47 +352,18 @@ int cnn_conv(const Conv *d, int64_t n, const uint8_t *x, uint8_t *y, uint8_t *sc
 /* Convolution followed by a 2x2 / stride 2 max pool (no pool padding), pooled before requantization.
    y: pooled output (n, ho/2, wo/2, o). Same work split as cnn_conv, over pooled pixels. */
 int cnn_conv_pool2(const Conv *d, int64_t n, const uint8_t *x, uint8_t *y, uint8_t *scratch, int nthreads) {
-    const int64_t hp = d->h + 2 * d->ph, wpd = d->w + 2 * d->pw, c = d->c;
-    const int64_t pho = d->ho / 2, pwo = d->wo / 2, pix = pho * pwo, padsz = hp * wpd * c + 64, imgsz = d->h * d->w * c;
+    const int64_t wpd = d->w + 2 * d->pw, c = d->c, imgsz = d->h * d->w * c;
+    const int64_t pwo = d->wo / 2, pix = (d->ho / 2) * pwo;
     const int pad = d->ph || d->pw;
-    int64_t segoff[4096];
-    if (d->nseg > 4096) return -1;
-    for (int64_t s = 0; s < d->nseg; s++) {
-        int64_t i = d->nseg == d->kh ? s : s / d->kw, j = d->nseg == d->kh ? 0 : s % d->kw;
-        segoff[s] = (i * d->dh * wpd + j * d->dw) * c;
-    }
+    int64_t segoff[4096], bands;
+    if (seg_offsets(d, wpd, segoff)) return -1;
     if (n * pix * 4 * d->o * d->nseg * d->seglen < 300000) nthreads = 1;
-    int64_t bands = 1, items;
-    if (pad) {
-        if (n < 2 * nthreads) bands = (2 * nthreads + n - 1) / n;
-        if (bands > pix) bands = pix;
-        items = n * bands;
-    } else {
-        items = nthreads == 1 ? 1 : 8 * nthreads;
-        if (items > n * pix) items = n * pix;
-    }
+    const int64_t items = work_items(pad, n, pix, nthreads, &bands);
     int ovf = 0;
 #pragma omp parallel for schedule(static) num_threads(nthreads) reduction(| : ovf) if (nthreads > 1)
     for (int64_t it = 0; it < items; it++) {
-        int tid = 0;
-#ifdef _OPENMP
-        tid = omp_get_thread_num();
-#endif
         int64_t p0, p1;
-        const uint8_t *img = x;
-        if (pad) {
-            const int64_t b = it / bands, band = it % bands;
-            p0 = b * pix + pix * band / bands;
-            p1 = b * pix + pix * (band + 1) / bands;
-            uint8_t *sp = scratch + tid * padsz;
-            memset(sp, (int)d->zin, hp * wpd * c);
-            for (int64_t r = 0; r < d->h; r++)
-                memcpy(sp + ((r + d->ph) * wpd + d->pw) * c, x + b * imgsz + r * d->w * c, d->w * c);
-            img = sp;
-        } else {
-            p0 = n * pix * it / items;
-            p1 = n * pix * (it + 1) / items;
-        }
+        const uint8_t *img = item_span(d, pad, x, scratch, thread_id(), it, n, pix, bands, items, &p0, &p1);
         const uint8_t *rows[4];
         for (int64_t p = p0; p < p1; p++) {
             const int64_t b = p / pix, q = p % pix, oh = 2 * (q / pwo), ow = 2 * (q % pwo);
