@@ -8,7 +8,7 @@ run separately (each run updates its own sections of docs/results/integer_only.{
 - ``exactness``: the NumPy reference engine against the fast engine, output codes and every intermediate value; the
   reference needs ~0.08 s per ResNet-20 image, so ``--check-range A:B`` runs part of the test set and the counts of
   disjoint parts add up in the JSON (the table says how many images are covered);
-- ``onnx``: ORT on our QOperator export and on the ``mode="exact"`` export against the fast engine, end to end, and
+- ``onnx``: ORT on our ``exact`` export (the default) and on the ``qlinear`` export against the fast engine, end to end, and
   per layer (each ORT op fed exactly the codes our engine gave its inputs);
 - ``pack``: packed file sizes of fp32 and integer models (per channel and per tensor) and bit-identical reload;
 - ``timing``: in one process, on the same inputs, with the same thread count for every engine, the median of
@@ -53,8 +53,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 #: fp32 training (the cached reference), QAT (fine-tuning and IntegerOnly settings) and calibration images.
 SETTINGS = {
-    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128),
-                   qat=dict(finetune=dict(epochs=2, lr=0.002)), calib=2000),
+    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128),  # TFLite granularity: fc weights per tensor
+                   qat=dict(finetune=dict(epochs=2, lr=0.002), per_channel="conv"), calib=2000),
     "resnet20": dict(train=dict(epochs=3, lr=0.05, batch_size=128),
                      qat=dict(finetune=dict(epochs=1, lr=0.002), freeze_bn_after=200, act_delay=0), calib=2000),
 }
@@ -154,13 +154,14 @@ def integer_model(label: str, model, fp32_tag: str, bundle, s: dict):
 
     kw = dict(VARIANTS[label], calibration_batches=max(1, s["calib"] // 128))
     if kw["mode"] == "qat":
-        q = dict(s["qat"])
+        q = {**s["qat"], **VARIANTS[label]}  # the variant's own settings win over the model's QAT defaults
         kw.update(q, finetune=FineTune(**q["finetune"]))
     cfg = IntegerOnly(**kw)
     digest = hashlib.sha1(repr(cfg).encode()).hexdigest()[:10]
     path = cache_dir() / f"intonly-{fp32_tag}-{label.replace(' ', '').replace(',', '-')}-{digest}.cnz"
-    if path.exists():
-        return cn.pack.load(path).eval(), cfg
+    same = sorted(cache_dir().glob(f"intonly-{fp32_tag}-*-{digest}.cnz"))  # the same config under another label
+    if path.exists() or same:
+        return cn.pack.load(path if path.exists() else same[0]).eval(), cfg
     t = time.perf_counter()
     im = cn.compress(model, cfg, data=bundle).eval()
     print(f"  built {label} in {time.perf_counter() - t:.0f} s (cached in {path})", flush=True)
@@ -207,6 +208,8 @@ def run_model(name: str, bundle, args, parts: set, state: dict, tmp: Path) -> No
     ims, cfgs = {}, {}
     for label in VARIANTS:
         ims[label], cfgs[label] = integer_model(label, model, fp32_tag, bundle, s)
+        if label != "QAT" and cfgs[label] == cfgs["QAT"]:  # e.g. "QAT, all per-channel" where QAT is already
+            del ims[label], cfgs[label]
     qat = ims["QAT"]
     qat.engine = "fast"
     state.setdefault("settings", {})[name] = dict(fp32=fp32_tag, **{k: repr(v) for k, v in cfgs.items()})
@@ -221,8 +224,8 @@ def run_model(name: str, bundle, args, parts: set, state: dict, tmp: Path) -> No
         engines[ORT_INT8] = ort_session(int8_onnx, args.threads)
         from compactnn.quantize.intonly.export import export_onnx
 
-        export_onnx(qat, tmp / f"{name}_ours.onnx")
-        engines["ORT (our export)"] = ort_session(tmp / f"{name}_ours.onnx", args.threads)
+        export_onnx(qat, tmp / f"{name}_qlinear.onnx", mode="qlinear")
+        engines["ORT (our export, qlinear)"] = ort_session(tmp / f"{name}_qlinear.onnx", args.threads)
         export_onnx(qat, tmp / f"{name}_exact.onnx", mode="exact")
         engines["ORT (our export, exact)"] = ort_session(tmp / f"{name}_exact.onnx", args.threads)
         engines[OURS] = torch_fn(qat)
@@ -269,7 +272,7 @@ def run_model(name: str, bundle, args, parts: set, state: dict, tmp: Path) -> No
         from compactnn.quantize.intonly.export import export_onnx
 
         rows = [r for r in state.get("onnx", []) if r["model"] != name]
-        for mode in ("qoperator", "exact"):
+        for mode in ("exact", "qlinear"):
             path = export_onnx(qat, tmp / f"{name}_{mode}.onnx", mode=mode)
             r = checks.onnx_end_to_end(qat, path, x_test, args.threads)
             rows.append(dict(model=name, export=mode, **r))
@@ -280,8 +283,11 @@ def run_model(name: str, bundle, args, parts: set, state: dict, tmp: Path) -> No
             dict(model=name, **r) for r in layers]
 
     if "pack" in parts:
-        chosen = {"int8 per-channel (QAT)": ims["QAT"],
-                  "int8 per-tensor (calibrate minmax)": ims["calibrate minmax, per-tensor"]}
+        granularity = {True: "per-channel", "conv": "per-channel conv, per-tensor linear"}[cfgs["QAT"].per_channel]
+        chosen = {f"int8 {granularity} (QAT)": ims["QAT"]}
+        if "QAT, all per-channel" in ims:
+            chosen["int8 per-channel (QAT, all per-channel)"] = ims["QAT, all per-channel"]
+        chosen["int8 per-tensor (calibrate minmax)"] = ims["calibrate minmax, per-tensor"]
         rows = checks.packing(name, model, chosen, torch.from_numpy(x_test))
         state["packing"] = [r for r in state.get("packing", []) if r["model"] != name] + rows
         for r in rows:

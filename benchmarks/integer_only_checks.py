@@ -3,7 +3,7 @@
 - :func:`exactness`: the NumPy reference engine (the definition) against the fast engine, end to end (output codes)
   and on every layer (every value of the program), on a range of test images (the reference is slow on ResNet-20,
   so the benchmark can run the test set in parts and add the counts up).
-- :func:`onnx_end_to_end` / :func:`onnx_per_layer`: ORT on our QOperator export against the fast engine; per layer,
+- :func:`onnx_end_to_end` / :func:`onnx_per_layer`: ORT on our exports against the fast engine; per layer,
   each ORT op is fed exactly the codes our engine computed for its inputs. For conv/linear layers the per-layer
   check also counts how often ORT differs from the *single* rounding of the exact product ``acc·M0·2^(shift−31)``
   (half to even), computed in int64 from the reference accumulators: it is 0 when ORT's float32 requantization
@@ -90,8 +90,8 @@ def _single_rounding(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, z: int,
 
 @torch.inference_mode()
 def onnx_per_layer(im, x: torch.Tensor, threads: int, batch: int = 500, rounding_images: int = 500) -> list[dict]:
-    """Per op: ORT (QOperator) fed our engine's input codes vs. our output codes; see the module docstring."""
-    sessions = [ort_session(build_op_onnx(im, i), threads) for i in range(len(im.ops))]
+    """Per op: ORT (the qlinear export) fed our engine's input codes vs. our output codes; see the module docstring."""
+    sessions = [ort_session(build_op_onnx(im, i, mode="qlinear"), threads) for i in range(len(im.ops))]
     stats = [dict(index=i, op=op["op"], name=op.get("name", ""), codes=0, mismatches=0, max_code_diff=0,
                   ort_vs_single_rounding=None, rounding_codes=0) for i, op in enumerate(im.ops)]
     for a, b in _batches(len(x), batch):

@@ -17,7 +17,8 @@ from common import markdown_table  # noqa: E402
 COLUMNS = ["model", "engine", "accuracy", "ms_b1", "ms_b256", "x_ort_b1", "x_ort_b256", "x_torch_b256"]
 ORT_INT8, TORCH_INT8, OURS = "ORT int8 (quantize_static)", "torch int8 (FX x86)", "compactnn int8 (fast)"
 VARIANTS = {  # label -> IntegerOnly keyword arguments (besides calibration_batches and the QAT settings)
-    "QAT": dict(mode="qat"),
+    "QAT": dict(mode="qat"),  # weight granularity: SETTINGS[model]["qat"]["per_channel"]
+    "QAT, all per-channel": dict(mode="qat", per_channel=True),  # a row only where it differs from "QAT"
     "calibrate minmax": dict(mode="calibrate", calibration="minmax"),
     "calibrate percentile": dict(mode="calibrate", calibration="percentile"),
     "calibrate minmax, per-tensor": dict(mode="calibrate", calibration="minmax", per_channel=False),
@@ -90,7 +91,7 @@ def plot(state: dict, fh) -> None:
         ax.bar([r["index"] for r in sub], [100 * (1 - r["exact_fraction"]) for r in sub], color="tab:red")
         ax.set_xlabel("op index")
         ax.set_ylabel("% codes differing (all differ by 1)")
-        ax.set_title(f"{name}: ORT QOperator vs. compactnn, per layer (same input codes)")
+        ax.set_title(f"{name}: ORT qlinear export vs. compactnn, per layer (same input codes)")
     fig.tight_layout()
     fig.savefig(fh, format="png", dpi=110)
     plt.close(fig)
@@ -101,12 +102,14 @@ torch int8 is FX graph mode with the 'x86' qconfig (torch 2.13 no longer ships
 `torch.ao.quantization.quantize_pt2e`; it moved to torchao). ORT int8 is `quantize_static` on the fp32 ONNX export:
 QOperator, per-channel int8 weights, uint8 activations, MinMax over training images.
 
-Our ONNX export is QOperator: QuantizeLinear, QLinearConv, QGemm (com.microsoft, has the int32 bias), QLinearAdd,
-QLinearGlobalAveragePool, MaxPool on uint8, Flatten, DequantizeLinear. The `exact` export spells the same integer
-program in ConvInteger/MatMulInteger and int64 fixed-point ops (bit-identical, slower)."""
+Our ONNX export (`compactnn export`) has two modes. `exact`, the default, spells the integer program in
+ConvInteger/MatMulInteger and int64 fixed-point ops: bit-identical to our engines, slow in ORT (elementwise int64
+requantization). `qlinear` (`--qlinear`) uses ORT's fused kernels: QuantizeLinear, QLinearConv, QGemm
+(com.microsoft, has the int32 bias), QLinearAdd, QLinearGlobalAveragePool, MaxPool on uint8, Flatten,
+DequantizeLinear: fast, but not bit-exact (see the ONNX section)."""
 
 ONNX_NOTES = """\
-Why the QOperator export differs: ORT requantizes a QLinearConv/QGemm accumulator with one float32 multiply and
+Why the `qlinear` export differs: ORT requantizes a QLinearConv/QGemm accumulator with one float32 multiply and
 one rounding (half to even), i.e. a *single* rounding of `acc·M`; compactnn follows TFLite's default
 `RDBPOT(SRDHM(acc, M0), n)`, which rounds twice (first to 2^-n of a code, then to a code). The two differ exactly
 when `acc·M` lies within 2^-(n+1) of a half, i.e. on about 2^-n of the codes (n = 7..9 here: 0.05-0.25% per
@@ -115,9 +118,9 @@ where ORT differs from the exact single rounding (half to even) of `acc·M0·2^(
 handful in millions (where `acc·M` is within float32 precision of a half), so ORT's float32 arithmetic and the
 exported scales are not the cause; the per-layer differences are the double rounding. No choice of exported float
 scales or int32 biases makes a single rounding reproduce a double rounding (the difference depends on `acc`, not
-affinely), so a QOperator/QDQ graph matches compactnn per layer within one code but not bit for bit. End to end,
+affinely), so a QLinear or QDQ graph matches compactnn per layer within one code but not bit for bit. End to end,
 the one-code differences of each layer feed the next ones and add up in a deep net (ResNet-20: 19 conv layers).
-The `exact` export (ONNX integer ops: ConvInteger/MatMulInteger plus the fixed-point requantization in int64 ops)
+The `exact` export, the default (ONNX integer ops: ConvInteger/MatMulInteger plus the fixed-point requantization in int64 ops)
 is bit-identical."""
 
 
@@ -152,7 +155,7 @@ def render(state: dict, goal: list[str]) -> str:
                   markdown_table(state["onnx"], ["model", "export", "outputs", "max_code_diff", "exact_fraction",
                                                  "within_1", "diff_histogram"])]
     if state.get("layers"):
-        parts += ["## ONNX agreement per layer (QOperator export; each op fed our engine's input codes)",
+        parts += ["## ONNX agreement per layer (`qlinear` export; each op fed our engine's input codes)",
                   markdown_table(state["layers"], ["model", "index", "op", "name", "codes", "mismatches",
                                                    "max_code_diff", "exact_fraction", "ort_vs_single_rounding",
                                                    "rounding_codes"]),

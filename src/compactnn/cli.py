@@ -139,16 +139,18 @@ def report(
 def export(
     file: Path = typer.Argument(..., help="a packed integer-only model (.cnz) from the integer-only method"),
     out: Path = typer.Argument(..., help="the ONNX file to write"),
-    exact: bool = typer.Option(False, "--exact", help="plain integer ONNX ops: bit-exact in ONNX Runtime, slower"),
+    qlinear: bool = typer.Option(False, "--qlinear", help="ORT's fused QLinearConv/QGemm/QLinearAdd kernels: much "
+                                 "faster, but up to one code per layer away from compactnn (not bit-exact)"),
     force: bool = typer.Option(False, "--force", help="replace an existing output file"),
 ) -> None:
-    """Export an integer-only model to ONNX: QOperator ops (QLinearConv, QGemm, QLinearAdd) or, with --exact,
-    the same fixed-point program in integer ops."""
+    """Export an integer-only model to ONNX. By default the graph is bit-identical to compactnn's engines in ONNX
+    Runtime (ConvInteger/MatMulInteger and the fixed-point requantization in integer ops); --qlinear uses ORT's
+    faster QLinearConv/QGemm/QLinearAdd instead."""
     from .quantize.intonly.export import export_file
 
     if out.exists() and not force:
         raise OutputError(f"{out} exists; choose another output or pass --force")
-    export_file(file, out, mode="exact" if exact else "qoperator")
+    export_file(file, out, mode="qlinear" if qlinear else "exact")
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
 
 

@@ -16,6 +16,7 @@ from compactnn.quantize.intonly import qparams, reference
 from compactnn.quantize.intonly.export import build_onnx, export_file, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 class FakeIR(nn.Module):
@@ -83,7 +84,7 @@ def _weighted(kind, name, rng, w_shape, s_in, s_out, z_out, per_channel=True, ac
     return bufs, op
 
 
-def _codes_from_onnx(model, q_in: np.ndarray, tmp_path, mode="qoperator") -> np.ndarray:
+def _codes_from_onnx(model, q_in: np.ndarray, tmp_path, mode="qlinear") -> np.ndarray:
     """Run the exported model on inputs that are exactly the codes ``q_in``; return the output codes."""
     path = export_onnx(model, tmp_path / "m.onnx", mode=mode)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -101,7 +102,7 @@ def _agree(model, q_in, tmp_path, min_exact: float) -> float:
     assert got.shape == ref.shape
     diff = np.abs(got - ref)
     exact = float((diff == 0).mean())
-    print(f"qoperator: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
+    print(f"qlinear: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
     assert diff.max() <= 1
     assert exact >= min_exact
     np.testing.assert_array_equal(_codes_from_onnx(model, q_in, tmp_path, mode="exact"), ref)
@@ -131,7 +132,7 @@ def test_conv2d_matches_reference(tmp_path, kw):
 def test_relu_clamp_becomes_uint8_clip(tmp_path):
     model = _conv_model(np.random.default_rng(1), act="relu", z_out=128)
     assert model.ops[0]["qmin"] == 128  # ReLU with Z = 128 clamps at code 128: exported as a Clip on uint8
-    assert [n.op_type for n in build_onnx(model).graph.node] == ["QuantizeLinear", "QLinearConv", "Clip",
+    assert [n.op_type for n in build_onnx(model, mode="qlinear").graph.node] == ["QuantizeLinear", "QLinearConv", "Clip",
                                                                  "DequantizeLinear"]
     q = np.random.default_rng(2).integers(0, 256, (4, 4, 9, 9), dtype=np.uint8)
     assert _codes_from_onnx(model, q, tmp_path).min() >= 128
@@ -281,21 +282,21 @@ def test_end_to_end_exact_mode_is_bit_identical(tmp_path, digits, name):
     np.testing.assert_array_equal(y, y_engine)  # float outputs too: same quantize, same dequantize
 
 
-def test_end_to_end_lenet5_qoperator_within_one_code(tmp_path, digits):
-    diff, _, _ = _onnx_vs_engine(_integer_model("lenet5", digits), digits.test.x, tmp_path / "m.onnx", "qoperator")
+def test_end_to_end_lenet5_qlinear_within_one_code(tmp_path, digits):
+    diff, _, _ = _onnx_vs_engine(_integer_model("lenet5", digits), digits.test.x, tmp_path / "m.onnx", "qlinear")
     exact = float((diff == 0).mean())
-    print(f"lenet5 qoperator: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
+    print(f"lenet5 qlinear: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
     assert diff.max() <= 1 and exact >= 0.9  # measured: max 1, ~97%
 
 
-def test_end_to_end_resnet20_qoperator_drift(tmp_path, digits):
+def test_end_to_end_resnet20_qlinear_drift(tmp_path, digits):
     """ORT's single rounding differs from TFLite's double rounding by one code on ~0.1% of each layer's outputs
     (test below); through 19 layers that ripples to a few codes: QOperator agrees with the engine on the
     predictions, the exact mode on every bit."""
     im = _integer_model("resnet", digits)
-    diff, y, y_engine = _onnx_vs_engine(im, digits.test.x, tmp_path / "m.onnx", "qoperator")
+    diff, y, y_engine = _onnx_vs_engine(im, digits.test.x, tmp_path / "m.onnx", "qlinear")
     exact = float((diff == 0).mean())
-    print(f"resnet20 qoperator: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
+    print(f"resnet20 qlinear: max code difference {diff.max()}, exactly equal {exact:.4%} of {diff.size}")
     assert exact >= 0.15 and diff.max() <= 16  # measured here: max 8, 24% (8 training steps; 1 epoch: max 4, 46%)
     assert (y.argmax(1) == y_engine.argmax(1)).mean() >= 0.95
 
@@ -307,7 +308,7 @@ def _single_rounding(acc, m0, shift, z, qmin, qmax):
     return np.clip(q + ((2 * r > den) | ((2 * r == den) & (q % 2 == 1))) + z, qmin, qmax)
 
 
-def test_per_layer_qoperator_is_single_rounding_and_exact_mode_is_identical(digits):
+def test_per_layer_qlinear_is_single_rounding_and_exact_mode_is_identical(digits):
     """Each op alone, fed our engine's input codes: ORT's QLinearConv/QGemm equal the *single* correctly rounded
     requantization of the int32 accumulator (so every difference from compactnn is TFLite's double rounding, one
     code at most), and the exact mode equals compactnn on every op."""
@@ -320,7 +321,7 @@ def test_per_layer_qoperator_is_single_rounding_and_exact_mode_is_identical(digi
     for i, op in enumerate(im.ops):
         feed = {v: vals[v] for v in dict.fromkeys(op["inputs"])}
         ours = vals[op["output"]].astype(np.int64)
-        for mode in ("qoperator", "exact"):
+        for mode in ("qlinear", "exact"):
             sess = ort.InferenceSession(build_op_onnx(im, i, mode=mode).SerializeToString(),
                                         providers=["CPUExecutionProvider"])
             got = sess.run(None, feed)[0].astype(np.int64)
@@ -345,12 +346,33 @@ def test_per_layer_qoperator_is_single_rounding_and_exact_mode_is_identical(digi
         build_op_onnx(im, len(im.ops))
 
 
-def test_export_file_writes_a_packed_integer_model(tmp_path, digits):
+def test_export_file_writes_a_packed_integer_model_bit_identical_by_default(tmp_path, digits):
     from compactnn import pack
 
     im = _integer_model("lenet5", digits)
     pack.save(im, tmp_path / "m.cnz")
-    path = export_file(tmp_path / "m.cnz", tmp_path / "m.onnx", mode="exact")
+    path = export_file(tmp_path / "m.cnz", tmp_path / "m.onnx")
+    assert "ConvInteger" in {n.op_type for n in onnx.load(str(path)).graph.node}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.no_grad():
         np.testing.assert_array_equal(sess.run(None, {"input": digits.test.x[:50].numpy()})[0], im(digits.test.x[:50]).numpy())
+
+
+def test_cli_export_default_is_exact_and_qlinear_is_an_option(tmp_path, digits, capsys):
+    from compactnn import pack
+    from compactnn.cli import main
+
+    pack.save(_integer_model("lenet5", digits), tmp_path / "m.cnz")
+    for flags, op in (((), "ConvInteger"), (("--qlinear",), "QLinearConv")):
+        out = tmp_path / f"m{len(flags)}.onnx"
+        with pytest.raises(SystemExit) as done:
+            main(["export", str(tmp_path / "m.cnz"), str(out), *flags])
+        assert (done.value.code or 0) == 0
+        assert op in {n.op_type for n in onnx.load(str(out)).graph.node}
+    pack.save(nn.Sequential(nn.Linear(3, 2)), tmp_path / "f.cnz")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["export", str(tmp_path / "f.cnz"), str(tmp_path / "f.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and "not an IntegerModel" in err[0]
+    assert not (tmp_path / "f.onnx").exists()

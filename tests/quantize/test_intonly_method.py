@@ -44,7 +44,7 @@ def int_lenet(lenet, small):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(bits=4), "only bits=8"), (dict(percentile=40.0), "percentile"), (dict(ema_decay=1.0), "ema_decay"),
     (dict(act_delay=-1), "act_delay"), (dict(calibration_batches=0), "calibration_batches"),
-    (dict(freeze_bn_after=-2), "freeze_bn_after")])
+    (dict(freeze_bn_after=-2), "freeze_bn_after"), (dict(per_channel="linear"), "per_channel")])
 def test_config_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         IntegerOnly(**kwargs)
@@ -147,6 +147,19 @@ def test_pack_ratio_per_channel_28x28(tmp_path, small):
     bundle = dataclasses.replace(small, train=ds, test=ds, input_shape=(1, 28, 28))
     im = cn.compress(model, IntegerOnly(mode="calibrate", calibration_batches=1), data=bundle)
     assert _ratio(model, im, tmp_path) >= 3.8
+
+
+def test_per_channel_conv_is_tflite_granularity(lenet, small):
+    """per_channel="conv": one multiplier per output channel for convs, one per tensor for linear layers."""
+    from compactnn.config import from_dict
+
+    assert from_dict({"method": "integer-only", "per_channel": "conv"}) == IntegerOnly(per_channel="conv")
+    im = cn.compress(lenet, IntegerOnly(mode="calibrate", calibration_batches=1, per_channel="conv"), data=small)
+    sizes = {op["op"]: getattr(im, op["multiplier"]).numel() for op in im.ops if op["op"] in ("conv2d", "linear")}
+    convs = [m for m in lenet.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert sizes["linear"] == 1 and sizes["conv2d"] == convs[-1].out_channels
+    q = im.quantize_input(small.test.x)
+    assert torch.equal(im.run_int(q, "reference"), im.run_int(q, "fast"))
 
 
 def test_bad_input(int_lenet):

@@ -1,7 +1,17 @@
-"""ONNX export of an integer-only model (QOperator format) that ONNX Runtime runs.
+"""ONNX export of an integer-only model (ONNX Runtime's QOperator format) that ONNX Runtime runs.
+
+Two modes, both in what ORT's quantization guide calls the QOperator format (quantized operators with their own ONNX
+definitions, "like QLinearConv, MatMulInteger and etc."):
+
+- ``mode="exact"`` (the default, and ``compactnn export``'s): ``ConvInteger``/``MatMulInteger`` for the int32
+  accumulators and TFLite's fixed-point requantization spelled out in int64 ops. ORT reproduces compactnn's engines
+  bit for bit, end to end, at any depth. Slower: the requantization runs as elementwise int64 ops.
+- ``mode="qlinear"`` (``--qlinear``): ORT's fused quantized kernels, described below. Much faster, but ORT
+  requantizes with a single float32 rounding, so each layer can differ by one code, and in a deep net those
+  differences add up (see below).
 
 The :class:`~compactnn.quantize.intonly.model.IntegerModel` IR maps one to one onto ONNX's quantized operators; the
-graph is built with the ``onnx`` package's helpers and checked with ``onnx.checker``. Operators used:
+graph is built with the ``onnx`` package's helpers and checked with ``onnx.checker``. Operators of ``qlinear``:
 
 - ``QuantizeLinear`` (float → uint8) at the input and ``DequantizeLinear`` at the output;
 - conv2d → ``QLinearConv`` (uint8 activations, int8 weights with per-channel ``w_scale``, int32 bias);
@@ -23,7 +33,7 @@ difference depends on ``acc`` non-affinely). In a deep net the one-code differen
 (ResNet-20 on Fashion-MNIST: up to 4 codes at the output, 56% exactly equal). :func:`build_op_onnx` exports one op
 alone for such per-layer checks. Weight scales, which the integer program does not use, are derived from the
 multiplier (:func:`.model.weight_scales`), so ORT's ``x_scale·w_scale/y_scale`` is compactnn's ``M`` to float32
-precision. Hence ``mode="exact"``: the same program in plain ONNX integer ops —
+precision. Hence the ``exact`` mode: the same program in plain ONNX integer ops —
 ``ConvInteger``/``MatMulInteger`` for the int32 accumulators, TFLite's ``MultiplyByQuantizedMultiplier`` spelled out
 in int64 ``Mul``/``Div`` (C truncation)/``Where``/``Sign``/``Abs``/``Clip``, ``ReduceSum`` pools, and the input
 quantize/output dequantize in float64 as :class:`IntegerModel` does — which ORT runs bit-identically to compactnn's
@@ -44,6 +54,7 @@ __all__ = ["build_onnx", "build_op_onnx", "export_file", "export_onnx"]
 
 MS = "com.microsoft"
 DEFAULT_OPSET = 17
+MODES = ("exact", "qlinear")
 
 
 class _Graph:
@@ -306,15 +317,21 @@ def _exact_out(g: _Graph, v_out: str) -> None:
            ["output"], to=1)
 
 
-def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "qoperator"):
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ModelError(f"unknown export mode {mode!r}; use 'exact' (bit-identical, the default) or 'qlinear' (faster)")
+
+
+def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     """The ``onnx.ModelProto`` of an integer model (see the module docstring for the operator mapping).
 
     Args:
         model: an ``IntegerModel`` (or any object with its IR attributes ``input_shape``, ``input``, ``output``,
             ``values``, ``ops`` and the buffers the ops name).
         opset: the default-domain opset, >= 13 (per-channel quantization); ``com.microsoft`` uses version 1.
-        mode: ``"qoperator"`` (ORT's fast quantized operators; float32 requantization, so a code can differ) or
-            ``"exact"`` (integer ONNX ops with TFLite's fixed-point requantization: bit-identical to compactnn).
+        mode: ``"exact"`` (the default: ConvInteger/MatMulInteger with TFLite's fixed-point requantization in int64
+            ops, bit-identical to compactnn) or ``"qlinear"`` (ORT's QLinearConv/QGemm/QLinearAdd kernels: much
+            faster, float32 single-rounding requantization, so codes can differ by one per layer).
 
     Returns:
         A checked ``onnx.ModelProto`` with float input ``"input"`` ``(N, C, H, W)`` and float output ``"output"``;
@@ -328,8 +345,7 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "qoperator"):
     for attr in ("input_shape", "input", "output", "values", "ops"):
         if not hasattr(model, attr):
             raise ModelError(f"export needs an IntegerModel (missing {attr!r}); convert with IntegerOnly first")
-    if mode not in ("qoperator", "exact"):
-        raise ModelError(f"unknown export mode {mode!r}; use 'qoperator' or 'exact'")
+    _check_mode(mode)
     g = _Graph(model)
     v_in, v_out = model.input["value"], model.output["value"]
     if mode == "exact":
@@ -355,15 +371,15 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "qoperator"):
     return proto
 
 
-def export_onnx(model, path, opset: int = DEFAULT_OPSET, mode: str = "qoperator") -> Path:
-    """Write an integer model as a QOperator ONNX file that ONNX Runtime runs (temp file + rename).
+def export_onnx(model, path, opset: int = DEFAULT_OPSET, mode: str = "exact") -> Path:
+    """Write an integer model as an ONNX file that ONNX Runtime runs (temp file + rename).
 
     Args:
         model: an ``IntegerModel`` (from ``compactnn.compress(model, IntegerOnly(...), data=...)``).
         path: the ``.onnx`` file to write; its folder must exist.
         opset: the default-domain opset (>= 13).
-        mode: ``"qoperator"`` (fast, ORT's quantized ops) or ``"exact"`` (bit-identical integer ops); see
-            :func:`build_onnx`.
+        mode: ``"exact"`` (bit-identical integer ops, the default) or ``"qlinear"`` (ORT's fast QLinear kernels);
+            see :func:`build_onnx`.
 
     Returns:
         The path written.
@@ -372,14 +388,14 @@ def export_onnx(model, path, opset: int = DEFAULT_OPSET, mode: str = "qoperator"
     return atomic_write_bytes(path, proto.SerializeToString())
 
 
-def export_file(cnz_path, onnx_path, opset: int = DEFAULT_OPSET, mode: str = "qoperator") -> Path:
+def export_file(cnz_path, onnx_path, opset: int = DEFAULT_OPSET, mode: str = "exact") -> Path:
     """``compactnn export model.cnz model.onnx``: load a packed integer model and write it as ONNX.
 
     Args:
         cnz_path: a ``.cnz`` file holding an ``IntegerModel`` (written by ``compactnn.pack.save``).
         onnx_path: the ``.onnx`` file to write.
         opset: the default-domain opset (>= 13).
-        mode: ``"qoperator"`` or ``"exact"`` (see :func:`build_onnx`).
+        mode: ``"exact"`` or ``"qlinear"`` (see :func:`build_onnx`).
 
     Returns:
         The path written.
@@ -395,7 +411,7 @@ def export_file(cnz_path, onnx_path, opset: int = DEFAULT_OPSET, mode: str = "qo
     return export_onnx(model, onnx_path, opset, mode)
 
 
-def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "qoperator"):
+def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     """The ``onnx.ModelProto`` of op ``index`` of an integer model alone, for per-layer agreement checks.
 
     Its inputs are the op's input values and its output the op's output value, all uint8 codes under their IR names
@@ -405,15 +421,14 @@ def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "qo
         model: an ``IntegerModel``.
         index: the op's position in ``model.ops``.
         opset: the default-domain opset (>= 13).
-        mode: ``"qoperator"`` or ``"exact"``.
+        mode: ``"exact"`` or ``"qlinear"``.
     """
     import onnx
     from onnx import TensorProto, helper
 
     if not 0 <= int(index) < len(model.ops):
         raise ModelError(f"op index {index} is out of range; the model has {len(model.ops)} ops")
-    if mode not in ("qoperator", "exact"):
-        raise ModelError(f"unknown export mode {mode!r}; use 'qoperator' or 'exact'")
+    _check_mode(mode)
     op = model.ops[int(index)]
     g = _Graph(model)
     (_emit_exact if mode == "exact" else _emit)(g, int(index), op)

@@ -34,7 +34,10 @@ class IntegerOnly(MethodConfig):
 
     Args:
         bits: bit width; only 8 is supported.
-        per_channel: one weight scale per output channel (else one per tensor).
+        per_channel: one weight scale per output channel (``True``), one per tensor (``False``), or ``"conv"``:
+            per channel for convolutions and per tensor for linear layers (TFLite's int8 spec: Conv2D per axis,
+            FullyConnected per tensor). Per-tensor rows share one scale, so their codes use a narrower part of
+            [-127, 127] and compress better in the packed file.
         mode: ``"qat"`` (calibrate, then fine-tune with simulated quantization) or ``"calibrate"`` (post-training
             calibration only, no training).
         calibration: activation-range observer used for calibration: ``"minmax"`` or ``"percentile"``.
@@ -51,7 +54,7 @@ class IntegerOnly(MethodConfig):
     description = "Integer-arithmetic-only int8 inference (Jacob et al. 2018): QAT or calibration, exact int engine"
 
     bits: int = 8
-    per_channel: bool = True
+    per_channel: bool | Literal["conv"] = True
     mode: Literal["qat", "calibrate"] = "qat"
     calibration: Literal["minmax", "percentile"] = "minmax"
     percentile: float = 99.99
@@ -64,6 +67,8 @@ class IntegerOnly(MethodConfig):
 
     def __post_init__(self) -> None:
         check(self.bits == 8, f"integer-only: only bits=8 is supported, got {self.bits!r}")
+        check(self.per_channel in (True, False, "conv"),
+              f"integer-only: per_channel must be true, false or 'conv', got {self.per_channel!r}")
         check(self.mode in ("qat", "calibrate"), f"integer-only: mode must be 'qat' or 'calibrate', got {self.mode!r}")
         check(self.calibration in ("minmax", "percentile"),
               f"integer-only: calibration must be 'minmax' or 'percentile', got {self.calibration!r}")

@@ -246,7 +246,7 @@ def _sole_user(node: fx.Node) -> fx.Node | None:
     return users[0] if len(users) == 1 else None
 
 
-def prepare(model: nn.Module, *, per_channel: bool = True, ema_decay: float = 0.999, act_delay: int = 0,
+def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: float = 0.999, act_delay: int = 0,
             freeze_bn_after: int | None = None) -> fx.GraphModule:
     """Trace ``model`` and return a ``GraphModule`` with BN folded, activations fused and fake quantization inserted.
 
@@ -254,7 +254,9 @@ def prepare(model: nn.Module, *, per_channel: bool = True, ema_decay: float = 0.
 
     Args:
         model: a float model (traceable by ``torch.fx.symbolic_trace``).
-        per_channel: per-output-channel weight scales (else one per tensor).
+        per_channel: per-output-channel weight scales (``True``), one per tensor (``False``), or ``"conv"``:
+            per channel for convolutions and per tensor for linear layers, as TFLite's int8 spec has it
+            (Conv2D/DepthwiseConv2D per axis, FullyConnected per tensor).
         ema_decay: EMA decay of the activation min/max.
         act_delay: training steps before activations are fake-quantized.
         freeze_bn_after: training steps after which folded BN layers use running statistics (None: never).
@@ -263,6 +265,10 @@ def prepare(model: nn.Module, *, per_channel: bool = True, ema_decay: float = 0.
         ModelError: the model cannot be traced, or has a layer integer-only conversion does not support (named).
     """
     from compactnn.models.resnet import Add
+
+    if per_channel not in (True, False, "conv"):
+        raise ModelError(f"per_channel must be true, false or 'conv', got {per_channel!r}")
+    conv_pc, linear_pc = per_channel in (True, "conv"), per_channel is True
 
     class _Tracer(fx.Tracer):  # compactnn's Add module stays a leaf, so the QAdd keeps its name
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
@@ -315,11 +321,11 @@ def prepare(model: nn.Module, *, per_channel: bool = True, ema_decay: float = 0.
                 bn_mod, last = modules[bn.target], bn
                 done.add(bn)
             last, act = act_after(last)
-            q = QConv2d(modules[node.target], bn_mod, act, per_channel, freeze_bn_after=freeze_bn_after, **kw)
+            q = QConv2d(modules[node.target], bn_mod, act, conv_pc, freeze_bn_after=freeze_bn_after, **kw)
             install(last, node, node.target, q, node.args)
         elif kind == "linear":
             last, act = act_after(node)
-            install(last, node, node.target, QLinear(modules[node.target], act, per_channel, **kw), node.args)
+            install(last, node, node.target, QLinear(modules[node.target], act, linear_pc, **kw), node.args)
         elif kind == "add":
             last, act = act_after(node)
             if node.op == "call_module":
