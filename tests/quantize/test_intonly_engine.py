@@ -177,3 +177,18 @@ def test_reference_engine_touches_integer_arrays_only(monkeypatch):
     out = im.run_int(q, engine="reference")
     assert out.dtype == torch.uint8
     assert {"conv2d", "linear", "max_pool2d", "avg_pool2d", "add", "concat"} <= set(calls)
+
+
+@pytest.mark.parametrize("native", ["off", "auto"])
+def test_concat_pass_through_input_is_bit_exact(monkeypatch, native):
+    """A concat input that already has the output's scale and zero point passes through (multiplier None)."""
+    monkeypatch.setenv("COMPACTNN_NATIVE", native)
+    im, _, x = _zoo_int()
+    cat = next(op for op in im.ops if op["op"] == "concat")
+    first = cat["inputs"][0]
+    im.values[first] = dict(im.values[cat["output"]])
+    cat["multipliers"] = [None, *cat["multipliers"][1:]]
+    q = im.quantize_input(x)
+    fast, slow = im.run_values(q, "fast"), im.run_values(q, "reference")
+    assert torch.equal(fast[cat["output"]], slow[cat["output"]])
+    assert torch.equal(im.run_int(q, "fast"), slow[im.output["value"]])

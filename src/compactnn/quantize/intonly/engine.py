@@ -316,14 +316,22 @@ class FastEngine:
             ls, zy = int(op["left_shift"]), zp[out] - 128
             lo, hi = int(op.get("qmin", 0)) - 128, int(op.get("qmax", 255)) - 128
             parts = []
-            for name, (m0, sh) in zip(ins, op["multipliers"]):
-                L = min(ls, int(sh) + 31)
-                parts.append((zp[name] - 128, L, int(m0), int(sh) - L))
+            for name, m in zip(ins, op["multipliers"]):
+                if m is None:  # pass-through: the input already has the output's scale and zero point
+                    parts.append(None)
+                    continue
+                L = min(ls, int(m[1]) + 31)
+                parts.append((zp[name] - 128, L, int(m[0]), int(m[1]) - L))
+
+            def one(x, part):
+                if part is None:
+                    return x.clamp(lo, hi)
+                z, L, m0, sh = part
+                return mbqm_fast((x.to(_I64) - z).bitwise_left_shift_(L), m0, sh).add_(zy).clamp_(lo, hi).to(
+                    torch.int8)
 
             def cat(*xs):
-                ys = [mbqm_fast((x.to(_I64) - z).bitwise_left_shift_(L), m0, sh).add_(zy).clamp_(lo, hi).to(
-                    torch.int8) for x, (z, L, m0, sh) in zip(xs, parts)]
-                return torch.cat(ys, dim=-1)  # channels: last axis in NHWC, axis 1 for (N, F)
+                return torch.cat([one(x, part) for x, part in zip(xs, parts)], dim=-1)  # NHWC channels / (N, F)
 
             return cat
         raise ModelError(f"the fast engine has no kernel for op {kind!r}")

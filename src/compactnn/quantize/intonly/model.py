@@ -175,7 +175,7 @@ def run_reference(model: IntegerModel, q: np.ndarray) -> dict[str, np.ndarray]:
                         op["shift_b"], zp[out], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
                         op["qmax"])
         elif kind == "concat":
-            y = ref.concat([env[i] for i in ins], [zp[i] for i in ins], [tuple(m) for m in op["multipliers"]],
+            y = ref.concat([env[i] for i in ins], [zp[i] for i in ins], [None if m is None else tuple(m) for m in op["multipliers"]],
                            zp[out], op["axis"], op["left_shift"], op.get("qmin", 0), op.get("qmax", 255))
         else:
             raise ModelError(f"unknown integer op {kind!r} in the model; it was built by a newer compactnn?")
