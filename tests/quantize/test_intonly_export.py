@@ -376,3 +376,33 @@ def test_cli_export_default_is_exact_and_qlinear_is_an_option(tmp_path, digits, 
     err = capsys.readouterr().err.strip().splitlines()
     assert done.value.code == 2 and len(err) == 1 and "not an IntegerModel" in err[0]
     assert not (tmp_path / "f.onnx").exists()
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_exact_requantization_matches_fixedpoint_on_edge_cases(per_channel):
+    """export_exact.mbqm in ORT == fixedpoint.multiply_by_quantized_multiplier: ties, signs, int32 limits, shifts."""
+    from onnx import TensorProto, helper
+
+    from compactnn.quantize.intonly import export_exact, fixedpoint
+    from compactnn.quantize.intonly.export import _Graph
+
+    rng = np.random.default_rng(5)
+    shifts = np.array([0, -1, -2, -7, -13, -30, -31, 1, 3]) if per_channel else np.array([-9])
+    m0 = np.array([1 << 30, (1 << 31) - 1, 0, *rng.integers(1 << 30, 1 << 31, 6)])[:shifts.size]
+    i32 = [-(2**31), 2**31 - 1, 0, 1, -1]
+    # with M0 = 2^30, SRDHM(x) = x/2: odd x are SRDHM ties, x = (2k+1)·2^9 are RDBPOT ties for shift -9
+    ties = [s * k * f for s in (1, -1) for k in (1, 3, 5) for f in (1, 1 << 9)]
+    x = np.array([*i32, *ties, *rng.integers(-(2**31), 2**31, 200)], dtype=np.int64)
+    x = np.repeat(x[:, None], shifts.size, axis=1)
+    g = _Graph(None)
+    shape = (1, -1) if per_channel else None
+    y = export_exact.mbqm(g, "x", m0 if per_channel else m0[0], shifts if per_channel else shifts[0], shape)
+    g.node("Identity", [y], ["y"])
+    io = [helper.make_tensor_value_info(n, TensorProto.INT64, [None, shifts.size]) for n in ("x", "y")]
+    proto = helper.make_model(helper.make_graph(g.nodes, "mbqm", io[:1], io[1:], initializer=list(g.inits.values())),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    got = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    want = fixedpoint.multiply_by_quantized_multiplier(x, m0 if per_channel else m0[0],
+                                                       shifts if per_channel else shifts[0], axis=1 if per_channel else None)
+    np.testing.assert_array_equal(got, want)

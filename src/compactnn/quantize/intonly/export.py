@@ -33,11 +33,8 @@ difference depends on ``acc`` non-affinely). In a deep net the one-code differen
 (ResNet-20 on Fashion-MNIST: up to 4 codes at the output, 56% exactly equal). :func:`build_op_onnx` exports one op
 alone for such per-layer checks. Weight scales, which the integer program does not use, are derived from the
 multiplier (:func:`.model.weight_scales`), so ORT's ``x_scale·w_scale/y_scale`` is compactnn's ``M`` to float32
-precision. Hence the ``exact`` mode: the same program in plain ONNX integer ops —
-``ConvInteger``/``MatMulInteger`` for the int32 accumulators, TFLite's ``MultiplyByQuantizedMultiplier`` spelled out
-in int64 ``Mul``/``Div`` (C truncation)/``Where``/``Sign``/``Abs``/``Clip``, ``ReduceSum`` pools, and the input
-quantize/output dequantize in float64 as :class:`IntegerModel` does — which ORT runs bit-identically to compactnn's
-engines, at the cost of speed. On CPUs without AVX-VNNI, ORT's u8s8 kernels may saturate pair sums (ORT's
+precision. Hence the ``exact`` mode (:mod:`.export_exact`): the same program in plain ONNX integer ops, which ORT
+runs bit-identically to compactnn's engines, at the cost of speed. On CPUs without AVX-VNNI, ORT's u8s8 kernels may saturate pair sums (ORT's
 ``reduce_range`` caveat); the tests would show it.
 """
 
@@ -186,137 +183,6 @@ def _emit(g: _Graph, i: int, op: dict) -> None:
                          "supported: conv2d, linear, add, concat, max_pool2d, avg_pool2d, global_avg_pool, flatten")
 
 
-# ------------------------------------------------------------------------------------------------ exact mode
-# The same program in ONNX integer ops: ConvInteger / MatMulInteger give the int32 accumulators, and TFLite's
-# fixed-point requantization is spelled out in int64 (Mul, Div — C truncation in ORT —, Where, Sign, Abs, Clip), so
-# ORT reproduces compactnn's engines bit for bit. Slower than QOperator: the requantization is elementwise int64.
-
-
-def _c64(g: _Graph, stem: str, a, shape=None) -> str:
-    arr = np.asarray(a, dtype=np.int64)
-    return g.const(f"{stem}_{g.count}_{len(g.inits)}", arr.reshape(shape) if shape is not None else arr)
-
-
-def _tmp(g: _Graph, stem: str) -> str:
-    g.count += 1
-    return f"{stem}_t{g.count}"
-
-
-def _op(g: _Graph, op: str, inputs: list[str], **attrs) -> str:
-    out = _tmp(g, op.lower())
-    g.node(op, inputs, [out], **attrs)
-    return out
-
-
-def _mbqm(g: _Graph, x: str, m0, shift, shape=None) -> str:
-    """``MultiplyByQuantizedMultiplier`` on an int64 tensor: RDBPOT(SRDHM(sat(x·2^left), M0), right)."""
-    m0, shift = np.asarray(m0, dtype=np.int64), np.asarray(shift, dtype=np.int64)
-    left, right = np.clip(shift, 0, 31), np.maximum(-shift, 0)
-    y = _op(g, "Mul", [x, _c64(g, "pow_left", 1 << left, shape)])
-    y = _op(g, "Clip", [y, _c64(g, "i32min", -(2**31)), _c64(g, "i32max", 2**31 - 1)])
-    ab = _op(g, "Mul", [y, _c64(g, "m0", m0, shape)])
-    nudge = _op(g, "Where", [_op(g, "GreaterOrEqual", [ab, _c64(g, "zero", 0)]), _c64(g, "pos_nudge", 1 << 30),
-                             _c64(g, "neg_nudge", 1 - (1 << 30))])
-    y = _op(g, "Div", [_op(g, "Add", [ab, nudge]), _c64(g, "two31", 1 << 31)])  # truncates toward zero
-    half = _op(g, "Add", [_op(g, "Abs", [y]), _c64(g, "half", (1 << right) // 2, shape)])
-    return _op(g, "Mul", [_op(g, "Sign", [y]), _op(g, "Div", [half, _c64(g, "pow_right", 1 << right, shape)])])
-
-
-def _to_codes(g: _Graph, y: str, z: int, qmin: int, qmax: int, out: str) -> None:
-    y = _op(g, "Clip", [_op(g, "Add", [y, _c64(g, "z", z)]), _c64(g, "qmin", qmin), _c64(g, "qmax", qmax)])
-    g.node("Cast", [y], [out], to=2)  # UINT8
-
-
-def _centered(g: _Graph, v: str) -> str:
-    """``int64(q) − Z`` of an IR value."""
-    return _op(g, "Sub", [_op(g, "Cast", [v], to=7), _c64(g, "z", g.model.values[v]["zero_point"])])
-
-
-def _emit_exact(g: _Graph, i: int, op: dict) -> None:
-    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
-    z = {v: int(g.model.values[v]["zero_point"]) for v in [*ins, out] if v in g.model.values}
-    if kind in ("conv2d", "linear"):
-        w = g.buffer(op["weight"]).astype(np.int8)
-        xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]], dtype=np.uint8))
-        if kind == "conv2d":
-            p = _pair(op.get("padding", 0))
-            acc = _op(g, "ConvInteger", [ins[0], g.const(f"op{i}_w", w), xz], kernel_shape=list(w.shape[2:]),
-                      strides=_pair(op.get("stride", 1)), pads=[p[0], p[1], p[0], p[1]],
-                      dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
-            shape = (1, -1, 1, 1)
-        else:
-            acc = _op(g, "MatMulInteger", [ins[0], g.const(f"op{i}_wt", np.ascontiguousarray(w.T)), xz])
-            shape = (1, -1)
-        b = g.buffer(op["bias"]).astype(np.int64) if op.get("bias") else np.zeros(w.shape[0], dtype=np.int64)
-        acc = _op(g, "Add", [_op(g, "Cast", [acc], to=7), _c64(g, "bias", b, shape)])
-        m0 = g.buffer(op["multiplier"]).reshape(-1)
-        sh = g.buffer(op["shift"]).reshape(-1)
-        shp = shape if m0.size > 1 else None
-        y = _mbqm(g, acc, m0 if m0.size > 1 else m0[0], sh if sh.size > 1 else sh[0], shp)
-        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
-    elif kind == "add":
-        ls = 1 << int(op.get("left_shift", 20))
-        a = _mbqm(g, _op(g, "Mul", [_centered(g, ins[0]), _c64(g, "ls", ls)]), op["multiplier_a"], op["shift_a"])
-        b = _mbqm(g, _op(g, "Mul", [_centered(g, ins[1]), _c64(g, "ls", ls)]), op["multiplier_b"], op["shift_b"])
-        y = _mbqm(g, _op(g, "Add", [a, b]), op["multiplier_out"], op["shift_out"])
-        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
-    elif kind == "concat":
-        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
-        parts = []
-        for v, m in zip(ins, op["multipliers"]):
-            part = _tmp(g, f"{v}_cat")
-            if m is None:
-                g.node("Clip", [v, g.const(f"u8_{qmin}", np.array(qmin, np.uint8)),
-                                g.const(f"u8_{qmax}", np.array(qmax, np.uint8))], [part])
-            else:
-                m0, sh = int(m[0]), int(m[1])
-                L = min(int(op.get("left_shift", 20)), sh + 31)
-                y = _mbqm(g, _op(g, "Mul", [_centered(g, v), _c64(g, "ls", 1 << L)]), m0, sh - L)
-                _to_codes(g, y, z[out], qmin, qmax, part)
-            parts.append(part)
-        g.node("Concat", parts, [out], axis=int(op.get("axis", 1)))
-    elif kind in ("avg_pool2d", "global_avg_pool"):
-        if kind == "global_avg_pool":
-            total = _op(g, "ReduceSum", [_op(g, "Cast", [ins[0]], to=7), _c64(g, "axes", [2, 3])], keepdims=1)
-            shape = _op(g, "Shape", [ins[0]])
-            count = _op(g, "Mul", [_op(g, "Gather", [shape, _c64(g, "h", 2)]), _op(g, "Gather", [shape, _c64(g, "w", 3)])])
-        else:
-            k = _pair(op["kernel"])
-            mean = _op(g, "AveragePool", [_op(g, "Cast", [ins[0]], to=1)], kernel_shape=k,
-                       strides=_pair(op.get("stride") or k))
-            n = k[0] * k[1]  # the IR's avg_pool2d has no padding: every window holds k·k cells
-            # sums of <= 2^24 uint8 codes are exact in float32, and mean·n is within 1/2 of the sum: rounding
-            # recovers the integer sum exactly
-            total = _op(g, "Cast", [_op(g, "Round", [_op(g, "Mul", [mean, g.const(f"f32_{n}", np.array(n, np.float32))])])],
-                        to=7)
-            count = _c64(g, "count", n)
-        half = _op(g, "Div", [count, _c64(g, "two", 2)])
-        y = _op(g, "Div", [_op(g, "Add", [total, half]), count])  # non-negative: truncation is floor
-        g.node("Cast", [y], [out], to=2)
-    elif kind in ("max_pool2d", "flatten"):
-        _emit(g, i, op)
-    else:
-        _emit(g, i, op)  # raises the unknown-op error
-
-
-def _exact_io(g: _Graph, v_in: str) -> None:
-    """Quantize the float input exactly as ``IntegerModel.quantize_input`` (float64, half away from zero)."""
-    t = _op(g, "Div", [_op(g, "Cast", ["input"], to=11),
-                       g.const("in_scale_f64", np.array(g.model.input["scale"], np.float64))])
-    r = _op(g, "Mul", [_op(g, "Sign", [t]), _op(g, "Floor", [_op(g, "Add", [_op(g, "Abs", [t]),
-                                                                           g.const("f64_half", np.array(0.5))])])])
-    r = _op(g, "Add", [r, g.const("in_zp_f64", np.array(float(g.model.input["zero_point"])))])
-    r = _op(g, "Clip", [r, g.const("f64_0", np.array(0.0)), g.const("f64_255", np.array(255.0))])
-    g.node("Cast", [r], [v_in], to=2)
-
-
-def _exact_out(g: _Graph, v_out: str) -> None:
-    """Dequantize exactly as ``IntegerModel.dequantize_output``: float32(float64(q − Z) · S)."""
-    d = _op(g, "Sub", [_op(g, "Cast", [v_out], to=11), g.const("out_zp_f64", np.array(float(g.model.output["zero_point"])))])
-    g.node("Cast", [_op(g, "Mul", [d, g.const("out_scale_f64", np.array(g.model.output["scale"], np.float64))])],
-           ["output"], to=1)
-
-
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ModelError(f"unknown export mode {mode!r}; use 'exact' (bit-identical, the default) or 'qlinear' (faster)")
@@ -340,6 +206,8 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     import onnx
     from onnx import TensorProto, helper
 
+    from . import export_exact as exact  # imports this module's graph helpers
+
     if int(opset) < 13:
         raise ModelError(f"opset {opset} is too old for per-channel quantized ops; use opset >= 13")
     for attr in ("input_shape", "input", "output", "values", "ops"):
@@ -349,13 +217,13 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     g = _Graph(model)
     v_in, v_out = model.input["value"], model.output["value"]
     if mode == "exact":
-        _exact_io(g, v_in)
+        exact.quantize_input(g, v_in)
     else:
         g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [v_in])
     for i, op in enumerate(model.ops):
-        (_emit_exact if mode == "exact" else _emit)(g, i, op)
+        (exact.emit if mode == "exact" else _emit)(g, i, op)
     if mode == "exact":
-        _exact_out(g, v_out)
+        exact.dequantize_output(g, v_out)
     else:
         g.node("DequantizeLinear", [v_out, *g.qparams(v_out)], ["output"])
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *map(int, model.input_shape)])
@@ -426,12 +294,14 @@ def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "ex
     import onnx
     from onnx import TensorProto, helper
 
+    from . import export_exact as exact  # imports this module's graph helpers
+
     if not 0 <= int(index) < len(model.ops):
         raise ModelError(f"op index {index} is out of range; the model has {len(model.ops)} ops")
     _check_mode(mode)
     op = model.ops[int(index)]
     g = _Graph(model)
-    (_emit_exact if mode == "exact" else _emit)(g, int(index), op)
+    (exact.emit if mode == "exact" else _emit)(g, int(index), op)
     rank = 2 if op["op"] == "linear" else 4  # flatten takes 4-D
     ins = [helper.make_tensor_value_info(v, TensorProto.UINT8, [f"{v}_d{d}" for d in range(rank)])
            for v in dict.fromkeys(op["inputs"])]

@@ -1,0 +1,161 @@
+"""The ``exact`` ONNX export: compactnn's integer program in ONNX integer ops, bit-identical in ONNX Runtime.
+
+``ConvInteger`` / ``MatMulInteger`` give the int32 accumulators; TFLite's fixed-point requantization
+``MultiplyByQuantizedMultiplier`` (``RDBPOT(SRDHM(sat(x·2^left), M0), right)``) is spelled out in integer ops;
+pools sum exactly; the input quantize and output dequantize run in float64 as :class:`.model.IntegerModel` does.
+
+The requantization avoids division and sign tests. With ``p = x·M0`` (``|p| < 2^62``):
+
+- SRDHM is the nearest integer to ``p/2^31`` with ties toward +∞ (gemmlowp's nudge ``2^30`` or ``1 − 2^30`` with
+  C truncation gives exactly that), i.e. ``floor((p + 2^30) / 2^31)``. Offset by ``2^62`` the numerator is
+  non-negative, so ``D = (p + 2^30 + 2^62) >> 31`` in uint64 is ``SRDHM + 2^31``, in ``[0, 2^32)``.
+- RDBPOT by ``n >= 1`` is the nearest integer with ties away from zero: ``floor((y + h − [y < 0]) / 2^n)`` with
+  ``h = 2^(n−1)``. In terms of ``D``, ``[y >= 0] = D >> 31``, so
+  ``RDBPOT = ((D + (h − 1) + (D >> 31)) >> n) − 2^(31−n)``: all terms non-negative, uint64 shifts only.
+- ``n = 0`` (multipliers in [0.5, 1)) is the identity on ``y = D − 2^31``; per-channel shifts that mix ``n = 0`` and
+  ``n >= 1`` multiply the ``D >> 31`` term by 0 or 1.
+
+Every step is tested against :mod:`.fixedpoint` on edge cases (ties, both signs, the int32 limits).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .export import _emit, _Graph, _pair
+
+__all__ = ["emit", "quantize_input", "dequantize_output", "mbqm"]
+
+_INT64, _UINT64, _UINT8, _FLOAT, _DOUBLE = 7, 13, 2, 1, 11  # onnx.TensorProto data types
+
+
+def _c(g: _Graph, stem: str, a, dtype=np.int64, shape=None) -> str:
+    arr = np.asarray(a, dtype=dtype)
+    return g.const(f"{stem}_{g.count}_{len(g.inits)}", arr.reshape(shape) if shape is not None else arr)
+
+
+def _op(g: _Graph, op: str, inputs: list[str], **attrs) -> str:
+    g.count += 1
+    out = f"{op.lower()}_t{g.count}"
+    g.node(op, inputs, [out], **attrs)
+    return out
+
+
+def mbqm(g: _Graph, x: str, m0, shift, shape=None) -> str:
+    """``MultiplyByQuantizedMultiplier`` of an int64 tensor ``x`` holding int32-range values; returns int64."""
+    m0, shift = np.asarray(m0, dtype=np.int64), np.asarray(shift, dtype=np.int64)
+    left, right = np.clip(shift, 0, 31), np.maximum(-shift, 0)
+    if np.any(left > 0):
+        x = _op(g, "Mul", [x, _c(g, "pow_left", 1 << left, shape=shape)])
+    x = _op(g, "Clip", [x, _c(g, "i32min", -(2**31)), _c(g, "i32max", 2**31 - 1)])  # saturating, as TFLite
+    p = _op(g, "Mul", [x, _c(g, "m0", m0, shape=shape)])
+    u = _op(g, "Cast", [_op(g, "Add", [p, _c(g, "nudge", (1 << 30) + (1 << 62))])], to=_UINT64)
+    d = _op(g, "BitShift", [u, _c(g, "s31", 31, np.uint64)], direction="RIGHT")  # SRDHM + 2^31
+    if not np.any(right > 0):
+        return _op(g, "Sub", [_op(g, "Cast", [d], to=_INT64), _c(g, "two31", 1 << 31)])
+    nonneg = _op(g, "BitShift", [d, _c(g, "s31", 31, np.uint64)], direction="RIGHT")  # [SRDHM >= 0]
+    if np.any(right == 0):
+        nonneg = _op(g, "Mul", [nonneg, _c(g, "has_right", right > 0, np.uint64, shape)])
+    half_m1 = np.where(right > 0, (np.int64(1) << np.maximum(right - 1, 0)) - 1, 0)
+    t = _op(g, "Add", [_op(g, "Add", [d, _c(g, "half_m1", half_m1, np.uint64, shape)]), nonneg])
+    r = _op(g, "BitShift", [t, _c(g, "right", right, np.uint64, shape)], direction="RIGHT")
+    return _op(g, "Sub", [_op(g, "Cast", [r], to=_INT64), _c(g, "offset", np.int64(1) << (31 - right), shape=shape)])
+
+
+def _to_codes(g: _Graph, y: str, z: int, qmin: int, qmax: int, out: str) -> None:
+    y = _op(g, "Clip", [_op(g, "Add", [y, _c(g, "z", z)]), _c(g, "qmin", qmin), _c(g, "qmax", qmax)])
+    g.node("Cast", [y], [out], to=_UINT8)
+
+
+def _centered(g: _Graph, v: str) -> str:
+    """``int64(q) − Z`` of an IR value."""
+    return _op(g, "Sub", [_op(g, "Cast", [v], to=_INT64), _c(g, "z", g.model.values[v]["zero_point"])])
+
+
+def _weighted(g: _Graph, i: int, op: dict, kind: str, ins: list[str], z: dict) -> None:
+    w = g.buffer(op["weight"]).astype(np.int8)
+    xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]], dtype=np.uint8))
+    if kind == "conv2d":
+        p = _pair(op.get("padding", 0))
+        acc = _op(g, "ConvInteger", [ins[0], g.const(f"op{i}_w", w), xz], kernel_shape=list(w.shape[2:]),
+                  strides=_pair(op.get("stride", 1)), pads=[p[0], p[1], p[0], p[1]],
+                  dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
+        shape = (1, -1, 1, 1)
+    else:
+        acc = _op(g, "MatMulInteger", [ins[0], g.const(f"op{i}_wt", np.ascontiguousarray(w.T)), xz])
+        shape = (1, -1)
+    b = g.buffer(op["bias"]).astype(np.int64) if op.get("bias") else np.zeros(w.shape[0], dtype=np.int64)
+    acc = _op(g, "Add", [_op(g, "Cast", [acc], to=_INT64), _c(g, "bias", b, shape=shape)])
+    m0, sh = g.buffer(op["multiplier"]).reshape(-1), g.buffer(op["shift"]).reshape(-1)
+    per_channel = m0.size > 1
+    y = mbqm(g, acc, m0 if per_channel else m0[0], sh if per_channel else sh[0], shape if per_channel else None)
+    _to_codes(g, y, z[op["output"]], op["qmin"], op["qmax"], op["output"])
+
+
+def _pool(g: _Graph, op: dict, kind: str, src: str, out: str) -> None:
+    if kind == "global_avg_pool":
+        total = _op(g, "ReduceSum", [_op(g, "Cast", [src], to=_INT64), _c(g, "axes", [2, 3])], keepdims=1)
+        shape = _op(g, "Shape", [src])
+        count = _op(g, "Mul", [_op(g, "Gather", [shape, _c(g, "h", 2)]), _op(g, "Gather", [shape, _c(g, "w", 3)])])
+    else:
+        k = _pair(op["kernel"])
+        mean = _op(g, "AveragePool", [_op(g, "Cast", [src], to=_FLOAT)], kernel_shape=k,
+                   strides=_pair(op.get("stride") or k))
+        n = k[0] * k[1]  # the IR's avg_pool2d has no padding: every window holds k·k cells
+        # sums of <= 2^24 uint8 codes are exact in float32, and mean·n is within 1/2 of the sum: rounding
+        # recovers the integer sum exactly
+        total = _op(g, "Cast", [_op(g, "Round", [_op(g, "Mul", [mean, _c(g, "f32_n", n, np.float32)])])], to=_INT64)
+        count = _c(g, "count", n)
+    half = _op(g, "Div", [count, _c(g, "two", 2)])
+    y = _op(g, "Div", [_op(g, "Add", [total, half]), count])  # non-negative: truncation is floor
+    g.node("Cast", [y], [out], to=_UINT8)
+
+
+def emit(g: _Graph, i: int, op: dict) -> None:
+    """Append op ``i`` of the IR in exact integer ops (max pool and flatten are exact as they are)."""
+    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
+    z = {v: int(g.model.values[v]["zero_point"]) for v in [*ins, out] if v in g.model.values}
+    if kind in ("conv2d", "linear"):
+        _weighted(g, i, op, kind, ins, z)
+    elif kind == "add":
+        ls = 1 << int(op.get("left_shift", 20))
+        a = mbqm(g, _op(g, "Mul", [_centered(g, ins[0]), _c(g, "ls", ls)]), op["multiplier_a"], op["shift_a"])
+        b = mbqm(g, _op(g, "Mul", [_centered(g, ins[1]), _c(g, "ls", ls)]), op["multiplier_b"], op["shift_b"])
+        y = mbqm(g, _op(g, "Add", [a, b]), op["multiplier_out"], op["shift_out"])
+        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
+    elif kind == "concat":
+        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
+        parts = []
+        for v, m in zip(ins, op["multipliers"]):
+            g.count += 1
+            part = f"{v}_cat{g.count}"
+            if m is None:
+                g.node("Clip", [v, _c(g, "u8_lo", qmin, np.uint8), _c(g, "u8_hi", qmax, np.uint8)], [part])
+            else:
+                m0, sh = int(m[0]), int(m[1])
+                L = min(int(op.get("left_shift", 20)), sh + 31)
+                y = mbqm(g, _op(g, "Mul", [_centered(g, v), _c(g, "ls", 1 << L)]), m0, sh - L)
+                _to_codes(g, y, z[out], qmin, qmax, part)
+            parts.append(part)
+        g.node("Concat", parts, [out], axis=int(op.get("axis", 1)))
+    elif kind in ("avg_pool2d", "global_avg_pool"):
+        _pool(g, op, kind, ins[0], out)
+    else:
+        _emit(g, i, op)  # max_pool2d and flatten on uint8 are exact; anything else raises the unknown-op error
+
+
+def quantize_input(g: _Graph, v_in: str) -> None:
+    """Quantize the float input exactly as ``IntegerModel.quantize_input`` (float64, half away from zero)."""
+    t = _op(g, "Div", [_op(g, "Cast", ["input"], to=_DOUBLE), _c(g, "in_scale", g.model.input["scale"], np.float64)])
+    r = _op(g, "Mul", [_op(g, "Sign", [t]), _op(g, "Floor", [_op(g, "Add", [_op(g, "Abs", [t]),
+                                                                           _c(g, "f64_half", 0.5, np.float64)])])])
+    r = _op(g, "Add", [r, _c(g, "in_zp", float(g.model.input["zero_point"]), np.float64)])
+    r = _op(g, "Clip", [r, _c(g, "f64_0", 0.0, np.float64), _c(g, "f64_255", 255.0, np.float64)])
+    g.node("Cast", [r], [v_in], to=_UINT8)
+
+
+def dequantize_output(g: _Graph, v_out: str) -> None:
+    """Dequantize exactly as ``IntegerModel.dequantize_output``: float32(float64(q − Z) · S)."""
+    d = _op(g, "Sub", [_op(g, "Cast", [v_out], to=_DOUBLE),
+                       _c(g, "out_zp", float(g.model.output["zero_point"]), np.float64)])
+    g.node("Cast", [_op(g, "Mul", [d, _c(g, "out_scale", g.model.output["scale"], np.float64)])], ["output"], to=_FLOAT)
