@@ -1,0 +1,210 @@
+"""Report part of benchmarks/decomposition.py: the plots, the verdicts against issue 5's targets and the notes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+
+from compactnn.files import atomic_savefig  # noqa: E402
+
+
+def describe(train: dict) -> str:
+    return f"{train['epochs']} ep {train.get('optimizer', 'sgd')} lr {train['lr']:g}"
+
+
+def save_png(path: Path, fig) -> None:
+    try:
+        atomic_savefig(path, fig, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot_trn(rows: list[dict], path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, name in zip(axes, ["lenet300", "lenet5"]):
+        sub = [r for r in rows if r["part"] == "a TRN" and r["model"] == name]
+        dense = next((r for r in sub if r["variant"] == "dense"), None)
+        if dense is None:
+            ax.set_title(f"{name}: not run yet")
+            continue
+        ax.axhline(dense["accuracy"], color="#888", ls="--", label=f"dense {dense['accuracy']:.2%}")
+        ax.axhline(dense["accuracy"] - 0.01, color="#ccc", ls=":", label="dense - 1 point")
+        ticks = [1.0]
+        ax.plot([1.0], [dense["accuracy"]], "k*", label="dense")
+        for variant, style in [("TR from scratch", "o-"), ("TR from trained", "s-")]:
+            pts = sorted((r["ratio_params"], r["accuracy"]) for r in sub if r["variant"] == variant)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=variant)
+            ticks += [p[0] for p in pts]
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(sorted(set(ticks)), [f"{t:.3g}x" for t in sorted(set(ticks))], fontsize=7)
+        ax.set_xlabel("compression ratio (parameters, log)")
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"Tensor Ring Nets: {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_rnn(rows: list[dict], path: Path) -> None:
+    sub = [r for r in rows if r["part"] == "b RNN"]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    names = [r["variant"] for r in sub]
+    for ax, key, title, log_scale in [(axes[0], "w_ih", "W_ih parameters (log)", True),
+                                      (axes[1], "accuracy", "test accuracy", False),
+                                      (axes[2], "s_per_epoch", "training s / epoch", False)]:
+        ax.bar(names, [r[key] for r in sub], color=["#888", "#36c", "#4a8"][:len(sub)])
+        if log_scale:
+            ax.set_yscale("log")
+        ax.set_title(title)
+    fig.tight_layout()
+    save_png(path, fig)
+
+
+def plot_latency(rows: list[dict], path: Path) -> None:
+    sub = [r for r in rows if r["part"] == "c latency"]
+    labels = [f"{r['model']}\n{r['variant']}" for r in sub]
+    x = np.arange(len(sub))
+    fig, ax = plt.subplots(figsize=(max(8, len(sub) * 0.9), 4.5))
+    ax.bar(x - 0.2, [r["ms_b1"] for r in sub], 0.4, label="batch 1")
+    ax.bar(x + 0.2, [r["ms_b256"] for r in sub], 0.4, label="batch 256")
+    ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms per forward (median, log)")
+    ax.legend()
+    fig.tight_layout()
+    save_png(path, fig)
+
+
+def verdicts(rows: list[dict]) -> str:
+    out = []
+    for name in ("lenet300", "lenet5"):
+        sub = [r for r in rows if r["part"] == "a TRN" and r["model"] == name]
+        dense = next((r for r in sub if r["variant"] == "dense"), None)
+        if dense is None:
+            continue
+        floor = 10 if name == "lenet5" else 1  # the issue's target is on LeNet-5; LeNet-300-100 is the sweep
+        ok = [r for r in sub if r["variant"] != "dense" and r["ratio_params"] >= floor
+              and r["accuracy"] >= dense["accuracy"] - 0.01]
+        best = max(ok, key=lambda r: r["ratio_params"]) if ok else None
+        verdict = (f"{'held: ' if name == 'lenet5' else ''}{best['variant']} {best['setting'].split(':')[0]} is "
+                   f"{best['ratio_params']}x smaller (params; {best['ratio_bytes']}x packed) at "
+                   f"{best['accuracy']:.2%} vs dense {dense['accuracy']:.2%}"
+                   if best else f"{'did not hold: ' if name == 'lenet5' else ''}no setting tried is within 1 point")
+        what = ">= 10x within 1 point of dense" if name == "lenet5" else "largest ratio within 1 point of dense"
+        out.append(f"- **{name}, {what}**: {verdict}.")
+    rnn = {r["model"]: r for r in rows if r["part"] == "b RNN"}
+    d = rnn.get("clip-lstm")
+    for name in ("clip-bt-lstm", "clip-tt-lstm"):
+        b = rnn.get(name)
+        if d and b:
+            held = b["ratio_w_ih"] >= 1000 and b["accuracy"] >= d["accuracy"] - 0.01
+            out.append(f"- **{b['variant']} >= 1000x fewer W_ih params with accuracy >= dense LSTM - 1 point**: "
+                       f"{'held' if held else 'did not hold'}: W_ih {b['w_ih']:,} vs {d['w_ih']:,} "
+                       f"({b['ratio_w_ih']:,}x), accuracy {b['accuracy']:.2%} vs dense {d['accuracy']:.2%}.")
+    lat = [r for r in rows if r["part"] == "c latency"]
+    slower = []
+    for r in lat:
+        base = next((q for q in lat if q["model"] == r["model"] and "dense" in q["variant"]), None)
+        if "dense" in r["variant"] or base is None:
+            continue
+        for key, b_size in (("ms_b1", 1), ("ms_b256", 256)):
+            if r.get(key) and base.get(key) and r[key] > base[key]:
+                slower.append(f"{r['model']} {r['variant']} at batch {b_size} ({r[key]:.3g} vs {base[key]:.3g} ms)")
+    if lat:
+        out.append("- **Factorized slower than dense** (measured): " + ("; ".join(slower) if slower else "none") + ".")
+    return "\n".join(out)
+
+
+def discussion(rows: list[dict], n_test: int) -> str:
+    """Where the papers' claims held, with the numbers of ``rows``."""
+    out = []
+    get = {r["key"]: r for r in rows}
+    for part, name in (("a5", "LeNet-5"), ("a300", "LeNet-300-100")):
+        dense = get.get(f"{part}/dense")
+        pairs = [(get[k], get[k.replace("/scratch", "/trained")]) for k in get
+                 if k.startswith(part + "/") and k.endswith("/scratch") and k.replace("/scratch", "/trained") in get]
+        if not dense or not pairs:
+            continue
+        gains = ", ".join(f"{a['setting'].split(':')[0]}: {100 * (b['accuracy'] - a['accuracy']):+.2f}"
+                          for a, b in pairs)
+        helps = ("the trained start still helps" if all(b["accuracy"] > a["accuracy"] for a, b in pairs)
+                 else "the trained start does not always help")
+        out.append(f"- {name}: from trained minus from scratch, in points: {gains}. Trained weights are far from "
+                   "low tensor-ring rank: the ALS fits have large relative errors (in `setting`; ALS itself recovers "
+                   "exact rings, e.g. a rank-3 ring over 5 modes to < 1e-6 from random cores in "
+                   "tests/decompose/test_trsvd.py), so the decomposed model starts far below dense (accuracy before "
+                   f"fine-tuning in `setting`) and fine-tuning does most of the work; {helps}.")
+        if part == "a5":
+            loss = ", ".join(f"{r['ratio_params']}x {r['variant']}: {100 * (r['accuracy'] - dense['accuracy']):+.2f}"
+                             for pair in pairs for r in pair)
+            out.append(f"- Paper: LeNet-5 11x without loss on MNIST. Here, Fashion-MNIST, change in points vs dense: "
+                       f"{loss}; 'without loss' did not hold, 'within 1 point' did where the verdict says so.")
+    d, b = get.get("b/clip-lstm"), get.get("b/clip-bt-lstm")
+    if d and b:
+        se = 100 * math.sqrt(d["accuracy"] * (1 - d["accuracy"]) / n_test)
+        diff = 100 * (b["accuracy"] - d["accuracy"])
+        noise = ("within" if abs(diff) < 2 * math.sqrt(2) * se else "beyond") + " noise of each other"
+        paper = ("was not reproduced; what held is 'no loss at >1000x fewer W_ih'" if diff < 15.6
+                 else "was matched")
+        out.append(f"- BT-LSTM vs dense LSTM: {diff:+.2f} points from one seed; the binomial standard error of each "
+                   f"accuracy on {n_test} test clips is about {se:.1f} points, so the two are {noise} (2 standard "
+                   "errors of the difference). The paper's +15.6 points on UCF11 (where the dense LSTM overfits "
+                   f"57,600-dim inputs) {paper}. "
+                   f"BT-LSTM trained {d['s_per_epoch'] / b['s_per_epoch']:.2f}x faster per epoch here (rebuilt W_ih, "
+                   "fewer parameters for Adam to update).")
+    return "\n".join(out)
+
+
+def notes_text(rows: list[dict], quick: bool, s: dict) -> str:
+    """The notes under the table; ``s`` is the settings the rows were made with (FULL or QUICK)."""
+    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    info = {r["part"]: r.get("data", "") for r in rows}
+    return f"""The line above names the last run only. The rows come from these commands (each merges its rows into
+decomposition.json by key; every one ran under `flock /tmp/cpu.lock`):
+
+{chr(10).join(f"    {c}" for c in commands)}
+
+Targets (from issue 5):
+
+{verdicts(rows)}
+
+Discussion:
+
+{discussion(rows, s['rnn']['n_test'])}
+
+Setup. (a) {info.get('a TRN', '')}; LeNet-300-100 uses the paper's shapes (fc1 (4,7,4,7)->(3,4,5,5), fc2
+(3,4,5,5)->(4,5,5), fc3 (4,5,5)->(2,5): 91 R^2 core weights + biases); LeNet-5 factors conv2, fc1 and fc2 at the
+given per-layer ratio (ranks from `TensorRing(ratio=...)`: the largest uniform rank at that ratio; conv1, 520
+weights, stays dense because a ring on its single input channel is larger than the layer). "from scratch" = the same
+TR layers freshly initialized (variance-matched init) and trained ({describe(s['lenet5']['scratch'])} for LeNet-5,
+{describe(s['lenet300']['scratch'])} for LeNet-300-100, cosine schedule, no weight decay); "from trained" =
+`compactnn.compress(dense, TensorRing(init="auto", ...))`: TR-SVD start where its rank cap allows the rank, else
+random cores, then ALS sweeps (the relative Frobenius error of each layer's fit is in `setting`), then fine-tuning.
+`ratio_params` counts all parameters (biases and the dense conv1 included), `ratio_bytes` the packed `.cnz` files.
+(b) {info.get('b RNN', '')}; clips padded at the start to 10 frames; last hidden state -> Linear; dropout
+{s['rnn']['dropout']} on the input features and on the last hidden state; Adam (cosine to 0; lr per model in
+`setting`: the factorized cells take a 5x larger lr than the dense one; our notes on the BT-RNN paper record no
+learning rate or dropout, so these are our choices, made before the run and not tuned), batch
+{s['rnn']['batch_size']}, no weight decay; all cells hidden 256 (4x4x4x4). W_ih counts the input-to-hidden weights
+without bias: BT N(sum I_k J_k R_k + prod R_k), TT sum r_(k-1) m_k n_k r_k. The BT/TT cells train with
+`ih_path="rebuilt"` (the dense W_ih is rebuilt from the factors once per batch, then one GEMM: same parameters and
+function as the mode-by-mode contraction, which for 4096 -> 1024 has growing intermediates and is slower on CPU).
+s/epoch is wall-clock training time per epoch on 2 threads. (c) median of {s['repeats']} timed passes, 2 threads,
+`compactnn.report.measure_latency`; `macs` is per sample (or per clip) at batch 1 and excludes the
+batch-independent core merge / weight rebuild given in `setting`.
+
+Paper claims: TRN LeNet-5 11x without loss on MNIST; BT-LSTM above the dense LSTM on UCF11 with 17,388x fewer W_ih
+parameters (our 64x64 frames allow at most 4096x1024 dense, so the ratio is smaller).
+{'**Quick run**: digits and moving digits, tiny settings; the numbers only show the pipeline works.' if quick else ''}
+
+![rnn](decomposition_rnn.png) ![latency](decomposition_latency.png)
+"""
