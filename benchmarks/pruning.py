@@ -89,8 +89,8 @@ def main() -> None:
     if args.retime_nisp:
         old = json.loads(store.read_text()) if store.exists() else []
         nisp_rows = [r for r in old if r["section"] == "nisp"]
-        if len(nisp_rows) != 3:
-            raise SystemExit(f"--retime-nisp needs the 3 NISP rows in {store}; run --sections nisp first")
+        if len(nisp_rows) != 4:
+            raise SystemExit(f"--retime-nisp needs the 4 NISP rows in {store}; run --sections nisp first")
         pruning_nisp.retime(nisp_rows, bundle, args.quick)
         for r in nisp_rows:
             first = (r.get("command") or "`python benchmarks/pruning.py --sections nisp`").split(";")[0]

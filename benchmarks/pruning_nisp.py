@@ -1,19 +1,26 @@
 """NISP vs L1-norm filter pruning on ResNet-20 (1-channel, Fashion-MNIST), at the same FLOPs, channels removed.
 
 The trained dense ResNet-20 (``benchmarks/pretrained.py``) is pruned by NISP (Yu et al. 2018) at per-stage ratios
-(``RATIOS``) with kept widths rounded to multiples of 8 (``round_to=8``), which removes about 45% of the MACs (the
+(``RATIOS``) with kept widths rounded to multiples of 8 (``round_to=8``), which removes 47.7% of the MACs (the
 paper's ResNet-56 figure is 43.6%), then fine-tuned. L1-norm filter pruning (Li et al. 2017) runs at the same ratios
-and rounding, so both pruned models have the same shapes and MACs, and is fine-tuned the same way. Each row gives test accuracy,
-parameters, MACs (:func:`compactnn.report.count_macs`, batch 1), packed bytes, and CPU latency at batch 256
-(:func:`compactnn.report.measure_latency`: 2 threads, eval mode, ``torch.inference_mode``; median of 30 timed passes
-after 3 warm-up passes, all models timed round-robin so load changes hit them alike), both as eager modules and in
-the deployed form of :func:`compactnn.report.inference_form` (BN folded, channels-last). ``--quick`` runs on scikit-learn digits with a short training.
+and rounding, so both pruned models have the same shapes and MACs, and is fine-tuned the same way. A control row
+fine-tunes the dense model with the same schedule, so the drop can also be read against equal training.
+
+Each row gives test accuracy, parameters, MACs (:func:`compactnn.report.count_macs`, batch 1), packed bytes, and
+CPU latency at batch 256 (:func:`compactnn.report.measure_latency`: 2 threads, eval mode, ``torch.inference_mode``,
+glibc kept from unmapping freed activations) in three forms of every model: eager, folded
+(:func:`compactnn.report.inference_form`: BN folded, channels-last) and compiled (``inference_form(compile=True)``:
+TorchInductor with freezing, which fuses ReLU and residual adds into the oneDNN convolutions; the headline). Timing:
+5 runs; in each, all 9 model forms are timed round-robin (30 rounds after 3 warm-up passes, one pass of each per
+round) and a run's speed-up is the dense median over the model's; the table gives the median over the runs and
+their min-max. ``--quick`` runs on scikit-learn digits with a short training.
 
 Run alone: ``python benchmarks/pruning_nisp.py [--quick]``; ``benchmarks/pruning.py`` imports :func:`run`.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 
@@ -29,18 +36,23 @@ from compactnn.prune.l1filter import L1Filter  # noqa: E402
 from compactnn.prune.nisp import NISP  # noqa: E402
 from compactnn.prune.surgery import total_macs  # noqa: E402
 
-FULL = dict(train=dict(epochs=3, lr=0.05, batch_size=128), finetune=dict(epochs=2, lr=0.01, batch_size=128),
+FULL = dict(train=dict(epochs=3, lr=0.05, batch_size=128), finetune=dict(epochs=3, lr=0.01, batch_size=128),
             samples=1000, repeats=30)
 QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), finetune=dict(epochs=4, lr=0.01, batch_size=64),
              samples=300, repeats=7)
-# Stage 1 keeps its 16 residual channels and halves each block's inner ones (16 -> 8); stages 2 and 3 lose a quarter
-# of every group (32 -> 24, 64 -> 48). With round_to=8 every width is a multiple of 8, which oneDNN's convolutions run
-# much faster than odd widths: a uniform ratio of 0.242 (12/24/49 channels, 43% of MACs) measured only 1.43x.
-RATIOS = {"layer1.*.conv1": 0.5, "layer2.*": 0.25, "layer3.*": 0.25}
+# Stage 1 halves its residual and inner widths (16 -> 8), stage 2 is kept (32), stage 3 keeps 48 residual and 32
+# inner channels: 47.7% of the MACs removed. Widths were chosen by timing candidate shapes (random surgery, no
+# training) in the compiled form: oneDNN's AVX-512 convolutions block output channels by 16, so a conv with 8
+# outputs reading 16 channels costs as much as one with 16 (4.5 vs 4.8 ms here), and 24-wide ones run slowly. The
+# previous shape (stage 1 inner 8, stages 2-3 at 24/48; 45.2%) measured 1.37x compiled; stages 2-3 halved
+# (16/32; 47.7%) measured 1.67x but lost 1.1 points against the control (scratch runs).
+RATIOS = {"layer1.*": 0.5, "layer3.*.conv1": 0.5, "layer3.*": 0.25}
 ROUND_TO = 8
 THREADS = 2
-COLUMNS = ["model", "data", "method", "ratio", "accuracy", "drop_points", "params", "macs", "macs_removed",
-           "packed_bytes", "eager_ms_b256", "eager_speedup", "latency_ms_b256", "speedup", "seconds"]
+RUNS = 5  # round-robin timing runs; the table gives the median speed-up over them and their min-max
+COLUMNS = ["model", "data", "method", "ratio", "accuracy", "drop_points", "drop_vs_control", "params", "macs",
+           "macs_removed", "packed_bytes", "eager_ms_b256", "eager_speedup", "folded_ms_b256", "folded_speedup",
+           "latency_ms_b256", "speedup", "speedup_runs", "seconds"]
 
 
 def latencies(models: list, shape, repeats: int) -> list[float]:
@@ -60,14 +72,15 @@ def _row(model, bundle, method, ratio, seconds, dense=None) -> dict:
     acc = cn.train.evaluate(model, bundle)["accuracy"]
     macs = total_macs(model, bundle.input_shape)
     return dict(model="resnet20", data=bundle.name, method=method, ratio=ratio, accuracy=round(acc, 4),
-                drop_points=round(100 * ((dense or {}).get("accuracy", acc) - acc), 2),
+                drop_points=round(100 * ((dense or {}).get("accuracy", acc) - acc), 2) + 0.0,
                 params=sum(p.numel() for p in model.parameters()), macs=macs,
                 macs_removed=round(1 - macs / (dense or {}).get("macs", macs), 4),
                 packed_bytes=cn.pack.packed_size(model), seconds=round(seconds, 1))
 
 
 def run(bundle, quick: bool) -> list[dict]:
-    """Rows for dense, NISP and L1-filter ResNet-20 on ``bundle`` (settings: QUICK or FULL)."""
+    """Rows for dense, its fine-tuned control, NISP and L1-filter ResNet-20 on ``bundle`` (settings: QUICK or
+    FULL); the control is not timed (it has the dense shapes)."""
     from pretrained import pretrained
 
     s = QUICK if quick else FULL
@@ -77,6 +90,11 @@ def run(bundle, quick: bool) -> list[dict]:
     print(f"dense: {dense}", flush=True)
     ft = FineTune(**s["finetune"])
     label = ", ".join(f"{k}: {v:g}" for k, v in RATIOS.items()) + f"; round_to {ROUND_TO}"
+
+    t = time.perf_counter()
+    control_row = _row(control(dense_model, bundle, s), bundle, "dense + same fine-tune (control)", "-",
+                       time.perf_counter() - t, dense)
+    print(f"control: {control_row}", flush=True)
 
     t = time.perf_counter()
     torch.manual_seed(0)
@@ -90,12 +108,29 @@ def run(bundle, quick: bool) -> list[dict]:
     l1 = cn.compress(dense_model, L1Filter(ratio=RATIOS, round_to=ROUND_TO, finetune=ft), data=bundle)
     l1_row = _row(l1, bundle, "L1-filter + fine-tune", label, time.perf_counter() - t, dense)
     print(f"l1: {l1_row}", flush=True)
-    rows = [dense, nisp_row, l1_row]
+    for r in (dense, control_row, nisp_row, l1_row):
+        r["drop_vs_control"] = round(100 * (control_row["accuracy"] - r["accuracy"]), 2) + 0.0
     models = [dense_model, nisp, l1]
     for name, m in zip(("nisp", "l1"), models[1:]):  # kept so that --retime can time them again on an idle machine
         cn.pack.save(m, _saved(name, bundle))
-    time_rows(rows, models, bundle, s["repeats"])
-    return rows
+    time_rows([dense, nisp_row, l1_row], models, bundle, s["repeats"])
+    return [dense, control_row, nisp_row, l1_row]
+
+
+def control(dense_model, bundle, s: dict):
+    """The dense model fine-tuned with the pruned models' schedule (``s["finetune"]``), cached next to the
+    pretrained models: it tells how much of a pruned model's accuracy comes from the extra epochs alone."""
+    from pretrained import cache_dir
+
+    train, ft = s["train"], s["finetune"]
+    path = cache_dir() / (f"resnet20-{bundle.name}-e{train['epochs']}-lr{train['lr']}-b{train['batch_size']}-sgd-s0"
+                          f"-control-e{ft['epochs']}-lr{ft['lr']}-b{ft['batch_size']}.cnz")
+    if path.exists():
+        return cn.pack.load(path)
+    torch.manual_seed(0)
+    model = cn.train.fit(copy.deepcopy(dense_model), bundle, **FineTune(**ft).fit_kwargs())
+    cn.pack.save(model, path)
+    return model
 
 
 def _saved(name: str, bundle):
@@ -106,35 +141,54 @@ def _saved(name: str, bundle):
 
 def retime(rows: list[dict], bundle, quick: bool) -> list[dict]:
     """Time the models of a previous run again (dense from the cache, pruned ones saved by :func:`run`) and update
-    the timing columns of its ``rows`` (dense, NISP, L1), e.g. once the machine is idle."""
+    the timing columns of its ``rows`` (dense, control, NISP, L1; the control is not timed), e.g. once the machine
+    is idle."""
     from pretrained import pretrained
 
     s = QUICK if quick else FULL
     models = [pretrained("resnet20", bundle, **s["train"])] + [cn.pack.load(_saved(n, bundle)) for n in ("nisp", "l1")]
-    time_rows(rows, models, bundle, s["repeats"])
+    time_rows([r for r in rows if "control" not in r["method"]], models, bundle, s["repeats"])
     return rows
 
 
-def time_rows(rows: list[dict], models: list, bundle, repeats: int) -> None:
-    """Add eager and deployed (:func:`compactnn.report.inference_form`) latency and speed-up columns to ``rows``."""
-    deployed = [cn.report.inference_form(m) for m in models]
+def time_rows(rows: list[dict], models: list, bundle, repeats: int, runs: int = RUNS) -> None:
+    """Add latency and speed-up columns to ``rows`` (dense, NISP, L1) for three forms of each model: eager, folded
+    (:func:`compactnn.report.inference_form`: BN folded, channels-last) and compiled (``inference_form(compile=
+    True)``: Inductor with freezing, ReLU and adds fused into the oneDNN convs; the headline ``speedup``).
+
+    ``runs`` round-robin runs of ``repeats`` rounds each; a run's speed-up is dense median / model median, the
+    columns give the median over runs and ``speedup_runs`` their min-max.
+    """
+    forms = {"eager": [m.eval() for m in models], "folded": [cn.report.inference_form(m) for m in models],
+             "compiled": [cn.report.inference_form(m, compile=True) for m in models]}
     x = torch.randn(64, *bundle.input_shape)
     with torch.inference_mode():
-        for m, d in zip(models, deployed):  # the deployed form computes the same function
-            assert torch.allclose(m.eval()(x), d(x), atol=1e-4, rtol=1e-4), "inference_form changed the outputs"
-    ms = latencies(models + deployed, bundle.input_shape, repeats)
-    eager, deploy = ms[:3], ms[3:]
-    for r, e, d in zip(rows, eager, deploy):
-        r.update(eager_ms_b256=round(e, 2), eager_speedup=round(eager[0] / e, 3), latency_ms_b256=round(d, 2),
-                 speedup=round(deploy[0] / d, 3))
-    print("ms at batch 256, eager (dense, nisp, l1):", [round(m, 1) for m in eager], "deployed:",
-          [round(m, 1) for m in deploy], flush=True)
+        for form, ms in forms.items():  # every deployed form computes the model's function
+            for m, d in zip(models, ms):
+                assert torch.allclose(m.eval()(x), d(x), atol=1e-4, rtol=1e-4), f"{form} form changed the outputs"
+    flat = [m for ms in forms.values() for m in ms]
+    per_run = []  # per run: [ms of each model in flat order]
+    for i in range(runs):
+        per_run.append(latencies(flat, bundle.input_shape, repeats))
+        print(f"run {i + 1}/{runs}, ms at batch 256 (dense, nisp, l1) eager/folded/compiled:",
+              [round(v, 1) for v in per_run[-1]], flush=True)
+    n = len(models)
+    for f, (form, prefix) in enumerate((("eager", "eager_"), ("folded", "folded_"), ("compiled", ""))):
+        for j, r in enumerate(rows):
+            ms = [run[f * n + j] for run in per_run]
+            speed = [run[f * n] / run[f * n + j] for run in per_run]
+            r[f"{prefix or 'latency_'}ms_b256"] = round(statistics.median(ms), 2)
+            r[f"{prefix}speedup"] = round(statistics.median(speed), 3)
+            if form == "compiled":
+                r["speedup_runs"] = f"{min(speed):.2f}-{max(speed):.2f}"
 
 
 def plot(rows: list[dict], path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     colors = ["#888", "#36c", "#c63"]
-    for ax, key, label in ((axes[0], "macs", "MACs (batch 1)"), (axes[1], "latency_ms_b256", "ms at batch 256 (BN folded, channels-last)")):
+    rows = [r for r in rows if r.get("speedup") is not None]  # the timed ones: dense, NISP, L1
+    panels = (("macs", "MACs (batch 1)"), ("latency_ms_b256", "ms at batch 256 (compiled: Inductor, frozen)"))
+    for ax, (key, label) in zip(axes, panels):
         for r, c in zip(rows, colors):
             ax.scatter(r[key], r["accuracy"], color=c, s=60, label=r["method"])
             ax.annotate(f"{r['speedup']:.2f}x" if key != "macs" else f"-{r['macs_removed']:.0%}",
@@ -151,19 +205,33 @@ def plot(rows: list[dict], path) -> None:
 
 NOTES = """Both pruned models are plain, smaller `nn.Conv2d`/`BatchNorm2d`/`Linear` modules (channels removed by
 `compactnn.prune.surgery`, no masks). Ratios are per stage (`ratio` column; a pattern names a group's producers,
-and residual groups lose the same channels on every member of their adds), and every kept width is rounded to a
-multiple of 8: stage 1 keeps 16 residual and 8 inner channels, stages 2 and 3 keep 24 and 48. The classifier's
-outputs are never pruned. L1 uses the same ratios, so both have the same shapes and MACs.
+the first matching pattern wins, and residual groups lose the same channels on every member of their adds): stage 1
+keeps 8 of 16 residual and inner channels, stage 2 is not pruned (32), stage 3 keeps 48 of 64 residual and 32 of 64
+inner channels. The classifier's outputs are never pruned. L1 uses the same ratios, so both have the same shapes and
+MACs. Both are fine-tuned 3 epochs at lr 0.01; `drop_vs_control` compares with the dense model fine-tuned the same
+3 epochs (the dense reference itself is trained only 3 epochs, so extra epochs alone add accuracy).
 
-Latency: `compactnn.report.measure_latency`, batch 256, 2 torch threads, median of 30 timed passes after 3 warm-up
-passes (7 passes in --quick); the models are timed round-robin, one pass each per round, so load changes hit them
-alike. `latency_ms_b256` and `speedup` time every model in its deployed form, `compactnn.report.inference_form` (BN
-folded into the convs, channels-last weights; outputs checked equal to the eager model's); `eager_ms_b256` and
-`eager_speedup` time the same models as eager NCHW modules with separate BN passes.
+Latency: `compactnn.report.measure_latency`, batch 256, 2 torch threads. 5 timing runs; in each, the 9 model forms
+are timed round-robin (30 rounds after 3 warm-up passes, one pass of each per round; 7 rounds in --quick), and a
+run's speed-up is the dense form's median over the model's. `speedup` is the median over runs and `speedup_runs`
+their min-max. Forms, each applied to dense and pruned models alike: `eager_*` plain modules (NCHW, separate BN);
+`folded_*` `inference_form(model)` (BN folded into the convs, channels-last weights); `latency_ms_b256` and
+`speedup` `inference_form(model, compile=True)`: torch.compile (Inductor, `dynamic=False`) with freezing, which
+pre-packs weights and fuses ReLU and residual adds into the oneDNN convolutions. Every form's outputs are checked
+equal to the eager model's. The compiled form is the fastest we found for the dense model (scratch run: 82 ms,
+against 83 ms for TorchScript trace + freeze + `optimize_for_inference` and 93 ms folded).
 
-An earlier run of this script (commit f15ae94) used one uniform ratio of 0.242 and exact widths (12/24/49 channels,
-42.95% of MACs removed; NISP 0.9176, L1 0.9186). Deployed, it measured 1.43x for NISP and 1.58x for L1, although
-their shapes were identical: a 10% timing spread. Odd widths run poorly in oneDNN, hence `round_to=8` here.
+What the profiles showed (torch.profiler and `ONEDNN_VERBOSE` in scratch scripts, not made by this script): (1) the
+earlier eager ~1.0x came from the allocator, not the model: glibc unmapped and re-faulted the multi-MB activations
+every pass (18,000 to 55,000 minor faults and 13 to 105 ms of system time per pass, different for each model and
+run); `measure_latency` now keeps freed memory in the process (`steady_allocator`, the effect of the
+jemalloc/tcmalloc preload of PyTorch's CPU tuning guide). (2) oneDNN's AVX-512 convolutions block output channels
+by 16: a 16->8 conv took 4.5 ms against 4.8 ms for 16->16, and 24-wide convs ran at 80% of the 32-wide ones' MAC
+rate, so the previous shape (stage 1 inner 8, stages 2-3 at 24/48, 45.2% of MACs) measured only 1.37x compiled. (3)
+Unfused ReLU and adds cost about 20 ms per pass folded, about the same for dense and pruned models, hence the
+compiled form.
+Candidate widths were timed with random surgery before training; stages 2-3 halved (16/32, 47.7%) ran 1.67x but lost
+more accuracy.
 
 NISP's alpha = 0.5 is unverified; BN scaling by |gamma/sigma| and uniform max-pool spreading are our choices (see
 `compactnn/prune/nisp.py`)."""
@@ -180,7 +248,7 @@ def main() -> None:
     write_results("pruning_nisp", args.out, rows, COLUMNS, "NISP vs L1-norm filter pruning (ResNet-20)", NOTES,
                   lambda path: plot(rows, path))
     for r in rows:
-        print({k: r[k] for k in COLUMNS})
+        print({k: r.get(k) for k in COLUMNS})
 
 
 if __name__ == "__main__":

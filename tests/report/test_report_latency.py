@@ -66,3 +66,50 @@ def test_inference_form_folds_bn_keeps_function_and_leaves_model_alone():
     x = torch.randn(4, 1, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(deployed(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_steady_allocator_applies_on_glibc_and_is_idempotent():
+    import platform
+
+    from compactnn.report.latency import steady_allocator
+
+    first = steady_allocator()
+    assert steady_allocator() == first
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert first
+
+
+class _Residual(nn.Module):
+    """conv-BN-ReLU, conv-BN, residual add, ReLU, pooled linear head: the patterns Inductor fuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(y)) + y)
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None and __import__("shutil").which("gcc") is None,
+                    reason="torch.compile on CPU needs a C compiler")
+def test_inference_form_compiled_keeps_function_and_leaves_model_alone():
+    from compactnn.report import inference_form
+
+    torch.manual_seed(0)
+    model = _Residual()
+    for bn in (model.b1, model.b2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    deployed = inference_form(model, compile=True)
+    x = torch.randn(4, 1, 6, 6)
+    with torch.inference_mode():
+        torch.testing.assert_close(deployed(x), model(x), atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
