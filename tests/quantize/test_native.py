@@ -146,6 +146,57 @@ def test_conv_then_2x2_max_pool_fused(padding, o):
     _check(im, n=7, seed=padding)
 
 
+@pytest.mark.parametrize("block,conv_is_a,clamp,form", [
+    ("input", False, (0, 255), "split"), ("input", True, (30, 220), "split"), ("c5", True, (40, 200), "split"),
+    ("c16", False, (20, 240), "split"), ("c16", True, (0, 255), "fold"), ("c5", False, (10, 250), "fold"),
+    ("input", True, (0, 255), "fold"), ("c5", False, (0, 255), "table"), ("c16", True, (25, 230), "table")])
+def test_residual_add_fused_into_conv_equals_unfused(block, conv_is_a, clamp, form):
+    """A conv whose only use is an Add writes the Add's codes from its epilogue: the same codes as the unfused program
+    (conv, then the table Add) and the reference, saturating clamps included, with 1 and 2 threads. The larger-scale
+    input's rescale is exactly linear; the other takes the int32 split form (``split``), the int64 folded form
+    (``fold``: a right shift too large for the split), or the Add's table is used (``table``: a left shift rules the
+    folded form out). ``block``: a residual block on 5 channels (20 outputs: a partial channel block), on 16 channels
+    of 30-pixel rows (the row-tile kernel, 14 + 14 + 2 pixels), or two convs of the 1-channel input (the pipelined
+    short-reduction kernel)."""
+    from compactnn.quantize.intonly.native import AddFuse
+
+    rng = np.random.default_rng(len(block) + 3 * conv_is_a + len(form) + clamp[0])
+    deep = block != "input"
+    b = Builder(rng, {"input": (1, 9, 11), "c5": (5, 9, 11), "c16": (16, 5, 30)}[block], z_in=90)
+    o = 20 if block == "c5" else 16
+    c1 = b.conv("v0", o, 3, padding=1, qmin=b.values["v0"]["zero_point"] if deep else 0)
+    c2 = b.conv(c1 if deep else "v0", o, 3, padding=1)  # no clamp: the [x*M0 < 0] rounding term is live
+    y = b.add(c2, c1, *clamp) if conv_is_a else b.add(c1, c2, *clamp)
+    add = b.ops[-1]
+    add["shift_out"] += 4  # a 16x finer output scale: many codes saturate
+    small = "a" if add["shift_a"] < 0 else "b"  # the smaller-scale input (the other has M0 = 2^30, shift 0)
+    if form == "fold":
+        add[f"shift_{small}"] = -21
+    if form == "table":
+        add["shift_a"] = 1  # a left shift: exact in the reference, no folded form
+    im = b.model(y)
+    q = torch.from_numpy(rng.integers(0, 256, (9, *im.input_shape), dtype=np.uint8))
+    ref = {k: torch.from_numpy(v) for k, v in run_reference(im, q.numpy()).items()}
+    assert ((ref[y] == clamp[0]) | (ref[y] == clamp[1])).any()  # saturation happens
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            for kind in ("auto", "generic"):
+                eng = FastEngine(im, kind)
+                fused = [a for a in eng.native.keep.arrays if isinstance(a, AddFuse)]
+                assert len(eng.native.fused) == 2 and len(fused) == 1 and fused[0].conv_is_a == conv_is_a
+                f = fused[0]
+                assert f.fast == (form != "table") and (form == "table" or bool(f.alpha_s) != bool(f.alpha_r))
+                assert form != "split" or bool(f.shs) != bool(f.shr)
+                assert form != "fold" or not (f.shs or f.shr)
+                unfused = eng.run(q, all_values=True)
+                assert all(torch.equal(unfused[k], ref[k]) for k in ref), (t, kind)
+                assert torch.equal(eng.run(q), ref[y]) and torch.equal(eng.run(q[:1]), ref[y][:1]), (t, kind)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("shift", [-31, -20, -1, 0, 2])
 def test_requant_ties_and_int32_limits(shift):
     """M0 = 2^30 makes ties of both roundings frequent; biases push accumulators to the int32 limits; shift > 0
@@ -193,7 +244,8 @@ def test_native_run_has_no_float_op_and_kernels_have_no_float_type():
         eng.run(q)
         eng.run(q, all_values=True)
     assert rec.seen and not [f for f, d in rec.seen if any(t.is_floating_point or t.is_complex for t in d)]
-    code = re.sub(r"/\*.*?\*/|//[^\n]*", "", "".join(f.read_text() for f in native.SOURCES), flags=re.S)
+    code = re.sub(r"/\*.*?\*/|//[^\n]*", "", "".join(f.read_text() for f in native.SOURCES + native.HEADERS),
+                  flags=re.S)
     assert not re.search(r"\b(float|double|__m512[dh]?|__m256[dh]?|_ps|_pd)\b", code)
 
 

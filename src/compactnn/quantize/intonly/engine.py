@@ -3,7 +3,8 @@
 
 When the C kernels of :mod:`.native` build on this machine (system C compiler, cached; ``COMPACTNN_NATIVE=off``
 disables them), a run is one C call per op on uint8 NHWC codes (:mod:`.native.program`: direct convolution with
-AVX-512 VNNI and a fused requantizer, table-driven Add, conv + 2x2 max pool fused before requantization), and
+AVX-512 VNNI and a fused requantizer, the residual Add fused into the preceding conv's epilogue (its reference
+table checks the fast form), conv + 2x2 max pool fused before requantization), and
 :meth:`FastEngine.forward_float` also does the input quantize / output dequantize natively. Otherwise (no compiler,
 an op the native program lacks, or batch 0) the torch path below runs.
 

@@ -1,7 +1,8 @@
 """Native (C) kernels of the fast integer engine: compiled lazily on the running machine, loaded with ctypes.
 
-``kernels.c`` and ``ops.c`` (beside this file) hold the integer-only kernels: a direct convolution / linear layer
-with the fused TFLite requantization (AVX-512 VNNI ``vpdpbusd`` when the compiler targets it, else portable loops),
+``kernels.c``, ``conv.c`` and ``ops.c`` (beside this file; types in ``kernels.h``, SIMD helpers in ``vnni.h``)
+hold the integer-only kernels: a direct convolution / linear layer with the fused TFLite requantization and
+optionally a fused residual Add (AVX-512 VNNI ``vpdpbusd`` when the compiler targets it, else portable loops),
 pooling, the quantized add, concat and layout changes; ``io.c`` holds the float input quantize and output
 dequantize. No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
 ``cc``): ``-O3 -march=native -std=c11``, plus ``-fopenmp`` when that links.
@@ -27,9 +28,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-__all__ = ["SOURCES", "Conv", "Requant", "load", "mode", "status"]
+__all__ = ["HEADERS", "SOURCES", "AddFuse", "Conv", "Requant", "load", "mode", "status"]
 
-SOURCES = [Path(__file__).with_name(f) for f in ("kernels.c", "ops.c")]  # the integer program: no float type
+SOURCES = [Path(__file__).with_name(f) for f in ("kernels.c", "conv.c", "ops.c")]  # the integer program: no float
+HEADERS = [Path(__file__).with_name(f) for f in ("kernels.h", "vnni.h")]  # included by them; no float type either
 IO_SOURCE = Path(__file__).with_name("io.c")  # the float input quantize / output dequantize (outside the program)
 _cache: dict[str, object] = {}
 _why: dict[str, str] = {}
@@ -41,14 +43,22 @@ class Requant(ctypes.Structure):
     """Per-channel requantization constants (pointers to int64 arrays of a multiple of 16 channels)."""
 
     _fields_ = [(k, _P) for k in ("bias", "m0", "left", "right", "half", "neg")] + [
-        (k, _I64) for k in ("zp", "qmin", "qmax", "fast32")] + [(k, _P) for k in ("b32", "m32", "r32", "mask32")]
+        (k, _I64) for k in ("zp", "qmin", "qmax", "fast", "fneg")] + [(k, _P) for k in ("b32", "fm", "fc", "fs")]
+
+
+class AddFuse(ctypes.Structure):
+    """A TFLite Add fused into a conv's epilogue (see ``kernels.h``)."""
+
+    _fields_ = [("table", _P)] + [(k, _I64) for k in (
+        "conv_is_a", "fast", "zs", "zr", "ls", "ms", "cs", "ss", "ns", "mr", "cr", "sr", "nr", "my", "cy", "sy", "ny",
+        "alpha_s", "alpha_r", "mhs", "mls", "k0s", "kns", "shs", "mhr", "mlr", "k0r", "knr", "shr", "qmin", "qmax")]
 
 
 class Conv(ctypes.Structure):
     """Geometry, packed weights and requantization of a conv (or linear) layer; see ``kernels.c``."""
 
     _fields_ = [(k, _I64) for k in ("h", "w", "c", "o", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
-                                    "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant)]
+                                    "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P)]
 
 
 def mode() -> str:
@@ -103,7 +113,7 @@ def _build(kind: str):
         _why[kind] = f"cannot run {cc}: {err}"
         return None
     base = ["-O3", "-march=native", "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
-    src = b"".join(p.read_bytes() for p in (*SOURCES, IO_SOURCE))
+    src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, IO_SOURCE))
     for flags in (base + ["-fopenmp"], base):
         key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(), _cpu_flags().encode(),
                                          platform.machine().encode()])).hexdigest()[:20]
@@ -125,7 +135,7 @@ def _build(kind: str):
 def _declare(lib) -> None:
     i64, p, i = _I64, _P, ctypes.c_int
     sig = {
-        "cnn_conv": (i, [p, i64, p, p, p, i]),
+        "cnn_conv": (i, [p, i64, p, p, p, p, i]),
         "cnn_conv_pool2": (i, [p, i64, p, p, p, i]),
         "cnn_conv_grouped": (i, [p, i64, i64, p, p, p, i]),
         "cnn_maxpool": (None, [p, p] + [i64] * 12 + [i]),

@@ -7,8 +7,13 @@ only. Choices:
 
 - **Activations are uint8 codes q** (not q − 128): ``vpdpbusd`` multiplies u8 × s8, so ``Σ q·w`` is exact in int32
   while ``K·255·127 < 2^31`` (checked here) and ``Σ (q − Z)·w + b = Σ q·w + (b − Z·Σ w)``.
-- **Add and concat use lookup tables:** each input code's rescaled value (``MBQM((q − Z)·2^20)`` for Add, the whole
-  requantized code for concat) has 256 possible values, computed once with the reference functions.
+- **Requantization** takes the folded int64 form of ``kernels.h`` (bias as the accumulators' start value, one
+  multiply and one shift per half of 16 lanes) where the weights and shifts prove it exact and overflow-free, else
+  the definition with overflow checks.
+- **Add:** its 256 x 256 table of output codes is built with the reference. An Add whose input is a conv output used
+  by it alone runs in that conv's epilogue (no pass over memory): in the folded form (each input rescaled, then the
+  sum; an input whose rescale is exactly linear is one multiply) when that equals the table on all 65536 code
+  pairs, else through the table. Concat uses per-input tables of the requantized code.
 - **Overflow:** where the reference raises (an accumulator or an add's sum outside int32) the kernels set a flag
   and this raises the same :class:`ModelError`.
 
@@ -28,8 +33,8 @@ from torch import Tensor
 from compactnn.errors import ModelError
 
 from .. import reference as ref
-from ..fixedpoint import multiply_by_quantized_multiplier
-from . import Conv, Requant
+from ..fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
+from . import AddFuse, Conv, Requant
 
 __all__ = ["NativeProgram"]
 
@@ -58,11 +63,14 @@ class _Keep:
         return a.ctypes.data
 
 
-def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, channels: int) -> Requant:
+def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, channels: int, vmin=None,
+             vmax=None) -> Requant:
+    """The requantization constants; ``vmin``/``vmax``: per-channel bounds of ``acc + bias`` over all inputs, when
+    known (they enable the folded form of ``kernels.h`` if nothing can overflow)."""
     npad = max(16, _ceil(channels, 16))
 
-    def per_ch(v):
-        out = np.zeros(npad, dtype=np.int64)
+    def per_ch(v, fill=0):
+        out = np.full(npad, fill, dtype=np.int64)
         out[:channels] = np.broadcast_to(np.asarray(v, dtype=np.int64).reshape(-1), (channels,))
         return out
 
@@ -71,11 +79,80 @@ def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, cha
         raise _Unsupported("multiplier out of range")
     right, bias = np.maximum(-sh, 0), per_ch(bias)
     half = np.where(right > 0, np.left_shift(np.int64(1), np.maximum(right - 1, 0)), 0)
-    fast32 = bool((sh <= 0).all() and (np.abs(bias) < 1 << 31).all())  # the int32-lane requantizer applies
-    i32 = (lambda a: keep(a.astype(np.int32))) if fast32 else (lambda a: 0)
-    return Requant(keep(bias), keep(m0), keep(np.clip(sh, 0, 31)), keep(right), keep(half),
-                   keep((right > 0).astype(np.int64)), int(z_out), int(qmin), int(qmax), int(fast32), i32(bias),
-                   i32(m0), i32(right), i32(np.left_shift(np.int64(1), right) - 1))
+    rq = Requant(keep(bias), keep(m0), keep(np.clip(sh, 0, 31)), keep(right), keep(half),
+                 keep((right > 0).astype(np.int64)), int(z_out), int(qmin), int(qmax), 0, int(qmin < z_out))
+    e = right[:channels]
+    if (vmin is not None and (e >= 1).all() and (e <= 23).all() and np.min(vmin) >= INT32_MIN
+            and np.max(vmax) <= INT32_MAX):  # the folded form is exact and overflow-free (see kernels.h)
+        e = per_ch(e, fill=1)
+        c = (1 << 30) + (1 << (e + 30)) + int(z_out) * np.left_shift(np.int64(1), 31 + e)
+        s = np.where(np.arange(npad) % 2 == 0, 31 + e, e - 1)
+
+        def lanes(v):  # per block of 16 channels: the 8 even channels, then the 8 odd ones
+            return keep(v.reshape(-1, 8, 2).transpose(0, 2, 1).copy())
+
+        rq.fast, rq.b32, rq.fm, rq.fc, rq.fs = 1, keep(bias.astype(np.int32)), lanes(m0), lanes(c), lanes(s)
+    return rq
+
+
+def _add_fuse(keep: _Keep, op: dict, table: np.ndarray, zp: dict, conv_is_a: bool) -> AddFuse:
+    """The Add fused into the conv producing input ``a`` (``conv_is_a``) or ``b``: the folded form when it equals
+    the reference table on all 65536 code pairs (checked here with the same int64 arithmetic), else the table."""
+    za, zb, zy = (zp[v] for v in (*op["inputs"], op["output"]))
+    ls, lo, hi = int(op["left_shift"]), int(op["qmin"]), int(op["qmax"])
+    sides = [(za, int(op["multiplier_a"]), int(op["shift_a"])), (zb, int(op["multiplier_b"]), int(op["shift_b"]))]
+    own, res = sides if conv_is_a else sides[::-1]
+    m_y, e_y = int(op["multiplier_out"]), -int(op["shift_out"])
+    f = AddFuse(table=keep(table), conv_is_a=int(conv_is_a), qmin=lo, qmax=hi, ls=ls)
+    if not (own[2] <= 0 and res[2] <= 0 and 1 <= e_y <= 23 and ls <= 23):
+        return f
+
+    def side(z, m, shift):
+        e = -shift
+        return z, m, (1 << 30) + ((1 << (e + 30)) if e else 0), 31 + e, (1 << 31) if e else 0
+
+    (f.zs, f.ms, f.cs, f.ss, f.ns), (f.zr, f.mr, f.cr, f.sr, f.nr) = side(*own), side(*res)
+    f.my, f.cy, f.sy, f.ny = m_y, (1 << 30) + (1 << (e_y + 30)) + zy * (1 << (31 + e_y)), 31 + e_y, (1 << 31) * (lo < zy)
+
+    def fold(x, m, c, s, n):  # the kernels' int64 steps
+        a = x * m
+        return (a + c - n * (a < 0)) >> s
+
+    q = np.arange(256, dtype=np.int64)
+    rescaled = []
+    for z, m, c, s, n, k in ((f.zs, f.ms, f.cs, f.ss, f.ns, "s"), (f.zr, f.mr, f.cr, f.sr, f.nr, "r")):
+        r, d = fold((q - z) << ls, m, c, s, n), q - z
+        alpha = int(r[q != z][0] // d[q != z][0])
+        if alpha and np.array_equal(r, d * alpha):  # exactly linear (e.g. M0 = 2^30, no right shift)
+            setattr(f, "alpha_" + k, alpha)
+        else:
+            _split(f, k, r, d, m, s - 31, ls)
+        rescaled.append(r)
+    qa, qb = np.repeat(q, 256), np.tile(q, 256)
+    qo, qr = (qa, qb) if conv_is_a else (qb, qa)
+    s = rescaled[0][qo] + rescaled[1][qr]  # each side's kernel form equals its fold on all 256 codes (checked)
+    got = np.clip(fold(s, f.my, f.cy, f.sy, f.ny), lo, hi)
+    f.fast = int(np.array_equal(got, table.astype(np.int64)))
+    return f
+
+
+def _split(f: AddFuse, side: str, r: np.ndarray, d: np.ndarray, m: int, e: int, ls: int) -> bool:
+    """The int32 form of one Add input's rescale (sets its fields when it equals ``r`` on all codes ``d``): with
+    S = 31 + e - ls, M0 = Mh*2^S + Ml, MBQM(d*2^ls) = d*Mh + ((d*Ml + K0 - [d < 0]*Kn) >> S),
+    K0 = 2^(30-ls) + half*2^(31-ls), Kn = 2^(31-ls) for e >= 1 (the folded form divided by 2^ls)."""
+    sh = 31 + e - ls
+    if not (ls <= 30 and 1 <= sh <= 30):
+        return False
+    mh, ml = m >> sh, m & ((1 << sh) - 1)
+    k0 = (1 << (30 - ls)) + (((1 << (e - 1)) << (31 - ls)) if e else 0)
+    kn = (1 << (31 - ls)) if e else 0
+    t1, t2 = d * mh, d * ml + k0 - kn * (d < 0)
+    if any(np.abs(v).max() >= 1 << 31 for v in (t1, d * ml, t2, t1 + (t2 >> sh))) or not np.array_equal(
+            t1 + (t2 >> sh), r):
+        return False
+    for k, v in zip(("mh", "ml", "k0", "kn", "sh"), (mh, ml, k0, kn, sh)):
+        setattr(f, k + side, v)
+    return True
 
 
 def _pack(w: np.ndarray, nseg: int, seglen: int, per_pixel: bool) -> np.ndarray:
@@ -100,35 +177,61 @@ class NativeProgram:
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
         shp = {self.input_value: tuple(model.input_shape)}  # (C, H, W) or (F,), PyTorch order
         self.steps = []  # (fn(ptrs, n, threads), inputs, output)
-        self._convs: dict = {}  # output value -> Conv address (groups == 1)
+        self._convs: dict = {}  # output value -> its Conv (groups == 1, and linear layers)
+        self._adds: dict = {}  # output value -> the Add's 256 x 256 table
         for op in model.ops:
             kind, ins, out = op["op"], op["inputs"], op["output"]
             fn, shp[out] = getattr(self, "_" + kind, self._unknown)(model, op, [shp[i] for i in ins], zp)
             self.steps.append((fn, ins, out))
         self.shapes = shp
-        self.fused = self._fuse(model)
+        self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
         self._layouts: dict = {}
         self._local = threading.local()
 
-    def _fuse(self, model) -> list:
-        """The steps with each conv -> 2x2/2 max pool pair (the conv output used by the pool only) as one step."""
+    def _fuse(self, model, zp: dict) -> list:
+        """The steps with two kinds of pairs as one step: conv -> 2x2/2 max pool (the conv output used by the pool
+        only), and conv -> Add (the conv output used by the Add only, the Add's other input computed before the
+        conv; of two such convs the later one). The fused step runs where the conv ran."""
         uses: dict = {}
-        for op in model.ops:
+        made = {self.input_value: -1}
+        for i, op in enumerate(model.ops):
+            made[op["output"]] = i
             for v in op["inputs"]:
                 uses[v] = uses.get(v, 0) + 1
-        fused, i = [], 0
+        adds: dict = {}  # conv step -> (add step, conv output is the first input)
+        for k, op in enumerate(model.ops):
+            ins = op["inputs"]
+            if op["op"] != "add" or op["output"] not in self._adds or ins[0] == ins[1]:
+                continue
+            ok = [j for j in (0, 1) if ins[j] in self._convs and uses[ins[j]] == 1 and ins[j] != self.output_value
+                  and made[ins[1 - j]] < made[ins[j]]]
+            if ok:  # at most one: the conv computed after the other input
+                adds[made[ins[ok[0]]]] = (k, ok[0] == 0)
+        fused, skip, i = [], set(), 0
         while i < len(self.steps):
             op, nxt = model.ops[i], model.ops[i + 1] if i + 1 < len(model.ops) else None
-            addr = self._convs.get(op["output"])
-            if (addr and nxt and nxt["op"] == "max_pool2d" and nxt["inputs"] == [op["output"]]
+            d = self._convs.get(op["output"])
+            if i in skip:
+                pass
+            elif i in adds:
+                k, conv_is_a = adds[i]
+                add = model.ops[k]
+                f = _add_fuse(self.keep, add, self._adds[add["output"]], zp, conv_is_a)
+                d2 = Conv.from_buffer_copy(d)
+                d2.add = ctypes.addressof(f)
+                self.keep.arrays += [f, d2]
+                run = (lambda p, n, t, a=ctypes.addressof(d2): self.lib.cnn_conv(a, n, p[0], p[1], p[2], p[-1], t))
+                fused.append((run, op["inputs"] + [add["inputs"][1 if conv_is_a else 0]], add["output"]))
+                skip.add(k)
+            elif (d is not None and nxt and nxt["op"] == "max_pool2d" and nxt["inputs"] == [op["output"]]
                     and uses[op["output"]] == 1 and op["output"] != self.output_value
                     and [_pair(nxt[k]) for k in ("kernel", "stride", "padding")] == [(2, 2), (2, 2), (0, 0)]):
-                fused.append(((lambda p, n, t, a=addr: self.lib.cnn_conv_pool2(a, n, p[0], p[1], p[-1], t)),
-                              op["inputs"], nxt["output"]))
-                i += 2
-                continue
-            fused.append(self.steps[i])
+                run = (lambda p, n, t, a=ctypes.addressof(d): self.lib.cnn_conv_pool2(a, n, p[0], p[1], p[-1], t))
+                fused.append((run, op["inputs"], nxt["output"]))
+                i += 1
+            else:
+                fused.append(self.steps[i])
             i += 1
         return fused
 
@@ -159,8 +262,10 @@ class NativeProgram:
         groups = geo.pop("groups", 1)
         wp = self.keep(_pack(w4, nseg, seglen, per_pixel)) if groups == 1 else self.keep(
             w4.transpose(0, 2, 3, 1).copy())
+        w64 = w4.astype(np.int64).reshape(o, -1)  # acc + bias over all uint8 inputs (padding uses Z_in, also uint8)
+        vmin, vmax = bias + 255 * np.minimum(w64, 0).sum(1), bias + 255 * np.maximum(w64, 0).sum(1)
         rq = _requant(self.keep, getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), bias,
-                      z_out, op["qmin"], op["qmax"], o)
+                      z_out, op["qmin"], op["qmax"], o, vmin if groups == 1 else None, vmax)
         d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo)
         self.keep.arrays.append(d)
         return d
@@ -178,8 +283,9 @@ class NativeProgram:
             addr = ctypes.addressof(d)
             return (lambda p, n, t: self.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
         self.scratch = max(getattr(self, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
-        addr = self._convs[op["output"]] = ctypes.addressof(d)
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], p[1], p[-1], t)), (d.o, ho, wo)
+        self._convs[op["output"]] = d
+        addr = ctypes.addressof(d)
+        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
 
     def _linear(self, model, op, shapes, zp):
         if len(shapes[0]) != 1:
@@ -188,7 +294,8 @@ class NativeProgram:
         d = self._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
                            zp[op["inputs"][0]], zp[op["output"]])
         addr = ctypes.addressof(d)
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], p[1], 0, t)), (d.o,)
+        self._convs[op["output"]] = d
+        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
 
     def _max_pool2d(self, model, op, shapes, zp):
         c, h, w = shapes[0]
@@ -225,6 +332,7 @@ class NativeProgram:
                             op["qmax"])
         except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
             raise _Unsupported(str(err)) from None
+        self._adds[op["output"]] = table
         tp, size = self.keep(table), int(np.prod(shapes[0]))
         return (lambda p, n, t: self.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
 
