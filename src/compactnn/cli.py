@@ -152,6 +152,9 @@ def export(
         raise OutputError(f"{out} exists; choose another output or pass --force")
     export_file(file, out, mode="qlinear" if qlinear else "exact")
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    if not qlinear:
+        console.print("bit-identical to compactnn's engines in ONNX Runtime; --qlinear gives ORT's much faster "
+                      "QLinear kernels (not bit-exact)")
 
 
 @app.command()
