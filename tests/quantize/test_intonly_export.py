@@ -406,3 +406,25 @@ def test_exact_requantization_matches_fixedpoint_on_edge_cases(per_channel):
     want = fixedpoint.multiply_by_quantized_multiplier(x, m0 if per_channel else m0[0],
                                                        shifts if per_channel else shifts[0], axis=1 if per_channel else None)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("kind", ["avg_pool2d", "conv2d"])
+def test_exact_graph_has_no_float_value_between_quantize_and_dequantize(kind):
+    from onnx import TensorProto, shape_inference
+
+    if kind == "conv2d":
+        model = _conv_model(np.random.default_rng(3))
+    else:
+        values = {"v0": _value(0.1, 3), "v1": _value(0.1, 3)}
+        model = FakeIR((4, 8, 8), values, [{"op": kind, "kernel": [2, 2], "stride": [2, 2], "inputs": ["v0"],
+                                            "output": "v1"}], {})
+    proto = shape_inference.infer_shapes(build_onnx(model), strict_mode=True)
+    types = {v.name: v.type.tensor_type.elem_type for v in [*proto.graph.value_info, *proto.graph.output]}
+    nodes = list(proto.graph.node)
+    first = next(i for i, n in enumerate(nodes) if model.input["value"] in n.output)
+    last = next(i for i, n in enumerate(nodes) if model.output["value"] in n.output)
+    inner = [o for n in nodes[first + 1:last + 1] for o in n.output]
+    assert inner and all(o in types for o in inner)
+    floats = [o for o in inner if types[o] in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)]
+    assert floats == []
+    assert any(types[o] in (TensorProto.FLOAT, TensorProto.DOUBLE) for n in nodes[:first] for o in n.output)

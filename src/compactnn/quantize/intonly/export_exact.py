@@ -2,7 +2,8 @@
 
 ``ConvInteger`` / ``MatMulInteger`` give the int32 accumulators; TFLite's fixed-point requantization
 ``MultiplyByQuantizedMultiplier`` (``RDBPOT(SRDHM(sat(x·2^left), M0), right)``) is spelled out in integer ops;
-pools sum exactly; the input quantize and output dequantize run in float64 as :class:`.model.IntegerModel` does.
+pools sum in integers (window sums by a ``ConvInteger`` with a kernel of ones); the input quantize and output
+dequantize run in float64 as :class:`.model.IntegerModel` does, so no float op runs between them.
 
 The requantization avoids division and sign tests. With ``p = x·M0`` (``|p| < 2^62``):
 
@@ -92,20 +93,24 @@ def _weighted(g: _Graph, i: int, op: dict, kind: str, ins: list[str], z: dict) -
     _to_codes(g, y, z[op["output"]], op["qmin"], op["qmax"], op["output"])
 
 
+def _slice(g: _Graph, v: str, start: int, end: int) -> str:
+    return _op(g, "Slice", [v, _c(g, "start", [start]), _c(g, "end", [end])])
+
+
 def _pool(g: _Graph, op: dict, kind: str, src: str, out: str) -> None:
     if kind == "global_avg_pool":
         total = _op(g, "ReduceSum", [_op(g, "Cast", [src], to=_INT64), _c(g, "axes", [2, 3])], keepdims=1)
         shape = _op(g, "Shape", [src])
         count = _op(g, "Mul", [_op(g, "Gather", [shape, _c(g, "h", 2)]), _op(g, "Gather", [shape, _c(g, "w", 3)])])
-    else:
+    else:  # window sums: every channel as its own image through a ConvInteger with a kernel of ones
         k = _pair(op["kernel"])
-        mean = _op(g, "AveragePool", [_op(g, "Cast", [src], to=_FLOAT)], kernel_shape=k,
-                   strides=_pair(op.get("stride") or k))
-        n = k[0] * k[1]  # the IR's avg_pool2d has no padding: every window holds k·k cells
-        # sums of <= 2^24 uint8 codes are exact in float32, and mean·n is within 1/2 of the sum: rounding
-        # recovers the integer sum exactly
-        total = _op(g, "Cast", [_op(g, "Round", [_op(g, "Mul", [mean, _c(g, "f32_n", n, np.float32)])])], to=_INT64)
-        count = _c(g, "count", n)
+        shape = _op(g, "Shape", [src])
+        flat = _op(g, "Reshape", [src, _op(g, "Concat", [_c(g, "m1_1", [-1, 1]), _slice(g, shape, 2, 4)], axis=0)])
+        sums = _op(g, "ConvInteger", [flat, _c(g, "ones", np.ones((1, 1, *k)), np.uint8), _c(g, "u8_0", 0, np.uint8)],
+                   kernel_shape=k, strides=_pair(op.get("stride") or k))
+        back = _op(g, "Concat", [_slice(g, shape, 0, 2), _slice(g, _op(g, "Shape", [sums]), 2, 4)], axis=0)
+        total = _op(g, "Cast", [_op(g, "Reshape", [sums, back])], to=_INT64)
+        count = _c(g, "count", k[0] * k[1])  # the IR's avg_pool2d has no padding: every window holds k·k cells
     half = _op(g, "Div", [count, _c(g, "two", 2)])
     y = _op(g, "Div", [_op(g, "Add", [total, half]), count])  # non-negative: truncation is floor
     g.node("Cast", [y], [out], to=_UINT8)
