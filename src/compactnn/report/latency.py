@@ -154,7 +154,7 @@ def inference_form(model: nn.Module, fold_bn: bool = True, channels_last: bool =
 
 
 class _Frozen(nn.Module):
-    """Calls a ``torch.compile`` d module with Inductor's ``freezing`` switched on, so that it holds for the
+    """Calls a module compiled by ``torch.compile`` with Inductor's ``freezing`` switched on, so that it holds for the
     (lazy) compilations of every input shape. ``torch.compile(options={"freezing": True})`` does not apply it in
     torch 2.13 (the generated code keeps plain convolutions), hence this wrapper around the global config."""
 
