@@ -145,8 +145,11 @@ def packing(name: str, fp32_model, ims: dict, x: torch.Tensor) -> list[dict]:
                 bad += int((im.run_int(q, engine="fast") != back.run_int(q, engine="fast")).sum())
             same = all(torch.equal(t, back.get_buffer(k)) for k, t in im.named_buffers())
             raw = sum(t.numel() * t.element_size() for t in im.buffers())
+            codes = np.concatenate([t.numpy().ravel() for t in im.buffers() if t.dtype == torch.int8])
+            freq = np.bincount(codes.astype(np.int64) + 128, minlength=256) / codes.size
             rows.append(dict(model=name, variant=label, file_bytes=size, tensor_bytes=raw,
                              ratio=round(fp32_bytes / size, 3), at_least_3_8x="yes" if fp32_bytes >= 3.8 * size else "no",
+                             weight_bits=round(float(-(freq[freq > 0] * np.log2(freq[freq > 0])).sum()), 2),
                              reload_mismatches=bad,
                              buffers_identical="yes" if same else "no",
                              images=len(x)))

@@ -177,11 +177,13 @@ def render(state: dict, goal: list[str]) -> str:
     if state.get("packing"):
         parts += ["## Packing (`compactnn.pack.save`, zstd level 19)",
                   markdown_table(state["packing"], ["model", "variant", "file_bytes", "tensor_bytes", "ratio", "at_least_3_8x",
+                                                    "weight_bits",
                                                     "reload_mismatches", "buffers_identical", "images"]),
                   "`ratio`: fp32 file bytes / this file's bytes (3 decimals in the JSON); `tensor_bytes`: raw bytes of the "
                   "tensors before compression; `reload_mismatches`: output codes of the loaded file "
                   "that differ from the model saved, over the test set. Per-channel int8 rows each span the whole "
-                  "[-127, 127] range (LeNet-5 fc1: 7.62 bits of entropy per code) and barely compress, while "
+                  "[-127, 127] range (`weight_bits`: order-0 entropy of all int8 weight codes, bits per code) and barely "
+                  "compress, while "
                   "the fp32 file compresses 8%; with one scale per tensor the codes of most rows use a narrower "
                   "range. For LeNet-5, whose fc1 holds 93% of the weights, that decides the 3.8x line."]
     if any(r.get("ms_b1") for r in rows):
