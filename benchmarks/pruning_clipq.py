@@ -3,7 +3,7 @@
 Per model: the dense reference; CLIP-Q applied with the searched ``(p, bits)`` but no fine-tuning ("direct"); and
 CLIP-Q after fine-tuning all layers together. ``(p, bits)`` per layer come from the GP search
 (:mod:`compactnn.prune.clipq_search`) on 10% of the training set held out, under a global size target on the weights
-(their stored bits at most ``target_ratio`` of their fp32 bits, so that the whole packed file, with its fp32 biases and
+(their stored bits at most ``1 / ratio`` of their fp32 bits, so that the whole packed file, with its fp32 biases and
 manifest, lands at >= 40x smaller than the dense one). ``packed_bytes`` is the size of the ``.cnz`` file
 :func:`compactnn.pack.save` writes; ``ratio`` is against the packed dense model. ``benchmarks/pruning.py`` imports
 :func:`run`; run alone (``python benchmarks/pruning_clipq.py [--quick]``) it prints the rows. ``--quick`` uses digits.
@@ -25,18 +25,18 @@ from pretrained import pretrained  # noqa: E402
 
 # The trained references other benchmarks use too (same cache entries): pruning_lc (lenet300), integer_only (lenet5).
 SETTINGS = {
-    "lenet300": dict(train=dict(epochs=20, lr=0.1, batch_size=128), trials=50, target_ratio=0.018,
+    "lenet300": dict(train=dict(epochs=20, lr=0.1, batch_size=128), trials=50, ratio=1 / 0.018,
                      finetune=dict(epochs=15, lr=0.01)),
-    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), trials=50, target_ratio=0.018,
+    "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), trials=50, ratio=1 / 0.018,
                    finetune=dict(epochs=10, lr=0.01)),
 }
 QUICK = {
-    "lenet300": dict(train=dict(epochs=30, lr=0.05, batch_size=64), trials=15, target_ratio=0.03,
+    "lenet300": dict(train=dict(epochs=30, lr=0.05, batch_size=64), trials=15, ratio=1 / 0.03,
                      finetune=dict(epochs=8, lr=0.01)),
-    "lenet5": dict(train=dict(epochs=15, lr=0.05, batch_size=64), trials=15, target_ratio=0.03,
+    "lenet5": dict(train=dict(epochs=15, lr=0.05, batch_size=64), trials=15, ratio=1 / 0.03,
                    finetune=dict(epochs=8, lr=0.01)),
 }
-SEARCH = dict(lam=0.1, p_range=(0.6, 0.99), bits_range=(2, 6), heldout=0.1, sampler="gp", seed=0)
+SEARCH = dict(lam=0.1, sparsity_range=(0.6, 0.99), bits_range=(2, 6), heldout=0.1, sampler="gp", seed=0)
 COLUMNS = ["model", "data", "method", "settings", "accuracy", "drop", "params", "nonzero", "packed_bytes", "ratio",
            "seconds"]
 
@@ -64,21 +64,21 @@ def run_model(name: str, bundle, quick: bool, quiet: bool | None = None) -> list
     print(f"{name} dense: {dense['accuracy']:.4f}, {dense['packed_bytes']} bytes", flush=True)
 
     t = time.perf_counter()
-    cfg = ClipQ(search=True, trials=s["trials"], target_ratio=s["target_ratio"], finetune=FineTune(**s["finetune"]),
+    cfg = ClipQ(search=True, trials=s["trials"], ratio=s["ratio"], finetune=FineTune(**s["finetune"]),
                 study_name=f"clipq-{name}-{bundle.name}", **SEARCH)
     found = search(ref, cfg, bundle, quiet=quiet)
     searched = time.perf_counter() - t
     chosen = describe(found.settings)
     print(f"{name} search ({searched:.0f} s): {chosen}; held-out error {found.error:.4f}, weight bits "
-          f"{found.ratio:.4f} of fp32", flush=True)
-    fixed = dict(p={n: v[0] for n, v in found.settings.items()}, bits={n: v[1] for n, v in found.settings.items()})
+          f"{1 / found.ratio:.4f} of fp32", flush=True)
+    fixed = dict(sparsity={n: v[0] for n, v in found.settings.items()}, bits={n: v[1] for n, v in found.settings.items()})
     direct = cn.compress(ref, ClipQ(**fixed, finetune=None))
     rows.append(measure(direct, bundle, name, "CLIP-Q direct", f"{chosen}; no fine-tuning", searched, dense))
 
     t = time.perf_counter()
     tuned = cn.compress(copy.deepcopy(ref), ClipQ(**fixed, finetune=cfg.finetune), data=bundle)
     ft = s["finetune"]
-    settings = (f"{chosen}; {s['trials']} GP trials, weights <= {s['target_ratio']} of fp32 bits, λ={SEARCH['lam']}; "
+    settings = (f"{chosen}; {s['trials']} GP trials, weights <= {1 / s['ratio']:.3g} of fp32 bits, λ={SEARCH['lam']}; "
                 f"fine-tune {ft['epochs']} ep lr {ft['lr']}")
     rows.append(measure(tuned, bundle, name, "CLIP-Q", settings, searched + time.perf_counter() - t, dense))
     for r in rows[1:]:

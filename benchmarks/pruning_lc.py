@@ -30,24 +30,25 @@ from compactnn.prune.lc import LC, layer_budget, run_lc
 from pretrained import pretrained  # noqa: E402
 
 REFERENCE = dict(epochs=20, lr=0.1, batch_size=128)
-SCHEDULE = dict(steps=20, mu0=9e-5, mu_factor=1.3, epochs_per_step=2, first_epochs=4, lr=0.1, lr_decay=0.9604,
-                batch_size=256)
+SCHEDULE = dict(steps=20, mu0=9e-5, mu_factor=1.3, first_epochs=4, lr_decay=0.9604,
+                finetune=FineTune(epochs=2, lr=0.1, batch_size=256))
 QUANT_SCHEDULE = {**SCHEDULE, "steps": 40}  # codebooks need a larger final μ to bring w onto Δ(θ)
 QUICK_REFERENCE = dict(epochs=30, lr=0.05, batch_size=64)
-QUICK_SCHEDULE = dict(steps=8, mu0=1e-3, mu_factor=1.5, epochs_per_step=2, first_epochs=4, lr=0.1, lr_decay=0.98,
-                      batch_size=64)
+QUICK_SCHEDULE = dict(steps=8, mu0=1e-3, mu_factor=1.5, first_epochs=4, lr_decay=0.98,
+                      finetune=FineTune(epochs=2, lr=0.1, batch_size=64))
 COLUMNS = ["model", "data", "method", "settings", "accuracy", "drop", "params", "nonzero", "packed_bytes", "ratio",
            "seconds"]
 KEEP, SPARSE_KEEP, K = 0.05, 0.01, 2
 
 
 def total_epochs(s: dict) -> int:
-    return s["first_epochs"] + (s["steps"] - 1) * s["epochs_per_step"]
+    return s["first_epochs"] + (s["steps"] - 1) * s["finetune"].epochs
 
 
 def describe(s: dict) -> str:
+    ft = s["finetune"]
     return (f"{s['steps']} μ steps, μ={s['mu0']:g}·{s['mu_factor']:g}^k, {s['first_epochs']}+{s['steps'] - 1}×"
-            f"{s['epochs_per_step']} ep, lr {s['lr']:g}·{s['lr_decay']:g}^k Nesterov, batch {s['batch_size']} "
+            f"{ft.epochs} ep, lr {ft.lr:g}·{s['lr_decay']:g}^k Nesterov, batch {ft.batch_size} "
             "(toolkit: 40 steps × 20 ep)")
 
 
@@ -92,14 +93,14 @@ def run(bundle, quick: bool, reference=None, quiet: bool | None = None) -> list[
         print(f"{method}: {row['accuracy']:.4f} (drop {row['drop']} pts), {row['packed_bytes']} bytes", flush=True)
         return row
 
-    rows.append(lc_row("direct ℓ0", f"keep {KEEP:.0%} global", compression="l0", keep=KEEP, steps=0))
-    rows.append(lc_row("LC ℓ0", f"keep {KEEP:.0%} global", compression="l0", keep=KEEP))
+    rows.append(lc_row("direct ℓ0", f"keep {KEEP:.0%} global", compression="l0", sparsity=1 - KEEP, steps=0))
+    rows.append(lc_row("LC ℓ0", f"keep {KEEP:.0%} global", compression="l0", sparsity=1 - KEEP))
     t = time.perf_counter()
     epochs = total_epochs(s)
-    ft = FineTune(epochs=epochs, lr=0.05, batch_size=s["batch_size"])
+    ft = FineTune(epochs=epochs, lr=0.05, batch_size=s["finetune"].batch_size)
     mp = cn.compress(ref, MagnitudePrune(sparsity=1 - KEEP, schedule="agp", finetune=ft), data=bundle)
     row = measure(mp, bundle, "magnitude AGP + fine-tune", f"keep {KEEP:.0%} global, {epochs} ep, lr 0.05 cosine, "
-                  f"batch {s['batch_size']} (same epochs as LC)", time.perf_counter() - t, dense)
+                  f"batch {s['finetune'].batch_size} (same epochs as LC)", time.perf_counter() - t, dense)
     row["budget"] = budget(mp)
     print(f"magnitude: {row['accuracy']:.4f} (drop {row['drop']} pts)", flush=True)
     rows.append(row)
@@ -108,7 +109,8 @@ def run(bundle, quick: bool, reference=None, quiet: bool | None = None) -> list[
     q = s if quick else QUANT_SCHEDULE
     rows.append(lc_row(f"LC K={K}", f"K={K} codebook per layer", q, compression="codebook", k=K))
     rows.append(lc_row(f"LC K={K} + {SPARSE_KEEP:.0%} sparse", f"K={K} per layer + {SPARSE_KEEP:.0%} global sparse "
-                       "correction", q, compression="codebook+l0", k=K, sparse_keep=SPARSE_KEEP))
+                       "correction", q, compression="codebook+l0", k=K,
+                       correction_sparsity=1 - SPARSE_KEEP))
     return rows
 
 

@@ -98,14 +98,14 @@ def run(bundle, quick: bool) -> list[dict]:
 
     t = time.perf_counter()
     torch.manual_seed(0)
-    nisp = cn.compress(dense_model, NISP(ratio=RATIOS, round_to=ROUND_TO, samples=s["samples"], finetune=ft),
+    nisp = cn.compress(dense_model, NISP(sparsity=RATIOS, round_to=ROUND_TO, samples=s["samples"], finetune=ft),
                        data=bundle)
     nisp_row = _row(nisp, bundle, "NISP + fine-tune", label, time.perf_counter() - t, dense)
     print(f"nisp: {nisp_row}", flush=True)
 
     t = time.perf_counter()
     torch.manual_seed(0)
-    l1 = cn.compress(dense_model, L1Filter(ratio=RATIOS, round_to=ROUND_TO, finetune=ft), data=bundle)
+    l1 = cn.compress(dense_model, L1Filter(sparsity=RATIOS, round_to=ROUND_TO, finetune=ft), data=bundle)
     l1_row = _row(l1, bundle, "L1-filter + fine-tune", label, time.perf_counter() - t, dense)
     print(f"l1: {l1_row}", flush=True)
     for r in (dense, control_row, nisp_row, l1_row):

@@ -28,9 +28,10 @@ def test_good_recipe_parses_and_inherits_train_settings(tmp_path):
     assert r.train.epochs == 2 and r.train.optimizer == "adam"
     prune, quant = r.stages
     assert type(prune).method == "magnitude-prune" and prune.sparsity == 0.9
-    # unset fine-tuning fields come from train:, set ones are kept, lr is not inherited
+    # unset fine-tuning fields come from train:, set ones are kept, lr is a tenth of train's, epochs are the stage's
     assert prune.finetune.epochs == 1 and prune.finetune.optimizer == "adam"
-    assert prune.finetune.batch_size == r.train.batch_size and prune.finetune.lr is None
+    assert prune.finetune.batch_size == r.train.batch_size and prune.finetune.lr == pytest.approx(0.005)
+    assert quant.finetune.epochs is None and quant.finetune.fit_kwargs()["epochs"] == 5
     assert type(quant).method == "kmeans-quantize" and quant.bits == 4
 
 
@@ -47,7 +48,7 @@ def test_demo_recipe_parses():
         ("- just\n- a list\n", "expected a mapping"),
         ("model: {name: lenet300}\nmodle: {name: x}\n", "unknown key 'modle'; valid keys are"),
         ("model: {name: lenet300}\nstages: [{method: prune-it}]\n", "unknown method 'prune-it'; valid methods are"),
-        ("model: {name: lenet300}\ntrain: {epochs: ten}\n", "train.epochs: expected int, got 'ten'"),
+        ("model: {name: lenet300}\ntrain: {epochs: ten}\n", "train.epochs: expected int in [0, 100000] | null, got 'ten'"),
         ("model: {name: lenet300}\nstages: [{method: magnitude-prune}]\n", "missing required field 'sparsity'"),
         ("data: {name: digits}\n", "missing required field 'model'"),
         ("model: {}\n", "missing required field 'name'"),

@@ -4,26 +4,32 @@ A method module defines a config (a frozen dataclass subclassing :class:`compact
 handler, and ties them with :func:`register_method`, as torchao's ``quantize_`` ties configs to handlers::
 
     @register_method(MagnitudePrune)
-    def _magnitude_prune(model: nn.Module, config: MagnitudePrune, data: DataBundle | None) -> nn.Module: ...
+    def _magnitude_prune(model: nn.Module, config: MagnitudePrune, data, target: Target) -> nn.Module: ...
+
+:func:`compress` resolves which layers the config touches (``layers``, ``exclude``, per-layer values) once, with
+:func:`compactnn.layers.resolve`, and passes the :class:`~compactnn.layers.Target` to the handler.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from torch import nn
 
-from .config import MethodConfig
-from .errors import ConfigError
+from .config import MethodConfig, build, short
+from .errors import CompactnnError, ConfigError
+from .layers import Target, resolve
 
-Handler = Callable[[nn.Module, Any, Any], nn.Module]
+Handler = Callable[[nn.Module, Any, Any, Target], nn.Module]
 _HANDLERS: dict[type, Handler] = {}
 _BY_NAME: dict[str, type] = {}
 
 
 def register_method(config_cls: type) -> Callable[[Handler], Handler]:
-    """Register ``handler`` as the implementation of ``config_cls`` (whose ``method`` is its YAML name)."""
+    """Register ``handler(model, config, data, target)`` as the implementation of ``config_cls``."""
     if not (isinstance(config_cls, type) and issubclass(config_cls, MethodConfig) and config_cls.method):
         raise TypeError(f"{config_cls!r} must subclass MethodConfig and set a 'method' name")
 
@@ -37,22 +43,40 @@ def register_method(config_cls: type) -> Callable[[Handler], Handler]:
     return decorate
 
 
-def method_names() -> list[str]:
-    """The registered method names, sorted."""
-    return sorted(_BY_NAME)
+def list_methods(pattern: str = "*") -> list[str]:
+    """Sorted registered method names matching the shell-style ``pattern``."""
+    return sorted(n for n in _BY_NAME if fnmatch.fnmatchcase(n, pattern))
 
 
-def list_methods() -> dict[str, str]:
-    """``{name: one-line description}`` of every registered method."""
-    return {name: _BY_NAME[name].description for name in method_names()}
+def describe_methods(pattern: str = "*") -> dict[str, str]:
+    """``{name: one-line description}`` of the registered methods matching ``pattern``."""
+    return {name: _BY_NAME[name].description for name in list_methods(pattern)}
 
 
 def config_class(name: str) -> type:
     """The config class registered under ``name``; an error listing the valid names otherwise."""
     try:
         return _BY_NAME[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; valid methods are {', '.join(method_names())}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown method {short(name)}; valid methods are {', '.join(list_methods())}") from None
+
+
+def from_dict(values: Any, where: str = "") -> MethodConfig:
+    """Turn ``{"method": NAME, **fields}`` (e.g. a recipe stage) into the registered config, checking every key and
+    value with the same checker as the Python constructor; ``where`` (``"recipe.yaml stages[0]"``) prefixes errors.
+    """
+    prefix = f"{where}: " if where else ""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{prefix}expected a mapping with a 'method' key, got {short(values)}")
+    if "method" not in values:
+        raise ConfigError(f"{prefix}missing 'method'; valid methods are {', '.join(list_methods())}")
+    fields = dict(values)
+    name = fields.pop("method")
+    try:
+        cls = config_class(name)
+        return build(cls, fields, cls.method)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix}{err}") from None
 
 
 def compress(model: nn.Module, config: MethodConfig, data: Any = None, *, inplace: bool = False) -> nn.Module:
@@ -61,15 +85,23 @@ def compress(model: nn.Module, config: MethodConfig, data: Any = None, *, inplac
     Args:
         model: any ``nn.Module``.
         config: a registered method config, e.g. ``compactnn.prune.MagnitudePrune(sparsity=0.9)``.
-        data: a :class:`compactnn.data.DataBundle`, for methods that calibrate or fine-tune.
+        data: what the method calibrates or fine-tunes on: a :class:`compactnn.data.DataBundle`, a
+            ``torch.utils.data.DataLoader`` or a ``Dataset`` of ``(input, target)`` pairs.
         inplace: work on ``model`` itself instead of a deep copy (saves memory on large models).
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
-        raise ConfigError(
-            f"{type(config).__name__} is not a registered method config; valid methods are {', '.join(method_names())}"
-        )
+        raise ConfigError(f"{type(config).__name__} is not a registered method config; valid methods are "
+                          f"{', '.join(list_methods())}")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"compress() takes an nn.Module, got {type(model).__name__}")
+        raise ConfigError(f"compress() takes an nn.Module, got {type(model).__name__}")
+    if data is not None:
+        from .data import as_bundle
+
+        data = as_bundle(data)
     work = model if inplace else copy.deepcopy(model)
-    return handler(work, config, data)
+    return handler(work, config, data, resolve(work, config))
+
+
+__all__ = ["compress", "register_method", "list_methods", "describe_methods", "config_class", "from_dict",
+           "CompactnnError"]

@@ -187,9 +187,9 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
     from . import api, data, models
 
     tables = {
-        "methods": api.list_methods,
+        "methods": api.describe_methods,
         "models": models.describe_models,
-        "datasets": data.list_datasets,
+        "datasets": data.describe_datasets,
     }
     if what != "all" and what not in tables:
         raise CompactnnError(f"cannot list {what!r}; choose one of methods, models, datasets, all")

@@ -1,19 +1,32 @@
-"""Layer walking shared by the compression methods: pick the weight layers a method works on, strip the
-training-time parametrizations (masks, codebooks) off them again, and run a method's fine-tuning.
+"""Which layers a method touches, resolved once for every method: ``layers``, ``exclude`` and per-layer values.
 
-Layers are picked by ``fnmatch`` patterns over module names as ``model.named_modules()`` gives them (``"fc1"``,
-``"features.*"``, ``"layer?.0.conv*"``); a pattern also matches ``"<name>.weight"``. A pattern that matches no
-layer is an error that lists the real layer names, so a typo never silently compresses nothing.
+:func:`compactnn.compress` calls :func:`resolve` with the model and the config, and hands the result, a
+:class:`Target`, to the method. A method never parses patterns itself.
+
+- ``layers``: ``fnmatch`` patterns over module names as ``model.named_modules()`` gives them (``"fc1"``,
+  ``"features.*"``, ``"layer?.0.conv*"``); a pattern also matches ``"<name>.weight"``. ``None`` means every layer of
+  the kinds the method handles (``config.kinds``).
+- ``exclude``: patterns removed from that selection.
+- per-layer values (:data:`compactnn.config.PerLayer` fields): ``{pattern: value}``; the exact layer name wins, else
+  the first matching pattern in the mapping's order, else a ``"*"`` key; a layer that no key matches is left alone.
+
+A pattern (in ``layers``, ``exclude`` or a per-layer mapping) that matches no layer is an error listing the real
+layer names, so a typo never silently compresses nothing. This module also holds the fine-tuning every method shares
+(:func:`run_finetune`) and the removal of training-time parametrizations (:func:`strip_parametrizations`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
 from typing import Any, Callable, Iterable
 
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .config import MethodConfig, per_layer_fields
 from .errors import ConfigError, ModelError
 
 #: The layer classes whose ``weight`` the pruning and weight-quantization methods work on.
@@ -21,60 +34,129 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, n
 
 
 def weight_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS) -> dict[str, nn.Module]:
-    """Every submodule of ``model`` that is an instance of ``kinds``, as ``{name: module}`` in module order.
-
-    Args:
-        model: the model to walk.
-        kinds: layer classes to keep (default: Linear and Conv1d/2d/3d, subclasses included).
-    """
+    """Every submodule of ``model`` that is an instance of ``kinds``, as ``{name: module}`` in module order."""
     return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name}
 
 
-def _names_line(names: Iterable[str], limit: int = 30) -> str:
+def names_line(names: Iterable[str], limit: int = 30) -> str:
+    """``a, b, c, ... (n more)``: a list of names for a one-line message."""
     names = list(names)
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def select_layers(
-    model: nn.Module,
-    patterns: Iterable[str] | None = None,
-    *,
-    kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS,
-    what: str = "weight",
-) -> dict[str, nn.Module]:
-    """The layers of ``kinds`` whose names match any of ``patterns`` (all of them when ``patterns`` is None).
+def matches(name: str, pattern: str) -> bool:
+    """Whether layer ``name`` matches ``pattern`` (also tried against ``"<name>.weight"``)."""
+    return fnmatchcase(name, pattern) or fnmatchcase(f"{name}.weight", pattern)
 
-    Args:
-        model: the model to walk.
-        patterns: ``fnmatch`` patterns over module names (case-sensitive); ``None`` selects every layer of ``kinds``.
-        kinds: layer classes that can be selected.
-        what: word used in error messages for the kind of layer ("prunable", "quantizable", ...).
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    return "/".join(k.__name__ for k in kinds)
+
+
+def select_layers(model: nn.Module, patterns: Iterable[str] | None = None, *,
+                  kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS, what: str = "weight",
+                  exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """The layers of ``kinds`` whose names match any of ``patterns`` (all when None), less those in ``exclude``.
 
     Raises:
         ModelError: the model has no such layer, or a pattern matches none of them (the message lists the names).
     """
     layers = weight_layers(model, kinds)
-    kind_names = "/".join(k.__name__ for k in kinds)
     if not layers:
-        raise ModelError(f"{type(model).__name__} has no {what} layers ({kind_names}); nothing to compress")
-    if patterns is None:
-        return layers
+        raise ModelError(f"{type(model).__name__} has no {what} layers ({_kind_names(kinds)}); nothing to compress")
     if isinstance(patterns, str):
         patterns = (patterns,)
-    patterns = tuple(patterns)
-    if not patterns:
-        raise ModelError(f"empty list of layer patterns; give at least one of: {_names_line(layers)}")
-    chosen: set[str] = set()
-    for pattern in patterns:
-        hits = {n for n in layers if fnmatchcase(n, pattern) or fnmatchcase(f"{n}.weight", pattern)}
+    chosen = set(layers)
+    if patterns is not None:
+        patterns = tuple(patterns)
+        if not patterns:
+            raise ModelError(f"empty list of layer patterns; give at least one of: {names_line(layers)}")
+        chosen = set()
+        for pattern in patterns:
+            hits = {n for n in layers if matches(n, pattern)}
+            if not hits:
+                raise ModelError(f"layer pattern {pattern!r} matches no {what} layer ({_kind_names(kinds)}); "
+                                 f"layers are: {names_line(layers)}")
+            chosen |= hits
+    for pattern in (exclude,) if isinstance(exclude, str) else exclude:
+        hits = {n for n in layers if matches(n, pattern)}
         if not hits:
-            raise ModelError(
-                f"layer pattern {pattern!r} matches no {what} layer ({kind_names}); "
-                f"layers are: {_names_line(layers)}"
-            )
-        chosen |= hits
+            raise ModelError(f"exclude pattern {pattern!r} matches no {what} layer ({_kind_names(kinds)}); "
+                             f"layers are: {names_line(layers)}")
+        chosen -= hits
     return {n: m for n, m in layers.items() if n in chosen}
+
+
+def pick(mapping: Mapping[str, Any], name: str) -> tuple[bool, Any]:
+    """The value a per-layer mapping gives layer ``name``: ``(True, value)``, or ``(False, None)`` if none."""
+    if name in mapping:
+        return True, mapping[name]
+    for key, value in mapping.items():
+        if key != "*" and matches(name, key):
+            return True, value
+    if "*" in mapping:
+        return True, mapping["*"]
+    return False, None
+
+
+@dataclasses.dataclass
+class Target:
+    """What :func:`resolve` found for one method and model.
+
+    Attributes:
+        layers: ``{name: module}`` the method works on, in module order.
+        values: ``{field: {layer name: value}}`` for every per-layer field of the config.
+        skipped: ``{layer name: reason}`` for layers the method was asked to touch but cannot handle (the method
+            says so with a warning; the report lists them).
+    """
+
+    layers: dict[str, nn.Module]
+    values: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def value(self, field: str, name: str) -> Any:
+        """The value of per-layer ``field`` for layer ``name``."""
+        return self.values[field][name]
+
+    def skip(self, name: str, reason: str, method: str) -> None:
+        """Record that ``method`` leaves layer ``name`` alone, and warn in one line."""
+        self.layers.pop(name, None)
+        self.skipped[name] = reason
+        warnings.warn(f"{method}: layer {name!r} left as it is: {reason}", stacklevel=3)
+
+
+def resolve(model: nn.Module, config: MethodConfig) -> Target:
+    """The :class:`Target` of ``config`` in ``model``: its ``layers`` less its ``exclude``, restricted to the layers
+    its per-layer mappings give a value, with every per-layer value resolved.
+
+    A config whose class sets no ``kinds`` does not pick layers (an empty target).
+    """
+    kinds = type(config).kinds
+    if kinds is None:
+        return Target(layers={})
+    what = type(config).method or "compressible"
+    layers = select_layers(model, getattr(config, "layers", None), kinds=kinds, what=what,
+                           exclude=getattr(config, "exclude", None) or ())
+    values: dict[str, dict[str, Any]] = {}
+    for field in per_layer_fields(type(config)):
+        setting = getattr(config, field)
+        if not isinstance(setting, Mapping):
+            values[field] = {n: setting for n in layers}
+            continue
+        for key in setting:
+            if key != "*" and not any(matches(n, key) for n in layers):
+                raise ModelError(f"{what}: {field} names {key!r}, which matches none of the selected layers; "
+                                 f"they are: {names_line(layers)}")
+        found = {n: pick(setting, n) for n in layers}
+        layers = {n: m for n, m in layers.items() if found[n][0]}
+        values[field] = {n: v for n, (ok, v) in found.items() if ok}
+    for field in values:
+        values[field] = {n: v for n, v in values[field].items() if n in layers}
+    if not layers:
+        raise ModelError(f"{what}: the settings leave no layer to compress; check layers, exclude and the "
+                         "per-layer mappings")
+    return Target(layers=layers, values=values)
 
 
 def strip_parametrizations(module: nn.Module, name: str = "weight") -> None:
@@ -92,40 +174,32 @@ def strip_parametrizations(module: nn.Module, name: str = "weight") -> None:
             params[key] = params.pop(key)  # re-insert in torch's usual order
 
 
-#: Learning rate of a method's fine-tuning when its FineTune leaves ``lr`` unset.
-FINETUNE_LR = 0.01
-
-
 def require_data(data: Any, method: str) -> None:
     """Raise ConfigError unless ``data`` was given: ``method`` fine-tunes (call this before changing the model)."""
     if data is None:
         raise ConfigError(
-            f"{method}: fine-tuning needs data; pass data=<DataBundle> to compress() or set finetune to null"
+            f"{method}: fine-tuning needs data; pass data=<DataBundle or DataLoader> to compress() or set finetune "
+            "to null"
         )
 
 
-def run_finetune(
-    model: nn.Module,
-    data: Any,
-    finetune: Any,
-    method: str,
-    step_hooks: Iterable[Callable[[nn.Module, int, int], None]] = (),
-) -> nn.Module:
-    """Fine-tune ``model`` in place with :func:`compactnn.train.fit` as a method's ``FineTune`` settings say.
+def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
+                 step_hooks: Iterable[Callable[[nn.Module, int, int], None]] = (), **fit_args: Any) -> nn.Module:
+    """Fine-tune ``model`` in place with :func:`compactnn.train.fit` as a method's :class:`FineTune` says.
 
     Args:
         model: the model being compressed (possibly with masks or codebooks parametrizing its weights).
-        data: the :class:`compactnn.data.DataBundle` to train on; ``None`` is a ConfigError naming ``method``.
-        finetune: a :class:`compactnn.config.FineTune`; its unset ``lr`` becomes 0.01 (fine-tuning, not training).
+        data: the data to train on (a DataBundle, Dataset or DataLoader); ``None`` is a ConfigError naming ``method``.
+        finetune: a :class:`compactnn.config.FineTune`; its unset fields take ``fit``'s defaults, ``lr`` 0.01.
         method: the method's registry name, for the error message.
         step_hooks: ``hook(model, step, total_steps)`` callables run after every optimizer step.
+        fit_args: further keyword arguments for ``fit`` (e.g. ``loss_fn``).
     """
     require_data(data, method)
     from .train import fit
 
-    kwargs = {"lr": FINETUNE_LR, **finetune.fit_kwargs()}
-    return fit(model, data, step_hooks=tuple(step_hooks), **kwargs)
+    return fit(model, data, step_hooks=tuple(step_hooks), **{**finetune.fit_kwargs(), **fit_args})
 
 
-__all__ = ["WEIGHT_LAYERS", "weight_layers", "select_layers", "strip_parametrizations", "run_finetune", "require_data",
-           "FINETUNE_LR"]
+__all__ = ["WEIGHT_LAYERS", "Target", "resolve", "weight_layers", "select_layers", "matches", "pick", "names_line",
+           "strip_parametrizations", "run_finetune", "require_data"]

@@ -22,87 +22,87 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 
-from .config import FineTune, MethodConfig, build, from_dict
+from .api import from_dict
+from .config import Checked, FineTune, MethodConfig, Range, Seed, build, short
 from .errors import ConfigError, OutputError
 from .files import public_mode
 
 
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(Checked):
     """Which data set to load; ``root`` overrides where its files are looked for."""
 
+    label = "data"
     name: str = "digits"
     root: str | None = None
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(Checked):
     """Which registry model to build; ``args`` are passed to its factory."""
 
+    label = "model"
     name: str
     args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class TrainSpec:
-    """Settings for training the reference model, as :func:`compactnn.train.fit` takes them."""
-
-    epochs: int = 10
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    batch_size: int = 128
-
-
-@dataclass(frozen=True)
-class ReportSpec:
+class ReportSpec(Checked):
     """What the report measures besides sizes: latency at batch 1 and 256 (median of ``repeats`` runs)."""
 
+    label = "report"
     latency: bool = True
-    repeats: int = 20
+    repeats: Annotated[int, Range(1, 10_000)] = 20
+
+
+#: The recipe's ``train:`` when the recipe does not say: :func:`compactnn.train.fit`'s defaults.
+DEFAULT_TRAIN = FineTune(epochs=10, lr=0.1)
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """A whole job. ``model`` is required; ``train`` may be null to compress an untrained model (smoke runs)."""
+class Recipe(Checked):
+    """A whole job. ``model`` is required; ``train`` may be null to compress an untrained model (smoke runs).
 
+    ``train`` is a :class:`FineTune`: the reference model's training, whose settings also fill every stage's unset
+    fine-tuning fields (:meth:`FineTune.inherit`). ``seed`` seeds the model's initial weights and its training.
+    """
+
+    label = "recipe"
     model: ModelSpec
     data: DataSpec = DataSpec()
-    train: TrainSpec | None = TrainSpec()
+    train: FineTune | None = DEFAULT_TRAIN
     stages: tuple[MethodConfig, ...] = ()
     report: ReportSpec = ReportSpec()
-    seed: int = 0
+    seed: Seed = 0
 
 
-_INHERITED = ("optimizer", "schedule", "batch_size", "weight_decay")
-
-
-def _inherit_train(config: MethodConfig, train: TrainSpec | None) -> MethodConfig:
-    """Fill a stage's unset ``finetune`` fields (optimizer, schedule, batch size, weight decay) from ``train``."""
-    ft = getattr(config, "finetune", None)
-    if train is None or not isinstance(ft, FineTune):
+def _inherit_train(config: MethodConfig, train: FineTune | None) -> MethodConfig:
+    """Fill the unset fields of every FineTune of a stage from the recipe's ``train`` (see FineTune.inherit)."""
+    if train is None:
         return config
-    fills = {k: getattr(train, k) for k in _INHERITED if getattr(ft, k) is None}
-    return dataclasses.replace(config, finetune=dataclasses.replace(ft, **fills)) if fills else config
+    fills = {f.name: getattr(config, f.name).inherit(train) for f in dataclasses.fields(config)
+             if isinstance(getattr(config, f.name), FineTune)}
+    return dataclasses.replace(config, **fills) if fills else config
 
 
 def parse_recipe(values: Any, where: str = "recipe") -> Recipe:
     """Build a :class:`Recipe` from parsed YAML, with one-line errors for every malformed part."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping with keys data, model, train, stages; got {values!r:.60}")
+        raise ConfigError(f"{where}: expected a mapping with keys data, model, train, stages; got {short(values)}")
     values = dict(values)
     stages = values.pop("stages", [])
     if not isinstance(stages, list):
-        raise ConfigError(f"{where}.stages: expected a list of {{method: ...}} mappings, got {stages!r:.60}")
-    recipe = build(Recipe, values, where)
+        raise ConfigError(f"{where}: stages: expected a list of {{method: ...}} mappings, got {short(stages)}")
+    try:
+        recipe = build(Recipe, values, "")
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
     configs = tuple(
-        _inherit_train(from_dict(s, f"{where}.stages[{i}]"), recipe.train) for i, s in enumerate(stages)
+        _inherit_train(from_dict(s, f"{where} stages[{i}]"), recipe.train) for i, s in enumerate(stages)
     )
     return dataclasses.replace(recipe, stages=configs)
 
@@ -157,12 +157,13 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
     out = check_output_dir(out, force)
     torch.manual_seed(recipe.seed)
     bundle = cn_data.load(recipe.data.name, root=recipe.data.root)
-    model = models.create(recipe.model.name, data=bundle, **recipe.model.args)
+    model = models.create(recipe.model.name, data=bundle, seed=recipe.seed, **recipe.model.args)
     if recipe.train is not None:
-        model = train.fit(model, bundle, seed=recipe.seed, quiet=quiet, **dataclasses.asdict(recipe.train))
+        settings = {k: v for k, v in dataclasses.asdict(recipe.train).items() if v is not None}
+        model = train.fit(model, bundle, **{"seed": recipe.seed, **settings}, quiet=quiet)
 
-    latency = recipe.report.latency
-    before = report.summarize(model, bundle, latency=latency, name=recipe.model.name)
+    latency, repeats = recipe.report.latency, recipe.report.repeats
+    before = report.summarize(model, bundle, latency=latency, repeats=repeats, name=recipe.model.name)
     stages, current = [], model
     for config in recipe.stages:
         start = time.perf_counter()
@@ -170,7 +171,8 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
         seconds = time.perf_counter() - start
         acc = train.evaluate(current, bundle)["accuracy"]
         stages.append({"method": type(config).method, "seconds": round(seconds, 3), "accuracy": acc})
-    after = report.summarize(current, bundle, baseline=before, latency=latency, name=recipe.model.name)
+    after = report.summarize(current, bundle, baseline=before, latency=latency, repeats=repeats,
+                             name=recipe.model.name)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

@@ -49,7 +49,8 @@ def test_digits_is_deterministic(digits):
 
 
 def test_list_datasets_names_and_descriptions():
-    listed = cd.list_datasets()
+    assert cd.list_datasets() == sorted(cd.list_datasets()) and cd.list_datasets("mnist*") == ["mnist"]
+    listed = cd.describe_datasets()
     assert {"digits", "fashion-mnist", "mnist", "cifar10"} <= set(listed)
     assert all(isinstance(v, str) and v and "\n" not in v for v in listed.values())
     assert list(listed) == sorted(listed)
@@ -75,7 +76,7 @@ def test_register_dataset_adds_a_loader(monkeypatch):
         ds = cd.ArrayDataset(torch.zeros(2, 1, 2, 2), torch.tensor([0, 1]))
         return cd.DataBundle("tiny", ds, ds, 2, (1, 2, 2))
 
-    assert cd.list_datasets()["tiny"] == "two examples"
+    assert cd.describe_datasets()["tiny"] == "two examples"
     assert cd.load("tiny", root="/x", download=False).num_classes == 2
     assert seen == {"root": "/x", "download": False}
     with pytest.raises(TypeError, match="registered twice"):

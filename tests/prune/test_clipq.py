@@ -7,10 +7,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import compactnn as cn
-from compactnn.config import FineTune, from_dict, to_dict
+from compactnn.api import from_dict
+from compactnn.config import FineTune, to_dict
 from compactnn.errors import ConfigError, ModelError
-from compactnn.prune.clipq import (ClipQ, ClipQuantize, clip_quantize, clip_quantize_ste, clip_quantized,
-                                   clip_thresholds, fixed_settings, stored_bits)
+from compactnn.prune.clipq import ClipQ, clip_quantized
+from compactnn.prune.clipq_ops import (ClipQuantize, clip_quantize, clip_quantize_ste,
+                                   clip_thresholds, stored_bits)
+from compactnn.layers import resolve
 
 
 def test_clip_thresholds_count_per_sign_on_hand_example():
@@ -105,7 +108,7 @@ def trained():
 def test_finetuned_model_is_baked_plain_and_keeps_accuracy(trained):
     model, bundle = trained
     dense = cn.train.evaluate(model, bundle)["accuracy"]
-    cfg = ClipQ(p={"1": 0.8, "3": 0.5}, bits={"1": 2, "3": 3}, finetune=FineTune(epochs=3, lr=0.01))
+    cfg = ClipQ(sparsity={"1": 0.8, "3": 0.5}, bits={"1": 2, "3": 3}, finetune=FineTune(epochs=3, lr=0.01))
     small = cn.compress(model, cfg, data=bundle)
     for name, bits in (("1", 2), ("3", 3)):
         layer = small.get_submodule(name)
@@ -115,13 +118,13 @@ def test_finetuned_model_is_baked_plain_and_keeps_accuracy(trained):
     assert list(small.state_dict()) == list(model.state_dict())
     assert float((small[1].weight == 0).float().mean()) == pytest.approx(0.8, abs=0.02)
     assert cn.train.evaluate(small, bundle)["accuracy"] >= dense - 0.05
-    direct = cn.compress(model, ClipQ(p={"1": 0.8, "3": 0.5}, bits={"1": 2, "3": 3}, finetune=None))
+    direct = cn.compress(model, ClipQ(sparsity={"1": 0.8, "3": 0.5}, bits={"1": 2, "3": 3}, finetune=None))
     assert torch.equal(direct[1].weight, clip_quantize(model[1].weight, 0.8, 2))  # no fine-tuning: Q applied once
 
 
 def test_stored_bits_equal_the_packed_files_bytes(trained):
     model, _ = trained
-    small = cn.compress(model, ClipQ(p=0.7, bits=3, finetune=None))
+    small = cn.compress(model, ClipQ(sparsity=0.7, bits=3, finetune=None))
     exact = cn.pack.tensor_bytes(small, level=0)
     zipped = cn.pack.tensor_bytes(small, level=19)
     for key in ("1.weight", "3.weight"):
@@ -141,8 +144,9 @@ def test_context_manager_bakes_even_on_error():
     assert layer.weight[layer.weight != 0].unique().numel() <= 3
 
 
-@pytest.mark.parametrize("kwargs", [dict(p=1.0), dict(p=-0.1), dict(p={"1": 1.5}), dict(bits=0), dict(bits=17),
-                                    dict(target_ratio=1.0), dict(target_ratio=0.0), dict(p_range=(0.5, 1.0)),
+@pytest.mark.parametrize("kwargs", [dict(sparsity=1.0), dict(sparsity=-0.1), dict(sparsity={"1": 1.5}), dict(bits=0),
+                                    dict(bits=17), dict(ratio=0.5), dict(ratio=0.0), dict(sparsity_range=(0.5, 1.0)),
+                                    dict(p=0.5), dict(target_ratio=0.1),
                                     dict(bits_range=(4, 2)), dict(heldout=1.0), dict(trials=0), dict(lam=-1.0),
                                     dict(sampler="cma"), dict(storage="study.db")])
 def test_bad_config_is_a_config_error(kwargs):
@@ -152,18 +156,20 @@ def test_bad_config_is_a_config_error(kwargs):
 
 def test_unknown_layer_is_a_model_error(trained):
     model, bundle = trained
-    with pytest.raises(ModelError, match="unknown layer.*fc9"):
-        cn.compress(model, ClipQ(p={"fc9": 0.5}, finetune=None))
+    with pytest.raises(ModelError, match="sparsity names 'fc9', which matches none"):
+        cn.compress(model, ClipQ(sparsity={"fc9": 0.5}, finetune=None))
     with pytest.raises(ModelError, match="matches no"):
         cn.compress(model, ClipQ(layers=("fc*",), finetune=None))
     with pytest.raises(ConfigError, match="needs data"):
-        cn.compress(model, ClipQ(p=0.5))
+        cn.compress(model, ClipQ(sparsity=0.5))
 
 
-def test_config_round_trips_through_dict_and_fills_missing_layers():
-    cfg = from_dict({"method": "clip-q", "p": {"1": 0.9}, "bits": 3, "p_range": [0.6, 0.95]})
-    assert isinstance(cfg, ClipQ) and cfg.p == {"1": 0.9} and cfg.p_range == (0.6, 0.95)
+def test_config_round_trips_and_per_layer_values_resolve():
+    cfg = from_dict({"method": "clip-q", "sparsity": {"1": 0.9, "*": 0.5}, "bits": 3, "sparsity_range": [0.6, 0.95]})
+    assert isinstance(cfg, ClipQ) and cfg.sparsity == {"1": 0.9, "*": 0.5} and cfg.sparsity_range == (0.6, 0.95)
     assert from_dict(to_dict(cfg)) == cfg
-    layers = {"1": nn.Linear(2, 2), "3": nn.Linear(2, 2)}
-    assert fixed_settings(cfg, layers) == {"1": (0.9, 3), "3": (0.9, 3)}
-    assert fixed_settings(ClipQ(p=0.6, bits={"3": 5}), layers) == {"1": (0.6, 4), "3": (0.6, 5)}
+    model = nn.Sequential(nn.Flatten(), nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2))
+    target = resolve(model, cfg)
+    assert target.values == {"sparsity": {"1": 0.9, "3": 0.5}, "bits": {"1": 3, "3": 3}}
+    only = resolve(model, ClipQ(sparsity=0.6, bits={"3": 5}))  # a layer no key names is left alone
+    assert list(only.layers) == ["3"] and only.values == {"sparsity": {"3": 0.6}, "bits": {"3": 5}}

@@ -12,7 +12,8 @@ from torch import nn
 
 import compactnn as cn
 from compactnn.errors import ConfigError
-from compactnn.prune.clipq import ClipQ, clip_quantize, stored_bits
+from compactnn.prune.clipq import ClipQ
+from compactnn.prune.clipq_ops import clip_quantize, stored_bits
 from compactnn.prune.clipq_search import open_study, search
 
 
@@ -29,7 +30,7 @@ def trained():
 def test_search_respects_the_target_and_scores_exactly(trained, sampler):
     model, bundle = trained
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = ClipQ(search=True, trials=13, target_ratio=0.08, lam=0.2, p_range=(0.3, 0.95), bits_range=(2, 5),
+    cfg = ClipQ(search=True, trials=13, ratio=12.5, lam=0.2, sparsity_range=(0.3, 0.95), bits_range=(2, 5),
                 sampler=sampler)
     result = search(model, cfg, bundle, quiet=True)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the model is not changed
@@ -37,7 +38,7 @@ def test_search_respects_the_target_and_scores_exactly(trained, sampler):
     total = sum(32 * m.weight.numel() for m in layers.values())
     bits = {n: stored_bits(clip_quantize(m.weight, *result.settings[n])) for n, m in layers.items()}
     assert bits == result.bits and sum(bits.values()) <= 0.08 * total  # recomputed from the settings: within target
-    assert result.ratio == pytest.approx(sum(bits.values()) / total)
+    assert result.ratio == pytest.approx(total / sum(bits.values()))
     for p, b in result.settings.values():
         assert 0.3 <= p <= 0.95 and 2 <= b <= 5
     done = [t for t in result.study.trials if t.value is not None]
@@ -50,14 +51,14 @@ def test_search_respects_the_target_and_scores_exactly(trained, sampler):
     assert min(t.value for t in feasible) == pytest.approx(
         result.error - 0.2 * (total - sum(result.bits.values())) / total)
     _, held = bundle.split_train(0.1, seed=0)  # the error is measured on the held-out rows
-    work = cn.compress(model, ClipQ(p={n: s[0] for n, s in result.settings.items()},
+    work = cn.compress(model, ClipQ(sparsity={n: s[0] for n, s in result.settings.items()},
                                     bits={n: s[1] for n, s in result.settings.items()}, finetune=None))
     assert 1 - cn.train.evaluate(work, held)["accuracy"] == pytest.approx(result.error)
 
 
 def test_handler_with_search_applies_the_chosen_settings(trained):
     model, bundle = trained
-    cfg = ClipQ(search=True, trials=6, target_ratio=0.1, sampler="tpe", finetune=None, seed=3)
+    cfg = ClipQ(search=True, trials=6, ratio=10.0, sampler="tpe", finetune=None, seed=3)
     result = search(model, cfg, bundle, quiet=True)
     small = cn.compress(model, cfg, data=bundle)
     for n in ("1", "3"):
@@ -67,8 +68,8 @@ def test_handler_with_search_applies_the_chosen_settings(trained):
 
 def test_unreachable_target_and_foreign_study_are_config_errors(trained, tmp_path):
     model, bundle = trained
-    with pytest.raises(ConfigError, match="none of the 3 trials meets target_ratio"):
-        search(model, ClipQ(search=True, trials=3, target_ratio=0.001, p_range=(0.0, 0.2), sampler="tpe"), bundle,
+    with pytest.raises(ConfigError, match="none of the 3 trials meets ratio"):
+        search(model, ClipQ(search=True, trials=3, ratio=1000.0, sparsity_range=(0.0, 0.2), sampler="tpe"), bundle,
                quiet=True)
     url = f"sqlite:///{tmp_path / 'study.db'}"
     search(model, ClipQ(search=True, trials=2, storage=url, sampler="tpe"), bundle, quiet=True)

@@ -9,13 +9,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import compactnn as cn
-from compactnn.config import from_dict, to_dict
+from compactnn.api import from_dict
+from compactnn.config import FineTune, to_dict
 from compactnn.errors import ConfigError, ModelError
 from compactnn.prune import MagnitudePrune, csteps
 from compactnn.prune.lc import (LC, epochs_schedule, layer_budget, lc_penalty, lr_schedule, make_loss_fn,
                                 mu_schedule, run_lc, update_multipliers)
 
-FAST = dict(steps=2, epochs_per_step=1, first_epochs=1, batch_size=64, mu0=1e-3, mu_factor=2.0)
+FAST = dict(steps=2, finetune=FineTune(epochs=1, batch_size=64), first_epochs=1, mu0=1e-3, mu_factor=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +62,15 @@ def test_loss_fn_is_cross_entropy_plus_shifted_penalty(trained, digits):
 
 
 def test_schedules():
-    cfg = LC(keep=0.1, steps=4, mu0=1e-3, mu_factor=1.5, lr=0.2, lr_decay=0.5, epochs_per_step=3, first_epochs=7)
+    cfg = LC(sparsity=0.9, steps=4, mu0=1e-3, mu_factor=1.5, finetune=FineTune(lr=0.2, epochs=3), lr_decay=0.5,
+             first_epochs=7)
     assert mu_schedule(cfg) == pytest.approx([1e-3, 1.5e-3, 2.25e-3, 3.375e-3])
     assert lr_schedule(cfg) == pytest.approx([0.2, 0.1, 0.05, 0.025])
     assert epochs_schedule(cfg) == [7, 3, 3, 3]
-    assert epochs_schedule(LC(keep=0.1, steps=2, epochs_per_step=3, first_epochs=None)) == [3, 3]
-    default = LC(keep=0.05)  # the toolkit's LeNet300 schedule
+    assert epochs_schedule(LC(sparsity=0.9, steps=2, finetune=FineTune(epochs=3), first_epochs=None)) == [3, 3]
+    default = LC(sparsity=0.95)  # the toolkit's LeNet300 schedule
     assert len(mu_schedule(default)) == 40 and mu_schedule(default)[-1] == pytest.approx(9e-5 * 1.1 ** 39)
-    assert epochs_schedule(default)[:2] == [40, 20] and default.nesterov and default.batch_size == 256
+    assert epochs_schedule(default)[:2] == [40, 20] and default.finetune.nesterov and default.finetune.batch_size == 256
 
 
 def test_loop_wiring_with_a_frozen_l_step(trained, monkeypatch):
@@ -76,7 +78,7 @@ def test_loop_wiring_with_a_frozen_l_step(trained, monkeypatch):
     calls = []
     monkeypatch.setattr(cn.train, "fit", lambda model, data, **kw: calls.append(kw) or model)
     model = copy.deepcopy(trained)
-    cfg = LC(keep=0.1, steps=2, mu0=0.01, mu_factor=3.0, epochs_per_step=2, first_epochs=5)
+    cfg = LC(sparsity=0.9, steps=2, mu0=0.01, mu_factor=3.0, finetune=FineTune(epochs=2), first_epochs=5)
     out, history = run_lc(model, cfg, data=object(), quiet=True)
     names = list(linears(trained))
     w = [trained.get_submodule(n).weight.detach() for n in names]
@@ -93,7 +95,7 @@ def test_loop_wiring_with_a_frozen_l_step(trained, monkeypatch):
 
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_zero_steps_is_magnitude_pruning(trained, scope):
-    lc_model = cn.compress(trained, LC(keep=0.05, scope=scope, steps=0))
+    lc_model = cn.compress(trained, LC(sparsity=0.95, scope=scope, steps=0))
     mp = cn.compress(trained, MagnitudePrune(sparsity=0.95, scope=scope, finetune=None))
     for a, b in zip(lc_model.state_dict().values(), mp.state_dict().values()):
         assert torch.equal(a, b)
@@ -110,7 +112,7 @@ def run(trained, digits, **kw):
 
 
 def test_l0_exact_global_budget_and_plain_module(trained, digits):
-    out = run(trained, digits, keep=0.05)
+    out = run(trained, digits, sparsity=0.95)
     total = sum(m.weight.numel() for m in linears(out).values())
     budget = layer_budget(out)
     assert sum(b["kept"] for b in budget.values()) == round(0.05 * total)
@@ -120,7 +122,7 @@ def test_l0_exact_global_budget_and_plain_module(trained, digits):
 
 
 def test_l0_layer_scope_and_selected_layers(trained, digits):
-    out = run(trained, digits, keep=0.2, scope="layer", layers=("1", "3"))
+    out = run(trained, digits, sparsity=0.8, scope="layer", layers=("1", "3"))
     budget = layer_budget(out)
     assert budget["1"]["kept"] == round(0.2 * 64 * 96) and budget["3"]["kept"] == round(0.2 * 96 * 48)
     assert torch.equal(out.get_submodule("5").weight.count_nonzero(), torch.tensor(480))  # not selected
@@ -157,23 +159,23 @@ def test_penalty_forms_and_codebook_plus_sparse(trained, digits):
     out = run(trained, digits, compression="l0-penalty", alpha=1e-5)
     thr = (2 * 1e-5 / (FAST["mu0"] * FAST["mu_factor"])) ** 0.5  # last μ's hard threshold
     assert all(bool((m.weight.abs()[m.weight != 0] > thr * 0.999).all()) for m in linears(out).values())
-    out = run(trained, digits, compression="codebook+l0", k=2, sparse_keep=0.02)
+    out = run(trained, digits, compression="codebook+l0", k=2, correction_sparsity=0.98)
     total = sum(m.weight.numel() for m in linears(out).values())
     distinct = sum(m.weight.unique().numel() for m in linears(out).values())
     assert distinct <= 2 * 3 + round(0.02 * total)
 
 
 def test_quadratic_penalty_keeps_lambda_zero(trained, digits):
-    _, hist = run_lc(copy.deepcopy(trained), LC(keep=0.05, multipliers=False, **FAST), digits, quiet=True)
+    _, hist = run_lc(copy.deepcopy(trained), LC(sparsity=0.95, multipliers=False, **FAST), digits, quiet=True)
     assert all(h["lambda_norm"] == 0.0 for h in hist)
-    _, hist = run_lc(copy.deepcopy(trained), LC(keep=0.05, **FAST), digits, quiet=True)
+    _, hist = run_lc(copy.deepcopy(trained), LC(sparsity=0.95, **FAST), digits, quiet=True)
     assert hist[-1]["lambda_norm"] > 0
 
 
 def test_lc_beats_direct_compression_and_packs_smaller(trained, digits, tmp_path):
-    direct = cn.compress(trained, LC(keep=0.05, steps=0))
-    lc_model = cn.compress(trained, LC(keep=0.05, steps=8, epochs_per_step=2, first_epochs=2, batch_size=64,
-                                       mu0=1e-3, mu_factor=1.5), data=digits)
+    direct = cn.compress(trained, LC(sparsity=0.95, steps=0))
+    lc_model = cn.compress(trained, LC(sparsity=0.95, steps=8, finetune=FineTune(epochs=2, batch_size=64),
+                                       first_epochs=2, mu0=1e-3, mu_factor=1.5), data=digits)
     acc_direct = cn.train.evaluate(direct, digits)["accuracy"]
     acc_lc = cn.train.evaluate(lc_model, digits)["accuracy"]
     assert acc_lc >= acc_direct and acc_lc > 0.85
@@ -186,10 +188,11 @@ def test_lc_beats_direct_compression_and_packs_smaller(trained, digits, tmp_path
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(keep=0.0), dict(keep=1.5), dict(keep=-0.1), dict(), dict(compression="l1"), dict(compression="l0-penalty"),
-    dict(compression="low-rank"), dict(compression="codebook", k=0), dict(compression="codebook+l0", sparse_keep=1.0),
-    dict(keep=0.1, scope="both"), dict(keep=0.1, steps=-1), dict(keep=0.1, mu0=0.0), dict(compression="huffman"),
-    dict(compression="l1", kappa=2.0), dict(keep=0.1, layers=()),
+    dict(sparsity=1.0), dict(sparsity=1.5), dict(sparsity=-0.1), dict(), dict(compression="l1"),
+    dict(compression="l0-penalty"), dict(compression="low-rank"), dict(compression="codebook", k=0),
+    dict(compression="codebook+l0", correction_sparsity=1.0), dict(sparsity=0.9, scope="both"),
+    dict(sparsity=0.9, steps=-1), dict(sparsity=0.9, mu0=0.0), dict(compression="huffman"),
+    dict(compression="l1", kappa=2.0), dict(keep=0.1), dict(sparsity=0.9, lr=0.1), dict(sparsity=0.9, layers=()),
 ])
 def test_bad_config(kwargs):
     with pytest.raises(ConfigError):
@@ -198,14 +201,17 @@ def test_bad_config(kwargs):
 
 def test_errors_from_model_and_data(trained):
     with pytest.raises(ModelError, match="nope"):
-        cn.compress(trained, LC(keep=0.1, layers=("nope",)))
+        cn.compress(trained, LC(sparsity=0.9, layers=("nope",)))
     with pytest.raises(ConfigError, match="data"):
-        cn.compress(trained, LC(keep=0.1, steps=1))
-    assert LC(keep=1.0).keep == 1.0  # pruning ratio 0 is allowed
+        cn.compress(trained, LC(sparsity=0.9, steps=1))
+    assert LC(sparsity=0.0).sparsity == 0.0  # pruning nothing is allowed
 
 
 def test_config_round_trip():
-    cfg = from_dict({"method": "lc", "keep": 0.05, "layers": ["fc*"], "steps": 3})
-    assert cfg == LC(keep=0.05, layers=("fc*",), steps=3) and from_dict(to_dict(cfg)) == cfg
+    cfg = from_dict({"method": "lc", "sparsity": 0.95, "layers": ["fc*"], "steps": 3, "finetune": {"epochs": 2}})
+    assert cfg == LC(sparsity=0.95, layers=("fc*",), steps=3, finetune=FineTune(epochs=2))
+    assert from_dict(to_dict(cfg)) == cfg and cfg.finetune.lr == 0.1  # unset fields keep the toolkit's values
     with pytest.raises(ConfigError):
-        from_dict({"method": "lc", "keep": 0.05, "kapa": 1})
+        from_dict({"method": "lc", "sparsity": 0.95, "kapa": 1})
+    with pytest.raises(ConfigError, match="renamed: use sparsity = 1 - keep"):
+        from_dict({"method": "lc", "keep": 0.05})

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import compactnn as cn
-from compactnn.config import FineTune, from_dict
+from compactnn.api import from_dict
+from compactnn.config import FineTune
 from compactnn.errors import ConfigError, ModelError
 from compactnn.models.resnet import Add
 from compactnn.prune.graph import build_graph
@@ -170,7 +171,7 @@ def test_nisp_keeps_top_inf_fs_neurons_of_the_final_response_layer():
     bundle = cn.data.load("digits")
     torch.manual_seed(0)
     m = cn.models.create("lenet300", data=bundle, hidden=(12, 8))
-    cfg = NISP(ratio={"fc2": 0.5}, samples=200, finetune=None)
+    cfg = NISP(sparsity={"fc2": 0.5}, samples=200, finetune=None)
     p = cn.compress(m, cfg, data=bundle)
     assert (p.fc1.out_features, p.fc2.out_features, p.fc3.in_features) == (12, 4, 4)
     x = bundle.train.subset(200).x
@@ -184,7 +185,7 @@ def test_nisp_end_to_end_resnet_and_finetune():
     bundle.train = bundle.train.subset(300)
     torch.manual_seed(0)
     m = cn.models.create("resnet20", data=bundle)
-    p = cn.compress(m, NISP(ratio=0.5, samples=100, finetune=FineTune(epochs=1, batch_size=100)), data=bundle)
+    p = cn.compress(m, NISP(sparsity=0.5, samples=100, finetune=FineTune(epochs=1, batch_size=100)), data=bundle)
     assert p.conv1.out_channels == 8 and p.layer3[2].conv2.out_channels == 32 and p.fc.in_features == 32
     assert sum(q.numel() for q in p.parameters()) < 0.3 * sum(q.numel() for q in m.parameters())
     assert cn.train.evaluate(p, bundle)["accuracy"] > 0.0
@@ -194,19 +195,19 @@ def test_nisp_end_to_end_resnet_and_finetune():
 def test_nisp_config_errors():
     for bad in (1.0, -0.2):
         with pytest.raises(ConfigError, match=r"\[0, 1\)"):
-            NISP(ratio=bad)
+            NISP(sparsity=bad)
     with pytest.raises(ConfigError):
-        NISP(ratio={"conv1": 1.2})
+        NISP(sparsity={"conv1": 1.2})
     with pytest.raises(ConfigError, match="alpha"):
-        NISP(ratio=0.3, alpha=2.0)
-    cfg = from_dict({"method": "nisp", "ratio": {"layer1.*": 0.3}, "finetune": None})
-    assert isinstance(cfg, NISP) and cfg.ratio == {"layer1.*": 0.3}
+        NISP(sparsity=0.3, alpha=2.0)
+    cfg = from_dict({"method": "nisp", "sparsity": {"layer1.*": 0.3}, "finetune": None})
+    assert isinstance(cfg, NISP) and cfg.sparsity == {"layer1.*": 0.3}
     bundle = cn.data.load("digits")
     m = cn.models.create("lenet5", data=bundle)
     with pytest.raises(ConfigError, match="needs data"):
-        cn.compress(m, NISP(ratio=0.3))
+        cn.compress(m, NISP(sparsity=0.3))
     with pytest.raises(ModelError, match="'convX'"):
-        cn.compress(m, NISP(ratio={"convX": 0.3}, finetune=None), data=bundle)
+        cn.compress(m, NISP(sparsity={"convX": 0.3}, finetune=None), data=bundle)
     with pytest.raises(ModelError, match="Linear"):
         g = build_graph(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 5, 5))
         final_response_node(g)

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import compactnn as cn
-from compactnn.config import FineTune, from_dict, to_dict
+from compactnn.api import from_dict
+from compactnn.config import FineTune, to_dict
 from compactnn.errors import ConfigError, ModelError
 from compactnn.prune import MagnitudePrune, magnitude_masks
 

@@ -9,8 +9,10 @@ from torch import nn
 import compactnn as cn
 from compactnn.errors import ConfigError, ModelError
 from compactnn.prune.graph import build_graph
-from compactnn.prune.surgery import (keep_by_scores, keep_count, prune_channels, ratio_for_macs, removed_roots,
-                                     resolve_ratios, total_macs, zero_channels)
+from compactnn.layers import resolve
+from compactnn.prune import L1Filter
+from compactnn.prune.structured import keep_top, selected_groups, uniform_counts
+from compactnn.prune.surgery import keep_count, prune_channels, removed_roots, total_macs, zero_channels
 
 
 class CatNet(nn.Module):
@@ -116,19 +118,21 @@ def test_depthwise_pruned_keeps_groups_equal_channels():
     assert p.c.in_channels == 3
 
 
-def test_ratio_and_name_errors():
-    g = build_graph(_model("lenet5"))
+def test_sparsity_and_name_errors():
+    m = _model("lenet5")
+    g = build_graph(m)
     for bad in (1.0, -0.1, 1.5, "0.5", True):
         with pytest.raises(ConfigError, match=r"\[0, 1\)"):
-            resolve_ratios(g, bad)
+            L1Filter(sparsity=bad)
     with pytest.raises(ConfigError):
-        resolve_ratios(g, {"conv1": 1.0})
+        L1Filter(sparsity={"conv1": 1.0})
     with pytest.raises(ModelError, match="'nope'.*conv1"):
-        resolve_ratios(g, {"nope": 0.5})
+        resolve(m, L1Filter(sparsity={"nope": 0.5}))
     with pytest.raises(ModelError, match="model output"):
-        resolve_ratios(g, {"fc2": 0.5})
-    assert resolve_ratios(g, {"conv*": 0.25, "fc1": 0.5}) == {"conv1": 0.25, "conv2": 0.25, "fc1": 0.5}
-    assert resolve_ratios(g, 0.3) == {"conv1": 0.3, "conv2": 0.3, "fc1": 0.3}
+        selected_groups(g, resolve(m, L1Filter(sparsity={"fc2": 0.5})), "l1-filter")
+    cfg = L1Filter(sparsity={"conv*": 0.25, "fc1": 0.5})
+    assert selected_groups(g, resolve(m, cfg), "l1") == {"conv1": 0.25, "conv2": 0.25, "fc1": 0.5}
+    assert selected_groups(g, resolve(m, L1Filter(sparsity=0.3)), "l1") == {"conv1": 0.3, "conv2": 0.3, "fc1": 0.3}
     with pytest.raises(ModelError, match="no channel group 'bogus'"):
         prune_channels(_model("lenet5"), g, {"bogus": [0]})
     with pytest.raises(ModelError, match="input or output"):
@@ -138,20 +142,21 @@ def test_ratio_and_name_errors():
             removed_roots(g, {"conv1": bad})
 
 
-def test_keep_by_scores_and_counts():
+def test_keep_top_and_counts():
     assert [keep_count(10, r) for r in (0.0, 0.25, 0.5, 0.99)] == [10, 8, 5, 1]
     scores = {"a": torch.tensor([0.5, 3.0, 1.0, 3.0, 0.1])}
-    assert keep_by_scores(scores, {"a": 0.4}) == {"a": [1, 2, 3]}
-    assert keep_by_scores(scores, {"a": 0.8}) == {"a": [1]}  # tie: lower index wins
+    assert keep_top(scores, {"a": keep_count(5, 0.4)}) == {"a": [1, 2, 3]}
+    assert keep_top(scores, {"a": keep_count(5, 0.8)}) == {"a": [1]}  # tie: lower index wins
 
 
-def test_ratio_for_macs_hits_the_uniform_ratio_macs():
+def test_uniform_counts_hit_the_uniform_ratio_macs():
     m = _model("resnet20")
     g = build_graph(m)
     keep = {n: list(range(keep_count(gr.size, 0.3))) for n, gr in g.prunable().items()}
     target = total_macs(prune_channels(copy.deepcopy(m), g, keep), g.input_shape)
-    r = ratio_for_macs(m, target, graph=g, tol=1e-3)
-    keep_r = {n: list(range(keep_count(gr.size, r))) for n, gr in g.prunable().items()}
+    fraction = 1 - target / total_macs(m, g.input_shape)
+    counts = uniform_counts(m, g, list(g.prunable()), fraction, round_to=1, tol=1e-3)
+    keep_r = {n: list(range(c)) for n, c in counts.items()}
     assert total_macs(prune_channels(copy.deepcopy(m), g, keep_r), g.input_shape) == target
 
 
@@ -168,10 +173,10 @@ def test_round_to_in_configs_and_bad_values():
     from compactnn.prune import L1Filter, NISP
 
     with pytest.raises(ConfigError, match="round_to"):
-        NISP(ratio=0.3, round_to=0)
+        NISP(sparsity=0.3, round_to=0)
     with pytest.raises(ConfigError, match="round_to"):
-        L1Filter(ratio=0.3, round_to=2.5)
+        L1Filter(sparsity=0.3, round_to=2.5)
     m = cn.models.create("resnet20", input_shape=(1, 12, 12), num_classes=10)
-    out = cn.compress(m, L1Filter(ratio=0.3, round_to=8, finetune=None))
+    out = cn.compress(m, L1Filter(sparsity=0.3, round_to=8, finetune=None))
     widths = {n: c.out_channels for n, c in out.named_modules() if isinstance(c, nn.Conv2d)}
     assert all(w % 8 == 0 for w in widths.values()), widths

@@ -53,7 +53,7 @@ def test_never_below_brute_force_and_fixed_point_on_random_data(seed):
 def test_same_inertia_as_sklearn_from_the_same_start(init, k):
     x = np.random.default_rng(1).laplace(size=500) * 0.1
     centroids, labels = kmeans_1d(x, k, init, iterations=500, seed=2)
-    from compactnn.quantize.kmeans import _initial_centroids
+    from compactnn.cluster import _initial_centroids
 
     start = _initial_centroids(np.sort(x), k, init, 2)
     sk = KMeans(n_clusters=k, init=start.reshape(-1, 1), n_init=1, max_iter=500, tol=0, algorithm="lloyd").fit(
@@ -65,7 +65,7 @@ def test_same_inertia_as_sklearn_from_the_same_start(init, k):
 
 
 def test_inits_follow_the_paper():
-    from compactnn.quantize.kmeans import _initial_centroids
+    from compactnn.cluster import _initial_centroids
 
     xs = np.sort(np.random.default_rng(0).standard_normal(1000))
     assert np.allclose(_initial_centroids(xs, 5, "linear", 0), np.linspace(xs[0], xs[-1], 5))

@@ -147,7 +147,7 @@ def test_bad_arguments(digits, kwargs, match):
 
 def test_bad_data():
     model = create("lenet300", input_shape=(1, 8, 8))
-    with pytest.raises(DataError, match="DataBundle or an ArrayDataset"):
+    with pytest.raises(DataError, match="a DataBundle, a Dataset or a DataLoader"):
         fit(model, [1, 2, 3], quiet=True)
     with pytest.raises(DataError, match="empty"):
         evaluate(model, ArrayDataset(torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long)))

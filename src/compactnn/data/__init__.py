@@ -6,7 +6,8 @@ the Debian package folder and the user cache, and downloaded (checksum-verified)
 :mod:`compactnn.data.fetch`. New families add a loader with :func:`register_dataset`.
 """
 
-from .bundle import ArrayDataset, DataBundle, dataset_names, list_datasets, load, register_dataset
+from .bundle import ArrayDataset, DataBundle, describe_datasets, list_datasets, load, register_dataset
+from .user import UserData, as_bundle
 from . import cifar, digits, idx  # noqa: F401  (register the built-in data sets)
 from . import moving  # noqa: F401  (registers moving-fashion-mnist)
 from .idx import read_idx, write_idx
@@ -14,8 +15,10 @@ from .idx import read_idx, write_idx
 __all__ = [
     "ArrayDataset",
     "DataBundle",
-    "dataset_names",
+    "describe_datasets",
     "list_datasets",
+    "UserData",
+    "as_bundle",
     "load",
     "register_dataset",
     "read_idx",

@@ -10,6 +10,7 @@ A data set family registers a loader ``f(root=None, download=True) -> DataBundle
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import os
 from typing import Callable, Union
 
@@ -117,6 +118,14 @@ class DataBundle:
     input_shape: tuple[int, int, int]
     classes: list[str] | None = None
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` training inputs, in order (for calibration)."""
+        return self.train.x[:n]
+
+    def examples(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` training inputs drawn at random, each class keeping its share (for importance scores)."""
+        return self.train.subset(n, seed).x
+
     def split_train(self, fraction: float, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
         """Split the training set into ``(train, heldout)``; ``heldout`` gets ``fraction`` of the rows.
 
@@ -159,14 +168,14 @@ def register_dataset(name: str, description: str) -> Callable[[Loader], Loader]:
     return decorate
 
 
-def dataset_names() -> list[str]:
-    """The registered data set names, sorted."""
-    return sorted(_LOADERS)
+def list_datasets(pattern: str = "*") -> list[str]:
+    """Sorted registered data set names matching the shell-style ``pattern``."""
+    return sorted(n for n in _LOADERS if fnmatch.fnmatchcase(n, pattern))
 
 
-def list_datasets() -> dict[str, str]:
-    """``{name: one-line description}`` of every registered data set."""
-    return {name: _DESCRIPTIONS[name] for name in dataset_names()}
+def describe_datasets(pattern: str = "*") -> dict[str, str]:
+    """``{name: one-line description}`` of the registered data sets matching ``pattern``."""
+    return {name: _DESCRIPTIONS[name] for name in list_datasets(pattern)}
 
 
 def load(name: str = "digits", root: PathLike | None = None, download: bool = True) -> DataBundle:
@@ -180,5 +189,5 @@ def load(name: str = "digits", root: PathLike | None = None, download: bool = Tr
     key = str(name).strip().lower().replace("_", "-")
     loader = _LOADERS.get(key)
     if loader is None:
-        raise DataError(f"unknown data set {name!r}; valid data sets are {', '.join(dataset_names())}")
+        raise DataError(f"unknown data set {name!r}; valid data sets are {', '.join(list_datasets())}")
     return loader(root=root, download=download)

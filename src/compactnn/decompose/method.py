@@ -16,9 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..api import register_method
-from ..config import FineTune, MethodConfig, check
+from ..config import FineTune, MethodConfig, NonNegativeInt, Patterns, PerLayer, PositiveInt, Ratio, Seed, check
 from ..errors import ConfigError, ModelError
-from ..layers import require_data, run_finetune, select_layers
+from ..graph import set_module
+from ..layers import Target, require_data, resolve, run_finetune
 from .shapes import check_modes, suggest_modes
 from .trsvd import conv_supported, factorize_conv, factorize_linear
 
@@ -28,12 +29,14 @@ class TensorRing(MethodConfig):
     """Tensor Ring Nets from a trained model (Wang et al., CVPR 2018): TR-SVD + ALS, replace, fine-tune.
 
     Args:
-        rank: one rank for every bond of every factored layer (give ``rank`` or ``ratio``, not both).
+        rank: one rank for every bond of a factored layer (give ``rank`` or ``ratio``, not both); a number or
+            ``{layer pattern: rank}``.
         ratio: target compression of each layer's weight: the largest uniform rank ``R`` whose cores hold at most
             ``weight.numel() / ratio`` numbers (``R^2 (sum in modes + sum out modes)`` for Linear, plus ``kh kw``
-            for Conv2d). Biases are not counted (they stay dense).
+            for Conv2d). Biases are not counted (they stay dense). A number or ``{layer pattern: ratio}``.
         layers: ``fnmatch`` patterns over module names; ``None`` = every Linear and every Conv2d with groups 1 and
-            numeric zero padding (others are skipped; naming one of them is a ModelError).
+            numeric zero padding (others are left alone with a warning; naming one of them is a ModelError).
+        exclude: patterns of layers left alone.
         num_modes: how many modes the in and out features (channels) get when ``in_modes`` / ``out_modes`` do not
             say: ``suggest_modes(features, d)`` with ``d = min(num_modes, number of prime factors)``.
         in_modes: ``{layer name: modes}`` of the input features (Linear) or input channels (Conv2d).
@@ -43,61 +46,34 @@ class TensorRing(MethodConfig):
             allows the ranks, else random cores.
         als_sweeps: ALS sweeps after the start (0 = TR-SVD only; ``init="random"`` needs at least 1).
         seed: seed of the random start.
-        finetune: fine-tuning after the replacement (``None`` = none); its ``lr`` defaults to 0.01.
+        finetune: fine-tuning after the replacement (``None`` = none).
     """
 
     method = "tensor-ring"
     description = "Tensor Ring Nets: TR-SVD + ALS factorization of trained Linear/Conv2d layers, then fine-tuning"
+    kinds = (nn.Linear, nn.Conv2d)
+    example = {"rank": 2, "init": "auto", "als_sweeps": 1, "finetune": {"epochs": 1}}
 
-    rank: int | None = None
-    ratio: float | None = None
-    layers: tuple[str, ...] | None = None
-    num_modes: int = 3
-    in_modes: dict[str, tuple[int, ...]] | None = None
-    out_modes: dict[str, tuple[int, ...]] | None = None
+    rank: PerLayer[PositiveInt] | None = None
+    ratio: PerLayer[Ratio] | None = None
+    layers: Patterns = None
+    exclude: Patterns = None
+    num_modes: PositiveInt = 3
+    in_modes: dict[str, tuple[PositiveInt, ...]] | None = None
+    out_modes: dict[str, tuple[PositiveInt, ...]] | None = None
     init: Literal["svd", "random", "auto"] = "svd"
-    als_sweeps: int = 10
-    seed: int = 0
+    als_sweeps: NonNegativeInt = 10
+    seed: Seed = 0
     finetune: FineTune | None = FineTune()
 
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
+    def validate(self) -> None:
         check((self.rank is None) != (self.ratio is None),
-              f"tensor-ring: give exactly one of rank (e.g. 5) or ratio (e.g. 10.0), got rank={self.rank!r}, "
-              f"ratio={self.ratio!r}")
-        check(self.rank is None or (isinstance(self.rank, int) and not isinstance(self.rank, bool) and self.rank > 0),
-              f"tensor-ring: rank must be a positive int (at least 1), got {self.rank!r}")
-        check(self.ratio is None or (isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool)
-                                     and self.ratio >= 1.0),
-              f"tensor-ring: ratio is dense/factored weights and must be >= 1 (e.g. 10.0), got {self.ratio!r}")
-        check(self.layers is None or (len(self.layers) > 0 and all(isinstance(p, str) for p in self.layers)),
-              f"tensor-ring: layers must be a non-empty list of name patterns or null, got {self.layers!r}")
-        check(isinstance(self.num_modes, int) and self.num_modes >= 1,
-              f"tensor-ring: num_modes must be a positive int like 3, got {self.num_modes!r}")
-        check(self.init in ("svd", "random", "auto"),
-              f"tensor-ring: init must be 'svd', 'random' or 'auto', got {self.init!r}")
-        check(isinstance(self.als_sweeps, int) and self.als_sweeps >= 0,
-              f"tensor-ring: als_sweeps must be an int >= 0, got {self.als_sweeps!r}")
-        check(self.init == "svd" or self.als_sweeps >= 1,
-              f"tensor-ring: init {self.init!r} needs als_sweeps >= 1 (ALS fits random cores)")
+              f"give exactly one of rank (e.g. 5) or ratio (e.g. 10.0), got rank={self.rank!r}, ratio={self.ratio!r}")
+        check(self.init == "svd" or self.als_sweeps >= 1, f"init {self.init!r} needs als_sweeps >= 1 (ALS fits "
+              "random cores)")
         for key in ("in_modes", "out_modes"):
-            value = getattr(self, key)
-            check(value is None or isinstance(value, dict),
-                  f"tensor-ring: {key} must be a mapping {{layer name: [modes]}}, got {value!r}")
-            if value:
-                fixed = {}
-                for name, modes in value.items():
-                    check(isinstance(modes, (list, tuple)) and len(modes) > 0
-                          and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in modes),
-                          f"tensor-ring: {key}[{name!r}] must be a list of positive ints like [4, 7, 4, 7], "
-                          f"got {modes!r}")
-                    fixed[name] = tuple(modes)
-                object.__setattr__(self, key, fixed)
-
-    def __hash__(self) -> int:  # dict fields: hash what identifies the run
-        return hash((self.rank, self.ratio, self.layers, self.num_modes, repr(self.in_modes),
-                     repr(self.out_modes), self.init, self.als_sweeps, self.seed, self.finetune))
+            for name, modes in (getattr(self, key) or {}).items():
+                check(len(modes) > 0, f"{key}[{name!r}] must be a list of positive ints like [4, 7, 4, 7]")
 
 
 def prime_count(n: int) -> int:
@@ -150,16 +126,18 @@ def _modes_for(config: TensorRing, name: str, features: int, key: str) -> tuple[
     return default_modes(features, config.num_modes)
 
 
-def plan_layers(model: nn.Module, config: TensorRing) -> dict[str, dict[str, Any]]:
+def plan_layers(model: nn.Module, config: TensorRing, target: Target | None = None) -> dict[str, dict[str, Any]]:
     """For each layer to factor: ``{"module", "in_modes", "out_modes", "kernel", "rank"}``. Checks everything
-    (modes, ranks, unknown mode keys) before any layer is changed."""
-    layers = select_layers(model, config.layers, kinds=(nn.Linear, nn.Conv2d), what="factorizable")
+    (modes, ranks, unknown mode keys) before any layer is changed. A Conv2d a ring cannot stand for is an error when
+    ``layers`` names it and a warning (listed in ``target.skipped``) otherwise."""
+    target = target or resolve(model, config)
     plan: dict[str, dict[str, Any]] = {}
-    for name, m in layers.items():
+    for name, m in list(target.layers.items()):
         if isinstance(m, nn.Conv2d) and conv_supported(m) is not None:
             if config.layers is not None:
                 raise ModelError(f"layer {name!r} is a Conv2d with {conv_supported(m)}, which a tensor ring cannot "
                                  "stand for; leave it out of layers")
+            target.skip(name, f"a Conv2d with {conv_supported(m)}, which a tensor ring cannot stand for", config.method)
             continue
         if isinstance(m, nn.Linear):
             fin, fout, kernel = m.in_features, m.out_features, None
@@ -168,9 +146,10 @@ def plan_layers(model: nn.Module, config: TensorRing) -> dict[str, dict[str, Any
         in_modes = _modes_for(config, name, fin, "in_modes")
         out_modes = _modes_for(config, name, fout, "out_modes")
         if config.rank is not None:
-            rank = config.rank
+            rank = target.value("rank", name)
         else:
-            rank = rank_for_ratio(m.weight.numel(), in_modes, out_modes, kernel, config.ratio, f"layer {name!r}")
+            rank = rank_for_ratio(m.weight.numel(), in_modes, out_modes, kernel, target.value("ratio", name),
+                                  f"layer {name!r}")
         plan[name] = {"module": m, "in_modes": in_modes, "out_modes": out_modes, "kernel": kernel, "rank": rank}
     if not plan:
         raise ModelError(f"{type(model).__name__} has no Linear or Conv2d (groups 1) layer to factor")
@@ -182,19 +161,13 @@ def plan_layers(model: nn.Module, config: TensorRing) -> dict[str, dict[str, Any
     return plan
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 @register_method(TensorRing)
-def tensor_ring(model: nn.Module, config: TensorRing, data: Any = None) -> nn.Module:
+def tensor_ring(model: nn.Module, config: TensorRing, data: Any, target: Target) -> nn.Module:
     """Factor ``model``'s layers as ``config`` says, in place, fine-tune, and return it. (For the per-layer ALS
     errors, call :func:`plan_layers` and :func:`.trsvd.factorize_linear` / :func:`.trsvd.factorize_conv`.)"""
     if config.finetune is not None:
         require_data(data, config.method)
-    plan = plan_layers(model, config)
+    plan = plan_layers(model, config, target)
     for name, p in tqdm(plan.items(), desc="tensor-ring", disable=None, leave=False):
         factor = factorize_linear if isinstance(p["module"], nn.Linear) else factorize_conv
         try:
@@ -203,7 +176,7 @@ def tensor_ring(model: nn.Module, config: TensorRing, data: Any = None) -> nn.Mo
         except ModelError as err:
             raise ModelError(f"layer {name!r}: {err}") from None
         new.train(p["module"].training)
-        _set_module(model, name, new)
+        set_module(model, name, new)
     if config.finetune is not None:
         run_finetune(model, data, config.finetune, config.method)
     return model

@@ -11,6 +11,7 @@ import fnmatch
 import inspect
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..errors import ModelError
@@ -60,13 +61,15 @@ def check_input_shape(input_shape: Any) -> tuple[int, int, int]:
     return shape  # type: ignore[return-value]
 
 
-def create(name: str, data: Any = None, **kwargs: Any) -> nn.Module:
+def create(name: str, data: Any = None, *, seed: int | None = None, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name``.
 
     Args:
         name: a name from :func:`list_models`.
         data: optional :class:`compactnn.data.DataBundle`; its ``input_shape`` and ``num_classes`` are used unless
             given explicitly in ``kwargs``.
+        seed: make the initial weights deterministic: the factory runs under ``torch.manual_seed(seed)`` in a
+            forked RNG state (the global RNG is left as it was). ``None`` draws from the global RNG.
         **kwargs: passed to the factory: ``input_shape=(C, H, W)``, ``num_classes`` and model-specific options.
 
     Raises:
@@ -79,7 +82,8 @@ def create(name: str, data: Any = None, **kwargs: Any) -> nn.Module:
         raise ModelError(f"unknown model {name!r}; {hint}valid models are {', '.join(list_models())}")
     if data is not None:
         kwargs.setdefault("input_shape", tuple(data.input_shape))
-        kwargs.setdefault("num_classes", int(data.num_classes))
+        if getattr(data, "num_classes", None) is not None:
+            kwargs.setdefault("num_classes", int(data.num_classes))
     params = inspect.signature(factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))
@@ -91,4 +95,10 @@ def create(name: str, data: Any = None, **kwargs: Any) -> nn.Module:
         kwargs["input_shape"] = check_input_shape(kwargs["input_shape"])
     if "num_classes" in kwargs and (not isinstance(kwargs["num_classes"], int) or kwargs["num_classes"] < 1):
         raise ModelError(f"num_classes must be a positive int, got {kwargs['num_classes']!r}")
-    return factory(**kwargs)
+    if seed is None:
+        return factory(**kwargs)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ModelError(f"seed must be an int in [0, 2**63), got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory(**kwargs)

@@ -8,7 +8,7 @@ parameters). We use option B (a 1x1 conv + BN projection on the two downsampling
 Conv/BN graph that structured pruning, folding and integer-only conversion handle without a special zero-pad op.
 This adds 2 x (1x1 conv + BN) per net: resnet20 has 272,474 parameters here vs. 0.27M (269,722) with option A.
 
-The residual sum is the explicit :class:`Add` module, so graph tools and quantizers can find (and replace) it.
+The residual sum is the explicit :class:`compactnn.graph.Add` module, so graph tools and quantizers can find (and replace) it.
 """
 
 from __future__ import annotations
@@ -19,17 +19,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..graph.markers import Add
 from ..pack.spec import packable
 from .registry import check_input_shape, register_model
-
-
-
-@packable
-class Add(nn.Module):
-    """Elementwise sum of two tensors: the residual join, as a module so tools can see and replace it."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a + b
 
 
 @packable

@@ -69,6 +69,13 @@ def packable(cls: type) -> type:
     return cls
 
 
+def register_alias(key: str, cls: type) -> None:
+    """Let files that name ``cls`` by an older class key (from before it moved) load it."""
+    if cls not in _KEYS:
+        raise PackError(f"register_alias: {cls!r} is not packable")
+    _REGISTRY[key] = cls
+
+
 def _register_torch():
     for name in _TORCH_NN:
         cls = getattr(nn, name, None)

@@ -10,12 +10,12 @@ bits (so ``lam`` is unitless). Stored bits are counted exactly as the packed fil
 **Joint, not layer by layer.** The paper scores each layer alone, ``eps(theta_i) - lam * c_i(theta_i)``. We optimize
 all layers' ``theta`` in one study: ``c`` is a sum over layers either way, the error then includes how the layers'
 errors interact, one study is what lets many workers share the search, and the *global* size target becomes one
-constraint (``sum of stored bits <= target_ratio * fp32 bits``), set with ``trial.set_constraint`` (optuna 5), which
+constraint (``sum of stored bits <= fp32 bits / ratio``), set with ``trial.set_constraint`` (optuna 5), which
 both samplers model. The layers are then fine-tuned together (:func:`compactnn.prune.clipq.clip_q`). With many layers
 (2 dimensions each) the GP needs more trials; the first trial tried is the most compressing corner (``p`` high,
 ``bits`` low), so a feasible point is known from the start when one exists. Fine-tuning keeps each layer's nonzero
 count (``p`` per sign) and codebook size, but the kept positions move, so the final stored size can differ from the
-search's by a little (a few bytes on LeNets): leave a small margin in ``target_ratio``.
+search's by a little (a few bytes on LeNets): leave a small margin in ``ratio``.
 
 **Sampler.** ``optuna.samplers.GPSampler`` (Gaussian process, log-EI; the paper used GP-based BO), deterministic
 objective; ``sampler="tpe"`` switches to TPE, which scales better past a few hundred trials. Both take the constraint.
@@ -48,8 +48,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..layers import select_layers
-from .clipq import ClipQ, clip_quantize, stored_bits
+from ..layers import resolve
+from .clipq_ops import clip_quantize, stored_bits
 
 
 @dataclasses.dataclass
@@ -61,7 +61,7 @@ class SearchResult:
         error: its held-out error (0..1), without fine-tuning.
         bits: ``{layer: stored bits}`` of its quantized weights.
         fp32_bits: ``{layer: 32 * numel}``.
-        ratio: ``sum(bits) / sum(fp32_bits)``.
+        ratio: ``sum(fp32_bits) / sum(bits)``, the compression factor of the selected layers.
         study: the optuna study (all trials of every worker).
     """
 
@@ -122,10 +122,10 @@ def open_study(storage: str | None, study_name: str, *, sampler: str = "gp", see
                                load_if_exists=True)
 
 
-def _check_study(study, names: list[str], fp32: Mapping[str, int], config: ClipQ) -> None:
+def _check_study(study, names: list[str], fp32: Mapping[str, int], config: Any) -> None:
     """Tag a fresh study with its layers; refuse a study made for other layers or ranges."""
-    tag = {"layers": names, "fp32_bits": [fp32[n] for n in names], "p_range": list(config.p_range),
-           "bits_range": list(config.bits_range), "target_ratio": config.target_ratio, "lam": config.lam}
+    tag = {"layers": names, "fp32_bits": [fp32[n] for n in names], "sparsity_range": list(config.sparsity_range),
+           "bits_range": list(config.bits_range), "ratio": config.ratio, "lam": config.lam}
     old = study.user_attrs.get("clipq")
     if old is None:
         study.set_user_attr("clipq", tag)
@@ -134,42 +134,44 @@ def _check_study(study, names: list[str], fp32: Mapping[str, int], config: ClipQ
                           f"(layers {old.get('layers')}, ranges or target differ); use another study_name")
 
 
-def search(model: nn.Module, config: ClipQ, data: Any, *, quiet: bool | None = None) -> SearchResult:
+def search(model: nn.Module, config: Any, data: Any, *, layers: Mapping[str, nn.Module] | None = None,
+           quiet: bool | None = None) -> SearchResult:
     """Choose ``(p, bits)`` per selected layer of ``model`` by Bayesian optimization (the model is not changed).
 
     Args:
         model: the trained model.
-        config: the :class:`ClipQ` config (``layers``, ``trials``, ``target_ratio``, ``lam``, ``p_range``,
-            ``bits_range``, ``storage``, ``study_name``, ``sampler``, ``heldout``, ``seed`` are used).
+        config: the :class:`~compactnn.prune.clipq.ClipQ` config (``trials``, ``ratio``, ``lam``,
+            ``sparsity_range``, ``bits_range``, ``storage``, ``study_name``, ``sampler``, ``heldout``, ``seed``).
+        layers: ``{name: module}`` to search over; ``None`` = the config's ``layers``/``exclude`` in ``model``.
         data: the :class:`compactnn.data.DataBundle`; ``split_train(config.heldout, config.seed)`` gives the
             held-out rows the error is measured on.
         quiet: hide optuna's progress bar; ``None`` hides it when stderr is not a terminal.
 
     Raises:
-        ConfigError: no trial of the study meets ``target_ratio`` (raise ``trials``, widen the ranges or relax
-            the target), or the study belongs to another search.
+        ConfigError: no trial of the study meets ``ratio`` (raise ``trials``, widen the ranges or relax the
+            target), or the study belongs to another search.
     """
     from ..train import evaluate
 
-    layers = select_layers(model, config.layers, what="prunable")
+    layers = resolve(model, config).layers if layers is None else layers
     names = list(layers)
     work = copy.deepcopy(model).eval()
     work_layers = {n: m for n, m in work.named_modules() if n in layers}
     originals = {n: m.weight.detach().clone() for n, m in layers.items()}
     fp32 = {n: 32 * w.numel() for n, w in originals.items()}
     total = sum(fp32.values())
-    budget = None if config.target_ratio is None else config.target_ratio * total
+    budget = None if config.ratio is None else total / config.ratio
     _, held = data.split_train(config.heldout, seed=config.seed)
 
     study = open_study(config.storage, config.study_name, sampler=config.sampler, seed=config.seed)
     _check_study(study, names, fp32, config)
     if not study.trials:  # the most compressing corner first: a known feasible point if there is one
-        study.enqueue_trial({**{f"{n}.p": config.p_range[1] for n in names},
+        study.enqueue_trial({**{f"{n}.p": config.sparsity_range[1] for n in names},
                              **{f"{n}.bits": config.bits_range[0] for n in names}})
 
     def objective(trial) -> float:
         # suggest first: the GP sampler fits its model with autograd, which must not run under no_grad
-        theta = {n: (trial.suggest_float(f"{n}.p", *config.p_range), trial.suggest_int(f"{n}.bits", *config.bits_range))
+        theta = {n: (trial.suggest_float(f"{n}.p", *config.sparsity_range), trial.suggest_int(f"{n}.bits", *config.bits_range))
                  for n in names}
         bits = {}
         with torch.no_grad():
@@ -200,14 +202,14 @@ def best_result(study, names: list[str], fp32: Mapping[str, int], budget: float 
     feasible = [t for t in done if budget is None or sum(t.user_attrs["bits"].values()) <= budget]
     if not feasible:
         smallest = min((sum(t.user_attrs["bits"].values()) for t in done), default=math.nan)
-        raise ConfigError(f"clip-q: none of the {len(done)} trials meets target_ratio (best "
-                          f"{smallest / sum(fp32.values()):.4f}); raise trials or p_range, lower bits_range, "
-                          f"or relax target_ratio")
+        raise ConfigError(f"clip-q: none of the {len(done)} trials meets ratio (best "
+                          f"{sum(fp32.values()) / smallest:.1f}x); raise trials or sparsity_range, lower bits_range, "
+                          f"or relax ratio")
     best = min(feasible, key=lambda t: (t.value, t.number))
     settings = {n: (float(best.params[f"{n}.p"]), int(best.params[f"{n}.bits"])) for n in names}
     bits = {n: int(best.user_attrs["bits"][n]) for n in names}
     return SearchResult(settings=settings, error=float(best.user_attrs["error"]), bits=bits, fp32_bits=dict(fp32),
-                        ratio=sum(bits.values()) / sum(fp32.values()), study=study)
+                        ratio=sum(fp32.values()) / max(sum(bits.values()), 1), study=study)
 
 
 __all__ = ["search", "open_study", "best_result", "SearchResult"]

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import ModelError
-from ..models.resnet import Add
+from ..graph import Add, record_shapes, trace
+from .layer_rules import rule_for
 
 CONV = (nn.Conv1d, nn.Conv2d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -75,24 +76,6 @@ class _UnionFind:
         ra, rb = self.find(int(a)), self.find(int(b))
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
-
-
-class _Shapes(fx.Interpreter):
-    """Dry run that records each node's output shape in ``node.meta["shape"]`` (None for non-tensors)."""
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        n.meta["shape"] = tuple(result.shape) if isinstance(result, torch.Tensor) else None
-        return result
-
-
-class _Tracer(fx.Tracer):
-    """torch.fx tracer that keeps compactnn leaf modules (``Add``, any module owning parameters) whole."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, Add) or super().is_leaf_module(m, qualname):
-            return True
-        return any(True for _ in m.parameters(recurse=False))
 
 
 @dataclasses.dataclass
@@ -178,28 +161,8 @@ class DependencyGraph:
             raise ModelError(f"{type(model).__name__} has no input_shape attribute; pass input_shape=(C, H, W)")
         self = cls()
         self.model, self.input_shape = model, tuple(int(s) for s in shape)
-        try:
-            graph = _Tracer().trace(model)
-        except Exception as err:  # noqa: BLE001 - fx raises many kinds; report one line
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ModelError(f"cannot trace {type(model).__name__} with torch.fx ({first}); "
-                             "structured pruning needs a traceable model") from None
-        self.gm = fx.GraphModule(model, graph)
-        modes = {m: m.training for m in model.modules()}
-        try:
-            model.eval()
-            param = next(iter(model.parameters()), None)
-            x = torch.zeros((1, *self.input_shape), dtype=torch.float32,
-                            device=param.device if param is not None else None)
-            with torch.no_grad():
-                _Shapes(self.gm).run(x)
-        except Exception as err:  # noqa: BLE001
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ModelError(f"dry run of {type(model).__name__} on input {self.input_shape} failed ({first}); "
-                             "pass the input_shape the model was built for") from None
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        self.gm = trace(model, "structured pruning")
+        record_shapes(self.gm, self.input_shape)
         self._modules = dict(self.gm.named_modules())
         for node in self.gm.graph.nodes:
             self._visit(node)
@@ -267,20 +230,18 @@ class DependencyGraph:
         if node.op == "call_module":
             mod = self._modules[node.target]
             name, kind = str(node.target), type(mod).__name__
-            if isinstance(mod, CONV):
-                if mod.groups == 1:
-                    return self._layer(name, "conv", first, self.uf.new(mod.out_channels))
-                if mod.groups == mod.in_channels == mod.out_channels:
+            rule = rule_for(mod)
+            if rule is not None:
+                layer_kind = rule.kind(mod)
+                if layer_kind == "norm":
+                    return self._layer(name, "norm", None, first)
+                if layer_kind == "depthwise":
                     return self._layer(name, "depthwise", first, first)
-                raise _unsupported(f"grouped conv {name!r} with groups={mod.groups} (only depthwise: "
-                                   "groups == in_channels == out_channels)", kind)
-            if isinstance(mod, nn.Linear):
-                if len(self.shape(inputs[0])) != 2:
+                if layer_kind == "linear" and len(self.shape(inputs[0])) != 2:
                     raise _unsupported(f"Linear {name!r} on a {len(self.shape(inputs[0]))}-D input "
                                        "(only 2-D (batch, features) inputs)", kind)
-                return self._layer(name, "linear", first, self.uf.new(mod.out_features))
-            if isinstance(mod, NORM):
-                return self._layer(name, "norm", None, first)
+                out = getattr(mod, "out_channels", None) or getattr(mod, "out_features", None) or mod.weight.shape[0]
+                return self._layer(name, layer_kind, first, self.uf.new(int(out)))
             if isinstance(mod, PASS_MODULES):
                 return first
             if isinstance(mod, Add):

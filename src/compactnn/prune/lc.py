@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Any, Callable, Literal, Mapping
+from typing import Annotated, Any, Callable, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..api import register_method
-from ..config import MethodConfig, check
-from ..layers import require_data, select_layers
+from ..config import (FineTune, Fraction, MethodConfig, Patterns, PositiveInt, Range, Sparsity, check)
+from ..layers import WEIGHT_LAYERS, Target, require_data, resolve, select_layers
 from . import csteps
 
 COMPRESSIONS = ("l0", "l1", "l0-penalty", "l1-penalty", "codebook", "binary", "scaled-binary", "ternary", "low-rank",
@@ -36,8 +36,9 @@ COMPRESSIONS = ("l0", "l1", "l0-penalty", "l1-penalty", "codebook", "binary", "s
 DP_LIMIT = 50_000_000  # largest k·n solved by the exact 1-D dynamic program at the warm start (O(k·n) memory)
 
 
-def _frac(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+#: The LC toolkit's L-step settings for LeNet300 (Nesterov SGD, lr 0.1 constant within a step, batch 256, 20 epochs).
+TOOLKIT_L_STEP = FineTune(epochs=20, lr=0.1, optimizer="sgd", momentum=0.9, nesterov=True, schedule="constant",
+                          batch_size=256, weight_decay=0.0, seed=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +46,16 @@ class LC(MethodConfig):
     """Settings of the LC algorithm (defaults: the authors' toolkit schedule for LeNet-300-100 pruning).
 
     Args:
-        compression: the C step. ``"l0"``: keep the ``keep`` largest |w| (``‖θ‖₀ ≤ κ``); ``"l1"``: Euclidean
-            projection on the ℓ1 ball of radius ``kappa`` (Duchi et al. 2008); ``"l0-penalty"`` / ``"l1-penalty"``:
-            ``α‖θ‖₀`` / ``α‖θ‖₁`` penalties (hard / soft threshold at √(2α/μ) / α/μ); ``"codebook"``: adaptive
-            ``k``-codebook per layer (1-D k-means, warm-started; exact DP optimum at the warm start);
-            ``"binary"`` {−1, +1}, ``"scaled-binary"`` {±a}, ``"ternary"`` {−a, 0, +a} per layer; ``"low-rank"``:
-            rank ``rank`` per layer (truncated SVD); ``"codebook+l0"``: additive combination of a ``k``-codebook per
-            layer and a sparse correction keeping ``sparse_keep`` of the weights, by ``rounds`` of alternation.
-        keep: fraction of the selected weights kept by ``"l0"``, in (0, 1] (pruning ratio ``1 − keep`` in [0, 1)).
+        compression: the C step. ``"l0"``: keep the ``1 − sparsity`` largest |w| (``‖θ‖₀ ≤ κ``); ``"l1"``:
+            Euclidean projection on the ℓ1 ball of radius ``kappa`` (Duchi et al. 2008); ``"l0-penalty"`` /
+            ``"l1-penalty"``: ``α‖θ‖₀`` / ``α‖θ‖₁`` penalties (hard / soft threshold at √(2α/μ) / α/μ);
+            ``"codebook"``: adaptive ``k``-codebook per layer (1-D k-means, warm-started; exact DP optimum at the warm
+            start); ``"binary"`` {−1, +1}, ``"scaled-binary"`` {±a}, ``"ternary"`` {−a, 0, +a} per layer;
+            ``"low-rank"``: rank ``rank`` per layer (truncated SVD); ``"codebook+l0"``: additive combination of a
+            ``k``-codebook per layer and a sparse correction holding ``1 − correction_sparsity`` of the weights, by
+            ``rounds`` of alternation.
+        sparsity: fraction of the selected weights removed by ``"l0"``, in [0, 1) (the paper's κ is ``1 − sparsity``
+            of the weights).
         scope: ``"global"``: one budget over all selected layers (LC decides how to spread it; the paper's
             setting); ``"layer"``: every layer keeps its own fraction. Applies to l0, l1 and the sparse correction.
         kappa: ℓ1 radius for ``"l1"``; a fraction in (0, 1] of the reference weights' ‖w‖₁ when
@@ -61,95 +64,69 @@ class LC(MethodConfig):
         alpha: penalty weight α > 0 for ``"l0-penalty"`` and ``"l1-penalty"``.
         k: codebook size K ≥ 1 for ``"codebook"`` and ``"codebook+l0"``.
         rank: target rank r ≥ 1 for ``"low-rank"`` (capped per layer at min(out, in·kh·kw)).
-        sparse_keep: fraction in (0, 1) of the weights in the sparse correction of ``"codebook+l0"``.
+        correction_sparsity: fraction of the weights left out of the sparse correction of ``"codebook+l0"``
+            (0.99: 1% of the weights are corrected), in (0, 1).
         rounds: alternation rounds of the additive combination (the paper uses about 10).
         layers: ``fnmatch`` patterns over module names; ``None`` = every Linear/Conv weight. Biases stay free.
+        exclude: patterns of layers left alone.
         mu0: μ of the first L step (toolkit: 9e-5).
-        mu_factor: a > 1, ``μ_k = mu0·a^k`` (toolkit: 1.1).
+        mu_factor: a ≥ 1, ``μ_k = mu0·a^k`` (toolkit: 1.1).
         steps: number of L/C steps (toolkit: 40). ``0`` returns the direct compression (no data needed).
-        epochs_per_step: epochs of every L step (toolkit: 20).
-        first_epochs: epochs of the first L step (toolkit: 40); ``None`` = ``epochs_per_step``.
-        lr: learning rate of the first L step (toolkit: 0.1), constant within an L step.
+        finetune: the L step's training: ``epochs`` per L step (toolkit 20), ``lr`` of the first step (0.1, constant
+            within a step), Nesterov SGD with momentum 0.9, batch 256, no weight decay (the LC penalty already pulls
+            the weights); the optimizer is rebuilt at every L step, as in the toolkit; the L step k shuffles with
+            ``seed + k``. Fields left unset keep these values.
+        first_epochs: epochs of the first L step (toolkit: 40); ``None`` = ``finetune.epochs``.
         lr_decay: the L step k uses ``lr·lr_decay^k`` (toolkit: 0.98).
-        momentum: SGD momentum (toolkit: 0.9); the optimizer is rebuilt at every L step, as in the toolkit.
-        nesterov: Nesterov momentum (toolkit: True).
-        batch_size: minibatch size (toolkit: 256).
-        weight_decay: L2 weight decay in the L step (toolkit: none; the LC penalty already pulls the weights).
         multipliers: augmented Lagrangian (True) or quadratic penalty with λ ≡ 0 (False).
-        seed: seed of the L step shuffles (the L step k uses ``seed + k``).
 
     Penalty forms have no μ → 0 direct compression (it would zero every weight), so their warm start uses ``mu0``.
     """
 
     method = "lc"
     description = "LC algorithm (augmented Lagrangian): pruning, quantization, low rank by learning-compression steps"
+    kinds = WEIGHT_LAYERS
+    example = {"compression": "l0", "sparsity": 0.8, "steps": 1, "finetune": {"epochs": 1}, "first_epochs": 1}
+    renamed = {"keep": "use sparsity = 1 - keep (the fraction removed)",
+               "sparse_keep": "use correction_sparsity = 1 - sparse_keep",
+               "epochs_per_step": "use finetune: {epochs: ...} (epochs per L step)",
+               **{k: f"use finetune: {{{k}: ...}}" for k in ("lr", "momentum", "nesterov", "batch_size",
+                                                              "weight_decay", "seed")}}
 
     compression: Literal["l0", "l1", "l0-penalty", "l1-penalty", "codebook", "binary", "scaled-binary", "ternary",
                          "low-rank", "codebook+l0"] = "l0"
-    keep: float | None = None
+    sparsity: Sparsity | None = None
     scope: Literal["global", "layer"] = "global"
-    kappa: float | None = None
+    kappa: Annotated[float, Range(0.0, 1e12, lo_open=True)] | None = None
     kappa_relative: bool = True
-    alpha: float | None = None
-    k: int = 2
-    rank: int | None = None
-    sparse_keep: float = 0.01
-    rounds: int = 10
-    layers: tuple[str, ...] | None = None
-    mu0: float = 9e-5
-    mu_factor: float = 1.1
-    steps: int = 40
-    epochs_per_step: int = 20
-    first_epochs: int | None = 40
-    lr: float = 0.1
-    lr_decay: float = 0.98
-    momentum: float = 0.9
-    nesterov: bool = True
-    batch_size: int = 256
-    weight_decay: float = 0.0
+    alpha: Annotated[float, Range(0.0, 1e12, lo_open=True)] | None = None
+    k: PositiveInt = 2
+    rank: PositiveInt | None = None
+    correction_sparsity: Fraction = 0.99
+    rounds: PositiveInt = 10
+    layers: Patterns = None
+    exclude: Patterns = None
+    mu0: Annotated[float, Range(0.0, 1e12, lo_open=True)] = 9e-5
+    mu_factor: Annotated[float, Range(1.0, 1e6)] = 1.1
+    steps: Annotated[int, Range(0, 100_000)] = 40
+    finetune: FineTune = TOOLKIT_L_STEP
+    first_epochs: PositiveInt | None = 40
+    lr_decay: Annotated[float, Range(0.0, 1.0, lo_open=True)] = 0.98
     multipliers: bool = True
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
+    def validate(self) -> None:
         c = self.compression
-        check(c in COMPRESSIONS, f"lc: compression must be one of {', '.join(COMPRESSIONS)}, got {c!r}")
-        check(self.scope in ("global", "layer"), f"lc: scope must be 'global' or 'layer', got {self.scope!r}")
-        check(self.keep is None or _frac(self.keep),
-              f"lc: keep must be in (0, 1] (fraction of weights kept; pruning ratio 1-keep in [0, 1)), "
-              f"got {self.keep!r}")
-        check(c != "l0" or self.keep is not None, "lc: compression 'l0' needs keep, the fraction of weights kept")
+        check(c != "l0" or self.sparsity is not None, "compression 'l0' needs sparsity, the fraction of weights removed")
         if c == "l1":
-            check(self.kappa is not None, "lc: compression 'l1' needs kappa, the l1 radius (relative or absolute)")
-            ok = _frac(self.kappa) if self.kappa_relative else (isinstance(self.kappa, (int, float)) and self.kappa > 0)
-            check(ok, f"lc: kappa must be {'in (0, 1] with kappa_relative' if self.kappa_relative else '> 0'}, "
-                      f"got {self.kappa!r}")
-        if c in ("l0-penalty", "l1-penalty"):
-            check(isinstance(self.alpha, (int, float)) and self.alpha > 0,
-                  f"lc: compression {c!r} needs alpha > 0 (the penalty weight), got {self.alpha!r}")
-        check(isinstance(self.k, int) and self.k >= 1, f"lc: k must be an integer codebook size >= 1, got {self.k!r}")
-        check(c != "low-rank" or (isinstance(self.rank, int) and self.rank >= 1),
-              f"lc: compression 'low-rank' needs rank, an integer >= 1, got {self.rank!r}")
-        check(_frac(self.sparse_keep) and self.sparse_keep < 1,
-              f"lc: sparse_keep must be in (0, 1) (fraction of weights in the correction), got {self.sparse_keep!r}")
-        check(isinstance(self.rounds, int) and self.rounds >= 1,
-              f"lc: rounds must be an integer >= 1, got {self.rounds!r}")
-        check(self.layers is None or (len(self.layers) > 0 and all(isinstance(p, str) for p in self.layers)),
-              f"lc: layers must be a non-empty list of name patterns or null, got {self.layers!r}")
-        check(self.mu0 > 0 and self.mu_factor >= 1,
-              f"lc: need mu0 > 0 and mu_factor >= 1, got {self.mu0}, {self.mu_factor}")
-        check(isinstance(self.steps, int) and self.steps >= 0, f"lc: steps must be an integer >= 0, got {self.steps!r}")
-        check(isinstance(self.epochs_per_step, int) and self.epochs_per_step >= 1,
-              f"lc: epochs_per_step must be an integer >= 1, got {self.epochs_per_step!r}")
-        check(self.first_epochs is None or (isinstance(self.first_epochs, int) and self.first_epochs >= 1),
-              f"lc: first_epochs must be an integer >= 1 or null, got {self.first_epochs!r}")
-        check(self.lr > 0 and 0 < self.lr_decay <= 1,
-              f"lc: need lr > 0 and 0 < lr_decay <= 1, got {self.lr}, {self.lr_decay}")
-        check(self.momentum >= 0 and self.weight_decay >= 0, "lc: momentum and weight_decay must be >= 0")
-        check(isinstance(self.batch_size, int) and self.batch_size >= 1,
-              f"lc: batch_size must be an integer >= 1, got {self.batch_size!r}")
-        check(not self.nesterov or self.momentum > 0, "lc: nesterov=True needs momentum > 0; set nesterov to false")
+            check(self.kappa is not None, "compression 'l1' needs kappa, the l1 radius (relative or absolute)")
+            check(not self.kappa_relative or self.kappa <= 1.0,
+                  f"kappa must be in (0, 1] with kappa_relative, got {self.kappa!r}")
+        check(c not in ("l0-penalty", "l1-penalty") or self.alpha is not None,
+              f"compression {c!r} needs alpha > 0 (the penalty weight)")
+        check(c != "low-rank" or self.rank is not None, "compression 'low-rank' needs rank, an integer >= 1")
+        check(self.finetune is not None, "the L steps train: finetune cannot be null (use steps: 0 for none)")
+        check(not self.finetune.nesterov or (self.finetune.momentum or 0) > 0,
+              "finetune.nesterov needs finetune.momentum > 0; set nesterov to false")
 
 
 def mu_schedule(config: LC) -> list[float]:
@@ -159,13 +136,15 @@ def mu_schedule(config: LC) -> list[float]:
 
 def lr_schedule(config: LC) -> list[float]:
     """The learning rate of every L step, ``lr·lr_decay^k`` (constant within the step, as in the toolkit)."""
-    return [config.lr * config.lr_decay ** k for k in range(config.steps)]
+    lr = config.finetune.fit_kwargs()["lr"]
+    return [lr * config.lr_decay ** k for k in range(config.steps)]
 
 
 def epochs_schedule(config: LC) -> list[int]:
-    """The epochs of every L step: ``first_epochs`` for the first, ``epochs_per_step`` for the others."""
-    first = config.first_epochs if config.first_epochs is not None else config.epochs_per_step
-    return [first if k == 0 else config.epochs_per_step for k in range(config.steps)]
+    """The epochs of every L step: ``first_epochs`` for the first, ``finetune.epochs`` for the others."""
+    per_step = config.finetune.fit_kwargs()["epochs"]
+    first = config.first_epochs if config.first_epochs is not None else per_step
+    return [first if k == 0 else per_step for k in range(config.steps)]
 
 
 class CStep:
@@ -208,7 +187,7 @@ class CStep:
         c, grouped = cfg.compression, cfg.scope == "global"
         mu = cfg.mu0 if mu is None else mu
         if c == "l0":
-            kappa = self._sparse_counts({n: ws[n].numel() for n in names}, cfg.keep)
+            kappa = self._sparse_counts({n: ws[n].numel() for n in names}, 1.0 - cfg.sparsity)
             if grouped:
                 return dict(zip(names, csteps.l0_constraint_grouped([ws[n] for n in names], kappa)))
             return {n: csteps.l0_constraint(ws[n], kappa[n]) for n in names}
@@ -237,7 +216,7 @@ class CStep:
     def _codebook_plus_l0(self, ws: Mapping[str, Tensor], names: list[str]) -> dict[str, Tensor]:
         """Additive combination on the concatenated weights: per-layer codebooks + a (global or per-layer) ℓ0 part."""
         sizes = [ws[n].numel() for n in names]
-        kappa = self._sparse_counts(dict(zip(names, sizes)), self.config.sparse_keep)
+        kappa = self._sparse_counts(dict(zip(names, sizes)), 1.0 - self.config.correction_sparsity)
         flat = torch.cat([ws[n].reshape(-1) for n in names])
 
         def quantize(r: Tensor) -> Tensor:
@@ -287,7 +266,7 @@ def update_multipliers(lams: Mapping[str, Tensor], weights: Mapping[str, Tensor]
 
 
 def run_lc(model: nn.Module, config: LC, data: Any = None, *, quiet: bool | None = None,
-           log: Callable[[dict], None] | None = None) -> tuple[nn.Module, list[dict]]:
+           log: Callable[[dict], None] | None = None, target: Target | None = None) -> tuple[nn.Module, list[dict]]:
     """Run LC on ``model`` in place; return it (weights = Δ(θ), plain layers) and the history of the steps.
 
     Args:
@@ -296,11 +275,12 @@ def run_lc(model: nn.Module, config: LC, data: Any = None, *, quiet: bool | None
         data: a :class:`compactnn.data.DataBundle` for the L steps (not needed when ``steps == 0``).
         quiet: hide progress bars; ``None`` hides them when stderr is not a terminal.
         log: called with each history entry as it is made (e.g. ``print``).
+        target: the layers to compress (from :func:`compactnn.compress`); ``None`` resolves ``config`` on ``model``.
 
     History entries: ``{"step", "mu", "lr", "epochs", "gap"}`` with ``gap = ‖w − Δ(θ)‖`` after the C step
     (``step = -1`` is the direct compression) and ``"lambda_norm" = ‖λ‖``.
     """
-    layers = select_layers(model, config.layers, what="compressible")
+    layers = (target or resolve(model, config)).layers
     if config.steps > 0:
         require_data(data, config.method)
     from ..train import fit
@@ -323,10 +303,11 @@ def run_lc(model: nn.Module, config: LC, data: Any = None, *, quiet: bool | None
     record(-1, None, None, 0)
     hide = quiet if quiet is not None else not sys.stderr.isatty()
     steps = zip(mu_schedule(config), lr_schedule(config), epochs_schedule(config))
+    train = config.finetune.fit_kwargs()
+    seed = train.pop("seed", 0)
     for k, (mu, lr, epochs) in enumerate(tqdm(list(steps), desc="LC steps", disable=hide, file=sys.stderr)):
-        fit(model, data, epochs=epochs, lr=lr, momentum=config.momentum, nesterov=config.nesterov,
-            weight_decay=config.weight_decay, schedule="constant", batch_size=config.batch_size, seed=config.seed + k,
-            quiet=hide, loss_fn=make_loss_fn(weights, deltas, lams, mu))
+        fit(model, data, **{**train, "epochs": epochs, "lr": lr}, seed=seed + k, quiet=hide,
+            loss_fn=make_loss_fn(weights, deltas, lams, mu))
         with torch.no_grad():
             deltas = cstep({n: w.detach() - lams[n] / mu for n, w in weights.items()}, mu)
             if config.multipliers:
@@ -339,9 +320,9 @@ def run_lc(model: nn.Module, config: LC, data: Any = None, *, quiet: bool | None
 
 
 @register_method(LC)
-def lc_compress(model: nn.Module, config: LC, data: Any = None) -> nn.Module:
+def lc_compress(model: nn.Module, config: LC, data: Any, target: Target) -> nn.Module:
     """Compress ``model`` in place with the LC algorithm and return it (plain layers holding Δ(θ))."""
-    return run_lc(model, config, data)[0]
+    return run_lc(model, config, data, target=target)[0]
 
 
 def layer_budget(model: nn.Module, layers: Any = None) -> dict[str, dict[str, float]]:

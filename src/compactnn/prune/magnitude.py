@@ -8,14 +8,14 @@ zeros in its weights; :func:`compactnn.pack.save` stores them with a sparse code
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..api import register_method
-from ..config import FineTune, MethodConfig, check
-from ..layers import require_data, run_finetune, select_layers
+from ..config import FineTune, MethodConfig, Patterns, PositiveInt, Range, Sparsity, check
+from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune
 from .masks import masked
 from .schedule import PruneSchedule
 
@@ -31,10 +31,10 @@ class MagnitudePrune(MethodConfig):
             then flattened index).
         layers: ``fnmatch`` patterns over module names (``"fc*"``, ``"features.*"``); ``None`` = every
             Linear/Conv weight.
+        exclude: patterns of layers left alone.
         schedule: ``"one-shot"`` prunes before fine-tuning; ``"agp"`` raises sparsity along Zhu & Gupta's cubic
             ramp during fine-tuning (needs ``finetune``).
-        finetune: fine-tuning run while masks hold pruned weights at zero (``None`` = prune only). Its ``lr``
-            defaults to 0.01.
+        finetune: fine-tuning run while masks hold pruned weights at zero (``None`` = prune only).
         agp_start: fraction of the fine-tuning steps at which the AGP ramp starts.
         agp_end: fraction of the fine-tuning steps at which it reaches ``sparsity`` (the rest recovers accuracy).
         agp_every: recompute masks every this many steps during the ramp; ``None`` = 1/16 of the ramp.
@@ -42,47 +42,24 @@ class MagnitudePrune(MethodConfig):
 
     method = "magnitude-prune"
     description = "Magnitude pruning (one-shot or AGP cubic schedule) with masked fine-tuning"
+    kinds = WEIGHT_LAYERS
+    example = {"sparsity": 0.5, "finetune": {"epochs": 1}}
 
-    sparsity: float
+    sparsity: Sparsity
     scope: Literal["global", "layer"] = "global"
-    layers: tuple[str, ...] | None = None
+    layers: Patterns = None
+    exclude: Patterns = None
     schedule: Literal["one-shot", "agp"] = "one-shot"
     finetune: FineTune | None = FineTune()
-    agp_start: float = 0.0
-    agp_end: float = 0.7
-    agp_every: int | None = None
+    agp_start: Annotated[float, Range(0.0, 1.0)] = 0.0
+    agp_end: Annotated[float, Range(0.0, 1.0)] = 0.7
+    agp_every: PositiveInt | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.layers, list):
-            object.__setattr__(self, "layers", tuple(self.layers))
-        check(
-            isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0,
-            f"magnitude-prune: sparsity must be in [0, 1) (fraction of weights removed), got {self.sparsity!r}",
-        )
-        check(
-            self.scope in ("global", "layer"), f"magnitude-prune: scope must be 'global' or 'layer', got {self.scope!r}"
-        )
-        check(
-            self.schedule in ("one-shot", "agp"),
-            f"magnitude-prune: schedule must be 'one-shot' or 'agp', got {self.schedule!r}",
-        )
-        check(
-            self.layers is None or (len(self.layers) > 0 and all(isinstance(p, str) for p in self.layers)),
-            f"magnitude-prune: layers must be a non-empty list of name patterns or null, got {self.layers!r}",
-        )
-        check(
-            0.0 <= self.agp_start < self.agp_end <= 1.0,
-            f"magnitude-prune: need 0 <= agp_start < agp_end <= 1, got agp_start={self.agp_start}, "
-            f"agp_end={self.agp_end}",
-        )
-        check(
-            self.agp_every is None or (isinstance(self.agp_every, int) and self.agp_every >= 1),
-            f"magnitude-prune: agp_every must be a positive number of steps or null, got {self.agp_every!r}",
-        )
-        check(
-            self.schedule != "agp" or self.finetune is not None,
-            "magnitude-prune: schedule 'agp' prunes during fine-tuning; set finetune or use schedule 'one-shot'",
-        )
+    def validate(self) -> None:
+        check(self.agp_start < self.agp_end,
+              f"need agp_start < agp_end, got agp_start={self.agp_start}, agp_end={self.agp_end}")
+        check(self.schedule != "agp" or self.finetune is not None,
+              "schedule 'agp' prunes during fine-tuning; set finetune or use schedule 'one-shot'")
 
 
 def keep_top(scores: Tensor, keep: int) -> Tensor:
@@ -122,9 +99,9 @@ def magnitude_masks(
 
 
 @register_method(MagnitudePrune)
-def magnitude_prune(model: nn.Module, config: MagnitudePrune, data: Any = None) -> nn.Module:
+def magnitude_prune(model: nn.Module, config: MagnitudePrune, data: Any, target: Target) -> nn.Module:
     """Prune ``model`` in place as ``config`` says and return it (plain layers, zeros in the weights)."""
-    layers = select_layers(model, config.layers, what="prunable")
+    layers = target.layers
     if config.finetune is None:
         masks = magnitude_masks({n: m.weight for n, m in layers.items()}, config.sparsity, config.scope)
         with torch.no_grad():

@@ -13,14 +13,15 @@
    adjoint of the matching average pool); flatten reshapes; an add gives its score to both inputs (so a shared input
    sums both paths); cat splits.
 3. **Pruning.** A channel's score is its producer's output score map summed over positions; groups tied by residual
-   adds sum their producers' scores. The lowest scores go at a per-group ratio, :func:`.surgery.prune_channels`
-   removes them, and :func:`compactnn.layers.run_finetune` fine-tunes.
+   adds sum their producers' scores. These scores are an importance measure (:class:`NISPImportance`) of the one
+   structured pruner, :func:`.structured.prune_structured`, which removes the lowest at a per-group ratio or within
+   a global budget of channels or MACs that it allocates across layers itself (``scope="global"``), then fine-tunes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -29,45 +30,29 @@ from scipy.stats import rankdata
 from torch import Tensor, fx, nn
 
 from ..api import register_method
-from ..config import FineTune, MethodConfig, check
+from ..config import Range
 from ..errors import ModelError
-from ..layers import require_data, run_finetune
-from ..models.resnet import Add
+from ..graph import Add, eval_mode
+from ..layers import Target, require_data
 from .graph import ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, DependencyGraph
-from .surgery import check_ratios, check_round_to, keep_by_scores, prune_channels, resolve_ratios
+from .structured import Structured, prune_structured
 
 
 @dataclasses.dataclass(frozen=True)
-class NISP(MethodConfig):
-    """NISP structured pruning with physical channel removal.
+class NISP(Structured):
+    """NISP structured pruning with physical channel removal (budget settings: :class:`.structured.Structured`).
 
     Args:
-        ratio: fraction of channels/neurons removed in every prunable group (a float in [0, 1)), or
-            ``{layer pattern: ratio}`` (fnmatch over Conv/Linear names; groups matched by no key are not pruned).
-            Residual groups are pruned together, ranked by their summed score.
         alpha: Inf-FS mix of the std term and the correlation term, in [0, 1] (0.5, unverified).
         samples: training examples whose final-response-layer features feed Inf-FS (at least 2).
-        round_to: every pruned group keeps a multiple of this many channels (1 = exact ratio; 8 suits CPU
-            convolutions), as Torch-Pruning's ``round_to``; the kept channels are still the best-scoring ones.
-        finetune: fine-tuning after the channels are removed (``None`` = prune only); its lr defaults to 0.01.
     """
 
     method = "nisp"
     description = "NISP (Yu et al. 2018): Inf-FS importance propagated back; channels removed for real, fine-tuned"
+    example = {"sparsity": 0.5, "samples": 64, "finetune": {"epochs": 1}}
 
-    ratio: float | dict[str, float]
-    alpha: float = 0.5
-    samples: int = 1000
-    round_to: int = 1
-    finetune: FineTune | None = FineTune()
-
-    def __post_init__(self) -> None:
-        check_ratios(self.ratio, "nisp")
-        check(isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0,
-              f"nisp: alpha must be in [0, 1], got {self.alpha!r}")
-        check_round_to(self.round_to, "nisp")
-        check(isinstance(self.samples, int) and self.samples >= 2,
-              f"nisp: samples must be an int >= 2 (examples for Inf-FS), got {self.samples!r}")
+    alpha: Annotated[float, Range(0.0, 1.0)] = 0.5
+    samples: Annotated[int, Range(2, 1_000_000)] = 1000
 
 
 def spearman(x: np.ndarray) -> np.ndarray:
@@ -230,17 +215,13 @@ def responses(model: nn.Module, layer: str, x: Tensor, batch_size: int = 256) ->
     mod = dict(model.named_modules())[layer]
     seen: list[Tensor] = []
     handle = mod.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().flatten(1).cpu()))
-    modes = {m: m.training for m in model.modules()}
     device = next(model.parameters()).device
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for i in range(0, len(x), batch_size):
                 model(x[i : i + batch_size].to(device))
     finally:
         handle.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return torch.cat(seen).double().numpy()
 
 
@@ -266,17 +247,29 @@ def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: floa
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
 
 
+@dataclasses.dataclass(frozen=True)
+class NISPImportance:
+    """NISP scores as a structured-pruning importance measure: ``(model, graph, data) -> {group: scores}``.
+
+    Args:
+        alpha: Inf-FS mix (see :func:`inf_fs`).
+        samples: training examples whose final-response features feed Inf-FS.
+    """
+
+    alpha: float = 0.5
+    samples: int = 1000
+
+    def __call__(self, model: nn.Module, graph: DependencyGraph, data: Any) -> dict[str, Tensor]:
+        require_data(data, "nisp")
+        return nisp_scores(model, graph, data.examples(self.samples), self.alpha)
+
+
 @register_method(NISP)
-def nisp(model: nn.Module, config: NISP, data: Any = None) -> nn.Module:
+def nisp(model: nn.Module, config: NISP, data: Any, target: Target) -> nn.Module:
     """Score channels with NISP, remove the lowest physically, fine-tune; returns the smaller model (in place)."""
     require_data(data, config.method)
-    graph = DependencyGraph.build(model, data.input_shape)
-    ratios = resolve_ratios(graph, config.ratio, config.method)
-    scores = nisp_scores(model, graph, data.train.subset(config.samples).x, config.alpha)
-    prune_channels(model, graph, keep_by_scores(scores, ratios, config.round_to))
-    if config.finetune is not None:
-        run_finetune(model, data, config.finetune, config.method)
-    return model
+    return prune_structured(model, config, data, target, NISPImportance(config.alpha, config.samples))
 
 
-__all__ = ["NISP", "nisp", "inf_fs", "spearman", "propagate", "final_response_node", "responses", "nisp_scores"]
+__all__ = ["NISP", "NISPImportance", "nisp", "inf_fs", "spearman", "propagate", "final_response_node", "responses",
+           "nisp_scores"]

@@ -205,6 +205,7 @@ class Report:
 
 
 def summarize(model: nn.Module, data=None, *, input_shape=None, baseline=None, latency: bool = False,
+              repeats: int = 20,
               name: str | None = None) -> Report:
     """Measure ``model`` layer by layer and in total.
 
@@ -216,6 +217,7 @@ def summarize(model: nn.Module, data=None, *, input_shape=None, baseline=None, l
             ``macs`` are None and latency cannot be measured.
         baseline: the uncompressed model (summarized the same way) or its Report; None for no comparison.
         latency: also time the model at batch 1 and 256 (:func:`measure_latency`).
+        repeats: timed runs per batch size (the median is reported).
         name: the model's name for titles and report.json; defaults to the class name.
 
     Layers are the modules that own parameters (see :func:`compactnn.report.macs.layer_modules`). A layer's
@@ -247,11 +249,11 @@ def summarize(model: nn.Module, data=None, *, input_shape=None, baseline=None, l
 
         totals["accuracy"] = float(train.evaluate(model, data)["accuracy"])
     if isinstance(baseline, nn.Module):
-        baseline = summarize(baseline, data, input_shape=input_shape, latency=latency, name=name)
+        baseline = summarize(baseline, data, input_shape=input_shape, latency=latency, repeats=repeats, name=name)
     return Report(
         layers=layers,
         totals=totals,
-        latency_ms=measure_latency(model, input_shape) if latency else None,
+        latency_ms=measure_latency(model, input_shape, repeats=repeats) if latency else None,
         baseline=baseline,
         name=name or type(model).__name__,
         data=getattr(data, "name", None),

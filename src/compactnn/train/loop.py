@@ -19,7 +19,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..data.user import batches_of
 from ..errors import ConfigError, DataError, ModelError
+from ..graph import eval_mode, restore_modes
 from . import distributed
 from .checkpoint import PathLike, load_checkpoint, save_checkpoint
 
@@ -29,12 +31,16 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
 
 
-def _dataset(data: Any, part: str, caller: str) -> Dataset:
-    if hasattr(data, part) and isinstance(getattr(data, part), Dataset):
-        return getattr(data, part)
-    if isinstance(data, Dataset):
+def _dataset(data: Any, part: str, caller: str) -> Dataset | DataLoader:
+    """The Dataset or DataLoader to use: ``data.<part>`` of a bundle, or ``data`` itself."""
+    inner = getattr(data, part, None)
+    if isinstance(inner, (Dataset, DataLoader)):
+        return inner
+    if isinstance(data, (Dataset, DataLoader)):
         return data
-    raise DataError(f"{caller}() takes a DataBundle or an ArrayDataset, got {type(data).__name__}")
+    if inner is None and hasattr(data, "train"):
+        raise DataError(f"{caller}() needs {part} data; this data has none (give a test set to evaluate on)")
+    raise DataError(f"{caller}() takes a DataBundle, a Dataset or a DataLoader, got {type(data).__name__}")
 
 
 def _batches(dataset: Dataset, order: Sequence[int] | None, batch_size: int, device: torch.device
@@ -53,17 +59,6 @@ def _batches(dataset: Dataset, order: Sequence[int] | None, batch_size: int, dev
 def _device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _restore_modes(model: nn.Module) -> Iterator[None]:
-    """Give back every submodule's train/eval flag as it was on entry."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 @contextlib.contextmanager
@@ -114,7 +109,8 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
 
     Args:
         model: the module to train; its parameters' device is used for the batches.
-        data: a :class:`compactnn.data.DataBundle` (trains on ``.train``) or an ``ArrayDataset``.
+        data: a :class:`compactnn.data.DataBundle` (trains on ``.train``), a Dataset, or a DataLoader (its own
+            batches and order each epoch; ``batch_size``, the seeded shuffle, checkpoints and DDP then do not apply).
         epochs: passes over the training set.
         lr: peak learning rate.
         optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (torch.optim).
@@ -138,6 +134,10 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
     :mod:`compactnn.train.distributed`.
     """
     dataset = _dataset(data, "train", "fit")
+    if isinstance(dataset, DataLoader):
+        return _fit_loader(model, dataset, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
+                           nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, seed=seed, quiet=quiet,
+                           step_hooks=step_hooks, loss_fn=loss_fn, max_steps=max_steps)
     _check(isinstance(epochs, int) and epochs >= 0, f"epochs must be an int >= 0, got {epochs!r}")
     _check(lr > 0, f"lr must be > 0, got {lr!r}")
     _check(optimizer in OPTIMIZERS, f"unknown optimizer {optimizer!r}; valid optimizers are {', '.join(OPTIMIZERS)}")
@@ -185,7 +185,7 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
         start_epoch, step = int(state["epoch"]), int(state["step"])
 
     net = distributed.wrap(model) if parallel else model
-    with _restore_modes(model), _deterministic():
+    with restore_modes(model), _deterministic():
         net.train()
         for epoch in range(start_epoch, epochs):
             if step >= total:
@@ -222,25 +222,77 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
     return model
 
 
+def _fit_loader(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float, optimizer: str, momentum: float,
+                nesterov: bool, weight_decay: float, schedule: str, seed: int, quiet: bool | None,
+                step_hooks: Sequence[StepHook], loss_fn: LossFn | None, max_steps: int | None) -> nn.Module:
+    """:func:`fit` over a user's DataLoader: its own batches and order every epoch (no checkpoints, no DDP)."""
+    _check(optimizer in OPTIMIZERS, f"unknown optimizer {optimizer!r}; valid optimizers are {', '.join(OPTIMIZERS)}")
+    _check(schedule in SCHEDULES, f"unknown schedule {schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
+    _check(not distributed.requested(), "fit() with a DataLoader does not run under torchrun; pass a Dataset")
+    try:
+        steps_per_epoch = len(loader)
+    except TypeError:
+        raise DataError("fit() needs a DataLoader with a length (a map-style Dataset) to plan its lr schedule") from None
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("the model has no trainable parameters; unfreeze some before calling fit()")
+    torch.manual_seed(seed)
+    total = epochs * steps_per_epoch if max_steps is None else min(epochs * steps_per_epoch, max_steps)
+    opt = _make_optimizer(params, optimizer, lr, momentum, nesterov, weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(schedule, s, total))
+    show = not (quiet if quiet is not None else not sys.stderr.isatty())
+    device, step = _device(model), 0
+    with restore_modes(model):
+        model.train()
+        for epoch in range(epochs):
+            bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", disable=not show, leave=False,
+                       file=sys.stderr)
+            for x, y in batches_of(loader):
+                x, y = x.to(device), y.to(device)
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model, x, y) if loss_fn is not None else F.cross_entropy(model(x), y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    bar.close()
+                    raise ConfigError(f"training diverged at step {step + 1} (epoch {epoch + 1}): loss is {value}; "
+                                      f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                for hook in step_hooks:
+                    hook(model, step, total)
+                bar.update()
+                if step >= total:
+                    break
+            bar.close()
+            if step >= total:
+                break
+    return model
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Any, batch_size: int = 512) -> dict[str, float]:
     """Top-1 accuracy (0..1) and mean cross-entropy of ``model`` on ``data``, in eval mode.
 
     Args:
         model: a classifier returning logits; its train/eval flags are restored afterwards.
-        data: a :class:`compactnn.data.DataBundle` (uses ``.test``) or an ``ArrayDataset``.
-        batch_size: examples per forward pass.
+        data: a :class:`compactnn.data.DataBundle` (uses ``.test``), a Dataset or a DataLoader.
+        batch_size: examples per forward pass (a DataLoader batches as it was built).
     """
     dataset = _dataset(data, "test", "evaluate")
-    n = len(dataset)  # type: ignore[arg-type]
-    if n == 0:
-        raise DataError("the evaluation set is empty; give evaluate() data with at least one example")
     _check(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be an int >= 1, got {batch_size!r}")
-    correct, loss_sum = 0, 0.0
-    with _restore_modes(model):
-        model.eval()
-        for x, y in _batches(dataset, None, batch_size, _device(model)):
+    correct, loss_sum, n = 0, 0.0, 0
+    device = _device(model)
+    batches = (batches_of(dataset) if isinstance(dataset, DataLoader)
+               else _batches(dataset, None, batch_size, device))
+    with eval_mode(model):
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(dim=1) == y).sum())
+            n += len(y)
+    if n == 0:
+        raise DataError("the evaluation set is empty; give evaluate() data with at least one example")
     return {"accuracy": correct / n, "loss": loss_sum / n}

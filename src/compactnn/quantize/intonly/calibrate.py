@@ -35,11 +35,15 @@ def calibration_batches(data: Any, batches: int, batch_size: int = 128) -> list[
     if data is None:
         raise ConfigError("integer-only: calibration needs data; pass data=<DataBundle> to compress() (calibrating "
                           "without data is not possible)")
-    x = getattr(getattr(data, "train", data), "x", getattr(data, "train", data))
-    if not isinstance(x, Tensor) or x.numel() == 0:
-        raise ConfigError("integer-only: calibration data has no samples; pass a DataBundle with a training set")
     if batches < 1 or batch_size < 1:
         raise ConfigError(f"calibration needs batches >= 1 and batch_size >= 1, got {batches}, {batch_size}")
+    if hasattr(data, "head"):  # a DataBundle or a user's DataLoader/Dataset (compactnn.data.as_bundle)
+        x = data.head(batches * batch_size)
+    else:
+        x = getattr(getattr(data, "train", data), "x", getattr(data, "train", data))
+    if not isinstance(x, Tensor) or x.numel() == 0:
+        raise ConfigError("integer-only: calibration data has no samples; pass a DataBundle, a DataLoader or a "
+                          "Dataset with a training set")
     return [x[i:i + batch_size] for i in range(0, min(len(x), batches * batch_size), batch_size)]
 
 

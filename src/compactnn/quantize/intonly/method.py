@@ -9,14 +9,14 @@ the :class:`.model.IntegerModel`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from compactnn.api import register_method
-from compactnn.config import FineTune, MethodConfig, check
+from compactnn.config import FineTune, MethodConfig, NonNegativeInt, Range
 from compactnn.errors import ConfigError, ModelError
 from compactnn.layers import run_finetune
 
@@ -46,43 +46,25 @@ class IntegerOnly(MethodConfig):
         ema_decay: decay of the EMA of activation min/max during QAT, in [0, 1).
         act_delay: QAT training steps before activations are fake-quantized.
         freeze_bn_after: QAT training steps after which folded BN uses running statistics (None: never).
-        finetune: QAT fine-tuning settings (``lr`` defaults to 0.01); used when ``mode="qat"``; None skips it.
+        finetune: QAT fine-tuning settings; used when ``mode="qat"``; None skips it.
         engine: default engine of the result, ``"fast"`` or ``"reference"``.
     """
 
     method = "integer-only"
     description = "Integer-arithmetic-only int8 inference (Jacob et al. 2018): QAT or calibration, exact int engine"
+    example = {"mode": "calibrate", "calibration_batches": 1}
 
-    bits: int = 8
+    bits: Literal[8] = 8
     per_channel: bool | Literal["conv"] = True
     mode: Literal["qat", "calibrate"] = "qat"
     calibration: Literal["minmax", "percentile"] = "minmax"
-    percentile: float = 99.99
-    calibration_batches: int = 8
-    ema_decay: float = 0.999
-    act_delay: int = 0
-    freeze_bn_after: int | None = 1000
+    percentile: Annotated[float, Range(50.0, 100.0, lo_open=True)] = 99.99
+    calibration_batches: Annotated[int, Range(1, 100_000)] = 8
+    ema_decay: Annotated[float, Range(0.0, 1.0, hi_open=True)] = 0.999
+    act_delay: NonNegativeInt = 0
+    freeze_bn_after: NonNegativeInt | None = 1000
     finetune: FineTune | None = FineTune(epochs=2)
     engine: Literal["fast", "reference"] = "fast"
-
-    def __post_init__(self) -> None:
-        check(self.bits == 8, f"integer-only: only bits=8 is supported, got {self.bits!r}")
-        check(self.per_channel in (True, False, "conv"),
-              f"integer-only: per_channel must be true, false or 'conv', got {self.per_channel!r}")
-        check(self.mode in ("qat", "calibrate"), f"integer-only: mode must be 'qat' or 'calibrate', got {self.mode!r}")
-        check(self.calibration in ("minmax", "percentile"),
-              f"integer-only: calibration must be 'minmax' or 'percentile', got {self.calibration!r}")
-        check(isinstance(self.percentile, (int, float)) and 50.0 < self.percentile <= 100.0,
-              f"integer-only: percentile must be in (50, 100], got {self.percentile!r}")
-        check(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1,
-              f"integer-only: calibration_batches must be an int >= 1, got {self.calibration_batches!r}")
-        check(isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0,
-              f"integer-only: ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        check(isinstance(self.act_delay, int) and self.act_delay >= 0,
-              f"integer-only: act_delay must be an int >= 0 (steps), got {self.act_delay!r}")
-        check(self.freeze_bn_after is None or (isinstance(self.freeze_bn_after, int) and self.freeze_bn_after >= 0),
-              f"integer-only: freeze_bn_after must be an int >= 0 (steps) or null, got {self.freeze_bn_after!r}")
-        check(self.engine in ("fast", "reference"), f"integer-only: engine must be 'fast' or 'reference', got {self.engine!r}")
 
 
 def _input_shape(model: nn.Module, data: Any) -> tuple:
@@ -93,7 +75,7 @@ def _input_shape(model: nn.Module, data: Any) -> tuple:
 
 
 @register_method(IntegerOnly)
-def integer_only(model: nn.Module, config: IntegerOnly, data: Any) -> IntegerModel:
+def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any = None) -> IntegerModel:
     """Handler of :class:`IntegerOnly`: prepare → calibrate → (QAT fine-tune) → convert.
 
     Args:

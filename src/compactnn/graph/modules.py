@@ -1,0 +1,86 @@
+"""Small module utilities shared by every method: find and replace a submodule, eval mode that restores each
+module's own flag, and the ``int or pair`` normalization of kernel/stride arguments."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+from torch import nn
+
+from ..errors import ModelError
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at dotted ``path`` (``""`` is ``model`` itself); ModelError naming the missing part."""
+    module = model
+    for part in path.split(".") if path else ():
+        child = module._modules.get(part)
+        if child is None:
+            raise ModelError(f"{type(model).__name__} has no module at {path!r} (no {part!r} in "
+                             f"{type(module).__name__})")
+        module = child
+    return module
+
+
+def set_module(model: nn.Module, target: str | nn.Module, new: nn.Module) -> None:
+    """Replace a submodule with ``new``.
+
+    Args:
+        model: the root module.
+        target: the dotted path of the submodule, or the submodule object itself (then every place it appears,
+            shared modules included, gets ``new``).
+        new: the replacement.
+    """
+    if isinstance(target, str):
+        if not target:
+            raise ModelError("cannot replace the root module; replace the model itself")
+        parent_path, _, name = target.rpartition(".")
+        parent = get_module(model, parent_path)
+        if name not in parent._modules:
+            raise ModelError(f"{type(model).__name__} has no module at {target!r}")
+        parent._modules[name] = new
+        return
+    found = False
+    for parent in model.modules():
+        for name, child in list(parent._modules.items()):
+            if child is target:
+                parent._modules[name] = new
+                found = True
+    if not found:
+        raise ModelError(f"{type(target).__name__} is not a submodule of {type(model).__name__}")
+
+
+@contextlib.contextmanager
+def restore_modes(model: nn.Module) -> Iterator[nn.Module]:
+    """Give every submodule its own train/eval flag back on exit, whatever the block did."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode inside the block and restore every submodule's own flag after."""
+    with restore_modes(model):
+        model.eval()
+        yield model
+
+
+def pair(value: Any, name: str = "value", low: int | None = None) -> tuple[int, int]:
+    """``(a, b)`` from an int or a 2-sequence of ints (kernel sizes, strides, paddings).
+
+    Args:
+        value: an int or a pair.
+        name: what it is, for the error message.
+        low: the smallest allowed entry (``None``: no bound).
+    """
+    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+        raise ModelError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if low is not None and min(vals) < low:
+        raise ModelError(f"{name} must be >= {low}, got {value!r}")
+    return int(vals[0]), int(vals[1])

@@ -1,0 +1,194 @@
+"""Structured pruning as *importance* + *pruner* (as Torch-Pruning separates ``Importance`` from its pruners).
+
+An importance measure scores every channel of every prunable group of a :class:`~.graph.DependencyGraph`
+(``importance(model, graph, data) -> {group name: scores}``): :func:`l1_importance` (Li et al. 2017) and
+:class:`NISPImportance` (Yu et al. 2018, in :mod:`.nisp`). :func:`prune_structured` turns the scores and a budget
+into kept channels, removes the others physically (:func:`.surgery.prune_channels`) and fine-tunes.
+
+The budget (``sparsity`` of a :class:`Structured` config):
+
+- ``scope="layer"``: every selected group loses ``sparsity`` of its channels (a per-layer mapping gives groups their
+  own value); with ``budget="macs"`` the one uniform ratio that removes ``sparsity`` of the model's MACs instead;
+- ``scope="global"``: the pruner allocates one budget over all selected groups itself: channels are ranked by their
+  score divided by their group's mean score (so groups of different scales compare, Torch-Pruning's "mean"
+  normalizer), and the lowest go until ``sparsity`` of the channels (``budget="channels"``) or of the MACs
+  (``budget="macs"``) are removed. Kept counts snap to multiples of ``round_to``; each group keeps at least one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any, Callable, Literal, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import FineTune, MethodConfig, Patterns, PerLayer, PositiveInt, Sparsity, check
+from ..errors import ModelError
+from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune
+from .graph import DependencyGraph
+from .surgery import keep_count, prune_channels, total_macs
+
+Importance = Callable[[nn.Module, DependencyGraph, Any], dict[str, Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Structured(MethodConfig):
+    """Settings every structured pruner shares (see the module docstring for the budget).
+
+    Args:
+        sparsity: fraction removed, in [0, 1): of each group's channels (``scope="layer"``; a number or
+            ``{layer pattern: sparsity}`` over the groups' producer layers), or of all selected channels / MACs
+            (``scope="global"``, one number).
+        scope: ``"layer"`` (a ratio per group) or ``"global"`` (the pruner spreads one budget by importance).
+        budget: what ``sparsity`` measures: ``"channels"`` or ``"macs"`` (batch-1 MACs of the whole model).
+        round_to: every pruned group keeps a multiple of this many channels (1 = exact; 8 suits CPU convolutions),
+            as Torch-Pruning's ``round_to``.
+        layers: ``fnmatch`` patterns naming the Conv/Linear producers whose channel groups may be pruned; ``None``
+            = every group (the groups feeding the model output are never pruned).
+        exclude: patterns of producers whose groups are left alone.
+        finetune: fine-tuning after the channels are removed (``None`` = prune only).
+    """
+
+    kinds = WEIGHT_LAYERS
+    renamed = {"ratio": "use sparsity (the fraction of channels removed)"}
+
+    sparsity: PerLayer[Sparsity]
+    scope: Literal["layer", "global"] = "layer"
+    budget: Literal["channels", "macs"] = "channels"
+    round_to: PositiveInt = 1
+    layers: Patterns = None
+    exclude: Patterns = None
+    finetune: FineTune | None = FineTune()
+
+    def validate(self) -> None:
+        check(not isinstance(self.sparsity, Mapping) or (self.scope == "layer" and self.budget == "channels"),
+              "a per-layer sparsity mapping needs scope 'layer' and budget 'channels'; give one number otherwise")
+
+
+def l1_importance(model: nn.Module, graph: DependencyGraph, data: Any = None) -> dict[str, Tensor]:
+    """Li et al.'s filter norms: ``{group: sum over the group's producers of sum|W| per output channel}``."""
+    modules = dict(model.named_modules())
+    per_layer = {name: modules[name].weight.detach().abs().flatten(1).sum(1)
+                 for g in graph.prunable().values() for name in g.producers}
+    return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
+
+
+def selected_groups(graph: DependencyGraph, target: Target, where: str) -> dict[str, Any]:
+    """``{group: sparsity}`` for the prunable groups with a producer among ``target.layers`` (the first such
+    producer's value)."""
+    chosen: dict[str, Any] = {}
+    for name, group in graph.prunable().items():
+        for producer in group.producers:
+            if producer in target.layers:
+                chosen[name] = target.value("sparsity", producer)
+                break
+    if not chosen:
+        raise ModelError(f"{where}: the selected layers feed only the model output; no channel group can be pruned "
+                         f"(prunable groups start at: {', '.join(graph.prunable()) or 'none'})")
+    return chosen
+
+
+def keep_top(scores: Mapping[str, Tensor], counts: Mapping[str, int]) -> dict[str, list[int]]:
+    """Indices (sorted) of the ``counts[g]`` highest scores of each group ``g``; ties keep the lower index."""
+    keep = {}
+    for name, n in counts.items():
+        order = torch.sort(scores[name].reshape(-1), descending=True, stable=True).indices
+        keep[name] = sorted(order[:n].tolist())
+    return keep
+
+
+def _macs_after(model: nn.Module, graph: DependencyGraph, counts: Mapping[str, int]) -> int:
+    keep = {n: list(range(c)) for n, c in counts.items()}  # MACs depend on how many, not which
+    return total_macs(prune_channels(copy.deepcopy(model), graph, keep), graph.input_shape)
+
+
+def uniform_counts(model: nn.Module, graph: DependencyGraph, groups: Sequence[str], fraction: float,
+                   round_to: int, tol: float = 1e-4) -> dict[str, int]:
+    """Kept counts of one uniform ratio over ``groups`` that removes the fraction of MACs closest to ``fraction``."""
+    sizes = {n: graph.groups[n].size for n in groups}
+    dense = total_macs(model, graph.input_shape)
+    lo, hi, best = 0.0, 1.0 - 1e-9, None
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        counts = {n: keep_count(s, mid, round_to) for n, s in sizes.items()}
+        removed = 1.0 - _macs_after(model, graph, counts) / dense
+        if best is None or abs(removed - fraction) < best[0]:
+            best = (abs(removed - fraction), counts)
+        lo, hi = (mid, hi) if removed < fraction else (lo, mid)
+    return best[1]
+
+
+def global_counts(model: nn.Module, graph: DependencyGraph, scores: Mapping[str, Tensor], fraction: float,
+                  budget: str, round_to: int, iterations: int = 40) -> dict[str, int]:
+    """Kept counts per group when one threshold on mean-normalized scores removes ``fraction`` of the selected
+    channels (``budget="channels"``) or of the model's MACs (``"macs"``), found by bisection on the threshold."""
+    norm = {n: s.double() / max(float(s.double().mean()), 1e-300) for n, s in scores.items()}
+    total = sum(s.numel() for s in norm.values())
+    dense = total_macs(model, graph.input_shape) if budget == "macs" else None
+
+    def counts_at(t: float) -> dict[str, int]:
+        out = {}
+        for n, s in norm.items():
+            kept = max(1, int((s >= t).sum()))
+            out[n] = keep_count(s.numel(), 1.0 - kept / s.numel(), round_to)
+        return out
+
+    def removed(counts: Mapping[str, int]) -> float:
+        if dense is None:
+            return 1.0 - sum(counts.values()) / total
+        return 1.0 - _macs_after(model, graph, counts) / dense
+
+    values = torch.cat([s.reshape(-1) for s in norm.values()])
+    lo, hi = float(values.min()), float(values.max()) + 1e-9
+    best = (abs(removed(counts_at(lo)) - fraction), counts_at(lo))
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        counts = counts_at(mid)
+        r = removed(counts)
+        best = min(best, (abs(r - fraction), counts), key=lambda b: b[0])
+        lo, hi = (mid, hi) if r < fraction else (lo, mid)
+    return best[1]
+
+
+def input_shape_of(model: nn.Module, data: Any, where: str) -> tuple[int, ...]:
+    """One example's shape: the data's, else ``model.input_shape``; ModelError if neither is known."""
+    shape = getattr(data, "input_shape", None) or getattr(model, "input_shape", None)
+    if shape is None:
+        raise ModelError(f"{where}: cannot tell the model's input shape; pass data= to compress() or set "
+                         "model.input_shape")
+    return tuple(int(s) for s in shape)
+
+
+def prune_structured(model: nn.Module, config: Structured, data: Any, target: Target,
+                     importance: Importance) -> nn.Module:
+    """Score, choose, remove and fine-tune: the one structured pruner behind every importance measure.
+
+    Args:
+        model: the model (pruned in place and returned).
+        config: the shared settings (:class:`Structured`).
+        data: training data (for importance measures that need it, and the fine-tune).
+        target: the layers ``compress`` resolved.
+        importance: ``importance(model, graph, data) -> {group: scores}``.
+    """
+    if config.finetune is not None:
+        require_data(data, config.method)
+    graph = DependencyGraph.build(model, input_shape_of(model, data, config.method))
+    groups = selected_groups(graph, target, config.method)
+    scores = importance(model, graph, data)
+    scores = {n: scores[n] for n in groups}
+    if config.scope == "global":
+        counts = global_counts(model, graph, scores, float(config.sparsity), config.budget, config.round_to)
+    elif config.budget == "macs":
+        counts = uniform_counts(model, graph, list(groups), float(config.sparsity), config.round_to)
+    else:
+        counts = {n: keep_count(graph.groups[n].size, s, config.round_to) for n, s in groups.items()}
+    prune_channels(model, graph, keep_top(scores, counts))
+    if config.finetune is not None:
+        run_finetune(model, data, config.finetune, config.method)
+    return model
+
+
+__all__ = ["Structured", "Importance", "l1_importance", "prune_structured", "selected_groups", "keep_top",
+           "global_counts", "uniform_counts", "input_shape_of"]
