@@ -21,6 +21,7 @@ class Scale(MethodConfig):
 
     method = "test-scale"
     description = "multiply weights by a factor (test only)"
+    example = {"factor": 2.0}
     kinds = WEIGHT_LAYERS
     factor: PerLayer[Annotated[float, Range(0.0, 100.0, lo_open=True)]]
     mode: Literal["all", "weights"] = "weights"

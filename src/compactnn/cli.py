@@ -127,7 +127,7 @@ def report(
     from . import report as cn_report
 
     net = pack.load(file)
-    meta = pack.inspect(file).get("metadata") or {}
+    meta = pack.read_manifest(file).get("metadata") or {}
     bundle = cn_data.load(data, root=data_root) if data else None
     shape = tuple(meta["input_shape"]) if "input_shape" in meta and bundle is None else None
     summary = cn_report.summarize(net, bundle, input_shape=shape, latency=latency, name=file.name)

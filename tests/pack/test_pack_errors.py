@@ -42,7 +42,7 @@ def test_missing_file_names_the_path(tmp_path):
     msg = load_fails(tmp_path / "nope.cnz", "no such file")
     assert str(tmp_path / "nope.cnz") in msg
     with pytest.raises(PackError, match="no such file"):
-        pack.inspect(tmp_path / "nope.cnz")
+        pack.read_manifest(tmp_path / "nope.cnz")
     load_fails(tmp_path, "is a folder")
 
 
@@ -60,7 +60,7 @@ def test_unsupported_version(saved):
     saved.write_bytes(bytes(raw))
     load_fails(saved, "format version 99; this compactnn reads version 1")
     with pytest.raises(PackError, match="version 99"):
-        pack.inspect(saved)
+        pack.read_manifest(saved)
 
 
 @pytest.mark.parametrize("where", ["empty", "in-magic", "in-header", "header-only", "in-manifest",
@@ -84,7 +84,7 @@ def test_flipped_byte_in_blob(saved):
     raw[-3] ^= 0x01
     saved.write_bytes(bytes(raw))
     load_fails(saved, r"tensor '2\.bias': checksum mismatch")
-    pack.inspect(saved)  # the manifest itself is intact
+    pack.read_manifest(saved)  # the manifest itself is intact
 
 
 def test_flipped_byte_in_manifest(saved):
@@ -94,7 +94,7 @@ def test_flipped_byte_in_manifest(saved):
     saved.write_bytes(bytes(raw))
     load_fails(saved, "manifest checksum mismatch")
     with pytest.raises(PackError, match="manifest checksum mismatch"):
-        pack.inspect(saved)
+        pack.read_manifest(saved)
 
 
 def test_unknown_codec(saved):

@@ -249,7 +249,7 @@ def test_sizes_and_inspect_agree_with_disk(tmp_path):
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, 2))
     path = tmp_path / "m.cnz"
     saved = pack.save(model, path)
-    info = pack.inspect(path)
+    info = pack.read_manifest(path)
     assert pack.packed_size(model) == os.path.getsize(path) == info["file_bytes"]
     assert pack.tensor_bytes(model) == {k: v["bytes"] for k, v in info["tensors"].items()}
     assert list(info["tensors"]) == list(model.state_dict())
@@ -282,11 +282,11 @@ def test_registry_models_rebuild_from_manifest_alone(tmp_path, name):
 
 def test_metadata_is_kept_and_must_be_json(tmp_path):
     from compactnn.errors import PackError
-    from compactnn.pack import inspect, save
+    from compactnn.pack import read_manifest, save
 
     model = torch.nn.Linear(3, 2)
     save(model, tmp_path / "m.cnz", metadata={"input_shape": [1, 8, 8], "data": "digits"})
-    assert inspect(tmp_path / "m.cnz")["metadata"] == {"input_shape": [1, 8, 8], "data": "digits"}
+    assert read_manifest(tmp_path / "m.cnz")["metadata"] == {"input_shape": [1, 8, 8], "data": "digits"}
     with pytest.raises(PackError, match="metadata must be JSON-safe"):
         save(model, tmp_path / "n.cnz", metadata={"bad": object()})
     assert not (tmp_path / "n.cnz").exists()

@@ -1,4 +1,4 @@
-"""The ``.cnz`` container: save, load and inspect packed models. Never pickles.
+"""The ``.cnz`` container: save, load and read the manifest of packed models. Never pickles.
 
 File layout (all integers little-endian)::
 
@@ -104,10 +104,10 @@ def save(model: nn.Module, path, *, fp16: bool = False, level: int = 19, metadat
         fp16: round float32/float64 tensors to fp16 (lossy, about half the size); default keeps every bit.
         level: zstd level 1..22 for the blobs and manifest; 0 stores blobs uncompressed.
         metadata: JSON-safe facts to keep beside the model (the CLI stores ``model``, ``data``, ``input_shape``);
-            :func:`inspect` returns them under ``"metadata"``.
+            :func:`read_manifest` returns them under ``"metadata"``.
 
     Returns:
-        The manifest as :func:`inspect` returns it.
+        The manifest as :func:`read_manifest` returns it.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -251,7 +251,7 @@ def load(path, model: nn.Module | None = None) -> nn.Module:
     return spec.rebuild(manifest["root"], tensors, requires_grad, skeleton=model)
 
 
-def inspect(path) -> dict:
+def read_manifest(path) -> dict:
     """Read a ``.cnz`` file's manifest (checks the header, the manifest checksum and the file length; blobs are not
     decoded).
 

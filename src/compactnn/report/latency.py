@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..graph.modules import eval_mode
 from .macs import example_input, run_forward
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
@@ -85,14 +86,12 @@ def measure_latency(
         raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
     if steady_memory:
         steady_allocator()
-    modes = {m: m.training for m in model.modules()}
     old_threads = torch.get_num_threads()
     result: dict[int, float] = {}
     try:
-        model.eval()
         if threads is not None:
             torch.set_num_threads(int(threads))
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             for b in sizes:
                 x = example_input(model, input_shape, batch_size=b)
                 for _ in range(int(warmup)):
@@ -105,8 +104,6 @@ def measure_latency(
                 result[b] = statistics.median(times)
     finally:
         torch.set_num_threads(old_threads)
-        for m, mode in modes.items():
-            m.training = mode
     return result
 
 

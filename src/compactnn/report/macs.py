@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..graph.modules import eval_mode
 
 
 def _has_macs_method(module: nn.Module) -> bool:
@@ -122,14 +123,10 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
             counts[_name] += module_macs(mod, inputs, output)
 
         handles.append(module.register_forward_hook(hook))
-    modes = {m: m.training for m in model.modules()}
     try:
-        model.eval()
-        with torch.inference_mode():
+        with eval_mode(model), torch.inference_mode():
             run_forward(model, x)
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes.items():
-            m.training = mode
     return counts
