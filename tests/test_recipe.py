@@ -78,3 +78,28 @@ def test_output_dir_rules(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):
         recipe.check_output_dir(tmp_path / "file", force=True)
+
+
+def test_a_recipe_run_twice_gives_identical_reports(tmp_path):
+    """The recipe's seed fixes the initial weights (models.create(seed=)), the training and the stages, so two runs
+    give the same report, apart from wall-clock times."""
+    import json
+
+    text = """
+model: {name: lenet300, args: {hidden: [32, 16]}}
+train: {epochs: 1, lr: 0.05, batch_size: 64}
+stages:
+  - {method: magnitude-prune, sparsity: 0.5, finetune: {epochs: 1}}
+report: {latency: false}
+seed: 3
+"""
+    r = recipe.load_recipe(write(tmp_path, text))
+    reports = []
+    for out in ("a", "b"):
+        recipe.run(r, tmp_path / out, quiet=True)
+        rep = json.loads((tmp_path / out / "report.json").read_text())
+        for stage in rep["stages"]:
+            stage.pop("seconds")
+        reports.append(rep)
+    assert reports[0] == reports[1]
+    assert (tmp_path / "a" / "model.cnz").read_bytes() == (tmp_path / "b" / "model.cnz").read_bytes()

@@ -212,3 +212,30 @@ def test_nisp_config_errors():
         g = build_graph(nn.Sequential(nn.Conv2d(1, 2, 3)), input_shape=(1, 5, 5))
         final_response_node(g)
     assert copy.deepcopy(cfg) == cfg
+
+
+def test_global_budget_allocates_channels_and_macs_itself():
+    """scope="global": one threshold on mean-normalized scores; the removed share of channels / MACs hits the
+    budget (within one round_to step), groups keep different fractions, and each keeps at least round_to."""
+    from compactnn.prune.graph import build_graph
+    from compactnn.prune.surgery import total_macs
+
+    bundle = cn.data.load("digits")
+    m = cn.models.create("resnet20", data=bundle, seed=0)
+    g = build_graph(m, bundle.input_shape)
+    sizes = {n: gr.size for n, gr in g.prunable().items()}
+    p = cn.compress(m, NISP(sparsity=0.4, scope="global", samples=100, finetune=None), data=bundle)
+    g2 = build_graph(p, bundle.input_shape)
+    kept = {n: gr.size for n, gr in g2.prunable().items()}
+    removed = 1 - sum(kept.values()) / sum(sizes.values())
+    assert abs(removed - 0.4) <= 0.02
+    fractions = {round(kept[n] / sizes[n], 3) for n in sizes if n in kept}
+    assert len(fractions) > 1  # not a uniform ratio: the scores decide
+    dense = total_macs(m, bundle.input_shape)
+    q = cn.compress(m, NISP(sparsity=0.45, scope="global", budget="macs", round_to=8, samples=100, finetune=None),
+                    data=bundle)
+    assert abs(1 - total_macs(q, bundle.input_shape) / dense - 0.45) < 0.05
+    widths = [c.out_channels for c in q.modules() if isinstance(c, nn.Conv2d)]
+    assert all(w % 8 == 0 for w in widths)
+    with pytest.raises(ConfigError, match="per-layer sparsity mapping needs scope 'layer'"):
+        NISP(sparsity={"conv1": 0.3}, scope="global")

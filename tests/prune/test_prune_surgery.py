@@ -180,3 +180,16 @@ def test_round_to_in_configs_and_bad_values():
     out = cn.compress(m, L1Filter(sparsity=0.3, round_to=8, finetune=None))
     widths = {n: c.out_channels for n, c in out.named_modules() if isinstance(c, nn.Conv2d)}
     assert all(w % 8 == 0 for w in widths.values()), widths
+
+
+def test_macs_model_equals_rebuilding_and_counting():
+    from compactnn.prune.structured import MacsModel
+
+    for name in ("resnet20", "lenet5", "cat"):
+        m = _model(name)
+        g = build_graph(m)
+        macs = MacsModel(m, g)
+        for r in (0.0, 0.3, 0.7):
+            counts = {n: keep_count(gr.size, r) for n, gr in g.prunable().items()}
+            keep = {n: list(range(c)) for n, c in counts.items()}
+            assert macs(counts) == total_macs(prune_channels(copy.deepcopy(m), g, keep), g.input_shape), (name, r)

@@ -17,7 +17,6 @@ The budget (``sparsity`` of a :class:`Structured` config):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -28,7 +27,8 @@ from ..config import FineTune, MethodConfig, Patterns, PerLayer, PositiveInt, Sp
 from ..errors import ModelError
 from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune
 from .graph import DependencyGraph
-from .surgery import keep_count, prune_channels, total_macs
+from ..report import count_macs
+from .surgery import keep_count, prune_channels, removed_roots
 
 Importance = Callable[[nn.Module, DependencyGraph, Any], dict[str, Tensor]]
 
@@ -99,21 +99,49 @@ def keep_top(scores: Mapping[str, Tensor], counts: Mapping[str, int]) -> dict[st
     return keep
 
 
-def _macs_after(model: nn.Module, graph: DependencyGraph, counts: Mapping[str, int]) -> int:
-    keep = {n: list(range(c)) for n, c in counts.items()}  # MACs depend on how many, not which
-    return total_macs(prune_channels(copy.deepcopy(model), graph, keep), graph.input_shape)
+class MacsModel:
+    """Total batch-1 MACs of the model after each group keeps ``counts[g]`` channels, without rebuilding it.
+
+    MACs of a Conv/Linear are proportional to its kept input and output channels (a depthwise conv, and a norm, to
+    its kept channels), so the dense per-layer counts of :func:`compactnn.report.count_macs` scale exactly; layers the
+    graph does not track keep their MACs. Checked against rebuilding and counting in the tests.
+    """
+
+    def __init__(self, model: nn.Module, graph: DependencyGraph) -> None:
+        self.graph = graph
+        self.dense = count_macs(model, graph.input_shape)
+        self.roots = {n: graph.root(layer.out_ids) for n, layer in graph.layers.items()}
+        self.in_roots = {n: None if layer.in_ids is None else graph.root(layer.in_ids)
+                         for n, layer in graph.layers.items()}
+
+    def __call__(self, counts: Mapping[str, int]) -> int:
+        removed = removed_roots(self.graph, {n: list(range(c)) for n, c in counts.items()})
+        total = 0.0
+        for name, macs in self.dense.items():
+            layer = self.graph.layers.get(name)
+            if layer is None or not macs:
+                total += macs
+                continue
+            out = self.roots[name]
+            factor = sum(int(r) not in removed for r in out) / max(len(out), 1)
+            ins = self.in_roots[name]
+            if ins is not None and layer.kind != "depthwise":
+                factor *= sum(int(r) not in removed for r in ins) / max(len(ins), 1)
+            total += macs * factor
+        return int(round(total))
 
 
 def uniform_counts(model: nn.Module, graph: DependencyGraph, groups: Sequence[str], fraction: float,
                    round_to: int, tol: float = 1e-4) -> dict[str, int]:
     """Kept counts of one uniform ratio over ``groups`` that removes the fraction of MACs closest to ``fraction``."""
     sizes = {n: graph.groups[n].size for n in groups}
-    dense = total_macs(model, graph.input_shape)
+    macs = MacsModel(model, graph)
+    dense = sum(macs.dense.values())
     lo, hi, best = 0.0, 1.0 - 1e-9, None
     while hi - lo > tol:
         mid = (lo + hi) / 2
         counts = {n: keep_count(s, mid, round_to) for n, s in sizes.items()}
-        removed = 1.0 - _macs_after(model, graph, counts) / dense
+        removed = 1.0 - macs(counts) / dense
         if best is None or abs(removed - fraction) < best[0]:
             best = (abs(removed - fraction), counts)
         lo, hi = (mid, hi) if removed < fraction else (lo, mid)
@@ -126,7 +154,8 @@ def global_counts(model: nn.Module, graph: DependencyGraph, scores: Mapping[str,
     channels (``budget="channels"``) or of the model's MACs (``"macs"``), found by bisection on the threshold."""
     norm = {n: s.double() / max(float(s.double().mean()), 1e-300) for n, s in scores.items()}
     total = sum(s.numel() for s in norm.values())
-    dense = total_macs(model, graph.input_shape) if budget == "macs" else None
+    macs = MacsModel(model, graph) if budget == "macs" else None
+    dense = sum(macs.dense.values()) if macs is not None else None
 
     def counts_at(t: float) -> dict[str, int]:
         out = {}
@@ -138,7 +167,7 @@ def global_counts(model: nn.Module, graph: DependencyGraph, scores: Mapping[str,
     def removed(counts: Mapping[str, int]) -> float:
         if dense is None:
             return 1.0 - sum(counts.values()) / total
-        return 1.0 - _macs_after(model, graph, counts) / dense
+        return 1.0 - macs(counts) / dense
 
     values = torch.cat([s.reshape(-1) for s in norm.values()])
     lo, hi = float(values.min()), float(values.max()) + 1e-9
@@ -191,4 +220,4 @@ def prune_structured(model: nn.Module, config: Structured, data: Any, target: Ta
 
 
 __all__ = ["Structured", "Importance", "l1_importance", "prune_structured", "selected_groups", "keep_top",
-           "global_counts", "uniform_counts", "input_shape_of"]
+           "global_counts", "uniform_counts", "input_shape_of", "MacsModel"]
