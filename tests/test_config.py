@@ -113,7 +113,9 @@ def test_finetune_default_of_a_method_fills_a_partial_finetune():
     train = FineTune(epochs=40, lr=0.05, optimizer="adam", batch_size=64)
     inherited = FineTune(epochs=2).inherit(train)
     assert inherited == FineTune(epochs=2, lr=0.05 * 0.1, optimizer="adam", batch_size=64)
-    assert FineTune().fit_kwargs() == {"epochs": 5, "lr": 0.01}
+    assert FineTune().fit_kwargs() == {"epochs": 5, "optimizer": "sgd", "lr": 0.01}
+    assert FineTune().fit_kwargs(trained_with=None) == {"epochs": 5, "optimizer": "adamw", "lr": 1e-4}
+    assert FineTune().fit_kwargs("adam")["optimizer"] == "adamw"
 
 
 def _net():

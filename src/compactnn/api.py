@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import MethodConfig, build, short
 from .errors import CompactnnError, ConfigError
-from .layers import Target, resolve
+from .layers import Target, resolve, uncompressed_baseline
 
 Handler = Callable[[nn.Module, Any, Any, Target], nn.Module]
 _HANDLERS: dict[type, Handler] = {}
@@ -99,8 +99,10 @@ def compress(model: nn.Module, config: MethodConfig, data: Any = None, *, inplac
         from .data import as_bundle
 
         data = as_bundle(data)
-    work = model if inplace else copy.deepcopy(model)
-    return handler(work, config, data, resolve(work, config))
+    target = resolve(model, config)  # before copying: a bad pattern costs no copy
+    with uncompressed_baseline(model, config, data):
+        work = model if inplace else copy.deepcopy(model)
+        return handler(work, config, data, resolve(work, config) if work is not model else target)
 
 
 __all__ = ["compress", "register_method", "list_methods", "describe_methods", "config_class", "from_dict",

@@ -374,11 +374,21 @@ Schedule = Literal["cosine", "step", "constant"]
 class FineTune(Checked):
     """Every training setting in compactnn: a method's fine-tuning, an LC L step, the recipe's ``train:`` section.
 
-    A field left ``None`` is filled, in this order, from the recipe's ``train:`` section (for a stage of a recipe;
-    see :meth:`inherit`) and then from :func:`compactnn.train.fit`'s defaults (SGD, momentum 0.9, cosine schedule,
-    batch 128, weight decay 5e-4, seed 0). ``epochs`` and ``lr`` are the exceptions: a fine-tune's length is the
-    method's (its default ``FineTune`` says how many epochs), and its unset ``lr`` is a tenth of the training lr
-    (0.01 when nothing is known), the usual fine-tuning rule.
+    A field left ``None`` is filled, in this order, from the method's own default schedule (its default
+    ``finetune``), the recipe's ``train:`` section (for a stage of a recipe; see :meth:`inherit`: ``lr`` becomes a
+    tenth of the training lr, ``epochs`` is never inherited) and then :meth:`fit_kwargs`'s rule:
+
+    - ``optimizer`` unset: the family the model was trained with, when compactnn trained it (``fit`` records it on
+      the model as ``compactnn_training``): SGD stays SGD, Adam/AdamW become AdamW. A model trained elsewhere is
+      fine-tuned with AdamW: small adaptive steps do not wreck a model trained with Adam, and do little harm to
+      one trained with SGD, whereas SGD at 0.01 can wreck an Adam-trained transformer.
+    - ``lr`` unset: 0.01 for SGD, 1e-4 for Adam/AdamW.
+    - everything else: :func:`compactnn.train.fit`'s defaults (momentum 0.9, cosine schedule, batch 128, weight decay
+      5e-4, seed 0), and ``epochs`` 5.
+
+    ``val_split`` holds out that share of the training set: the fine-tune keeps the weights of its best epoch on it
+    (``keep_best``) and warns when it ends below the uncompressed model's accuracy there. ``loss`` replaces
+    cross-entropy with ``loss(model, x, y) -> scalar`` (Python only).
     """
 
     label = "finetune"
@@ -392,11 +402,20 @@ class FineTune(Checked):
     batch_size: BatchSize | None = None
     weight_decay: Annotated[float, Range(0.0, 1.0)] | None = None
     seed: Seed | None = None
+    val_split: Fraction | None = None
+    keep_best: bool | None = None
+    loss: Any = None
 
     #: Fine-tuning epochs when neither the stage nor the method says.
     DEFAULT_EPOCHS: ClassVar[int] = 5
     #: lr of a fine-tune relative to the training lr when it is unset.
     LR_FACTOR: ClassVar[float] = 0.1
+    #: Fine-tuning lr per optimizer family when nothing sets it.
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"sgd": 0.01, "adam": 1e-4, "adamw": 1e-4}
+
+    def validate(self) -> None:
+        check(self.loss is None or callable(self.loss),
+              "loss must be a Python callable loss(model, x, y) -> scalar (it cannot be set from YAML)")
 
     def fill(self, other: "FineTune") -> "FineTune":
         """This fine-tune with its unset fields taken from ``other`` (all fields)."""
@@ -415,11 +434,21 @@ class FineTune(Checked):
             fills["lr"] = train.lr * self.LR_FACTOR
         return dataclasses.replace(self, **fills) if fills else self
 
-    def fit_kwargs(self, default_lr: float = 0.01) -> dict[str, Any]:
-        """Keyword arguments for :func:`compactnn.train.fit`: set fields, ``epochs`` and ``lr`` always present."""
-        out = {k: getattr(self, k) for k in init_fields(FineTune) if getattr(self, k) is not None}
+    def fit_kwargs(self, trained_with: str | None = "sgd") -> dict[str, Any]:
+        """Keyword arguments for :func:`compactnn.train.fit`: the set fields, with ``epochs``, ``optimizer`` and ``lr``
+        always present (see the class docstring for the rule).
+
+        Args:
+            trained_with: the optimizer the model was trained with (``"sgd"``, ``"adam"``, ``"adamw"``), or None when
+                unknown (then AdamW). The default keeps SGD, for schedules written for SGD.
+        """
+        skip = ("val_split", "keep_best", "loss")
+        out = {k: getattr(self, k) for k in init_fields(FineTune) if getattr(self, k) is not None and k not in skip}
         out.setdefault("epochs", self.DEFAULT_EPOCHS)
-        out.setdefault("lr", default_lr)
+        out.setdefault("optimizer", "sgd" if trained_with == "sgd" else "adamw")
+        out.setdefault("lr", self.DEFAULT_LR[out["optimizer"]])
+        if self.loss is not None:
+            out["loss_fn"] = self.loss
         return out
 
 

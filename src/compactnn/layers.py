@@ -17,11 +17,13 @@ layer names, so a typo never silently compresses nothing. This module also holds
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import warnings
 from collections.abc import Mapping
 from fnmatch import fnmatchcase
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -183,23 +185,69 @@ def require_data(data: Any, method: str) -> None:
         )
 
 
+_BASELINE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("compactnn_baseline", default=None)
+
+
+def _val_split(data: Any, finetune: Any) -> tuple[Any, Any]:
+    if not hasattr(data, "split_train"):
+        raise ConfigError("finetune.val_split needs data that can be split (a DataBundle, or a map-style Dataset)")
+    return data.split_train(finetune.val_split, seed=finetune.seed or 0)
+
+
+@contextlib.contextmanager
+def uncompressed_baseline(model: nn.Module, config: Any, data: Any) -> Iterator[None]:
+    """While a method runs: the uncompressed model's accuracy on each fine-tune's validation split, so that
+    :func:`run_finetune` can say when a fine-tune ends below it (only measured for fine-tunes with ``val_split``)."""
+    from .config import FineTune
+    from .train import evaluate
+
+    scores = {}
+    if data is not None:
+        for f in dataclasses.fields(config):
+            ft = getattr(config, f.name)
+            if isinstance(ft, FineTune) and ft.val_split is not None and (ft.val_split, ft.seed) not in scores:
+                scores[(ft.val_split, ft.seed)] = evaluate(model, _val_split(data, ft)[1])["accuracy"]
+    token = _BASELINE.set(scores)
+    try:
+        yield
+    finally:
+        _BASELINE.reset(token)
+
+
 def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
                  step_hooks: Iterable[Callable[[nn.Module, int, int], None]] = (), **fit_args: Any) -> nn.Module:
     """Fine-tune ``model`` in place with :func:`compactnn.train.fit` as a method's :class:`FineTune` says.
 
+    The optimizer and lr that the FineTune leaves unset follow :meth:`compactnn.config.FineTune.fit_kwargs`'s rule,
+    from how the model was trained (``model.compactnn_training``, recorded by ``fit``). With ``val_split`` the
+    fine-tune trains on the rest of the training set, keeps its best epoch on the held-out part (unless
+    ``keep_best`` is False) and warns, in one line, when it ends below the uncompressed model there.
+
     Args:
         model: the model being compressed (possibly with masks or codebooks parametrizing its weights).
         data: the data to train on (a DataBundle, Dataset or DataLoader); ``None`` is a ConfigError naming ``method``.
-        finetune: a :class:`compactnn.config.FineTune`; its unset fields take ``fit``'s defaults, ``lr`` 0.01.
-        method: the method's registry name, for the error message.
+        finetune: a :class:`compactnn.config.FineTune`.
+        method: the method's registry name, for messages.
         step_hooks: ``hook(model, step, total_steps)`` callables run after every optimizer step.
         fit_args: further keyword arguments for ``fit`` (e.g. ``loss_fn``).
     """
     require_data(data, method)
     from .train import fit
 
-    return fit(model, data, step_hooks=tuple(step_hooks), **{**finetune.fit_kwargs(), **fit_args})
+    trained = getattr(model, "compactnn_training", None)
+    kwargs = {**finetune.fit_kwargs(trained.get("optimizer") if isinstance(trained, Mapping) else None), **fit_args}
+    if finetune.val_split is None:
+        return fit(model, data, step_hooks=tuple(step_hooks), **kwargs)
+    train_part, val_part = _val_split(data, finetune)
+    keep = finetune.keep_best is not False
+    fit(model, train_part, step_hooks=tuple(step_hooks), val=val_part, keep_best=keep, **kwargs)
+    before = (_BASELINE.get() or {}).get((finetune.val_split, finetune.seed))
+    after = getattr(model, "compactnn_val_accuracy", None)
+    if before is not None and after is not None and after < before:
+        warnings.warn(f"{method}: fine-tuning ended at validation accuracy {after:.4f}, below the uncompressed "
+                      f"model's {before:.4f}; try more epochs, another lr, or less compression", stacklevel=2)
+    return model
 
 
-__all__ = ["WEIGHT_LAYERS", "Target", "resolve", "weight_layers", "select_layers", "matches", "pick", "names_line",
+__all__ = ["WEIGHT_LAYERS", "Target", "resolve", "uncompressed_baseline", "weight_layers", "select_layers", "matches", "pick", "names_line",
            "strip_parametrizations", "run_finetune", "require_data"]

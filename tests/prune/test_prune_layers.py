@@ -71,9 +71,13 @@ def test_run_finetune_defaults_lr_and_needs_data(monkeypatch):
     calls = []
     monkeypatch.setattr(compactnn.train, "fit", lambda model, data, **kw: calls.append(kw) or model)
     hook = lambda model, step, total: None  # noqa: E731
-    run_finetune(nn.Linear(2, 2), "data", FineTune(epochs=3), "m", step_hooks=[hook])
+    sgd_trained = nn.Linear(2, 2)
+    sgd_trained.compactnn_training = {"optimizer": "sgd", "lr": 0.1}  # what fit records
+    run_finetune(sgd_trained, "data", FineTune(epochs=3), "m", step_hooks=[hook])
     run_finetune(nn.Linear(2, 2), "data", FineTune(lr=0.2, optimizer="adam"), "m")
-    assert calls == [{"lr": 0.01, "epochs": 3, "step_hooks": (hook,)},
-                     {"lr": 0.2, "epochs": 5, "optimizer": "adam", "step_hooks": ()}]
+    run_finetune(nn.Linear(2, 2), "data", FineTune(epochs=2), "m")  # trained elsewhere: AdamW at a small lr
+    assert calls == [{"lr": 0.01, "epochs": 3, "optimizer": "sgd", "step_hooks": (hook,)},
+                     {"lr": 0.2, "epochs": 5, "optimizer": "adam", "step_hooks": ()},
+                     {"lr": 1e-4, "epochs": 2, "optimizer": "adamw", "step_hooks": ()}]
     with pytest.raises(ConfigError, match="m: fine-tuning needs data"):
         run_finetune(nn.Linear(2, 2), None, FineTune(), "m")

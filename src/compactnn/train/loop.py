@@ -104,8 +104,11 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
         momentum: float = 0.9, nesterov: bool = False, weight_decay: float = 5e-4, schedule: str = "cosine",
         batch_size: int = 128, seed: int = 0, quiet: bool | None = None, checkpoint: PathLike | None = None,
         resume: bool = False, step_hooks: Sequence[StepHook] = (), loss_fn: LossFn | None = None,
-        max_steps: int | None = None) -> nn.Module:
+        max_steps: int | None = None, val: Any = None, keep_best: bool = False) -> nn.Module:
     """Train ``model`` in place on ``data`` and return it (unwrapped, with its train/eval flags as on entry).
+
+    The model remembers how it was trained, as ``model.compactnn_training = {"optimizer": ..., "lr": ...}``, so that a
+    later fine-tune can pick a matching optimizer (:meth:`compactnn.config.FineTune.fit_kwargs`).
 
     Args:
         model: the module to train; its parameters' device is used for the batches.
@@ -129,15 +132,20 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
         loss_fn: ``loss_fn(model, x, y) -> scalar loss`` replacing cross-entropy (e.g. for distillation); under
             torchrun ``model`` is the DistributedDataParallel wrapper, so call it for the forward pass.
         max_steps: stop after this many optimizer steps in all (the schedule then spans ``max_steps``).
+        val: data to measure accuracy on after every epoch (a Dataset, DataLoader or DataBundle's test part).
+        keep_best: with ``val``, end with the weights of the epoch that scored best on it (ties: the later epoch).
 
     Under torchrun (``WORLD_SIZE > 1``) the model is trained with DistributedDataParallel over gloo; see
     :mod:`compactnn.train.distributed`.
     """
     dataset = _dataset(data, "train", "fit")
+    _check(val is not None or not keep_best, "keep_best=True needs val=<data> to choose the best epoch on")
+    best = _BestEpoch(model, val, keep_best)
     if isinstance(dataset, DataLoader):
-        return _fit_loader(model, dataset, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
-                           nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, seed=seed, quiet=quiet,
-                           step_hooks=step_hooks, loss_fn=loss_fn, max_steps=max_steps)
+        _fit_loader(model, dataset, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
+                    nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, seed=seed, quiet=quiet,
+                    step_hooks=step_hooks, loss_fn=loss_fn, max_steps=max_steps, on_epoch=best)
+        return _finish(model, best, optimizer, lr)
     _check(isinstance(epochs, int) and epochs >= 0, f"epochs must be an int >= 0, got {epochs!r}")
     _check(lr > 0, f"lr must be > 0, got {lr!r}")
     _check(optimizer in OPTIMIZERS, f"unknown optimizer {optimizer!r}; valid optimizers are {', '.join(OPTIMIZERS)}")
@@ -217,14 +225,42 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
                     "epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "rng": torch.get_rng_state(), "settings": settings})
             distributed.barrier()
+            best(epoch)
     if parallel:
         distributed.sync_buffers(model)
+    return _finish(model, best, optimizer, lr)
+
+
+class _BestEpoch:
+    """After every epoch: the accuracy on ``val``, and (``keep_best``) a copy of the best weights so far."""
+
+    def __init__(self, model: nn.Module, val: Any, keep: bool) -> None:
+        self.model, self.val, self.keep = model, val, keep
+        self.scores: list[float] = []
+        self.state: dict | None = None
+
+    def __call__(self, epoch: int) -> None:
+        if self.val is None:
+            return
+        acc = evaluate(self.model, self.val)["accuracy"]
+        if self.keep and (not self.scores or acc >= max(self.scores)):
+            self.state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.scores.append(acc)
+
+
+def _finish(model: nn.Module, best: _BestEpoch, optimizer: str, lr: float) -> nn.Module:
+    if best.state is not None:
+        model.load_state_dict(best.state)
+    if best.scores:
+        model.compactnn_val_accuracy = max(best.scores) if best.keep else best.scores[-1]
+    model.compactnn_training = {"optimizer": optimizer, "lr": float(lr)}
     return model
 
 
 def _fit_loader(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float, optimizer: str, momentum: float,
                 nesterov: bool, weight_decay: float, schedule: str, seed: int, quiet: bool | None,
-                step_hooks: Sequence[StepHook], loss_fn: LossFn | None, max_steps: int | None) -> nn.Module:
+                step_hooks: Sequence[StepHook], loss_fn: LossFn | None, max_steps: int | None,
+                on_epoch: Callable[[int], None]) -> nn.Module:
     """:func:`fit` over a user's DataLoader: its own batches and order every epoch (no checkpoints, no DDP)."""
     _check(optimizer in OPTIMIZERS, f"unknown optimizer {optimizer!r}; valid optimizers are {', '.join(OPTIMIZERS)}")
     _check(schedule in SCHEDULES, f"unknown schedule {schedule!r}; valid schedules are {', '.join(SCHEDULES)}")
@@ -266,6 +302,7 @@ def _fit_loader(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
                 if step >= total:
                     break
             bar.close()
+            on_epoch(epoch)
             if step >= total:
                 break
     return model
