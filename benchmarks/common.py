@@ -34,6 +34,36 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 
+def seeds_arg(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (the ``--seeds`` option)."""
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def aggregate(rows: list[dict], keys: list[str], values: list[str]) -> list[dict]:
+    """Rows grouped by ``keys`` (in first-seen order) with, for each of ``values``, ``<v>_mean``, ``<v>_std``
+    (sample std, 0 for one seed) and a ``"<mean> ± <std>"`` text in ``<v>``; ``seeds`` lists the seeds seen."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(k) for k in keys), []).append(r)
+    out = []
+    for key, members in groups.items():
+        row = dict(zip(keys, key))
+        row["seeds"] = ",".join(str(m.get("seed", 0)) for m in members)
+        for v in values:
+            xs = [m[v] for m in members if isinstance(m.get(v), (int, float))]
+            if not xs:
+                continue
+            mean = statistics.fmean(xs)
+            std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+            row[f"{v}_mean"], row[f"{v}_std"] = mean, std
+            digits = 4 if abs(mean) < 1 and v in ("accuracy",) else 2
+            row[v] = f"{mean:.{digits}f} ± {std:.{digits}f}" if len(xs) > 1 else f"{mean:.{digits}f}"
+        out.append(row)
+    return out
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A GitHub markdown table of ``rows`` over ``columns``; floats get 4 significant decimals."""
 

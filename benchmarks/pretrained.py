@@ -20,14 +20,16 @@ def cache_dir() -> Path:
 
 def pretrained(name: str, bundle, epochs: int, lr: float = 0.05, batch_size: int = 128, seed: int = 0,
                optimizer: str = "sgd", **model_kwargs):
-    """Registry model ``name`` trained on ``bundle`` with these settings; loaded from the cache when present."""
-    tag = f"{name}-{bundle.name}-e{epochs}-lr{lr}-b{batch_size}-{optimizer}-s{seed}"
+    """Registry model ``name`` trained on ``bundle`` with these settings; loaded from the cache when present.
+
+    ``seed`` fixes everything: the initial weights (``models.create(seed=)``) and the training's data order."""
+    tag = f"{name}-{bundle.name}-e{epochs}-lr{lr}-b{batch_size}-{optimizer}-s{seed}-init"
     if model_kwargs:
         tag += "-" + "-".join(f"{k}{v}" for k, v in sorted(model_kwargs.items()))
     path = cache_dir() / f"{tag}.cnz"
     if path.exists():
         return cn.pack.load(path)
-    model = cn.models.create(name, data=bundle, **model_kwargs)
+    model = cn.models.create(name, data=bundle, seed=seed, **model_kwargs)
     print(f"training {tag} (cached afterwards in {path})", flush=True)
     cn.train.fit(model, bundle, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, optimizer=optimizer)
     cn.pack.save(model, path, metadata={"model": name, "data": bundle.name, "epochs": epochs})

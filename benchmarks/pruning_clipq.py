@@ -24,9 +24,12 @@ from compactnn.prune.clipq_search import search
 from pretrained import pretrained  # noqa: E402
 
 # The trained references other benchmarks use too (same cache entries): pruning_lc (lenet300), integer_only (lenet5).
+# LeNet-300-100's weights target 45x (it was 55.6x, a 0.018 fraction of fp32 bits, with 15 fine-tuning epochs): the
+# claim to check is <= 0.5 points at >= 40x, and over three seeds the 55.6x setting lost 0.47-0.73 points, so the
+# search now spends the margin above 40x on bits, and the fine-tune runs 20 epochs.
 SETTINGS = {
-    "lenet300": dict(train=dict(epochs=20, lr=0.1, batch_size=128), trials=50, ratio=1 / 0.018,
-                     finetune=dict(epochs=15, lr=0.01)),
+    "lenet300": dict(train=dict(epochs=20, lr=0.1, batch_size=128), trials=50, ratio=45.0,
+                     finetune=dict(epochs=20, lr=0.01)),
     "lenet5": dict(train=dict(epochs=12, lr=0.01, batch_size=128), trials=50, ratio=1 / 0.018,
                    finetune=dict(epochs=10, lr=0.01)),
 }
@@ -56,16 +59,16 @@ def describe(settings: dict[str, tuple[float, int]]) -> str:
     return ", ".join(f"{n} p={p:.3f} b={b}" for n, (p, b) in settings.items())
 
 
-def run_model(name: str, bundle, quick: bool, quiet: bool | None = None) -> list[dict]:
+def run_model(name: str, bundle, quick: bool, quiet: bool | None = None, seed: int = 0) -> list[dict]:
     s = (QUICK if quick else SETTINGS)[name]
-    ref = pretrained(name, bundle, **s["train"]).train(False)
+    ref = pretrained(name, bundle, seed=seed, **s["train"]).train(False)
     dense = measure(ref, bundle, name, "dense fp32", "reference", 0.0)
     rows = [dense]
     print(f"{name} dense: {dense['accuracy']:.4f}, {dense['packed_bytes']} bytes", flush=True)
 
     t = time.perf_counter()
-    cfg = ClipQ(search=True, trials=s["trials"], ratio=s["ratio"], finetune=FineTune(**s["finetune"]),
-                study_name=f"clipq-{name}-{bundle.name}", **SEARCH)
+    cfg = ClipQ(search=True, trials=s["trials"], ratio=s["ratio"], finetune=FineTune(**s["finetune"], seed=seed),
+                study_name=f"clipq-{name}-{bundle.name}", **{**SEARCH, "seed": seed})
     found = search(ref, cfg, bundle, quiet=quiet)
     searched = time.perf_counter() - t
     chosen = describe(found.settings)
@@ -87,9 +90,10 @@ def run_model(name: str, bundle, quick: bool, quiet: bool | None = None) -> list
     return rows
 
 
-def run(bundle, quick: bool, quiet: bool | None = None, models=("lenet300", "lenet5")) -> list[dict]:
-    """The CLIP-Q rows on ``bundle`` (Fashion-MNIST; digits with ``quick``) for ``models``."""
-    return [r for name in models for r in run_model(name, bundle, quick, quiet)]
+def run(bundle, quick: bool, quiet: bool | None = None, models=("lenet300", "lenet5"), seed: int = 0) -> list[dict]:
+    """The CLIP-Q rows on ``bundle`` (Fashion-MNIST; digits with ``quick``) for ``models``; ``seed`` seeds the
+    reference model (initial weights and training), the search and the fine-tune."""
+    return [r for name in models for r in run_model(name, bundle, quick, quiet, seed)]
 
 
 def main() -> None:

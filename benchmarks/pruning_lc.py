@@ -18,6 +18,7 @@ script, not kept) gave 0.58 with μ ending at 1.3e-2 (gap 3.4) and 0.76 at 0.18 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 
 import torch
@@ -69,12 +70,14 @@ def budget(model, layers=None) -> list[dict]:
                  share_pct=round(100 * b["share"], 2)) for n, b in layer_budget(model, layers).items()]
 
 
-def run(bundle, quick: bool, reference=None, quiet: bool | None = None) -> list[dict]:
+def run(bundle, quick: bool, reference=None, quiet: bool | None = None, seed: int = 0) -> list[dict]:
     """The LC rows on ``bundle`` (Fashion-MNIST; digits with ``quick``). The LC-ℓ0 and magnitude rows carry a
-    ``budget`` key (see :func:`budget`). ``reference``: a trained LeNet-300-100 (default: ``pretrained(...)``)."""
+    ``budget`` key (see :func:`budget`). ``reference``: a trained LeNet-300-100 (default: ``pretrained(...)``).
+    ``seed`` seeds the reference's initial weights and training and every L step's and fine-tune's data order."""
     s = QUICK_SCHEDULE if quick else SCHEDULE
+    s = {**s, "finetune": dataclasses.replace(s["finetune"], seed=seed)}
     if reference is None:
-        reference = pretrained("lenet300", bundle, **(QUICK_REFERENCE if quick else REFERENCE))
+        reference = pretrained("lenet300", bundle, seed=seed, **(QUICK_REFERENCE if quick else REFERENCE))
     ref = reference.train(False)
     rows = [measure(ref, bundle, "dense fp32", "reference", 0.0)]
     dense = rows[0]
@@ -97,7 +100,7 @@ def run(bundle, quick: bool, reference=None, quiet: bool | None = None) -> list[
     rows.append(lc_row("LC ℓ0", f"keep {KEEP:.0%} global", compression="l0", sparsity=1 - KEEP))
     t = time.perf_counter()
     epochs = total_epochs(s)
-    ft = FineTune(epochs=epochs, lr=0.05, batch_size=s["finetune"].batch_size)
+    ft = FineTune(epochs=epochs, lr=0.05, batch_size=s["finetune"].batch_size, seed=seed)
     mp = cn.compress(ref, MagnitudePrune(sparsity=1 - KEEP, schedule="agp", finetune=ft), data=bundle)
     row = measure(mp, bundle, "magnitude AGP + fine-tune", f"keep {KEEP:.0%} global, {epochs} ep, lr 0.05 cosine, "
                   f"batch {s['finetune'].batch_size} (same epochs as LC)", time.perf_counter() - t, dense)

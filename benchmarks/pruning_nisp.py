@@ -1,10 +1,11 @@
 """NISP vs L1-norm filter pruning on ResNet-20 (1-channel, Fashion-MNIST), at the same FLOPs, channels removed.
 
-The trained dense ResNet-20 (``benchmarks/pretrained.py``) is pruned by NISP (Yu et al. 2018) at per-stage ratios
-(``RATIOS``) with kept widths rounded to multiples of 8 (``round_to=8``), which removes 47.7% of the MACs (the
-paper's ResNet-56 figure is 43.6%), then fine-tuned. L1-norm filter pruning (Li et al. 2017) runs at the same ratios
-and rounding, so both pruned models have the same shapes and MACs, and is fine-tuned the same way. A control row
-fine-tunes the dense model with the same schedule, so the drop can also be read against equal training.
+The trained dense ResNet-20 (``benchmarks/pretrained.py``) is pruned by NISP (Yu et al. 2018) under one global
+budget (``BUDGET``: 45% of the MACs, allocated across layers by NISP's own scores, kept widths rounded to multiples
+of 8; the paper's ResNet-56 figure is 43.6%), then fine-tuned. L1-norm filter pruning (Li et al. 2017) gets the same
+budget and allocator, so the two differ only in the importance measure, and is fine-tuned the same way. A control
+row fine-tunes the dense model with the same schedule, so the drop can also be read against equal training.
+Everything (dense model, fine-tunes, sampled examples) is seeded by the run's seed.
 
 Each row gives test accuracy, parameters, MACs (:func:`compactnn.report.count_macs`, batch 1), packed bytes, and
 CPU latency at batch 256 (:func:`compactnn.report.measure_latency`: 2 threads, eval mode, ``torch.inference_mode``,
@@ -37,20 +38,17 @@ from compactnn.prune.nisp import NISP  # noqa: E402
 from compactnn.prune.surgery import total_macs  # noqa: E402
 
 FULL = dict(train=dict(epochs=3, lr=0.05, batch_size=128), finetune=dict(epochs=3, lr=0.01, batch_size=128),
-            samples=1000, repeats=30)
+            samples=1000, repeats=20)
 QUICK = dict(train=dict(epochs=15, lr=0.05, batch_size=64), finetune=dict(epochs=4, lr=0.01, batch_size=64),
              samples=300, repeats=7)
-# Stage 1 halves its residual and inner widths (16 -> 8), stage 2 is kept (32), stage 3 keeps 48 residual and 32
-# inner channels: 47.7% of the MACs removed. Widths were chosen by timing candidate shapes (random surgery, no
-# training) in the compiled form: oneDNN's AVX-512 convolutions block output channels by 16, so a conv with 8
-# outputs reading 16 channels costs as much as one with 16 (4.5 vs 4.8 ms here), and 24-wide ones run slowly. The
-# previous shape (stage 1 inner 8, stages 2-3 at 24/48; 45.2%) measured 1.37x compiled; stages 2-3 halved
-# (16/32; 47.7%) measured 1.67x but lost 1.1 points against the control (scratch runs).
-RATIOS = {"layer1.*": 0.5, "layer3.*.conv1": 0.5, "layer3.*": 0.25}
-ROUND_TO = 8
+# The budget: 45% of the batch-1 MACs, allocated across layers by NISP itself (scope="global": channels ranked by
+# score / group mean score, one threshold), kept widths rounded to multiples of 8 (oneDNN's AVX-512 convolutions
+# block output channels by 16 and run odd widths slowly). L1-filter gets the same budget and the same allocator, so
+# the comparison is the importance measure alone. (Earlier versions hand-picked per-stage ratios.)
+BUDGET = dict(sparsity=0.45, scope="global", budget="macs", round_to=8)
 THREADS = 2
-RUNS = 5  # round-robin timing runs; the table gives the median speed-up over them and their min-max
-COLUMNS = ["model", "data", "method", "ratio", "accuracy", "drop_points", "drop_vs_control", "params", "macs",
+RUNS = 3  # round-robin timing runs per seed; the table gives the median speed-up over them and their min-max
+COLUMNS = ["model", "data", "method", "widths", "accuracy", "drop_points", "drop_vs_control", "params", "macs",
            "macs_removed", "packed_bytes", "eager_ms_b256", "eager_speedup", "folded_ms_b256", "folded_speedup",
            "latency_ms_b256", "speedup", "speedup_runs", "seconds"]
 
@@ -68,85 +66,90 @@ def latencies(models: list, shape, repeats: int) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def _row(model, bundle, method, ratio, seconds, dense=None) -> dict:
+def _row(model, bundle, method, shape, seconds, dense=None) -> dict:
     acc = cn.train.evaluate(model, bundle)["accuracy"]
     macs = total_macs(model, bundle.input_shape)
-    return dict(model="resnet20", data=bundle.name, method=method, ratio=ratio, accuracy=round(acc, 4),
+    return dict(model="resnet20", data=bundle.name, method=method, widths=shape, accuracy=round(acc, 4),
                 drop_points=round(100 * ((dense or {}).get("accuracy", acc) - acc), 2) + 0.0,
                 params=sum(p.numel() for p in model.parameters()), macs=macs,
                 macs_removed=round(1 - macs / (dense or {}).get("macs", macs), 4),
                 packed_bytes=cn.pack.packed_size(model), seconds=round(seconds, 1))
 
 
-def run(bundle, quick: bool) -> list[dict]:
+def widths(model) -> str:
+    """Kept output channels of the convs, stage by stage: ``stem / stage1 inner-residual / ...``."""
+    convs = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    parts = [str(convs.get("conv1"))]
+    for stage in ("layer1", "layer2", "layer3"):
+        inner = sorted({w for n, w in convs.items() if n.startswith(stage) and n.endswith("conv1")})
+        resid = sorted({w for n, w in convs.items() if n.startswith(stage) and n.endswith("conv2")})
+        parts.append(f"{'/'.join(map(str, inner))}-{'/'.join(map(str, resid))}")
+    return " | ".join(parts)
+
+
+def run(bundle, quick: bool, seed: int = 0) -> list[dict]:
     """Rows for dense, its fine-tuned control, NISP and L1-filter ResNet-20 on ``bundle`` (settings: QUICK or
-    FULL); the control is not timed (it has the dense shapes)."""
+    FULL), everything seeded by ``seed``; the control is not timed (it has the dense shapes)."""
     from pretrained import pretrained
 
     s = QUICK if quick else FULL
     t = time.perf_counter()
-    dense_model = pretrained("resnet20", bundle, **s["train"])
+    dense_model = pretrained("resnet20", bundle, seed=seed, **s["train"])
     dense = _row(dense_model, bundle, "dense", "-", time.perf_counter() - t)
     print(f"dense: {dense}", flush=True)
-    ft = FineTune(**s["finetune"])
-    label = ", ".join(f"{k}: {v:g}" for k, v in RATIOS.items()) + f"; round_to {ROUND_TO}"
+    ft = FineTune(**s["finetune"], seed=seed)
 
     t = time.perf_counter()
-    control_row = _row(control(dense_model, bundle, s), bundle, "dense + same fine-tune (control)", "-",
+    control_row = _row(control(dense_model, bundle, s, seed), bundle, "dense + same fine-tune (control)", "-",
                        time.perf_counter() - t, dense)
     print(f"control: {control_row}", flush=True)
 
-    t = time.perf_counter()
-    torch.manual_seed(0)
-    nisp = cn.compress(dense_model, NISP(sparsity=RATIOS, round_to=ROUND_TO, samples=s["samples"], finetune=ft),
-                       data=bundle)
-    nisp_row = _row(nisp, bundle, "NISP + fine-tune", label, time.perf_counter() - t, dense)
-    print(f"nisp: {nisp_row}", flush=True)
-
-    t = time.perf_counter()
-    torch.manual_seed(0)
-    l1 = cn.compress(dense_model, L1Filter(sparsity=RATIOS, round_to=ROUND_TO, finetune=ft), data=bundle)
-    l1_row = _row(l1, bundle, "L1-filter + fine-tune", label, time.perf_counter() - t, dense)
-    print(f"l1: {l1_row}", flush=True)
-    for r in (dense, control_row, nisp_row, l1_row):
+    rows, models = [dense], [dense_model]
+    for name, cfg in (("NISP", NISP(**BUDGET, samples=s["samples"], finetune=ft)),
+                      ("L1-filter", L1Filter(**BUDGET, finetune=ft))):
+        t = time.perf_counter()
+        pruned = cn.compress(dense_model, cfg, data=bundle)
+        row = _row(pruned, bundle, f"{name} + fine-tune", widths(pruned), time.perf_counter() - t, dense)
+        print(f"{name}: {row}", flush=True)
+        rows.append(row)
+        models.append(pruned)
+        cn.pack.save(pruned, _saved(name.lower(), bundle, seed))  # kept so that --retime can time them again
+    for r in (*rows, control_row):
         r["drop_vs_control"] = round(100 * (control_row["accuracy"] - r["accuracy"]), 2) + 0.0
-    models = [dense_model, nisp, l1]
-    for name, m in zip(("nisp", "l1"), models[1:]):  # kept so that --retime can time them again on an idle machine
-        cn.pack.save(m, _saved(name, bundle))
-    time_rows([dense, nisp_row, l1_row], models, bundle, s["repeats"])
-    return [dense, control_row, nisp_row, l1_row]
+    time_rows(rows, models, bundle, s["repeats"])
+    return [dense, control_row, *rows[1:]]
 
 
-def control(dense_model, bundle, s: dict):
+def control(dense_model, bundle, s: dict, seed: int = 0):
     """The dense model fine-tuned with the pruned models' schedule (``s["finetune"]``), cached next to the
     pretrained models: it tells how much of a pruned model's accuracy comes from the extra epochs alone."""
     from pretrained import cache_dir
 
     train, ft = s["train"], s["finetune"]
-    path = cache_dir() / (f"resnet20-{bundle.name}-e{train['epochs']}-lr{train['lr']}-b{train['batch_size']}-sgd-s0"
-                          f"-control-e{ft['epochs']}-lr{ft['lr']}-b{ft['batch_size']}.cnz")
+    path = cache_dir() / (f"resnet20-{bundle.name}-e{train['epochs']}-lr{train['lr']}-b{train['batch_size']}-sgd-"
+                          f"s{seed}-init-control-e{ft['epochs']}-lr{ft['lr']}-b{ft['batch_size']}.cnz")
     if path.exists():
         return cn.pack.load(path)
-    torch.manual_seed(0)
-    model = cn.train.fit(copy.deepcopy(dense_model), bundle, **FineTune(**ft).fit_kwargs())
+    model = cn.train.fit(copy.deepcopy(dense_model), bundle, **FineTune(**ft, seed=seed).fit_kwargs())
     cn.pack.save(model, path)
     return model
 
 
-def _saved(name: str, bundle):
+def _saved(name: str, bundle, seed: int = 0):
     from pretrained import cache_dir
 
-    return cache_dir() / f"pruned-resnet20-{name}-{bundle.name}.cnz"
+    return cache_dir() / f"pruned-resnet20-{name}-{bundle.name}-s{seed}.cnz"
 
 
-def retime(rows: list[dict], bundle, quick: bool) -> list[dict]:
+def retime(rows: list[dict], bundle, quick: bool, seed: int = 0) -> list[dict]:
     """Time the models of a previous run again (dense from the cache, pruned ones saved by :func:`run`) and update
     the timing columns of its ``rows`` (dense, control, NISP, L1; the control is not timed), e.g. once the machine
     is idle."""
     from pretrained import pretrained
 
     s = QUICK if quick else FULL
-    models = [pretrained("resnet20", bundle, **s["train"])] + [cn.pack.load(_saved(n, bundle)) for n in ("nisp", "l1")]
+    models = [pretrained("resnet20", bundle, seed=seed, **s["train"])]
+    models += [cn.pack.load(_saved(n, bundle, seed)) for n in ("nisp", "l1-filter")]
     time_rows([r for r in rows if "control" not in r["method"]], models, bundle, s["repeats"])
     return rows
 
@@ -204,15 +207,15 @@ def plot(rows: list[dict], path) -> None:
 
 
 NOTES = """Both pruned models are plain, smaller `nn.Conv2d`/`BatchNorm2d`/`Linear` modules (channels removed by
-`compactnn.prune.surgery`, no masks). Ratios are per stage (`ratio` column; a pattern names a group's producers,
-the first matching pattern wins, and residual groups lose the same channels on every member of their adds): stage 1
-keeps 8 of 16 residual and inner channels, stage 2 is not pruned (32), stage 3 keeps 48 of 64 residual and 32 of 64
-inner channels. The classifier's outputs are never pruned. L1 uses the same ratios, so both have the same shapes and
-MACs. Both are fine-tuned 3 epochs at lr 0.01; `drop_vs_control` compares with the dense model fine-tuned the same
+`compactnn.prune.surgery`, no masks). The budget is global (`NISP(sparsity=0.45, scope="global", budget="macs",
+round_to=8)`): every channel's score is divided by its group's mean score, one threshold removes the lowest until
+45% of the MACs are gone, and residual groups lose the same channels on every member of their adds; `widths` gives
+the kept conv widths (stem | stage 1 inner-residual | stage 2 | stage 3). The classifier's outputs are never pruned.
+L1-filter gets the same budget and allocator, with filter norms as scores. Both are fine-tuned 3 epochs at lr 0.01; `drop_vs_control` compares with the dense model fine-tuned the same
 3 epochs (the dense reference itself is trained only 3 epochs, so extra epochs alone add accuracy).
 
-Latency: `compactnn.report.measure_latency`, batch 256, 2 torch threads. 5 timing runs; in each, the 9 model forms
-are timed round-robin (30 rounds after 3 warm-up passes, one pass of each per round; 7 rounds in --quick), and a
+Latency: `compactnn.report.measure_latency`, batch 256, 2 torch threads. 3 timing runs per seed; in each, the 9 model
+forms are timed round-robin (20 rounds after 3 warm-up passes, one pass of each per round; 7 rounds in --quick), and a
 run's speed-up is the dense form's median over the model's. `speedup` is the median over runs and `speedup_runs`
 their min-max. Forms, each applied to dense and pruned models alike: `eager_*` plain modules (NCHW, separate BN);
 `folded_*` `inference_form(model)` (BN folded into the convs, channels-last weights); `latency_ms_b256` and
@@ -229,9 +232,8 @@ jemalloc/tcmalloc preload of PyTorch's CPU tuning guide). (2) oneDNN's AVX-512 c
 by 16: a 16->8 conv took 4.5 ms against 4.8 ms for 16->16, and 24-wide convs ran at 80% of the 32-wide ones' MAC
 rate, so the previous shape (stage 1 inner 8, stages 2-3 at 24/48, 45.2% of MACs) measured only 1.37x compiled. (3)
 Unfused ReLU and adds cost about 20 ms per pass folded, about the same for dense and pruned models, hence the
-compiled form.
-Candidate widths were timed with random surgery before training; stages 2-3 halved (16/32, 47.7%) ran 1.67x but lost
-more accuracy.
+compiled form. (Earlier versions of this benchmark hand-picked per-stage widths from such timings; the budget is now
+allocated by the pruner.)
 
 NISP's alpha = 0.5 is unverified; BN scaling by |gamma/sigma| and uniform max-pool spreading are our choices (see
 `compactnn/prune/nisp.py`)."""
@@ -244,7 +246,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     bundle = cn.data.load("digits" if args.quick else "fashion-mnist", root=args.data_root)
-    rows = run(bundle, args.quick)
+    rows = run(bundle, args.quick, seed=0)
     write_results("pruning_nisp", args.out, rows, COLUMNS, "NISP vs L1-norm filter pruning (ResNet-20)", NOTES,
                   lambda path: plot(rows, path))
     for r in rows:
