@@ -24,7 +24,7 @@ GROUP = ["part", "model", "variant", "label"]
 
 def _groups(rows: list[dict]) -> list[tuple[dict, list[dict]]]:
     """Seeded rows (parts a, b) grouped by (part, model, variant, label), with their :func:`common.aggregate` row."""
-    seeded = [r for r in rows if r["part"] != "c latency"]
+    seeded = [r for r in rows if not r["part"].startswith("c")]
     agg = aggregate(seeded, GROUP, SPREAD + SAME)
     out = []
     for a in agg:
@@ -50,7 +50,7 @@ def mean_rows(rows: list[dict]) -> list[dict]:
                 row[v] = _number(a[f"{v}_mean"]) if v in SAME else a[f"{v}_mean"]
                 row[f"{v}_std"] = a[f"{v}_std"]
         out.append(row)
-    return out + [r for r in rows if r["part"] == "c latency"]
+    return out + [r for r in rows if r["part"].startswith("c")]
 
 
 def table_rows(rows: list[dict]) -> list[dict]:
@@ -177,17 +177,53 @@ def verdicts(rows: list[dict]) -> str:
                        f"{'held' if held else 'did not hold'}: W_ih {b['w_ih']:,} vs {d['w_ih']:,} "
                        f"({b['ratio_w_ih']:,}x), accuracy {b['accuracy']:.2%} vs dense {d['accuracy']:.2%}.")
     lat = [r for r in rows if r["part"] == "c latency"]
-    slower = []
-    for r in lat:
-        base = next((q for q in lat if q["model"] == r["model"] and "dense" in q["variant"]), None)
-        if "dense" in r["variant"] or base is None:
-            continue
-        for key, b_size in (("ms_b1", 1), ("ms_b256", 256)):
-            if r.get(key) and base.get(key) and r[key] > base[key]:
-                slower.append(f"{r['model']} {r['variant']} at batch {b_size} ({r[key]:.3g} vs {base[key]:.3g} ms)")
     if lat:
-        out.append("- **Factorized slower than dense** (measured): " + ("; ".join(slower) if slower else "none") + ".")
+        out.append(latency_verdicts(lat))
     return "\n".join(out)
+
+
+def latency_verdicts(lat: list[dict]) -> str:
+    """Issue 18's targets on the planned rows: at least as fast as dense at batch 1 and 256, faster where the chosen
+    plan's MACs are below half of dense; the planned BT-LSTM clip model no slower than the dense LSTM."""
+    out = []
+    for r in lat:
+        if not r["variant"].endswith("planned") and "planned W_ih" not in r["variant"]:
+            continue
+        base = next((q for q in lat if q["model"] == r["model"] and "dense" in q["variant"]), None)
+        before = next((q for q in lat if q["model"] == r["model"]
+                       and q["variant"] == r["variant"].replace("planned W_ih", "before (rebuilt W_ih)")
+                       .replace(" planned", " before")), None)
+        if base is None:
+            continue
+        parts = []
+        for key, b in (("ms_b1", 1), ("ms_b256", 256)):
+            ratio = r[key] / base[key]
+            half = (r.get(f"macs_ratio_b{b}") or 1.0) < 0.5
+            ok = ratio < 1.0 if half else ratio <= 1.0
+            was = f", before {before[key]:.3g} ms" if before else ""
+            parts.append(f"b{b}: {r[key]:.3g} vs dense {base[key]:.3g} ms ({ratio:.2f}x{was}; "
+                         f"{'MACs < 1/2 dense: must be faster' if half else 'at least as fast'}: "
+                         f"**{'held' if ok else 'not held'}**)")
+        out.append(f"  - {r['model']} {r['variant']}: " + "; ".join(parts))
+    return "- **Issue 18: factorized layers at least as fast as dense (faster where MACs < 1/2)**:\n" + "\n".join(out)
+
+
+def plan_check_text(checks: list[dict]) -> str:
+    """The time model's choice against measurement: per layer and batch, every plan's modelled and measured time."""
+    lines = ["Plan check (part c): the planner's choice (time model) against every plan measured in the same run; "
+             "`loss` = measured time of the chosen plan / the fastest plan's.", "",
+             "| layer | variant | batch | chosen | fastest | modelled us | measured us | MACs | loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in checks:
+        fmt = lambda d: ", ".join(f"{k} {v:,.0f}" if isinstance(v, (int, float)) else f"{k} {v}"  # noqa: E731
+                                  for k, v in d.items())
+        lines.append(f"| {r['model']} | {r['variant']} | {r['batch']} | {r['chosen']} | {r['fastest']} | "
+                     f"{fmt(r['model_us'])} | {fmt(r['measured_us'])} | {fmt(r['macs'])} | {r['loss']:.2f} |")
+    hit = sum(r["chosen"] == r["fastest"] for r in checks)
+    worst = max(checks, key=lambda r: r["loss"])
+    lines += ["", f"The model picked the measured fastest plan in {hit} of {len(checks)} cases; worst loss "
+              f"{worst['loss']:.2f}x ({worst['model']} {worst['variant']}, batch {worst['batch']})."]
+    return "\n".join(lines)
 
 
 def discussion(rows: list[dict], n_test: int) -> str:

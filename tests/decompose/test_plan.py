@@ -141,8 +141,8 @@ def _brute_factorized(net: P.Network) -> float:
     for order in itertools.permutations(range(1, sub.n)):
         mask, t = 1, 0.0
         for k in order:
-            macs, elems = sub.step(mask, 1 << k)
-            t += P.step_time(macs, elems)
+            macs, elems, dims = sub.step(mask, 1 << k)
+            t += P.step_time(macs, elems, dims)
             mask |= 1 << k
         best = t if best is None else min(best, t)
     return best

@@ -11,8 +11,11 @@ modes). The same function can be evaluated in many orders. Three plan families a
   ``F_in`` / ``F_out``), then the input is contracted with those merged parts in the optimal order (dynamic programme
   over all subsets, any pairwise contraction tree). The full merge is excluded (that is ``"dense"``).
 
-Each plan is scored by a time model ``macs / MAC_RATE + bytes / BANDWIDTH + steps * STEP_OVERHEAD`` (float32 bytes
-of every operand and result each step reads and writes), and the cheapest runs. Merged or rebuilt tensors are
+Each plan is scored by a time model, summed over its steps (each step is one matrix product ``(na x nk) @ (nk x nc)``,
+``nb`` times): ``max(macs / (MAC_RATE * eff), bytes / BANDWIDTH) + STEP_OVERHEAD`` with ``eff = nk / (nk + S) *
+nc / (nc + S)`` (GEMM kernels run far below peak on thin matrices, e.g. a rank-10 inner dimension) and ``bytes`` the
+float32 operands and result (a roofline: a product is bound by its arithmetic or by moving its operands). The
+cheapest plan runs. Merged or rebuilt tensors are
 batch-independent, so in inference they are computed once and cached; their cost is left out of the per-call time.
 Plans and caches are per layer, keyed by the number of input rows (plans) and by the cores' ``_version`` counters and
 ``data_ptr`` (cached tensors): an optimizer step, ``load_state_dict`` or any in-place change of a core rebuilds them
@@ -36,12 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: MACs per second of a float32 GEMM on 2 threads (skinny and batched products included, so a conservative figure).
-MAC_RATE = 1.5e10
-#: Bytes per second moved by a step (operands read, result written; permuted copies included).
-BANDWIDTH = 1.0e10
-#: Seconds of fixed overhead per step (Python, dispatch, allocation).
+#: MACs per second of a large float32 GEMM on 2 threads.
+MAC_RATE = 9e10
+#: Bytes per second moved by a step (operands read, result written).
+BANDWIDTH = 4e10
+#: Seconds of fixed overhead per contraction step (permute, reshape, matmul, reshape: Python and dispatch).
 STEP_OVERHEAD = 6e-6
+#: Inner / output dimension at which a GEMM reaches half of ``MAC_RATE``.
+HALF_EFF_DIM = 8
+#: Seconds of fixed overhead of the dense plan's single ``F.linear`` (or of one conv).
+DENSE_OVERHEAD = 3e-6
 #: Largest cached tensor (elements) a plan may keep; a dense weight larger than this is never built.
 MAX_CACHE = 1 << 25
 
@@ -49,9 +56,13 @@ PLANS = ("dense", "merged", "factorized")
 MODES = ("auto",) + PLANS
 
 
-def step_time(macs: float, elements: float) -> float:
-    """The time model of one step (seconds): ``macs / MAC_RATE + 4 * elements / BANDWIDTH + STEP_OVERHEAD``."""
-    return macs / MAC_RATE + 4.0 * elements / BANDWIDTH + STEP_OVERHEAD
+def step_time(macs: float, elements: float, dims: tuple[int, int] = (1 << 20, 1 << 20),
+              overhead: float = STEP_OVERHEAD) -> float:
+    """The time model of one step (seconds): ``max(macs / (MAC_RATE * eff), 4 * elements / BANDWIDTH) + overhead``
+    with ``eff = nk / (nk + S) * nc / (nc + S)`` for ``dims = (nk, nc)`` (see the module docstring)."""
+    nk, nc = dims
+    eff = nk / (nk + HALF_EFF_DIM) * nc / (nc + HALF_EFF_DIM)
+    return max(macs / (MAC_RATE * eff), 4.0 * elements / BANDWIDTH) + overhead
 
 
 # ----------------------------------------------------------------------------------------------- networks and paths
@@ -90,10 +101,13 @@ class _Subsets:
     def elements(self, labels) -> int:
         return math.prod(self.size[l] for l in labels)
 
-    def step(self, m1: int, m2: int) -> tuple[int, int]:
-        """MACs and elements touched (both operands and the result) of contracting subsets ``m1`` and ``m2``."""
+    def step(self, m1: int, m2: int) -> tuple[int, int, tuple[int, int]]:
+        """MACs, elements touched (both operands and the result) and the GEMM's ``(nk, nc)`` (summed size, size of
+        the labels only ``m2`` keeps) of contracting subsets ``m1`` and ``m2``."""
         a, b, c = self.open[m1], self.open[m2], self.open[m1 | m2]
-        return self.elements(a | b), self.elements(a) + self.elements(b) + self.elements(c)
+        nk = self.elements((a & b) - c)
+        nc = self.elements(b - a)
+        return self.elements(a | b), self.elements(a) + self.elements(b) + self.elements(c), (nk, nc)
 
 
 @dataclasses.dataclass
@@ -124,11 +138,11 @@ def _tree_stats(tree, sub: _Subsets, cached: bool) -> tuple[int, float, int, int
         return 1 << tree, 0.0, 0, 0, 0, 0
     l, r = (_tree_stats(t, sub, cached) for t in tree)
     mask = l[0] | r[0]
-    macs, elems = sub.step(l[0], r[0])
+    macs, elems, dims = sub.step(l[0], r[0])
     if cached and not mask & 1:
         return mask, 0.0, 0, l[3] + r[3] + macs, 0, 0
     cache = sum(sub.elements(sub.open[s[0]]) for s in (l, r) if cached and not s[0] & 1 and s[0] & (s[0] - 1))
-    return (mask, l[1] + r[1] + step_time(macs, elems), l[2] + r[2] + macs, l[3] + r[3], l[4] + r[4] + cache,
+    return (mask, l[1] + r[1] + step_time(macs, elems, dims), l[2] + r[2] + macs, l[3] + r[3], l[4] + r[4] + cache,
             l[5] + r[5] + 1)
 
 
@@ -168,8 +182,8 @@ def factorized_path(net: Network) -> Path:
         for k in range(1, n):
             if mask >> k & 1 and (mask ^ (1 << k)) in best:
                 prev = mask ^ (1 << k)
-                macs, elems = sub.step(prev, 1 << k)
-                t = best[prev][0] + step_time(macs, elems)
+                macs, elems, dims = sub.step(prev, 1 << k)
+                t = best[prev][0] + step_time(macs, elems, dims)
                 if mask not in best or t < best[mask][0]:
                     best[mask] = (t, (best[prev][1], k))
     return _path("factorized", best[(1 << n) - 1][1], sub, cached=False)
@@ -191,8 +205,8 @@ def merged_path(net: Network, max_cache: int = MAX_CACHE) -> Path | None:
                 continue
             if other & (other - 1) and sub.elements(sub.open[other]) > max_cache:
                 continue
-            macs, elems = sub.step(prev, other)
-            t = best[prev][0] + step_time(macs, elems)
+            macs, elems, dims = sub.step(prev, other)
+            t = best[prev][0] + step_time(macs, elems, dims)
             if mask not in best or t < best[mask][0]:
                 best[mask] = (t, (best[prev][1], _min_merge(other, sub, memo)[1]))
     # a cached part may also be combined with the running intermediate through a subtree holding the input on
@@ -332,8 +346,9 @@ def run_program(program: Program, x: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- the planner
 def version_key(tensors: Sequence[torch.Tensor]) -> tuple:
-    """What the cached tensors depend on: each tensor's storage pointer, ``_version``, dtype and device."""
-    return tuple((t.data_ptr(), t._version, t.dtype, str(t.device)) for t in tensors)
+    """What the cached tensors depend on: each tensor's storage pointer and ``_version`` (moving or casting a tensor
+    gives it new storage)."""
+    return tuple((t.data_ptr(), t._version) for t in tensors)
 
 
 def needs_grad(module: nn.Module, x: torch.Tensor) -> bool:
@@ -384,7 +399,8 @@ class LinearPlanner:
             # the dense plan runs as F.linear: one step, rows * in * out MACs
             d = paths["dense"]
             d.macs = rows * layer.in_features * layer.out_features
-            d.time = step_time(d.macs, rows * (layer.in_features + layer.out_features) + d.cache)
+            d.time = step_time(d.macs, rows * (layer.in_features + layer.out_features) + d.cache,
+                               (layer.in_features, layer.out_features), DENSE_OVERHEAD)
             d.steps = 1
             if d.cache > MAX_CACHE:
                 del paths["dense"]
@@ -432,7 +448,7 @@ class LinearPlanner:
         lead = x.shape[:-1]
         rows = math.prod(lead)
         choice = self.choose(layer, rows, mode)
-        layer.last_plan = choice.plan
+        layer.__dict__["last_plan"] = choice.plan  # not nn.Module.__setattr__: this runs every call
         x2 = x.reshape(rows, layer.in_features)
         if choice.plan == "dense":
             y = F.linear(x2, self.dense_weight(layer), layer.bias)
@@ -464,8 +480,11 @@ class PlannedLinear:
         return self.planner().choose(self, int(rows), _mode(self, mode))
 
     def planned_forward(self, x: torch.Tensor, fallback: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        mode = self.__dict__.get("plan_mode", "auto")
+        if mode == "auto" and not torch.is_grad_enabled():  # the common inference call, kept short
+            return self.planner().run(self, x, "auto")
         if needs_grad(self, x) or _mode(self, None) == "train":
-            self.last_plan = "train"
+            self.__dict__["last_plan"] = "train"
             return fallback(x)
         return self.planner().run(self, x, _mode(self, None))
 
@@ -507,7 +526,7 @@ def conv_cost(x_shape: Sequence[int], steps: Sequence[tuple]) -> tuple[float, in
         wo = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st[1] + 1
         macs = b * ho * wo * o * cg * kh * kw
         elems = b * c * h * w + b * o * ho * wo + o * cg * kh * kw
-        total_t += step_time(macs, elems)
+        total_t += step_time(macs, elems, (cg * kh * kw, o), DENSE_OVERHEAD)
         total_macs += macs
         weights += o * cg * kh * kw
         c, h, w = o, ho, wo
@@ -552,7 +571,7 @@ class ConvPlanner:
 
     def run(self, layer, x: torch.Tensor, mode: str = "auto") -> torch.Tensor:
         choice = self.choose(layer, tuple(x.shape), mode)
-        layer.last_plan = choice.plan
+        layer.__dict__["last_plan"] = choice.plan
         steps = self.steps(layer, choice.plan)
         for s in steps:
             x = F.conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
