@@ -97,10 +97,25 @@ def freeze_linear(layer: nn.Module, rows: int, mode: str | None = None) -> Froze
 
 
 @packable
+class FoldedConv(nn.Module):
+    """An ``nn.Conv2d`` applied to each of ``fold`` channel groups of its input as one conv over a ``fold`` times
+    larger batch (:class:`.plan.ConvStep` with ``fold``)."""
+
+    def __init__(self, conv: nn.Conv2d, fold: int) -> None:
+        super().__init__()
+        self.conv, self.fold = conv, int(fold)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        y = self.conv(x.reshape(b * self.fold, c // self.fold, h, w))
+        return y.reshape(b, self.fold * y.shape[1], y.shape[2], y.shape[3])
+
+
+@packable
 class FrozenConv(nn.Sequential):
     """A factorized convolution frozen to one plan: its convs in order (``plan`` names the plan)."""
 
-    def __init__(self, convs: Sequence[nn.Conv2d], plan: str) -> None:
+    def __init__(self, convs: Sequence[nn.Module], plan: str) -> None:
         super().__init__(*convs)
         self.plan = plan
 
@@ -119,7 +134,7 @@ def freeze_conv(layer: nn.Module, x_shape: Sequence[int], mode: str | None = Non
             if s.bias is not None:
                 conv.bias.copy_(s.bias.detach())
             conv.requires_grad_(False)
-            convs.append(conv)
+            convs.append(FoldedConv(conv, s.fold) if s.fold > 1 else conv)
     return FrozenConv(convs, choice.plan)
 
 

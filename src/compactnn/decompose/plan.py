@@ -506,7 +506,9 @@ __all__ = ["Network", "Path", "Program", "Choice", "LinearPlanner", "PlannedLine
 # ----------------------------------------------------------------------------------------------- convolutions
 @dataclasses.dataclass
 class ConvStep:
-    """One ``F.conv2d`` of a convolution plan: weight, bias (or None), stride, padding, dilation, groups."""
+    """One ``F.conv2d`` of a convolution plan: weight, bias (or None), stride, padding, dilation, groups. With
+    ``fold = f > 1`` the input ``(B, f*C, H, W)`` is read as ``(B*f, C, H, W)`` (the same conv applied to each of
+    ``f`` channel groups, as one conv over a larger batch) and the output put back to ``(B, f*O, H', W')``."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
@@ -514,11 +516,24 @@ class ConvStep:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     groups: int = 1
+    fold: int = 1
+
+
+def run_conv_step(x: torch.Tensor, s: ConvStep) -> torch.Tensor:
+    """Apply one :class:`ConvStep`."""
+    if s.fold > 1:
+        b, c, h, w = x.shape
+        x = x.reshape(b * s.fold, c // s.fold, h, w)
+    y = F.conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
+    if s.fold > 1:
+        y = y.reshape(b, s.fold * y.shape[1], y.shape[2], y.shape[3])
+    return y
 
 
 def conv_cost(x_shape: Sequence[int], steps: Sequence[tuple]) -> tuple[float, int, int]:
     """Modelled time (s), MACs and weight elements of a chain of convs on an input ``(B, C, H, W)``; each step is
-    ``(out_channels, in_channels_per_group, kh, kw, stride, padding, dilation, groups)``."""
+    ``(out_channels, in_channels_per_group, kh, kw, stride, padding, dilation, groups)`` (a folded conv, see
+    :class:`ConvStep`, is given as ``groups = fold``: the same MACs)."""
     b, c, h, w = x_shape
     total_t, total_macs, weights = 0.0, 0, 0
     for o, cg, kh, kw, st, pad, dil, g in steps:
@@ -526,7 +541,7 @@ def conv_cost(x_shape: Sequence[int], steps: Sequence[tuple]) -> tuple[float, in
         wo = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st[1] + 1
         macs = b * ho * wo * o * cg * kh * kw
         elems = b * c * h * w + b * o * ho * wo + o * cg * kh * kw
-        total_t += step_time(macs, elems, (cg * kh * kw, o), DENSE_OVERHEAD)
+        total_t += step_time(macs, elems, (cg * kh * kw, o // g), DENSE_OVERHEAD)
         total_macs += macs
         weights += o * cg * kh * kw
         c, h, w = o, ho, wo
@@ -574,7 +589,7 @@ class ConvPlanner:
         layer.__dict__["last_plan"] = choice.plan
         steps = self.steps(layer, choice.plan)
         for s in steps:
-            x = F.conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
+            x = run_conv_step(x, s)
         return x
 
 
@@ -594,4 +609,4 @@ class PlannedConv(PlannedLinear):
         return self.planner().choose(self, tuple(int(v) for v in x_shape), _mode(self, mode))
 
 
-__all__ += ["ConvStep", "ConvPlanner", "PlannedConv", "conv_cost"]
+__all__ += ["ConvStep", "ConvPlanner", "PlannedConv", "conv_cost", "run_conv_step"]

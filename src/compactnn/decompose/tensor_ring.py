@@ -302,7 +302,8 @@ class TRConv2d(PlannedConv, _RingCores, nn.Module):
     def conv_plans(self, x_shape: tuple) -> dict[str, list[tuple]]:
         """Plans for :class:`.plan.ConvPlanner`: ``dense`` (the rebuilt kernel, one conv) and ``merged`` (the three
         steps of the forward as convs with the merged ``F_in`` / ``F_out`` kept: a 1x1 conv ``C -> R_0 R_d``, the
-        kernel core as a grouped conv with ``R_0`` groups, a 1x1 conv ``R_0 R_{d+1} -> D``)."""
+        kernel core as one ``R_d -> R_{d+1}`` conv over the ``R_0`` channel groups folded into the batch (a folded
+        :class:`.plan.ConvStep`, as the training forward does), a 1x1 conv ``R_0 R_{d+1} -> D``)."""
         d = len(self.in_modes)
         r0, rd, rd1 = self.ranks[0], self.ranks[d], self.ranks[(d + 1) % len(self.ranks)]
         kh, kw = self.kernel_size
@@ -321,10 +322,9 @@ class TRConv2d(PlannedConv, _RingCores, nn.Module):
         f_in, kern, f_out = self._parts()
         r0, rd, rd1 = f_in.shape[0], f_in.shape[2], kern.shape[2]
         w1 = f_in.permute(0, 2, 1).reshape(r0 * rd, self.in_channels, 1, 1)  # channel (a, r)
-        k = kern.permute(2, 0, 1).reshape(rd1, rd, *self.kernel_size)
-        w2 = k.repeat(r0, 1, 1, 1)  # group a: (R_{d+1}, R_d, kh, kw)
+        k = kern.permute(2, 0, 1).reshape(rd1, rd, *self.kernel_size)  # applied to each channel group a
         w3 = f_out.permute(1, 2, 0).reshape(self.out_channels, r0 * rd1, 1, 1)  # channel (a, s)
-        return [ConvStep(w1, None), ConvStep(w2, None, self.stride, self.padding, self.dilation, r0),
+        return [ConvStep(w1, None), ConvStep(k, None, self.stride, self.padding, self.dilation, fold=r0),
                 ConvStep(w3, self.bias)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
