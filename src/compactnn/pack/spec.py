@@ -162,6 +162,24 @@ def encode_value(value, where: str):
     raise PackError(f"cannot pack attribute {where}: a {kind.__name__} is not JSON-safe; {hint} or drop it")
 
 
+#: What a user class's attribute that JSON cannot hold (a lambda, a function, an object) is saved as: the value is
+#: taken from the ``model=skeleton`` at load, which such a class needs anyway.
+FROM_SKELETON = {"skeleton": True}
+
+
+def _encode_attr(value, where: str, user_class: bool):
+    try:
+        return encode_value(value, where)
+    except PackError:
+        if user_class:
+            return dict(FROM_SKELETON)
+        raise
+
+
+class _FromSkeleton:
+    """Marker of an attribute to take from the skeleton (see :data:`FROM_SKELETON`)."""
+
+
 def decode_value(value):
     """Inverse of :func:`encode_value`."""
     if isinstance(value, list):
@@ -175,6 +193,8 @@ def decode_value(value):
             return float(value["f"])
         if set(value) == {"fn"} and isinstance(value["fn"], str) and value["fn"] in _CALLABLES:
             return _CALLABLES[value["fn"]]
+        if value == FROM_SKELETON:
+            return _FromSkeleton
         raise PackError(f"malformed attribute value {str(value)[:80]!r} in manifest; file is corrupted")
     return value
 
@@ -224,7 +244,9 @@ def describe(model: nn.Module) -> tuple[dict, list[dict]]:
                             f"torch.nn.utils.prune.remove(module, name) on it before saving")
         cls = type(m)
         skip = _skip(cls)
-        attrs = {k: encode_value(v, f"{where}.{k} ({cls.__name__})") for k, v in m.__dict__.items() if k not in skip}
+        user_class = lookup(class_key(cls)) is None
+        attrs = {k: _encode_attr(v, f"{where}.{k} ({cls.__name__})", user_class)
+                 for k, v in m.__dict__.items() if k not in skip}
         params = {n: None if p is None else add(_join(path, n), p, "parameter", True) for n, p in m._parameters.items()}
         non_persistent = sorted(m._non_persistent_buffers_set)
         buffers = {n: None if b is None else add(_join(path, n), b, "buffer", n not in non_persistent)
@@ -308,11 +330,16 @@ def rebuild(root: dict, tensors: dict[str, torch.Tensor], requires_grad: dict[st
         state["_buffers"] = {name: None if t is None else tensor(t) for name, t in node["buffers"].items()}
         state["_non_persistent_buffers_set"] = set(node["non_persistent"])
         if state is obj.__dict__:
-            _finish(obj, state.pop("attrs"))
+            attrs = state.pop("attrs")
+            missing = [k for k, v in attrs.items() if v is _FromSkeleton]
+            if missing:
+                raise PackError(f"module {where} ({key}) was saved without its attribute {missing[0]!r} (a value "
+                                f"JSON cannot hold, such as a function); load with model=skeleton")
+            _finish(obj, attrs)
         return obj
 
     def _finish(obj: nn.Module, attrs: dict) -> None:
-        obj.__dict__.update(attrs)
+        obj.__dict__.update({k: v for k, v in attrs.items() if v is not _FromSkeleton})
         if isinstance(obj, nn.RNNBase):
             obj._init_flat_weights()
         if hasattr(obj, "__pack_restore__"):
