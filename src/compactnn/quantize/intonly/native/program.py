@@ -32,19 +32,26 @@ from torch import Tensor
 
 from compactnn.errors import ModelError
 
+from .. import ir
 from .. import reference as ref
 from ..fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
 from . import AddFuse, Conv, Requant
 
-__all__ = ["NativeProgram"]
+__all__ = ["KERNELS", "NativeProgram", "unsupported"]
+
+#: The native backend's kernel table (see :mod:`..ir`): ``kernel(program, model, op, shapes, zp) -> (run, shape)``
+#: where ``run(pointers, n, threads)`` calls C (pointers: the inputs', the output's, the scratch) and returns
+#: nonzero on an int32 overflow.
+KERNELS = ir.Kernels("native")
 
 
 class _Unsupported(Exception):
     pass
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+def unsupported(program, model, op, shapes, zp):
+    """The native kernel of an op type the C kernels do not cover: the model runs on the torch engine instead."""
+    raise _Unsupported(op.kind)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -95,14 +102,14 @@ def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, cha
     return rq
 
 
-def _add_fuse(keep: _Keep, op: dict, table: np.ndarray, zp: dict, conv_is_a: bool) -> AddFuse:
+def _add_fuse(keep: _Keep, op: ir.Add, table: np.ndarray, zp: dict, conv_is_a: bool) -> AddFuse:
     """The Add fused into the conv producing input ``a`` (``conv_is_a``) or ``b``: the folded form when it equals
     the reference table on all 65536 code pairs (checked here with the same int64 arithmetic), else the table."""
-    za, zb, zy = (zp[v] for v in (*op["inputs"], op["output"]))
-    ls, lo, hi = int(op["left_shift"]), int(op["qmin"]), int(op["qmax"])
-    sides = [(za, int(op["multiplier_a"]), int(op["shift_a"])), (zb, int(op["multiplier_b"]), int(op["shift_b"]))]
+    za, zb, zy = (zp[v] for v in (*op.inputs, op.output))
+    ls, lo, hi = op.left_shift, op.qmin, op.qmax
+    sides = [(za, op.multiplier_a, op.shift_a), (zb, op.multiplier_b, op.shift_b)]
     own, res = sides if conv_is_a else sides[::-1]
-    m_y, e_y = int(op["multiplier_out"]), -int(op["shift_out"])
+    m_y, e_y = op.multiplier_out, -op.shift_out
     f = AddFuse(table=keep(table), conv_is_a=int(conv_is_a), qmin=lo, qmax=hi, ls=ls)
     if not (own[2] <= 0 and res[2] <= 0 and 1 <= e_y <= 23 and ls <= 23):
         return f
@@ -173,16 +180,20 @@ class NativeProgram:
 
     def __init__(self, model, lib) -> None:
         self.lib, self.keep = lib, _Keep()
+        # the native entry point: the whole program is checked again here, right before any geometry goes to C
+        checked = ir.check_program(model, metadata=False)
         self.input_value, self.output_value = model.input["value"], model.output["value"]
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
-        shp = {self.input_value: tuple(model.input_shape)}  # (C, H, W) or (F,), PyTorch order
+        shp = {self.input_value: checked[self.input_value]}  # (C, H, W) or (F,), PyTorch order
         self.steps = []  # (fn(ptrs, n, threads), inputs, output)
         self._convs: dict = {}  # output value -> its Conv (groups == 1, and linear layers)
         self._adds: dict = {}  # output value -> the Add's 256 x 256 table
         for op in model.ops:
-            kind, ins, out = op["op"], op["inputs"], op["output"]
-            fn, shp[out] = getattr(self, "_" + kind, self._unknown)(model, op, [shp[i] for i in ins], zp)
-            self.steps.append((fn, ins, out))
+            fn, shp[op.output] = KERNELS.get(op)(self, model, op, [shp[i] for i in op.inputs], zp)
+            if tuple(shp[op.output]) != checked[op.output]:
+                raise ModelError(f"native program: op {op.label} gives shape {shp[op.output]}, the IR "
+                                 f"{checked[op.output]}")
+            self.steps.append((fn, list(op.inputs), op.output))
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
@@ -196,13 +207,13 @@ class NativeProgram:
         uses: dict = {}
         made = {self.input_value: -1}
         for i, op in enumerate(model.ops):
-            made[op["output"]] = i
-            for v in op["inputs"]:
+            made[op.output] = i
+            for v in op.inputs:
                 uses[v] = uses.get(v, 0) + 1
         adds: dict = {}  # conv step -> (add step, conv output is the first input)
         for k, op in enumerate(model.ops):
-            ins = op["inputs"]
-            if op["op"] != "add" or op["output"] not in self._adds or ins[0] == ins[1]:
+            ins = op.inputs
+            if not isinstance(op, ir.Add) or op.output not in self._adds or ins[0] == ins[1]:
                 continue
             ok = [j for j in (0, 1) if ins[j] in self._convs and uses[ins[j]] == 1 and ins[j] != self.output_value
                   and made[ins[1 - j]] < made[ins[j]]]
@@ -211,24 +222,24 @@ class NativeProgram:
         fused, skip, i = [], set(), 0
         while i < len(self.steps):
             op, nxt = model.ops[i], model.ops[i + 1] if i + 1 < len(model.ops) else None
-            d = self._convs.get(op["output"])
+            d = self._convs.get(op.output)
             if i in skip:
                 pass
             elif i in adds:
                 k, conv_is_a = adds[i]
                 add = model.ops[k]
-                f = _add_fuse(self.keep, add, self._adds[add["output"]], zp, conv_is_a)
+                f = _add_fuse(self.keep, add, self._adds[add.output], zp, conv_is_a)
                 d2 = Conv.from_buffer_copy(d)
                 d2.add = ctypes.addressof(f)
                 self.keep.arrays += [f, d2]
                 run = (lambda p, n, t, a=ctypes.addressof(d2): self.lib.cnn_conv(a, n, p[0], p[1], p[2], p[-1], t))
-                fused.append((run, op["inputs"] + [add["inputs"][1 if conv_is_a else 0]], add["output"]))
+                fused.append((run, list(op.inputs) + [add.inputs[1 if conv_is_a else 0]], add.output))
                 skip.add(k)
-            elif (d is not None and nxt and nxt["op"] == "max_pool2d" and nxt["inputs"] == [op["output"]]
-                    and uses[op["output"]] == 1 and op["output"] != self.output_value
-                    and [_pair(nxt[k]) for k in ("kernel", "stride", "padding")] == [(2, 2), (2, 2), (0, 0)]):
+            elif (d is not None and isinstance(nxt, ir.MaxPool2d) and nxt.inputs == (op.output,)
+                    and uses[op.output] == 1 and op.output != self.output_value
+                    and (nxt.kernel, nxt.stride, nxt.padding) == ((2, 2), (2, 2), (0, 0))):
                 run = (lambda p, n, t, a=ctypes.addressof(d): self.lib.cnn_conv_pool2(a, n, p[0], p[1], p[-1], t))
-                fused.append((run, op["inputs"], nxt["output"]))
+                fused.append((run, list(op.inputs), nxt.output))
                 i += 1
             else:
                 fused.append(self.steps[i])
@@ -246,17 +257,14 @@ class NativeProgram:
         except _Unsupported:
             return None
 
-    def _unknown(self, model, op, shapes, zp):
-        raise _Unsupported(op["op"])
-
     # ----------------------------------------------------------------------------------------------------- ops
     def _weighted(self, model, op, cin: int, kh: int, kw: int, geo: dict, zin: int, z_out: int) -> Conv:
-        w = getattr(model, op["weight"]).numpy()
+        w = getattr(model, op.weight).numpy()
         w4 = w.reshape(w.shape[0], -1, kh, kw)
         o = w4.shape[0]
         if w4.shape[1] * kh * kw * 255 * 127 >= 1 << 31:
             raise _Unsupported("fan-in too large for int32 u8 x s8 accumulation")
-        bias = getattr(model, op["bias"]).numpy().astype(np.int64) - zin * w4.astype(np.int64).sum(axis=(1, 2, 3))
+        bias = getattr(model, op.bias).numpy().astype(np.int64) - zin * w4.astype(np.int64).sum(axis=(1, 2, 3))
         per_pixel = geo["dw"] != 1
         nseg, seglen = (kh * kw, _ceil(cin, 4)) if per_pixel else (kh, _ceil(kw * cin, 4))
         groups = geo.pop("groups", 1)
@@ -264,101 +272,11 @@ class NativeProgram:
             w4.transpose(0, 2, 3, 1).copy())
         w64 = w4.astype(np.int64).reshape(o, -1)  # acc + bias over all uint8 inputs (padding uses Z_in, also uint8)
         vmin, vmax = bias + 255 * np.minimum(w64, 0).sum(1), bias + 255 * np.maximum(w64, 0).sum(1)
-        rq = _requant(self.keep, getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), bias,
-                      z_out, op["qmin"], op["qmax"], o, vmin if groups == 1 else None, vmax)
+        rq = _requant(self.keep, getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), bias,
+                      z_out, op.qmin, op.qmax, o, vmin if groups == 1 else None, vmax)
         d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo)
         self.keep.arrays.append(d)
         return d
-
-    def _conv2d(self, model, op, shapes, zp):
-        (c, h, w), (kh, kw) = shapes[0], getattr(model, op["weight"]).shape[2:]
-        (sh, sw), (ph, pw), (dh, dw) = _pair(op["stride"]), _pair(op["padding"]), _pair(op["dilation"])
-        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        groups = int(op["groups"])
-        d = self._weighted(model, op, c // groups if groups > 1 else c, kh, kw,
-                           dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=groups),
-                           zp[op["inputs"][0]], zp[op["output"]])
-        if groups > 1:
-            d.c = c
-            addr = ctypes.addressof(d)
-            return (lambda p, n, t: self.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
-        self.scratch = max(getattr(self, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
-        self._convs[op["output"]] = d
-        addr = ctypes.addressof(d)
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
-
-    def _linear(self, model, op, shapes, zp):
-        if len(shapes[0]) != 1:
-            raise _Unsupported("linear on a 4-D value")
-        f = shapes[0][0]
-        d = self._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
-                           zp[op["inputs"][0]], zp[op["output"]])
-        addr = ctypes.addressof(d)
-        self._convs[op["output"]] = d
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
-
-    def _max_pool2d(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        (kh, kw), (sh, sw), (ph, pw) = _pair(op["kernel"]), _pair(op["stride"]), _pair(op["padding"])
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        return (lambda p, n, t: self.lib.cnn_maxpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, t)), (
-            c, ho, wo)
-
-    def _avg_pool2d(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        (kh, kw), (sh, sw) = _pair(op["kernel"]), _pair(op["stride"])
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ho, wo, t)), (c, ho, wo)
-
-    def _global_avg_pool(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, h, w, 1, 1, 1, 1, t)), (c, 1, 1)
-
-    def _flatten(self, model, op, shapes, zp):
-        s = shapes[0]
-        if len(s) == 1:
-            return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
-        c, hw = s[0], s[1] * s[2]
-        return (lambda p, n, t: self.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
-
-    def _add(self, model, op, shapes, zp):
-        if shapes[0] != shapes[1]:
-            raise _Unsupported("broadcasting add")
-        codes = np.arange(256, dtype=np.uint8)
-        try:  # the reference kernel on all 256 x 256 code pairs
-            table = ref.add(np.repeat(codes, 256), zp[op["inputs"][0]], op["multiplier_a"], op["shift_a"],
-                            np.tile(codes, 256), zp[op["inputs"][1]], op["multiplier_b"], op["shift_b"],
-                            zp[op["output"]], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
-                            op["qmax"])
-        except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
-            raise _Unsupported(str(err)) from None
-        self._adds[op["output"]] = table
-        tp, size = self.keep(table), int(np.prod(shapes[0]))
-        return (lambda p, n, t: self.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
-
-    def _concat(self, model, op, shapes, zp):
-        if int(op["axis"]) != 1 or len({s[1:] for s in shapes}) != 1:
-            raise _Unsupported("concat axis")
-        zy, ls = zp[op["output"]], int(op["left_shift"])
-        lo, hi = int(op.get("qmin", 0)), int(op.get("qmax", 255))
-        codes = np.arange(256, dtype=np.int64)
-        parts, off, total = [], 0, sum(s[0] for s in shapes)
-        inner = int(np.prod(shapes[0][1:]))  # pixels per image (1 for flat values)
-        for name, s, m in zip(op["inputs"], shapes, op["multipliers"]):
-            if m is None:
-                lut = np.clip(codes, lo, hi)
-            else:
-                m0, sh = int(m[0]), int(m[1])
-                L = min(ls, sh + 31)
-                lut = np.clip(multiply_by_quantized_multiplier((codes - zp[name]) << L, m0, sh - L) + zy, lo, hi)
-            parts.append((self.keep(lut.astype(np.uint8)), s[0], off))
-            off += s[0]
-
-        def cat(p, n, t):
-            for i, (lut, c, o) in enumerate(parts):
-                self.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
-
-        return cat, (total,) + tuple(shapes[0][1:])
 
     # ----------------------------------------------------------------------------------------------------- run
     def _layout(self, n: int, threads: int, all_values: bool):
@@ -431,3 +349,111 @@ class NativeProgram:
         if len(s) == 3:
             return v.view(n, s[1], s[2], s[0]).permute(0, 3, 1, 2).contiguous()
         return v.view(n, s[0]).clone()
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+
+
+@KERNELS.register(ir.Conv2d)
+def _conv2d(prog, model, op, shapes, zp):
+    (c, h, w), (kh, kw) = shapes[0], getattr(model, op.weight).shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    groups = op.groups
+    d = prog._weighted(model, op, c // groups if groups > 1 else c, kh, kw,
+                       dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=groups),
+                       zp[op.inputs[0]], zp[op.output])
+    if groups > 1:
+        d.c = c
+        addr = ctypes.addressof(d)
+        return (lambda p, n, t: prog.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
+    prog.scratch = max(getattr(prog, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
+    prog._convs[op.output] = d
+    addr = ctypes.addressof(d)
+    return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
+
+
+@KERNELS.register(ir.Linear)
+def _linear(prog, model, op, shapes, zp):
+    if len(shapes[0]) != 1:
+        raise _Unsupported("linear on a 4-D value")
+    f = shapes[0][0]
+    d = prog._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
+                       zp[op.inputs[0]], zp[op.output])
+    addr = ctypes.addressof(d)
+    prog._convs[op.output] = d
+    return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
+
+
+@KERNELS.register(ir.MaxPool2d)
+def _max_pool2d(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return (lambda p, n, t: prog.lib.cnn_maxpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, t)), (
+        c, ho, wo)
+
+
+@KERNELS.register(ir.AvgPool2d)
+def _avg_pool2d(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    (kh, kw), (sh, sw) = op.kernel, op.stride
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    return (lambda p, n, t: prog.lib.cnn_avgpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ho, wo, t)), (c, ho, wo)
+
+
+@KERNELS.register(ir.GlobalAvgPool)
+def _global_avg_pool(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    return (lambda p, n, t: prog.lib.cnn_avgpool(p[0], p[1], n, h, w, c, h, w, 1, 1, 1, 1, t)), (c, 1, 1)
+
+
+@KERNELS.register(ir.Flatten)
+def _flatten(prog, model, op, shapes, zp):
+    s = shapes[0]
+    if len(s) == 1:
+        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
+    c, hw = s[0], s[1] * s[2]
+    return (lambda p, n, t: prog.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
+
+
+@KERNELS.register(ir.Add)
+def _add(prog, model, op, shapes, zp):
+    if shapes[0] != shapes[1]:
+        raise _Unsupported("broadcasting add")
+    codes = np.arange(256, dtype=np.uint8)
+    try:  # the reference kernel on all 256 x 256 code pairs
+        table = ref.add(np.repeat(codes, 256), zp[op.inputs[0]], op.multiplier_a, op.shift_a,
+                        np.tile(codes, 256), zp[op.inputs[1]], op.multiplier_b, op.shift_b,
+                        zp[op.output], op.multiplier_out, op.shift_out, op.left_shift, op.qmin, op.qmax)
+    except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
+        raise _Unsupported(str(err)) from None
+    prog._adds[op.output] = table
+    tp, size = prog.keep(table), int(np.prod(shapes[0]))
+    return (lambda p, n, t: prog.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
+
+
+@KERNELS.register(ir.Concat)
+def _concat(prog, model, op, shapes, zp):
+    if op.axis != 1 or len({s[1:] for s in shapes}) != 1:
+        raise _Unsupported("concat axis")
+    zy, ls = zp[op.output], op.left_shift
+    lo, hi = op.qmin, op.qmax
+    codes = np.arange(256, dtype=np.int64)
+    parts, off, total = [], 0, sum(s[0] for s in shapes)
+    inner = int(np.prod(shapes[0][1:]))  # pixels per image (1 for flat values)
+    for name, s, m in zip(op.inputs, shapes, op.multipliers):
+        if m is None:
+            lut = np.clip(codes, lo, hi)
+        else:
+            m0, sh = int(m[0]), int(m[1])
+            L = min(ls, sh + 31)
+            lut = np.clip(multiply_by_quantized_multiplier((codes - zp[name]) << L, m0, sh - L) + zy, lo, hi)
+        parts.append((prog.keep(lut.astype(np.uint8)), s[0], off))
+        off += s[0]
+
+    def cat(p, n, t):
+        for i, (lut, c, o) in enumerate(parts):
+            prog.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
+
+    return cat, (total,) + tuple(shapes[0][1:])
