@@ -162,3 +162,26 @@ def test_functional_model_view_flatten_bit_exact():
     assert all(torch.equal(fast[k], slow[k]) for k in slow)
     with torch.no_grad():
         assert (im(x) - gm(x)).abs().max() <= 2 * im.output["scale"] + 1e-6
+
+
+def test_packed_model_keeps_the_conversion_scales_and_inspect_reports_them(lenet, digits, tmp_path):
+    """Issue 20: S_in, S_w and S_out are metadata saved in the .cnz; inspect() reports S_w as stored, independent of
+    M0 (and S_w recomputed from M0 beside it, to audit the multipliers)."""
+    from compactnn import pack
+    from compactnn.quantize.intonly import inspect
+
+    gm = prepare(lenet, per_channel="conv")
+    calibrate(gm, digits, num_batches=2)
+    im = convert(gm, digits.input_shape)
+    pack.save(im, tmp_path / "m.cnz")
+    loaded = pack.load(tmp_path / "m.cnz")
+    rows = [r for r in inspect(loaded) if r["op"] in ("conv2d", "linear")]
+    assert len(rows) == 4
+    for row in rows:
+        layer = gm.get_submodule(row["name"])
+        s_w, _ = symmetric_int8(layer.folded()[0], per_channel=layer.per_channel, axis=0)
+        np.testing.assert_array_equal(row["weight_scale"], np.atleast_1d(s_w))  # bit for bit, float64
+        assert row["weight_scale"].dtype == np.float64
+        np.testing.assert_allclose(row["weight_scale_from_M0"], row["weight_scale"], rtol=2e-9)
+        assert row["input_scale"] == loaded.values[row["inputs"][0]]["scale"]
+        assert row["output_scale"] == gm.get_submodule(row["name"]).out_quant.qparams()[0]

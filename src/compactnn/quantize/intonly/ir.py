@@ -192,8 +192,8 @@ class Op:
         out: dict[str, Any] = {"op": self.kind}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.name in self.optional_buffers and v is None:
-                continue
+            if (f.name in self.optional_buffers and v is None) or (f.name == "name" and v == ""):
+                continue  # absent, as in files written before these fields existed
             out[f.name] = _jsonable(v)
         return out
 

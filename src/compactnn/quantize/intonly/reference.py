@@ -14,6 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compactnn.errors import ModelError
+from compactnn.graph import pair
 
 from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
@@ -60,13 +61,6 @@ def _int32(acc: np.ndarray, what: str) -> np.ndarray:
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise ModelError(f"{what} overflows int32; reduce the layer's fan-in or the bias")
     return acc
-
-
-def _pair(v, name: str, lo: int) -> tuple[int, int]:
-    p = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(p) != 2 or not all(isinstance(i, (int, np.integer)) and i >= lo for i in p):
-        raise ModelError(f"{name} must be an int >= {lo} or a pair of them, got {v!r}")
-    return int(p[0]), int(p[1])
 
 
 # ------------------------------------------------------------------------------------------------------------- layers
@@ -135,9 +129,9 @@ def conv2d_acc(q_x, z_x: int, q_w, q_b=None, stride=1, padding=0, dilation=1, gr
     o, cg, kh, kw = w.shape
     if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or c // groups != cg:
         raise ModelError(f"groups={groups!r} does not fit input channels {c} and weight shape {w.shape}")
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
+    sh, sw = pair(stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    dh, dw = pair(dilation, "dilation", 1)
     b = _bias(q_b, o)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=z_x).astype(np.int64) - z_x
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
@@ -186,9 +180,9 @@ def _pool_geometry(q, kernel, stride, padding):
     a = np.asarray(q)
     if a.dtype not in (np.uint8, np.int8) or a.ndim != 4:
         raise ModelError(f"pooling needs a uint8 or int8 (N, C, H, W) array, got {a.dtype} {a.shape}")
-    k = _pair(kernel, "kernel", 1)
-    s = k if stride is None else _pair(stride, "stride", 1)
-    p = _pair(padding, "padding", 0)
+    k = pair(kernel, "kernel", 1)
+    s = k if stride is None else pair(stride, "stride", 1)
+    p = pair(padding, "padding", 0)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ModelError(f"padding {p} must be at most half the kernel {k}")
     if a.shape[2] + 2 * p[0] < k[0] or a.shape[3] + 2 * p[1] < k[1]:
