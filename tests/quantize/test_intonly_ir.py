@@ -238,7 +238,7 @@ def test_old_file_without_stored_scales_loads(tmp_path):
         for op in m["root"]["attrs"]["ops"]:
             op["d"].pop("weight_scale", None)
             if op["d"]["op"] in ("max_pool2d", "avg_pool2d", "flatten"):
-                op["d"].pop("name")
+                op["d"].pop("name", None)
 
     rewrite_manifest(path, legacy)
     loaded = pack.load(path)
