@@ -392,3 +392,28 @@ def test_a_cached_file_writable_by_others_is_not_loaded(fresh_cache, monkeypatch
     monkeypatch.setattr(native, "_cache", {})
     assert native.load("generic") is not None  # rebuilt (a fresh private file)
     assert not stat.S_IMODE(os.stat(fresh_cache / name).st_mode) & 0o022
+
+
+@pytest.mark.parametrize("serial", [0, 1 << 40])
+def test_preplanned_runs_serial_or_threaded_are_bit_exact(monkeypatch, serial):
+    """Issue 18: one preplanned run per (thread, batch) with its arena and bound pointers, one thread below the work
+    threshold; either way the codes and floats equal the reference."""
+    from compactnn.quantize.intonly.native import program
+    from test_intonly_engine import _zoo_int
+
+    monkeypatch.setattr(program, "SERIAL_MACS", serial)
+    im, _, x = _zoo_int()
+    torch.set_num_threads(2)
+    try:
+        nat = FastEngine(im, "auto").native
+        q = im.quantize_input(x[:7])
+        want = run_reference(im, q.numpy())
+        assert torch.equal(nat.run(q), torch.from_numpy(want[im.output["value"]]))
+        plan = nat._plan(7, False)
+        assert plan.threads == (1 if serial else 2) and nat._plan(7, False) is plan  # planned once
+        assert all(torch.equal(v, torch.from_numpy(want[k])) for k, v in nat.run(q, all_values=True).items())
+        y = nat.run_float(x[:7].contiguous(), im.input["scale"], im.input["zero_point"], im.output["scale"],
+                          im.output["zero_point"])
+        assert torch.equal(y, im.dequantize_output(torch.from_numpy(want[im.output["value"]])))
+    finally:
+        torch.set_num_threads(1)

@@ -285,15 +285,8 @@ class FastEngine:
                 or x.dim() != len(model.input_shape) + 1 or tuple(x.shape[1:]) != model.input_shape
                 or x.shape[0] == 0):
             return None
-        x = x.detach().contiguous()
-        q = torch.empty(x.shape, dtype=torch.uint8)
-        nat.lib.cnn_quantize_f32(x.data_ptr(), q.data_ptr(), q.numel(), float(model.input["scale"]),
-                                 int(model.input["zero_point"]))
-        codes = nat.run(q)
-        y = torch.empty(codes.shape, dtype=torch.float32)
-        nat.lib.cnn_dequantize_u8(codes.data_ptr(), y.data_ptr(), y.numel(), float(model.output["scale"]),
-                                  int(model.output["zero_point"]))
-        return y
+        return nat.run_float(x.detach().contiguous(), float(model.input["scale"]), int(model.input["zero_point"]),
+                             float(model.output["scale"]), int(model.output["zero_point"]))
 
     @staticmethod
     def _to_internal(q: Tensor) -> Tensor:

@@ -45,6 +45,10 @@ __all__ = ["KERNELS", "NativeProgram", "unsupported"]
 KERNELS = ir.Kernels("native")
 
 
+#: Below this many multiply-adds per run (batch x the program's per-sample MACs), one thread runs it.
+SERIAL_MACS = 1 << 21
+
+
 class _Unsupported(Exception):
     pass
 
@@ -186,6 +190,7 @@ class NativeProgram:
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
         shp = {self.input_value: checked[self.input_value]}  # (C, H, W) or (F,), PyTorch order
         self.steps = []  # (fn(ptrs, n, threads), inputs, output)
+        self.macs = 0  # multiply-adds (and element steps) per sample, for the serial threshold
         self._convs: dict = {}  # output value -> its Conv (groups == 1, and linear layers)
         self._adds: dict = {}  # output value -> the Add's 256 x 256 table
         for op in model.ops:
@@ -194,6 +199,7 @@ class NativeProgram:
                 raise ModelError(f"native program: op {op.label} gives shape {shp[op.output]}, the IR "
                                  f"{checked[op.output]}")
             self.steps.append((fn, list(op.inputs), op.output))
+            self.macs += int(np.prod(checked[op.output])) * (self._fan_in(model, op) if op.buffers() else 1)
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
@@ -246,6 +252,11 @@ class NativeProgram:
             i += 1
         return fused
 
+    @staticmethod
+    def _fan_in(model, op) -> int:
+        w = getattr(model, op.weight)
+        return int(np.prod(w.shape[1:]))
+
     def __deepcopy__(self, memo):
         return self  # read-only after the build (ctypes pointers cannot be copied); arenas are per thread
 
@@ -279,7 +290,7 @@ class NativeProgram:
         return d
 
     # ----------------------------------------------------------------------------------------------------- run
-    def _layout(self, n: int, threads: int, all_values: bool):
+    def _layout(self, n: int, threads: int, all_values: bool):  # noqa: C901
         """Byte offsets of the values in the arena: a dead value's block is reused (first fit, smallest block)
         unless every value is kept (``all_values``); then the scratch of the padded images; then the total."""
         key = (n, threads, all_values)
@@ -315,40 +326,94 @@ class NativeProgram:
             self._layouts[key] = (offs, scratch, pos)
         return self._layouts[key]
 
-    def run(self, q: Tensor, all_values: bool = False):
-        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
-        n, threads = int(q.shape[0]), torch.get_num_threads()
-        offs, scratch, total = self._layout(n, threads, all_values)
-        arenas = self._local.__dict__.setdefault("arenas", {})  # one reusable arena per thread and layout
-        arena = arenas.get((n, threads, all_values))
-        if arena is None:
-            if len(arenas) > 4:
-                arenas.clear()
-            arena = arenas[(n, threads, all_values)] = torch.empty(total + 64, dtype=torch.uint8)
-        base = (arena.data_ptr() + 63) // 64 * 64
-        ptr = {k: base + v for k, v in offs.items()}
-        q = q.contiguous()
-        s = self.shapes[self.input_value]
-        if len(s) == 3:
-            self.lib.cnn_nchw_to_nhwc(q.data_ptr(), ptr[self.input_value], n, s[1] * s[2], s[0])
-        else:
-            ctypes.memmove(ptr[self.input_value], q.data_ptr(), n * s[0])
-        sp = base + scratch
-        for fn, ins, out in self.steps if all_values else self.fused:
-            if fn([ptr[i] for i in ins] + [ptr[out], sp], n, threads):
+    def _plan(self, n: int, all_values: bool) -> "_Plan":
+        """This thread's preplanned run for batch ``n``: its arena (allocated once), every step's pointers bound, and
+        the thread count (one thread below :data:`SERIAL_MACS` multiply-adds: OpenMP's fork/join would cost more
+        than the work)."""
+        threads = 1 if n * self.macs < SERIAL_MACS else torch.get_num_threads()
+        key = (n, threads, all_values)
+        plans = self._local.__dict__.setdefault("plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            offs, scratch, total = self._layout(n, threads, all_values)
+            if len(plans) > 4:
+                plans.clear()
+            arena = torch.empty(total + 64, dtype=torch.uint8)
+            base = (arena.data_ptr() + 63) // 64 * 64
+            ptr = {k: base + v for k, v in offs.items()}
+            sp = base + scratch
+            calls = [(fn, [ptr[i] for i in ins] + [ptr[out], sp], out)
+                     for fn, ins, out in (self.steps if all_values else self.fused)]
+            plan = plans[key] = _Plan(arena, ptr, calls, threads)
+        return plan
+
+    def _execute(self, plan: "_Plan", n: int) -> None:
+        t = plan.threads
+        for fn, ptrs, out in plan.calls:
+            if fn(ptrs, n, t):
                 raise ModelError(f"an accumulator of the op producing {out!r} overflows int32 (the reference engine "
                                  "raises here too); reduce the layer's fan-in or the bias")
-        names = list(self.shapes) if all_values else [self.output_value]
-        res = {k: self._value(arena, base - arena.data_ptr() + offs[k], n, self.shapes[k]) for k in names}
-        return res if all_values else res[self.output_value]
 
-    @staticmethod
-    def _value(arena: Tensor, off: int, n: int, s: tuple) -> Tensor:
-        size = n * int(np.prod(s))
-        v = arena[off:off + size]
+    def _put(self, plan: "_Plan", src: int, n: int) -> None:
+        """uint8 input codes at address ``src`` (PyTorch layout) into the arena (NHWC)."""
+        s = self.shapes[self.input_value]
         if len(s) == 3:
-            return v.view(n, s[1], s[2], s[0]).permute(0, 3, 1, 2).contiguous()
-        return v.view(n, s[0]).clone()
+            self.lib.cnn_nchw_to_nhwc(src, plan.ptr[self.input_value], n, s[1] * s[2], s[0])
+        else:
+            ctypes.memmove(plan.ptr[self.input_value], src, n * s[0])
+
+    def _take(self, plan: "_Plan", name: str, n: int) -> Tensor:
+        """A fresh uint8 tensor of value ``name`` in PyTorch layout."""
+        s = self.shapes[name]
+        out = torch.empty((n, *s), dtype=torch.uint8)
+        if len(s) == 3:
+            self.lib.cnn_nhwc_to_nchw(plan.ptr[name], out.data_ptr(), n, s[1] * s[2], s[0])
+        else:
+            ctypes.memmove(out.data_ptr(), plan.ptr[name], n * s[0])
+        return out
+
+    def run(self, q: Tensor, all_values: bool = False):
+        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
+        n = int(q.shape[0])
+        plan = self._plan(n, all_values)
+        q = q.contiguous()
+        self._put(plan, q.data_ptr(), n)
+        self._execute(plan, n)
+        if all_values:
+            return {k: self._take(plan, k, n) for k in self.shapes}
+        return self._take(plan, self.output_value, n)
+
+    def run_float(self, x: Tensor, s_in: float, z_in: int, s_out: float, z_out: int) -> Tensor:
+        """A contiguous float32 CPU batch -> the dequantized float32 output: quantize into the arena, the program,
+        dequantize from it (the C steps of io.c; as ``dequantize(run(quantize(x)))`` bit for bit)."""
+        n = int(x.shape[0])
+        plan = self._plan(n, False)
+        s, so = self.shapes[self.input_value], self.shapes[self.output_value]
+        count = n * int(np.prod(s))
+        if len(s) == 3:  # the codes in NCHW first, then to NHWC
+            if plan.codes is None or plan.codes.numel() < count:
+                plan.codes = torch.empty(count, dtype=torch.uint8)
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.codes.data_ptr(), count, s_in, z_in)
+            self._put(plan, plan.codes.data_ptr(), n)
+        else:
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.ptr[self.input_value], count, s_in, z_in)
+        self._execute(plan, n)
+        y = torch.empty((n, *so), dtype=torch.float32)
+        src = plan.ptr[self.output_value]
+        if len(so) == 3:
+            codes = self._take(plan, self.output_value, n)
+            src = codes.data_ptr()
+        self.lib.cnn_dequantize_u8(src, y.data_ptr(), y.numel(), s_out, z_out)
+        return y
+
+
+class _Plan:
+    """A preplanned run (see :meth:`NativeProgram._plan`)."""
+
+    __slots__ = ("arena", "ptr", "calls", "threads", "codes")
+
+    def __init__(self, arena: Tensor, ptr: dict, calls: list, threads: int) -> None:
+        self.arena, self.ptr, self.calls, self.threads, self.codes = arena, ptr, calls, threads, None
 
 
 # ------------------------------------------------------------------------------------------------------ kernels
