@@ -20,7 +20,8 @@ from compactnn.quantize.intonly.model import IntegerModel, run_reference
 from compactnn.quantize.intonly.qparams import add_multipliers
 
 pytestmark = pytest.mark.skipif(native.load("auto") is None, reason=f"no native kernels: {native.status('auto')}")
-KINDS = ("auto", "generic", "off")
+# every kernel path this CPU can run, forced as COMPACTNN_NATIVE=avx2|vnni|generic would (issue 18), and torch
+KINDS = ("auto", "generic", "off") + tuple(k for k in ("avx2", "vnni") if native.load(k) is not None)
 
 
 class Builder:
@@ -417,3 +418,16 @@ def test_preplanned_runs_serial_or_threaded_are_bit_exact(monkeypatch, serial):
         assert torch.equal(y, im.dequantize_output(torch.from_numpy(want[im.output["value"]])))
     finally:
         torch.set_num_threads(1)
+
+
+def test_forced_kernel_paths_report_what_they_run(monkeypatch):
+    for kind in ("vnni", "avx2", "generic"):
+        monkeypatch.setenv("COMPACTNN_NATIVE", kind)
+        assert native.mode() == kind
+        lib = native.load()
+        if lib is None:
+            assert "no" in native.status() or "did not" in native.status()
+            continue
+        assert native.SIMD[lib.cnn_simd()] == kind and f"simd={kind}" in native.status()
+    monkeypatch.setenv("COMPACTNN_NATIVE", "sse9")
+    assert native.mode() == "auto"

@@ -232,7 +232,8 @@ class FastEngine:
 
     Args:
         model: the integer model.
-        native: ``"auto"``, ``"generic"`` (portable C loops) or ``"off"``; default ``COMPACTNN_NATIVE``.
+        native: ``"auto"``, ``"vnni"``, ``"avx2"``, ``"generic"`` (portable C loops) or ``"off"``; default
+            ``COMPACTNN_NATIVE``.
     """
 
     def __init__(self, model, native: str | None = None) -> None:

@@ -25,8 +25,10 @@ files (a cached ``.so`` runs as the user who loads it):
   folder), so nothing can swap the file between the check and ``dlopen``. A file whose hash does not match (a
   planted ``.so`` with the right name, a crash leftover) is never loaded: the kernels are rebuilt over it.
 
-``COMPACTNN_NATIVE`` selects: ``auto`` (default: native when it builds), ``0``/``off`` (the pure-torch engine),
-``generic`` (the portable C loops even on a VNNI machine; for tests). Without a compiler the engine falls back
+``COMPACTNN_NATIVE`` selects: ``auto`` (default: native when it builds: the AVX-512 VNNI kernels on a CPU that has
+them, else the AVX2 kernels, else portable C loops), ``0``/``off`` (the pure-torch engine), and, to force one path
+(tests, benchmarks): ``vnni``, ``avx2`` (built with ``-march=haswell``, so on any AVX2 CPU) or ``generic`` (the
+portable loops). Without a compiler the engine falls back
 to torch silently (``load()`` returns None; :func:`status` says why).
 """
 
@@ -78,10 +80,19 @@ class Conv(ctypes.Structure):
                                     "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P)]
 
 
+KINDS = ("auto", "vnni", "avx2", "generic")
+#: cnn_simd() of each kernel path
+SIMD = {2: "vnni", 1: "avx2", 0: "generic"}
+
+
 def mode() -> str:
-    """``COMPACTNN_NATIVE``: ``auto``, ``off`` or ``generic``."""
+    """``COMPACTNN_NATIVE``: ``auto``, ``off``, ``vnni``, ``avx2`` or ``generic``."""
     v = os.environ.get("COMPACTNN_NATIVE", "auto").strip().lower()
-    return "off" if v in ("0", "off", "false", "no", "torch") else "generic" if v == "generic" else "auto"
+    return "off" if v in ("0", "off", "false", "no", "torch") else v if v in KINDS else "auto"
+
+
+def _cpu_has(flag: str) -> bool:
+    return flag in _cpu_flags().split()
 
 
 def cache_dir() -> Path:
@@ -259,7 +270,17 @@ def _build(kind: str):
         warnings.warn(f"compactnn: {_why[kind]}", RuntimeWarning, stacklevel=3)
         return None
     dir_path = cache_dir()
-    base = ["-O3", "-march=native", "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
+    if kind == "avx2" and not _cpu_has("avx2"):
+        _why[kind] = "this CPU has no AVX2"
+        os.close(dir_fd)
+        return None
+    if kind == "vnni" and not _cpu_has("avx512_vnni"):
+        _why[kind] = "this CPU has no AVX-512 VNNI"
+        os.close(dir_fd)
+        return None
+    # avx2: the AVX2 kernels whatever the CPU has beyond (-march=haswell: no AVX-512, so no VNNI path)
+    arch = "-march=haswell" if kind == "avx2" else "-march=native"
+    base = ["-O3", arch, "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
     src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, IO_SOURCE))
     try:
         for flags in (base + ["-fopenmp"], base):
@@ -277,8 +298,11 @@ def _build(kind: str):
                 _why[kind] = f"building the native kernels failed: {err}"
                 continue
             _declare(lib)
-            _why[kind] = (f"{name}: simd={'vnni' if lib.cnn_simd() == 2 else 'generic'}, "
-                          f"openmp={bool(lib.cnn_openmp())}")
+            simd = SIMD.get(lib.cnn_simd(), "?")
+            if kind in ("vnni", "avx2") and simd != kind:
+                _why[kind] = f"{name}: the compiler did not produce the {kind} kernels (got {simd})"
+                return None
+            _why[kind] = f"{name}: simd={simd}, openmp={bool(lib.cnn_openmp())}"
             return lib
     finally:
         os.close(dir_fd)
@@ -312,7 +336,8 @@ def load(kind: str | None = None):
     """The loaded kernel library (built on first use), or None when disabled or it cannot be built.
 
     Args:
-        kind: ``"auto"`` or ``"generic"``; default from ``COMPACTNN_NATIVE`` (``off`` returns None).
+        kind: ``"auto"``, ``"vnni"``, ``"avx2"`` or ``"generic"``; default from ``COMPACTNN_NATIVE`` (``off``
+            returns None).
     """
     kind = mode() if kind is None else kind
     if kind == "off":
