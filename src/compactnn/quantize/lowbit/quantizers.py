@@ -35,9 +35,33 @@ __all__ = ["ste", "ste_round", "grad_scale", "group_reduce", "group_shape", "Wei
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
+class _Straight(torch.autograd.Function):
+    """Forward: ``q`` exactly; backward: the gradient goes to ``x`` unchanged (none to ``q``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q: Tensor) -> Tensor:  # noqa: D102
+        return q.detach().clone()
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        return g, None
+
+
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, g: float) -> Tensor:  # noqa: D102
+        ctx.g = g
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        return grad * ctx.g, None
+
+
 def ste(x: Tensor, q: Tensor) -> Tensor:
-    """Value ``q``, gradient straight through to ``x`` (identity)."""
-    return x + (q - x).detach()
+    """Value exactly ``q``, gradient straight through to ``x`` (identity). (``x + (q - x).detach()`` would be off
+    by a rounding error, and the hardened model must compute what training computed.)"""
+    return _Straight.apply(x, q)
 
 
 def ste_round(x: Tensor) -> Tensor:
@@ -47,7 +71,7 @@ def ste_round(x: Tensor) -> Tensor:
 
 def grad_scale(x: Tensor, g: float) -> Tensor:
     """Value ``x``, gradient multiplied by ``g`` (LSQ's step-size gradient scale)."""
-    return (x - x * g).detach() + x * g
+    return _GradScale.apply(x, g)
 
 
 def group_shape(w: Tensor, granularity: str) -> tuple[int, ...]:
@@ -266,8 +290,9 @@ class DoReFaWeight(WeightQuantizer):
             return ste(w, w.detach().abs().mean() * _sign(w.detach()))
         n = 2 ** self.bits - 1
         u = self._unit(w)
-        q = ste(u, torch.floor(u.detach() * n + 0.5) / n)
-        return 2 * q - 1
+        c = torch.floor(u.detach() * n + 0.5)
+        # value (2c - n) * (1/n), the stored form; gradient of 2u - 1 (straight through the rounding)
+        return ste(2 * u - 1, (2 * c - n) * torch.full((1,) * w.dim(), 1.0 / n, dtype=w.dtype))
 
 
 class LSQWeight(WeightQuantizer):
