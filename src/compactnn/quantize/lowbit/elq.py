@@ -14,9 +14,10 @@ with ``d_i = sqrt(mean over batches of g_i^2)``, the second-moment estimate loss
 
 Closed forms (per layer):
 - binary: ``t = sign(w)``, ``alpha = sum h |w| / sum h``;
-- ternary, for a fixed support ``S``: ``alpha = sum_S h |w| / sum_S h``; for a fixed ``alpha``, each ``t_i`` is
-  ``sign(w_i)`` if ``|w_i| > alpha / 2`` else 0 (the threshold ``delta = alpha / 2``, whatever ``h_i > 0``);
-  the two are alternated from TWN's support until the support no longer changes.
+- ternary, for a fixed support ``S``: ``alpha = sum_S h |w| / sum_S h`` and ``E = sum h w^2 - (sum_S h |w|)^2 /
+  sum_S h``; for a fixed ``alpha``, each ``t_i`` is ``sign(w_i)`` if ``|w_i| > alpha / 2`` else 0 (threshold
+  ``delta = alpha / 2``, whatever ``h_i > 0``). So the optimal support is the ``k`` largest ``|w|`` for some ``k``,
+  and scanning ``k`` with cumulative sums gives the exact minimiser (no alternation, no local optimum).
 
 Incremental quantization (as INQ): accumulated portions of each layer (largest ``|w|`` first) are frozen at
 ``alpha * t`` and the rest retrained, ``alpha`` fixed at its closed form on the float weights.
@@ -76,22 +77,22 @@ def elq_objective(w: Tensor, h: Tensor, alpha: float, t: Tensor) -> float:
 
 
 @torch.no_grad()
-def elq_closed_form(w: Tensor, h: Tensor, bits: int, max_iter: int = 100) -> tuple[float, Tensor]:
-    """``(alpha, t)`` minimising :func:`elq_objective` by the closed forms above (ternary: alternated)."""
+def elq_closed_form(w: Tensor, h: Tensor, bits: int) -> tuple[float, Tensor]:
+    """``(alpha, t)`` minimising :func:`elq_objective` exactly, by the closed forms above."""
     w, h = w.detach().double(), h.detach().double()
     a = w.abs()
     if bits == 1:
         t = torch.where(w >= 0, 1.0, -1.0).to(w.dtype)
         return float((h * a).sum() / h.sum().clamp(min=1e-300)), t
-    support = a > 0.7 * a.mean()
-    alpha = 0.0
-    for _ in range(max_iter):
-        hs = (h * support).sum()
-        alpha = float((h * a * support).sum() / hs) if hs > 0 else float(a.max())
-        new = a > alpha / 2
-        if torch.equal(new, support):
-            break
-        support = new
+    order = torch.argsort(a.reshape(-1), descending=True)
+    hs, ha = h.reshape(-1)[order], (h * a).reshape(-1)[order]
+    s1, s0 = torch.cumsum(ha, 0), torch.cumsum(hs, 0)
+    gain = torch.where(s0 > 0, s1 ** 2 / s0.clamp(min=1e-300), torch.zeros_like(s0))  # E_k = sum h w^2 - gain_k
+    k = int(torch.argmax(gain)) + 1
+    alpha = float(s1[k - 1] / s0[k - 1])
+    support = torch.zeros(a.numel(), dtype=torch.bool)
+    support[order[:k]] = True
+    support = support.reshape(a.shape)
     return alpha, torch.sign(w) * support
 
 
