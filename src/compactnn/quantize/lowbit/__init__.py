@@ -9,6 +9,7 @@
 """
 
 from . import quantizers, modules, core  # noqa: F401
+from .convert import to_integer
 from .baselines import BWN, LSQ, TWN, DoReFa
 from .elq import ELQ
 from .inq import INQ
@@ -16,4 +17,4 @@ from .modules import LowBitConv2d, LowBitLinear
 from .syq import SYQ
 from .tsq import TSQ
 
-__all__ = ["BWN", "DoReFa", "ELQ", "INQ", "LSQ", "LowBitConv2d", "LowBitLinear", "SYQ", "TSQ", "TWN"]
+__all__ = ["BWN", "DoReFa", "ELQ", "INQ", "LSQ", "LowBitConv2d", "LowBitLinear", "SYQ", "TSQ", "TWN", "to_integer"]
