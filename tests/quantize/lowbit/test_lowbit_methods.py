@@ -167,3 +167,17 @@ def test_ternary_model_file_is_about_two_bits_per_quantized_weight(tiny, tmp_pat
     cn.pack.save(out, path)
     entry = cn.pack.read_manifest(path)["tensors"]["fc2.codes"]
     assert 8 * entry["bytes"] / out.fc2.codes.numel() <= 2.05
+
+
+def test_syq_recipe_parses():
+    from compactnn import recipe
+
+    r = recipe.load_recipe("recipes/lenet5-syq.yaml")
+    (stage,) = r.stages
+    assert isinstance(stage, SYQ) and stage.weight_bits == 2 and stage.act_bits == 8 and stage.scales == "pixel"
+    assert stage.finetune.optimizer == "adam" and stage.finetune.epochs == 3
+
+
+def test_cli_lists_the_low_bit_methods():
+    names = set(cn.list_methods())
+    assert {"syq", "elq", "tsq", "inq", "twn", "bwn", "dorefa", "lsq"} <= names
