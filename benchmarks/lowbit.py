@@ -82,6 +82,11 @@ def cells(epochs: int, seed: int) -> dict[str, tuple[str, str, object]]:
     return out
 
 
+#: The order cells run in (the issue's targets first), when --cells is not given.
+PRIORITY = ("syq-W2A8", "twn-W2A32", "elq-W2A32", "tsq-W2A2", "dorefa-W2A2", "inq-W5A32", "inq-W3A32", "syq-W1A8",
+            "lsq-W2A2", "lsq-W2A8", "syq-W2A32", "syq-W2A2", "dorefa-W2A8", "tsq-W2A8", "twn-W2A8", "twn-W2A2",
+            "lsq-W4A4", "dorefa-W4A4", "syq-W1A32", "bwn-W1A32", "elq-W1A32", "dorefa-W1A32", "tsq-W2A32",
+            "dorefa-W2A32", "lsq-W2A32")
 QUICK_CELLS = ("syq-W2A8", "twn-W2A32", "elq-W2A32", "tsq-W2A2", "dorefa-W2A2", "lsq-W2A2", "inq-W5A32")
 
 
@@ -129,7 +134,7 @@ def run_model(name: str, bundle, args) -> None:
         atomic_write_text(path, json.dumps(done, indent=1))
     start = time.time()
     todo = cells(args.epochs, seed)
-    wanted = args.cells.split(",") if args.cells else (QUICK_CELLS if args.quick else list(todo))
+    wanted = args.cells.split(",") if args.cells else (QUICK_CELLS if args.quick else list(PRIORITY))
     for cid in wanted:
         if cid in done:
             continue
