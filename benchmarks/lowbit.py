@@ -150,6 +150,7 @@ def run_model(name: str, bundle, args) -> None:
             small = cn.compress(copy.deepcopy(ref), cfg, data=train_bundle).eval()
         secs = time.time() - t0
         row = {"model": name, "method": method, "setting": setting, "cell": cid, "epochs": args.epochs,
+               "train_images": len(train_bundle.train),
                "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits, "accuracy": _accuracy(small, bundle),
                "packed_bytes": int(cn.pack.packed_size(small)), "train_seconds": round(secs, 1)}
         if cfg.act_bits is not None and cfg.act_bits <= 8:
@@ -193,20 +194,22 @@ def timing(name: str, bundle, args) -> None:
 
 
 def collect(models: list[str], bundle_name: str, args) -> list[dict]:
+    """Every cached row for ``models`` (all epoch/subset settings found, this seed), float reference first."""
     rows = []
+    order = list(cells(args.epochs, args.seed))
     for name in models:
-        done = _read(_cache(name, bundle_name, args.epochs, args.train_subset if name == "resnet20" else None,
-                            args.seed))
-        if "float" not in done:
-            continue
-        ref = done["float"]
-        rows.append({**ref, "drop": 0.0, "ratio": 1.0})
-        order = list(cells(args.epochs, args.seed))
-        for cid in sorted((c for c in done if c != "float"), key=order.index):
-            r = dict(done[cid])
-            r["drop"] = round(100 * (ref["accuracy"] - r["accuracy"]), 2)
-            r["ratio"] = ref["packed_bytes"] / r["packed_bytes"]
-            rows.append(r)
+        for path in sorted(cache_dir().glob(f"lowbit-{name}-{bundle_name}-e*-sub*-s{args.seed}.json")):
+            done = _read(path)
+            if "float" not in done:
+                continue
+            ref = done["float"]
+            if not any(r["model"] == name and r["method"] == "float" for r in rows):
+                rows.append({**ref, "drop": 0.0, "ratio": 1.0})
+            for cid in sorted((c for c in done if c != "float"), key=order.index):
+                r = dict(done[cid])
+                r["drop"] = round(100 * (ref["accuracy"] - r["accuracy"]), 2)
+                r["ratio"] = ref["packed_bytes"] / r["packed_bytes"]
+                rows.append(r)
     return rows
 
 
@@ -264,7 +267,8 @@ def main() -> None:
         for name in models:
             timing(name, bundle, args) if args.timing else run_model(name, bundle, args)
     rows = collect(["lenet5", "resnet20"], bundle.name, args)
-    columns = ["model", "method", "setting", "accuracy", "drop", "packed_bytes", "ratio", "train_seconds",
+    columns = ["model", "method", "setting", "epochs", "train_images", "accuracy", "drop", "packed_bytes", "ratio",
+               "train_seconds",
                "int_accuracy", "int_b256_ms", "int_time_ratio"]
     notes = NOTES.format(epochs=args.epochs)
     write_results("lowbit", args.out, rows, columns,
