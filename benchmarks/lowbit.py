@@ -183,9 +183,11 @@ def timing(name: str, bundle, args) -> None:
     models = {cid: to_integer(cn.pack.load(_model_path(name, bundle.name, cid, args)), train_bundle)
               for cid, r in done.items() if cid != "float" and r.get("act_bits") == 8 and "int_error" not in r}
     times: dict[str, list[float]] = {cid: [] for cid in ["float", *models]}
-    for _ in range(args.rounds):
+    for r in range(args.rounds + 1):  # round 0 warms up (native kernels, allocator) and is not recorded
         for cid, m in [("float", base), *models.items()]:
-            times[cid].append(measure_latency(m, bundle.input_shape, batch_sizes=(256,), repeats=args.repeats)[256])
+            t = measure_latency(m, bundle.input_shape, batch_sizes=(256,), repeats=args.repeats)[256]
+            if r:
+                times[cid].append(t)
     for cid, ts in times.items():
         done[cid]["int_b256_ms"] = statistics.median(ts)
         if cid != "float":
