@@ -27,7 +27,7 @@ from common import parser  # noqa: E402
 from pretrained import cache_dir  # noqa: E402
 
 TEACHER = {"model": "resnet56", "epochs": 8, "lr": 0.1, "batch_size": 128}
-TRAIN_ROWS = 20_000
+TRAIN_ROWS = 10_000
 
 
 def load_data(args):

@@ -252,6 +252,8 @@ DQ_FINETUNE = FineTune(epochs=5, optimizer="sgd", lr=1e-5, momentum=0.9, nestero
 
 
 def _teacher_finetune(finetune: FineTune, teacher: Any, data: Any, method: str) -> FineTune:
+    if finetune.nesterov and (finetune.optimizer not in (None, "sgd") or finetune.momentum == 0):
+        finetune = dataclasses.replace(finetune, nesterov=False)  # the default's Nesterov only applies to SGD
     if finetune.teacher is not None and teacher is not None:
         raise ConfigError(f"{method}: teacher is set both on the method and in its finetune; give it once")
     teacher = teacher if teacher is not None else finetune.teacher
