@@ -41,6 +41,9 @@ def print_before_after(result: dict) -> None:
     for col in ("", "before", "after", "ratio"):
         table.add_column(col, justify="right" if col else "left")
     table.add_row(metric, _fmt(base.get(metric)), _fmt(comp.get(metric)), "")
+    for stage in result.get("stages") or []:  # a recipe's teacher: its accuracy beside the student's
+        if str(stage.get("method", "")).startswith("teacher"):
+            table.add_row(f"{metric} of {stage['method']}", "", _fmt(stage.get("accuracy")), "")
     for key in ("params", "nonzero", "packed_bytes", "macs"):
         b, a = base.get(key, base.get("params") if key == "nonzero" else None), comp.get(key)
         ratio = f"{b / a:.1f}x" if isinstance(b, (int, float)) and a else ""

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..api import register_method
 from ..config import FineTune, MethodConfig, NonNegative, Patterns, Range, TeacherSpec, check
 from ..data.user import batches_of
+from ..errors import ConfigError
 from ..layers import Target, require_data, run_finetune, select_layers
 from .features import feature_loss
 from .kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, load_teacher
@@ -32,7 +33,8 @@ class Distill(MethodConfig):
 
     Args:
         teacher: a ``.cnz`` path, an ``nn.Module``, or ``{model: <registry name>, args: {...}, train: {...}}``
-            trained on the data first (see :func:`compactnn.distill.load_teacher`).
+            trained on the data first (see :func:`compactnn.distill.load_teacher`); in a recipe it may come from
+            the recipe's ``teacher:`` key (required one way or the other).
         temperature: ``T``.
         alpha: weight of the soft term (``1 - alpha`` weighs the cross-entropy).
         features: ``"none"``; ``"hints"`` (FitNets, a learned 1x1 regressor per pair) or ``"attention"``
@@ -49,7 +51,7 @@ class Distill(MethodConfig):
     kinds = (nn.Module,)
     example = {"teacher": {"model": "lenet300", "train": {"epochs": 1}}, "finetune": {"epochs": 1}}
 
-    teacher: Teacher
+    teacher: Teacher | None = None
     temperature: Temperature = DEFAULT_TEMPERATURE
     alpha: Alpha = DEFAULT_ALPHA
     features: Literal["none", "hints", "attention"] = "none"
@@ -89,6 +91,8 @@ def with_teacher(finetune: FineTune, teacher: Any, temperature: float, alpha: fl
 def distill(model: nn.Module, config: Distill, data: Any, target: Target) -> nn.Module:
     """Train ``model`` in place against the teacher and return it."""
     require_data(data, config.method)
+    if config.teacher is None:
+        raise ConfigError("distill: no teacher; set teacher on the stage (or the recipe's teacher: key)")
     teacher = load_teacher(config.teacher, data)
     finetune = with_teacher(config.finetune, teacher, config.temperature, config.alpha)
     if config.features == "none":
