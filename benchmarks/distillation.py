@@ -4,10 +4,8 @@ differentiable quantization, and compressed students fine-tuned with and without
 Run in parts (each resumable, each meant to run under the CPU lock for a few minutes)::
 
     flock /tmp/cpu.lock timeout 470 python benchmarks/distillation.py --part teacher   # repeat until it says done
-    flock /tmp/cpu.lock python benchmarks/distillation.py --part lenet5      # exit code 3: run it again
-    flock /tmp/cpu.lock python benchmarks/distillation.py --part lenet5-quant
-    flock /tmp/cpu.lock python benchmarks/distillation.py --part lenet5-other
-    flock /tmp/cpu.lock python benchmarks/distillation.py --part resnet20
+    flock /tmp/cpu.lock python benchmarks/distillation.py \
+        --part lenet5,lenet5-quant,lenet5-other,resnet20,resnet20-quant   # exit code 3: run it again
     python benchmarks/distillation.py --part report
 
 Every finished row is stored in the cache folder (``rows.json``), so a part that is cut short resumes where it
@@ -206,13 +204,17 @@ def syq_rows():
              else cls(finetune=ft))]
 
 
-def run_part(args, bundle, part: str) -> int:
-    teacher_raw = teacher(args, bundle, train=False)
-    teacher_memo = Memo(teacher_raw)
+_TEACHERS: dict = {}
+
+
+def run_part(args, bundle, part: str, start: float) -> int:
+    if not _TEACHERS:
+        _TEACHERS["raw"] = teacher(args, bundle, train=False)
+        _TEACHERS["memo"] = Memo(_TEACHERS["raw"])
+    teacher_raw, teacher_memo = _TEACHERS["raw"], _TEACHERS["memo"]
     done = {(r["student"], r["row"], r["seed"]) for r in load_rows(args)}
     if ("teacher", "ResNet-56 teacher", 0) not in done:
         measure(args, bundle, "teacher", "ResNet-56 teacher", 0, lambda: teacher_raw, f"{TEACHER['epochs']}")
-    start = time.perf_counter()
     todo = [p for p in plan(args, bundle, part, teacher_memo, teacher_raw) if (p[0], p[1], p[2]) not in done]
     for st, row, seed, build, epochs, keep in todo:
         if time.perf_counter() - start > args.budget:
@@ -233,7 +235,7 @@ def report(args) -> None:
     rows = load_rows(args)
     teacher_acc = next(r["accuracy"] for r in rows if r["student"] == "teacher")
     for r in rows:
-        r["drop"] = teacher_acc - r["accuracy"]
+        r["drop"] = 100 * (teacher_acc - r["accuracy"])  # points below the teacher
     order = {"teacher": 0, "lenet5": 1, "resnet20": 2}
     rows.sort(key=lambda r: (order.get(r["student"], 9), r["seed"]))
     table = aggregate(rows, ["student", "row"], ["accuracy", "drop", "bytes", "seconds"])
@@ -245,7 +247,11 @@ def report(args) -> None:
                       "accuracy": "pending (SYQ not merged)"})
     mean = {(t["student"], t["row"]): t.get("accuracy_mean") for t in table}
     notes = claims(mean)
-    columns = ["student", "row", "seeds", "epochs", "accuracy", "drop", "bytes", "seconds"]
+    for t in table:
+        t["drop (points)"] = t.pop("drop", None)
+        t["packed bytes"] = t.pop("bytes", None)
+        t["train seconds"] = t.pop("seconds", None)
+    columns = ["student", "row", "seeds", "epochs", "accuracy", "drop (points)", "packed bytes", "train seconds"]
 
     def plot(fh):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -322,7 +328,12 @@ def main(argv=None):
         teacher(args, bundle)
         print("done", flush=True)
         return 0
-    return run_part(args, bundle, args.part)
+    start = time.perf_counter()
+    for part in args.part.split(","):
+        code = run_part(args, bundle, part, start)
+        if code:
+            return code
+    return 0
 
 
 if __name__ == "__main__":

@@ -371,7 +371,8 @@ class MethodConfig(Checked):
 @dataclasses.dataclass(frozen=True)
 class TeacherSpec(Checked):
     """A teacher built from the model registry and trained on the data being compressed (``teacher: {model:
-    resnet56, train: {epochs: 30, lr: 0.1}}``); see :func:`compactnn.distill.load_teacher`."""
+    resnet56, train: {epochs: 30, lr: 0.1}}``; ``train`` unset: 10 epochs of SGD at lr 0.1); see
+    :func:`compactnn.distill.load_teacher`."""
 
     label = "teacher"
     model: str
