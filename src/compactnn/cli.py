@@ -206,6 +206,11 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
             console.print(table)
 
 
+from .cli_user import mount as _mount_user  # noqa: E402
+
+_mount_user(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning input errors into one line and exit code 2."""
     try:

@@ -356,6 +356,10 @@ class MethodConfig(Checked):
         method: the YAML name (``magnitude-prune``).
         description: one line for ``compactnn list methods``.
         kinds: the layer classes whose weights the method works on (what ``layers`` / ``exclude`` select among).
+        any_weight: the method also works on every other weight Parameter of >= 2 dims (an LSTM's
+            ``weight_hh_l0``, ``MultiheadAttention.in_proj_weight``, a user layer's ``weight``), each a
+            :class:`compactnn.layers.WeightSlot` named ``"<module>.<parameter>"``. Methods without it list such
+            weights as skipped, with a warning.
         example: a tiny setting (YAML fields) that the registry-driven tests run on ``example_model``; every
             registered method must give one.
         example_model: registry model name for that test.
@@ -364,6 +368,7 @@ class MethodConfig(Checked):
     method: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kinds: ClassVar[tuple[type, ...] | None] = None
+    any_weight: ClassVar[bool] = False
     example: ClassVar[dict[str, Any] | None] = None
     example_model: ClassVar[str] = "lenet300"
 
