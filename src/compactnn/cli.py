@@ -209,6 +209,9 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
 from .cli_user import mount as _mount_user  # noqa: E402
 
 _mount_user(app)
+from .cli_distill import mount as _mount_distill  # noqa: E402
+
+_mount_distill(app)
 
 
 def main(argv: list[str] | None = None) -> None:

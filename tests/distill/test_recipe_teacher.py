@@ -53,3 +53,26 @@ def test_recipe_with_teacher_reports_its_accuracy(tmp_path, capsys):
     assert methods == ["teacher (lenet300)", "magnitude-prune", "quantized-distill"]
     assert 0.5 < report["stages"][0]["accuracy"] <= 1.0
     assert "teacher (lenet300)" in (out / "report.md").read_text()
+
+
+def test_cli_distill_trains_a_student_and_prints_both_accuracies(tmp_path, capsys, digits):
+    import compactnn as cn
+
+    teacher = cn.models.create("lenet300", data=digits, seed=0)
+    cn.train.fit(teacher, digits, epochs=3, lr=0.05, quiet=True)
+    cn.pack.save(teacher, tmp_path / "t.cnz")
+    out = tmp_path / "s.cnz"
+    args = ["distill", "--teacher", str(tmp_path / "t.cnz"), "--student", "lenet300", "--epochs", "2", "--out",
+            str(out)]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert (done.value.code or 0) == 0
+    printed = capsys.readouterr().out
+    assert "teacher t.cnz: accuracy" in printed and "student lenet300: accuracy" in printed
+    assert cn.train.evaluate(cn.pack.load(out), digits)["accuracy"] > 0.5
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2 and "exists" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(["distill", "--teacher", str(tmp_path / "nope.cnz"), "--out", str(tmp_path / "x.cnz")])
+    assert done.value.code == 2 and "not found" in capsys.readouterr().err
