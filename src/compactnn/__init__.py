@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 # the subpackages register their methods, models and data sets on import
 from . import data, decompose, graph, models, pack, prune, quantize, report, train  # noqa: E402,F401
+from . import distill  # noqa: E402,F401
 from .plan import plan  # noqa: E402
 from .prepare import convert, prepare  # noqa: E402
 

@@ -286,7 +286,8 @@ def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
     The optimizer and lr that the FineTune leaves unset follow :meth:`compactnn.config.FineTune.fit_kwargs`'s rule,
     from how the model was trained (``model.compactnn_training``, recorded by ``fit``). With ``val_split`` the
     fine-tune trains on the rest of the training set, keeps its best epoch on the held-out part (unless
-    ``keep_best`` is False) and warns, in one line, when it ends below the uncompressed model there.
+    ``keep_best`` is False) and warns, in one line, when it ends below the uncompressed model there. With a
+    ``teacher`` the loss is :func:`compactnn.distill.kd_loss` against it (unless ``fit_args`` gives a ``loss_fn``).
 
     Args:
         model: the model being compressed (possibly with masks or codebooks parametrizing its weights).
@@ -301,6 +302,10 @@ def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
 
     trained = getattr(model, "compactnn_training", None)
     kwargs = {**finetune.fit_kwargs(trained.get("optimizer") if isinstance(trained, Mapping) else None), **fit_args}
+    if getattr(finetune, "teacher", None) is not None and "loss_fn" not in fit_args:
+        from .distill import finetune_loss  # the teacher replaces cross-entropy by Hinton's loss (FineTune.teacher)
+
+        kwargs["loss_fn"] = finetune_loss(finetune, data)
     if finetune.val_split is None:
         return fit(model, data, step_hooks=tuple(step_hooks), **kwargs)
     train_part, val_part = _val_split(data, finetune)
