@@ -203,6 +203,9 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
             console.print(table)
 
 
+from . import cli_sr  # noqa: E402,F401  (mounts import-caffe and the sr sub-app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning input errors into one line and exit code 2."""
     try:
