@@ -215,6 +215,7 @@ def main() -> None:
     p.add_argument("--fig-crop", type=lambda t: [int(v) for v in t.split(",")], default=[100, 180, 120])
     p.add_argument("--run", default=None, help="run folder of `compactnn sr train` (--part train)")
     args, rest = p.parse_known_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     args.data = data_root(args.data)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
