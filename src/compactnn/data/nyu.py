@@ -143,7 +143,7 @@ def read_nyu(root: PathLike | None = None, *, classes: int = 40, mapping=None):
     if split is None:
         cut = int(round(n * STANDARD_TRAIN / STANDARD_TOTAL))
         split = (np.arange(cut), np.arange(cut, n))
-    train, test = (np.asarray(s, dtype=np.int64) for s in split)
+    train, test = (np.array(s, dtype=np.int64) for s in split)
     for s in (train, test):
         if s.size and (s.min() < 0 or s.max() >= n):
             raise DataError(f"{path}: split indices must be in 0..{n - 1}, got {int(s.min())}..{int(s.max())}")
