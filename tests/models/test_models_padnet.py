@@ -91,3 +91,16 @@ def test_pack_round_trip_identical(variant, tmp_path):
             assert all(torch.equal(a[t], b[t]) for t in a)
     keys = allowed()
     assert keys[class_key(Mul)] is Mul
+
+
+def test_trace_keeps_every_join_as_a_module():
+    from compactnn.graph import trace
+
+    model = create("padnet", variant="C", input_shape=(3, 16, 16), seed=0).eval()
+    gm = trace(model)
+    kinds = [type(gm.get_submodule(n.target)).__name__ for n in gm.graph.nodes if n.op == "call_module"]
+    assert kinds.count("Mul") == 6 and kinds.count("Sigmoid") == 2 and kinds.count("ConvTranspose2d") == 4
+    assert not [n for n in gm.graph.nodes if n.op == "call_function"]  # no bare torch ops left
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(gm(x), model(x))

@@ -55,6 +55,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..graph import Add, Concat
+from ..graph.trace import register_leaf
 from ..pack.spec import packable
 from .registry import check_input_shape, register_model
 
@@ -64,6 +65,7 @@ VARIANTS = ("A", "B", "C", "single-depth", "single-semantics", "multi-task")
 DISTILL = ("A", "B", "C")
 
 
+@register_leaf
 @packable
 class Mul(nn.Module):
     """Elementwise product of two tensors (an attention gate times a message), as a module tools can see."""
