@@ -1,1 +1,13 @@
-"""Product quantization (biresolution spectral PQ). Not implemented yet."""
+"""Product quantization: PQ, OPQ (parametric and non-parametric), the biresolution spectral PQ, ADC/SDC search.
+
+``train(x, m, bits, method)`` gives a :class:`ProductQuantizer`; :class:`PQIndex` holds the codes of a base set and
+searches it. See :mod:`compactnn.pq.quantizer` for the methods (and our reading of the spectral paper) and
+:mod:`compactnn.pq.index` for the search.
+"""
+
+from .index import PQIndex, exact_search, recall_at
+from .kmeans import assign, kmeans
+from .quantizer import METHODS, ProductQuantizer, eigenvalue_allocation, procrustes, train
+
+__all__ = ["PQIndex", "ProductQuantizer", "train", "kmeans", "assign", "exact_search", "recall_at",
+           "eigenvalue_allocation", "procrustes", "METHODS"]
