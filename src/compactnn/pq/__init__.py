@@ -6,8 +6,10 @@ searches it. See :mod:`compactnn.pq.quantizer` for the methods (and our reading 
 """
 
 from .index import PQIndex, exact_search, recall_at
+from .io import PQIndexModule, load_index, read_npy, read_vecs, save_index, write_vecs
 from .kmeans import assign, kmeans
 from .quantizer import METHODS, ProductQuantizer, eigenvalue_allocation, procrustes, train
 
 __all__ = ["PQIndex", "ProductQuantizer", "train", "kmeans", "assign", "exact_search", "recall_at",
-           "eigenvalue_allocation", "procrustes", "METHODS"]
+           "eigenvalue_allocation", "procrustes", "METHODS", "read_vecs", "write_vecs", "read_npy", "save_index",
+           "load_index", "PQIndexModule"]
