@@ -203,6 +203,9 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
             console.print(table)
 
 
+from .cli_pq import app as pq_app; app.add_typer(pq_app, name="pq")  # noqa: E402,E702  (product quantization)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning input errors into one line and exit code 2."""
     try:
