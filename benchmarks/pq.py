@@ -108,15 +108,70 @@ def load_data(name: str, data_root=None) -> tuple[np.ndarray, np.ndarray, np.nda
     return base, queries, truth
 
 
-def run_faiss(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray) -> tuple[dict, np.ndarray]:
+#: faiss OPQ: faiss's defaults (50 rotation iterations, 40 k-means steps in the first, 4 after) except the training
+#: sample, 20,000 vectors as ours (faiss's default max_train_points is 65,536: all 60,000 here, about 3x the time).
+FAISS_OPQ = {"niter": 50, "max_train_points": 20000, "chunk": 10}
+
+
+class Paused(Exception):
+    """A resumable cell stopped at the time budget; its state is cached."""
+
+
+def _faiss_opq_trained(nbytes: int, base: np.ndarray, state: Path, deadline: float):
+    """faiss's OPQMatrix trained in chunks of FAISS_OPQ["chunk"] iterations, resumable across runs: the rotation
+    ``A`` and the PQ centroids are cached after each chunk and the next chunk hot-starts from both (the same
+    iterations as one long run, whose first k-means has niter_pq_0 steps and the rest hot-start with niter_pq)."""
+    import faiss
+
+    d = base.shape[1]
+    rng = np.random.default_rng(1234)
+    sample = base[rng.permutation(base.shape[0])[:FAISS_OPQ["max_train_points"]]]
+    files = {k: Path(f"{state}.{k}") for k in ("meta.json", "A.npy", "C.npy")}
+    meta = json.loads(files["meta.json"].read_text()) if files["meta.json"].exists() else {"done": 0, "train_s": 0.0}
+    last = 0.0
+    while meta["done"] < FAISS_OPQ["niter"]:
+        if meta["done"] and time.perf_counter() + 1.2 * last > deadline:
+            raise Paused(f"faiss OPQ {nbytes} B: {meta['done']}/{FAISS_OPQ['niter']} iterations done")
+        opq = faiss.OPQMatrix(d, nbytes)
+        opq.niter = min(FAISS_OPQ["chunk"], FAISS_OPQ["niter"] - meta["done"])
+        opq.max_train_points = sample.shape[0]
+        hot = faiss.ProductQuantizer(d, nbytes, 8)  # what OPQMatrix makes itself; ours outlives the call
+        if meta["done"]:
+            faiss.copy_array_to_vector(np.load(files["A.npy"]).ravel(), opq.A)
+            faiss.copy_array_to_vector(np.load(files["C.npy"]).ravel(), hot.centroids)
+            hot.train_type = faiss.ProductQuantizer.Train_hot_start
+            opq.niter_pq_0 = opq.niter_pq
+        opq.pq = hot
+        t = time.perf_counter()
+        opq.train(sample)
+        last = time.perf_counter() - t
+        meta["done"] += opq.niter
+        meta["train_s"] += last
+        np.save(files["A.npy"], faiss.vector_to_array(opq.A), allow_pickle=False)
+        np.save(files["C.npy"], faiss.vector_to_array(hot.centroids), allow_pickle=False)
+        files["meta.json"].write_text(json.dumps(meta))
+        print(f"  faiss OPQ {nbytes} B: {meta['done']} iterations, {meta['train_s']:.0f} s", flush=True)
+    opq = faiss.OPQMatrix(d, nbytes)
+    faiss.copy_array_to_vector(np.load(files["A.npy"]).ravel(), opq.A)
+    opq.is_trained = True
+    opq.is_orthonormal = True
+    return opq, meta["train_s"]
+
+
+def run_faiss(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray, state: Path, deadline: float
+              ) -> tuple[dict, np.ndarray]:
     import faiss
 
     d = base.shape[1]
     pq = faiss.IndexPQ(d, nbytes, 8)
-    index = pq if row == "faiss-pq" else faiss.IndexPreTransform(faiss.OPQMatrix(d, nbytes), pq)
+    if row == "faiss-pq":
+        index, pre_s = pq, 0.0
+    else:
+        opq, pre_s = _faiss_opq_trained(nbytes, base, state, deadline)
+        index = faiss.IndexPreTransform(opq, pq)
     t = time.perf_counter()
     index.train(base)
-    train_s = time.perf_counter() - t
+    train_s = pre_s + time.perf_counter() - t
     t = time.perf_counter()
     index.add(base)
     encode_s = time.perf_counter() - t
@@ -128,7 +183,8 @@ def run_faiss(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray) -> t
     return {"train_s": train_s, "encode_s": encode_s, "search_ms": 1e3 * search_s / len(queries), "mse": mse}, ids
 
 
-def run_ours(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray) -> tuple[dict, np.ndarray]:
+def run_ours(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray, state: Path, deadline: float
+             ) -> tuple[dict, np.ndarray]:
     x, q = torch.from_numpy(base), torch.from_numpy(queries)
     t = time.perf_counter()
     pq = train(x, nbytes, 8, row, iterations=25, seed=0, quiet=True, **OURS[row])
@@ -147,22 +203,58 @@ def run_ours(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray) -> tu
 
 
 def cell_path(data: str, row: str, nbytes: int, threads: int) -> Path:
-    setting = json.dumps({"ours": OURS.get(row), "threads": threads, "v": 1}, sort_keys=True)
+    setting = json.dumps({"ours": OURS.get(row), "faiss_opq": FAISS_OPQ if row == "faiss-opq" else None,
+                          "threads": threads, "v": 1 if row.startswith("faiss") else 2}, sort_keys=True)
     tag = hashlib.sha256(setting.encode()).hexdigest()[:8]
     return cache_dir() / "pq" / f"cell-{data}-{row}-{nbytes}-{tag}.json"
 
 
-def run_cell(data: str, row: str, nbytes: int, threads: int, data_root=None) -> dict:
+def run_cell(data: str, row: str, nbytes: int, threads: int, deadline: float, data_root=None) -> dict:
     path = cell_path(data, row, nbytes, threads)
     if path.exists():
         return json.loads(path.read_text())
     base, queries, truth = load_data(data, data_root)
     runner = run_faiss if row.startswith("faiss") else run_ours
     print(f"{data} {row} {nbytes} B ...", flush=True)
-    stats, ids = runner(row, nbytes, base, queries)
+    stats, ids = runner(row, nbytes, base, queries, path.with_suffix(".state"), deadline)
     ids_t, truth_t = torch.from_numpy(np.asarray(ids, dtype=np.int64)), torch.from_numpy(truth)
     result = {"data": data, "method": row, "bytes": nbytes, "threads": threads,
               **{f"R@{r}": recall_at(ids_t, truth_t, r) for r in (1, 10, 100)}, **stats}
+    path.write_text(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+#: Weight PQ of LeNet-300-100 on Fashion-MNIST: the dense reference (cached, shared with the decomposition benchmark)
+#: and the ProductQuantize settings.
+WEIGHTS = {"dense": {"epochs": 20, "lr": 0.1}, "block": 8, "bits": 8, "finetune": {"epochs": 4, "lr": 0.01}}
+
+
+def weights_cell(seed: int, threads: int, data_root=None) -> dict:
+    """LeNet-300-100 product-quantized with ``WEIGHTS``: accuracy and packed bytes against the dense model."""
+    from pretrained import pretrained
+
+    from compactnn.config import FineTune
+    from compactnn.pq import ProductQuantize
+
+    setting = json.dumps({"w": WEIGHTS, "threads": threads, "seed": seed, "v": 1}, sort_keys=True)
+    path = cache_dir() / "pq" / f"weights-{hashlib.sha256(setting.encode()).hexdigest()[:10]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    bundle = cn.data.load("fashion-mnist", root=data_root)
+    dense = pretrained("lenet300", bundle, **WEIGHTS["dense"])
+    acc0 = cn.train.evaluate(dense, bundle)["accuracy"]
+    cfg = ProductQuantize(block=WEIGHTS["block"], bits=WEIGHTS["bits"], seed=seed,
+                          finetune=FineTune(**WEIGHTS["finetune"], seed=seed))
+    t = time.perf_counter()
+    small = cn.compress(dense, cfg, data=bundle)
+    took = time.perf_counter() - t
+    acc = cn.train.evaluate(small, bundle)["accuracy"]
+    b0, b1 = cn.pack.packed_size(dense), cn.pack.packed_size(small)
+    result = {"kind": "weights", "model": "lenet300", "data": "fashion-mnist", "seed": seed,
+              "setting": f"block {WEIGHTS['block']}, {WEIGHTS['bits']} bits, fine-tune {WEIGHTS['finetune']}",
+              "dense_accuracy": acc0, "accuracy": acc, "drop_points": 100 * (acc0 - acc), "dense_bytes": b0,
+              "packed_bytes": b1, "ratio": b0 / b1, "compress_s": took}
     path.write_text(json.dumps(result))
     print(json.dumps(result), flush=True)
     return result
@@ -200,7 +292,22 @@ def report(out: Path, threads: int) -> None:
              "alike, measured under the CPU lock on a shared 2-core machine. Recall@R: share of the 1,000 queries "
              "whose true nearest neighbour is among the first R results. Settings of ours: "
              f"{json.dumps(OURS)} (train: 25 final Lloyd steps, rotation learning on a 20,000-vector sample).")
+    wrows = [json.loads(f.read_text()) for f in sorted((cache_dir() / "pq").glob("weights-*.json"))]
+    wrows = [r for r in wrows if r.get("setting", "").startswith(f"block {WEIGHTS['block']}, {WEIGHTS['bits']} bits")]
+    if wrows:
+        from common import markdown_table
+
+        wcols = ["model", "seed", "setting", "dense_accuracy", "accuracy", "drop_points", "dense_bytes",
+                 "packed_bytes", "ratio"]
+        notes += ("\n\n## Weight PQ (`product-quantize`) on LeNet-300-100, Fashion-MNIST\n\n"
+                  + markdown_table(wrows, wcols)
+                  + "\n\nbytes: the real `.cnz` sizes (`compactnn.pack.packed_size`) of the dense and the compressed "
+                  "model. Dense reference: SGD, " + json.dumps(WEIGHTS["dense"]) + " (cached by benchmarks/pretrained.py).")
     write_results("pq", out, rows, columns, "Product quantization: ours vs faiss", notes, plot)
+    if wrows:
+        from compactnn.files import atomic_write_text
+
+        atomic_write_text(out / "pq.json", json.dumps(rows + wrows, indent=1) + "\n")
 
 
 def main() -> None:
@@ -210,6 +317,7 @@ def main() -> None:
     p.add_argument("--bytes", default="", help="comma-separated code lengths (default: the data set's two)")
     p.add_argument("--budget", type=float, default=420.0, help="start no new cell after this many seconds")
     p.add_argument("--report", action="store_true", help="only write docs/results/pq.* from the cached cells")
+    p.add_argument("--weights", default="", help="comma-separated seeds: run the LeNet-300-100 weight-PQ part")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -221,6 +329,10 @@ def main() -> None:
     if args.report:
         report(args.out, args.threads)
         return
+    if args.weights:
+        for seed in [int(v) for v in args.weights.split(",") if v.strip()]:
+            weights_cell(seed, args.threads, args.data_root)
+        return
     start = time.perf_counter()
     for data in args.data.split(","):
         sizes = [int(b) for b in args.bytes.split(",") if b] or BYTES[data]
@@ -229,7 +341,11 @@ def main() -> None:
                 if time.perf_counter() - start > args.budget and not cell_path(data, row, nbytes, args.threads).exists():
                     print(f"budget spent; rerun for {data} {row} {nbytes}", flush=True)
                     return
-                run_cell(data, row, nbytes, args.threads, args.data_root)
+                try:
+                    run_cell(data, row, nbytes, args.threads, start + args.budget, args.data_root)
+                except Paused as why:
+                    print(f"paused: {why}; run again to resume", flush=True)
+                    return
 
 
 if __name__ == "__main__":

@@ -95,6 +95,19 @@ def test_adc_distances_equal_exact_distances_to_reconstructions(quantizers, vecs
     assert bool((dist[:, 1:] >= dist[:, :-1]).all())
 
 
+def test_threaded_search_equals_single_threaded(quantizers, vecs):
+    index = PQIndex(quantizers["spectral"], quantizers["spectral"].encode(vecs[0]))
+    one = index.search(vecs[1], 5, chunk=8)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = index.search(vecs[1], 5, chunk=8)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
 def test_sdc_matches_brute_force_on_reconstructions(quantizers, vecs):
     pq = quantizers["opq"]
     base, queries = vecs
