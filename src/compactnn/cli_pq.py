@@ -4,7 +4,8 @@
     compactnn pq search INDEX.cnz QUERIES.npy -k K --out IDS.npy
 
 Vectors are a 2-D numeric ``.npy`` (read without pickle, its length checked against its header) or a
-``.fvecs``/``.bvecs``/``.ivecs`` file. ``search`` writes an int64 ``.npy`` of shape ``(queries, K)``, nearest first.
+``.fvecs``/``.bvecs``/``.ivecs`` file. ``search`` writes an int64 ``.npy`` of shape ``(queries, K)``, nearest first
+(an IVF index, ``build --ivf NLIST``, pads with -1 when the probed lists hold fewer than K vectors).
 Outputs are written whole (temporary file, then rename). Bad input ends in one line (exit 2) through
 :func:`compactnn.cli.main`.
 """
@@ -54,6 +55,7 @@ def build(
     nbytes: int = typer.Option(8, "--bytes", help="bytes per vector = subspaces (8-bit codes); must divide d"),
     iterations: int = typer.Option(25, help="Lloyd steps of the final codebook training"),
     train_size: int = typer.Option(0, help="train on this many (seeded) vectors; 0 = all"),
+    ivf: int = typer.Option(0, "--ivf", help="IVF-ADC with this many inverted lists (0 = exhaustive index)"),
     seed: int = typer.Option(0),
     force: bool = typer.Option(False, "--force", help="replace an existing output file"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
@@ -62,7 +64,7 @@ def build(
     import torch
     from rich.console import Console
 
-    from .pq import PQIndex
+    from .pq import IVFPQIndex, PQIndex
     from .pq.io import save_index
     from .pq.quantizer import METHODS, check_shape
 
@@ -70,8 +72,8 @@ def build(
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if nbytes < 1:
         raise ConfigError(f"--bytes must be a positive int, got {nbytes}")
-    if iterations < 0 or train_size < 0:
-        raise ConfigError("--iterations and --train-size must be >= 0")
+    if iterations < 0 or train_size < 0 or ivf < 0:
+        raise ConfigError("--iterations, --train-size and --ivf must be >= 0")
     _free(out, force)
     x = read_vectors(vectors, "vectors")
     check_shape(x.shape[1], nbytes, 8)
@@ -79,10 +81,16 @@ def build(
     if 0 < train_size < x.shape[0]:
         sample = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:train_size]]
     t = time.perf_counter()
-    index = PQIndex.build(x, nbytes, 8, method, train_on=sample, iterations=iterations, seed=seed,
-                          quiet=True if quiet else None)
+    if ivf:
+        index = IVFPQIndex.build(x, ivf, nbytes, 8, method, iterations=iterations, seed=seed,
+                                 quiet=True if quiet else None)
+        part = x[:20000]
+        mse = float(((index.decode(torch.arange(part.shape[0])) - part) ** 2).sum(1).double().mean())
+    else:
+        index = PQIndex.build(x, nbytes, 8, method, train_on=sample, iterations=iterations, seed=seed,
+                              quiet=True if quiet else None)
+        mse = index.quantizer.mse(x[:20000])
     took = time.perf_counter() - t
-    mse = index.quantizer.mse(x[:20000])
     manifest = save_index(index, out, metadata={"source": vectors.name, "build_seconds": round(took, 3)})
     Console().print(f"{method} index of {index.ntotal:,} vectors, d={index.dim}, {nbytes} bytes each "
                     f"({index.dim * 4 / nbytes:.0f}x smaller than float32); reconstruction MSE {mse:.4g}; "
@@ -96,6 +104,7 @@ def search(
     out: Path = typer.Option(..., "--out", "-o", help="where to write the ids (.npy, int64, (queries, K))"),
     k: int = typer.Option(10, "-k", "--k", help="neighbours per query"),
     mode: str = typer.Option("adc", help="adc (asymmetric: exact query) or sdc (symmetric: encoded query)"),
+    nprobe: int = typer.Option(8, help="IVF indexes: inverted lists visited per query"),
     force: bool = typer.Option(False, "--force", help="replace an existing output file"),
 ) -> None:
     """Search an index: the K nearest base vectors of every query, nearest first."""
@@ -103,6 +112,7 @@ def search(
     from rich.console import Console
 
     from .files import atomic_write_bytes
+    from .pq import IVFPQIndex
     from .pq.io import load_index
 
     if mode not in ("adc", "sdc"):
@@ -111,7 +121,12 @@ def search(
     index = load_index(index_file)
     q = read_vectors(queries, "queries")
     t = time.perf_counter()
-    _, ids = index.search(q, k, mode=mode)
+    if isinstance(index, IVFPQIndex):
+        if mode != "adc":
+            raise ConfigError("an IVF index is searched with ADC only; drop --mode sdc")
+        _, ids = index.search(q, k, nprobe=nprobe)
+    else:
+        _, ids = index.search(q, k, mode=mode)
     took = time.perf_counter() - t
     buf = io.BytesIO()
     np.save(buf, ids.numpy().astype(np.int64), allow_pickle=False)

@@ -51,6 +51,17 @@ def test_build_then_search(files, tmp_path, method, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_ivf_build_and_search(files, tmp_path):
+    d, base, queries = files
+    assert cli("pq", "build", d / "base.npy", "--method", "pq", "--bytes", 4, "--ivf", 4, "--out",
+               tmp_path / "v.cnz", "-q", "--iterations", 4) == 0
+    assert cli("pq", "search", tmp_path / "v.cnz", d / "queries.npy", "-k", 5, "--nprobe", 4, "--out",
+               tmp_path / "ids.npy") == 0
+    ids = np.load(tmp_path / "ids.npy", allow_pickle=False)
+    _, expect = load_index(tmp_path / "v.cnz").search(torch.from_numpy(queries), 5, nprobe=4)
+    assert ids.shape == (20, 5) and np.array_equal(ids, expect.numpy())
+
+
 def test_build_reads_fvecs(files, tmp_path):
     _, base, _ = files
     write_vecs(tmp_path / "b.fvecs", base)

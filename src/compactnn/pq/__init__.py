@@ -5,12 +5,12 @@ searches it. ``ProductQuantize`` (YAML ``product-quantize``) product-quantizes w
 :mod:`compactnn.pq.index` for the search.
 """
 
-from .index import PQIndex, exact_search, recall_at
+from .index import IVFPQIndex, PQIndex, exact_search, recall_at
 from .io import PQIndexModule, load_index, read_npy, read_vecs, save_index, write_vecs
 from .kmeans import assign, kmeans
 from .quantizer import METHODS, ProductQuantizer, eigenvalue_allocation, procrustes, train
 from .weights import PQConv2d, PQLinear, ProductQuantize
 
-__all__ = ["PQIndex", "ProductQuantizer", "train", "kmeans", "assign", "exact_search", "recall_at",
+__all__ = ["PQIndex", "IVFPQIndex", "ProductQuantizer", "train", "kmeans", "assign", "exact_search", "recall_at",
            "eigenvalue_allocation", "procrustes", "METHODS", "read_vecs", "write_vecs", "read_npy", "save_index",
            "load_index", "PQIndexModule", "ProductQuantize", "PQLinear", "PQConv2d"]

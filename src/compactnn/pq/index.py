@@ -185,3 +185,119 @@ def recall_at(ids: Tensor, truth: Tensor, r: int) -> float:
 
 
 __all__ = ["PQIndex", "exact_search", "recall_at"]
+
+
+class IVFPQIndex:
+    """IVF-ADC (Jegou et al. 2011, section IV): a coarse k-means quantizer splits the base into ``nlist`` inverted
+    lists; each vector's *residual* ``x - coarse[list]`` is product-quantized. A query visits its ``nprobe`` nearest
+    lists and ranks their members by ADC on its residual to each list's centroid (one lookup table per probed list),
+    so the distance is exactly ``|q - (coarse[list] + decode(code))|^2``. With ``nprobe = nlist`` the search is an
+    exhaustive ADC over those reconstructions. When the probed lists hold fewer than ``k`` vectors the missing results
+    are id ``-1`` at distance ``inf`` (as faiss).
+
+    Args:
+        coarse: ``(nlist, D)`` coarse centroids.
+        quantizer: the residual quantizer.
+        codes: ``(n, m)`` residual codes; lists: ``(n,)`` list of every vector (None for an empty index).
+    """
+
+    def __init__(self, coarse: Tensor, quantizer: ProductQuantizer, codes: Tensor | None = None,
+                 lists: Tensor | None = None) -> None:
+        self.coarse = coarse.to(torch.float32)
+        self.pq = PQIndex(quantizer, codes)
+        self.lists = torch.empty(0, dtype=torch.int64) if lists is None else lists.to(torch.int64)
+        if self.lists.shape != (self.pq.ntotal,):
+            raise DataError(f"lists must have shape ({self.pq.ntotal},), got {tuple(self.lists.shape)}")
+        if self.lists.numel() and (int(self.lists.min()) < 0 or int(self.lists.max()) >= self.nlist):
+            raise DataError(f"list ids must lie in 0..{self.nlist - 1}")
+        self._order: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def build(cls, x: Any, nlist: int, m: int, bits: int = 8, method: str = "pq", iterations: int = 25,
+              seed: int = 0, **options: Any) -> "IVFPQIndex":
+        """Coarse k-means (``nlist`` centroids), a quantizer trained on the residuals, then every vector added."""
+        from .kmeans import kmeans
+
+        x = check_vectors(x, "base vectors")
+        if not 1 <= nlist <= x.shape[0]:
+            raise ConfigError(f"nlist must be in 1..{x.shape[0]} (the number of vectors), got {nlist}")
+        coarse, labels, _ = kmeans(x, nlist, iterations, seed)
+        pq = train(x - coarse[labels], m, bits, method, iterations=iterations, seed=seed, **options)
+        index = cls(coarse, pq)
+        index.add(x)
+        return index
+
+    @property
+    def quantizer(self) -> ProductQuantizer:
+        return self.pq.quantizer
+
+    @property
+    def nlist(self) -> int:
+        return self.coarse.shape[0]
+
+    @property
+    def ntotal(self) -> int:
+        return self.pq.ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.pq.dim
+
+    @property
+    def codes(self) -> Tensor:
+        return self.pq.codes
+
+    def add(self, x: Any) -> None:
+        """Assign ``x`` to lists and append the codes of its residuals."""
+        from .kmeans import assign
+
+        x = check_vectors(x, "base vectors", self.dim)
+        lists, _ = assign(x.unsqueeze(0), self.coarse.unsqueeze(0))
+        self.pq.add(x - self.coarse[lists[0]])
+        self.lists = torch.cat([self.lists, lists[0]])
+        self._order = None
+
+    def decode(self, ids: Tensor | None = None) -> Tensor:
+        """Reconstructions ``coarse[list] + decode(code)`` of the base (or of ``ids``)."""
+        codes, lists = (self.codes, self.lists) if ids is None else (self.codes[ids], self.lists[ids])
+        return self.quantizer.decode(codes) + self.coarse[lists]
+
+    def _lists_order(self) -> tuple[Tensor, Tensor]:
+        if self._order is None:
+            order = torch.argsort(self.lists, stable=True)
+            offsets = torch.zeros(self.nlist + 1, dtype=torch.int64)
+            offsets[1:] = torch.cumsum(torch.bincount(self.lists, minlength=self.nlist), 0)
+            self._order = (order, offsets)
+        return self._order
+
+    def search(self, queries: Any, k: int, nprobe: int = 8) -> tuple[Tensor, Tensor]:
+        """The ``k`` nearest base vectors by IVF-ADC over the ``nprobe`` nearest lists: ``(distances, ids)``."""
+        queries = self.pq.check_queries(queries, k)
+        if isinstance(nprobe, bool) or not isinstance(nprobe, int) or nprobe < 1:
+            raise ConfigError(f"nprobe must be a positive int, got {nprobe!r}")
+        nprobe = min(nprobe, self.nlist)
+        q = self.quantizer
+        order, offsets = self._lists_order()
+        flat = self.pq._flat_codes()  # (m, n)
+        cd = torch.cdist(queries.double(), self.coarse.double())
+        probes = torch.topk(cd, nprobe, dim=1, largest=False).indices
+        dist = torch.full((queries.shape[0], k), float("inf"))
+        ids = torch.full((queries.shape[0], k), -1, dtype=torch.int64)
+        for i in range(queries.shape[0]):
+            lists = probes[i]
+            members = [order[offsets[l]:offsets[l + 1]] for l in lists.tolist()]
+            sizes = torch.tensor([len(mm) for mm in members])
+            cand = torch.cat(members)
+            if cand.numel() == 0:
+                continue
+            tables = self.pq.lookup_tables(queries[i:i + 1] - self.coarse[lists])  # (nprobe, m, k)
+            which = torch.repeat_interleave(torch.arange(len(members)), sizes)
+            idx = flat[:, cand] + (which * (q.m * q.k)).unsqueeze(0)  # (m, nc)
+            d = tables.reshape(-1)[idx].sum(0)
+            top = torch.topk(d, min(k, cand.numel()), largest=False, sorted=True)
+            dist[i, :top.values.numel()] = top.values
+            ids[i, :top.values.numel()] = cand[top.indices]
+        return dist, ids
+
+
+__all__ += ["IVFPQIndex"]

@@ -25,7 +25,7 @@ from .. import pack
 from ..errors import DataError, PackError
 from ..files import atomic_write_bytes
 from ..pack.spec import packable
-from .index import PQIndex
+from .index import IVFPQIndex, PQIndex
 from .quantizer import ProductQuantizer
 
 VECS = {"fvecs": np.dtype("<f4"), "ivecs": np.dtype("<i4"), "bvecs": np.dtype("u1")}
@@ -138,12 +138,16 @@ class PQIndexModule(nn.Module):
     """A :class:`PQIndex` as a module of buffers, so :func:`compactnn.pack.save` can store it (no pickle).
 
     Buffers: ``codebooks (m, k, D/m)`` float32, ``mean (D,)``, ``rotation (D, D)`` (or ``(0,)`` for none), ``codes
-    (n, m)`` (uint8 for ``k <= 256``). Attribute ``method``: the training method's name.
+    (n, m)`` (uint8 for ``k <= 256``); for an IVF index also ``coarse (nlist, D)`` and ``lists (n,)`` (int32; both
+    ``(0,)`` otherwise). Attribute ``method``: the training method's name.
     """
 
-    def __init__(self, index: PQIndex) -> None:
+    def __init__(self, index: PQIndex | IVFPQIndex) -> None:
         super().__init__()
         q = index.quantizer
+        ivf = isinstance(index, IVFPQIndex)
+        self.register_buffer("coarse", index.coarse.contiguous() if ivf else torch.empty(0))
+        self.register_buffer("lists", index.lists.to(torch.int32) if ivf else torch.empty(0, dtype=torch.int32))
         self.method = str(q.method)
         self.register_buffer("codebooks", q.codebooks.detach().to(torch.float32).contiguous())
         self.register_buffer("mean", q.mean.detach().to(torch.float32).contiguous())
@@ -154,7 +158,7 @@ class PQIndexModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # an index is searched, not called
         raise TypeError("PQIndexModule stores an index; use compactnn.pq.load_index(path).search(...)")
 
-    def to_index(self, where: str = "index") -> PQIndex:
+    def to_index(self, where: str = "index") -> PQIndex | IVFPQIndex:
         """The :class:`PQIndex`, after checking the buffers' shapes and dtypes (a tampered file gives a PackError)."""
         b, mean, rot, codes = self.codebooks, self.mean, self.rotation, self.codes
         if b.dim() != 3 or b.dtype != torch.float32 or min(b.shape) < 1:
@@ -173,18 +177,29 @@ class PQIndexModule(nn.Module):
             if not bool(torch.isfinite(t).all()):
                 raise PackError(f"{where}: {name} holds NaN or infinite values")
         pq = ProductQuantizer(b.clone(), mean.clone(), rot.clone() if rot.numel() else None, str(self.method))
-        return PQIndex(pq, codes.clone())
+        coarse, lists = self.coarse, self.lists
+        if not coarse.numel():
+            return PQIndex(pq, codes.clone())
+        if coarse.dim() != 2 or coarse.shape[1] != dim or coarse.dtype != torch.float32:
+            raise PackError(f"{where}: coarse centroids must be float32 (nlist, {dim}), got {tuple(coarse.shape)}")
+        if not bool(torch.isfinite(coarse).all()):
+            raise PackError(f"{where}: coarse centroids hold NaN or infinite values")
+        if tuple(lists.shape) != (codes.shape[0],) or lists.dtype != torch.int32:
+            raise PackError(f"{where}: lists must be int32 of shape ({codes.shape[0]},), got {tuple(lists.shape)}")
+        if lists.numel() and (int(lists.min()) < 0 or int(lists.max()) >= coarse.shape[0]):
+            raise PackError(f"{where}: list ids must lie in 0..{coarse.shape[0] - 1}")
+        return IVFPQIndex(coarse.clone(), pq, codes.clone(), lists.long())
 
 
-def save_index(index: PQIndex, path: str | os.PathLike, metadata: dict | None = None) -> dict:
+def save_index(index: PQIndex | IVFPQIndex, path: str | os.PathLike, metadata: dict | None = None) -> dict:
     """Write ``index`` to a ``.cnz`` file (atomically, via :func:`compactnn.pack.save`); returns the manifest."""
     q = index.quantizer
     meta = {"kind": "pq-index", "method": q.method, "m": q.m, "k": q.k, "dim": q.dim, "ntotal": index.ntotal,
-            **(metadata or {})}
+            "nlist": getattr(index, "nlist", 0), **(metadata or {})}
     return pack.save(PQIndexModule(index), path, metadata=meta)
 
 
-def load_index(path: str | os.PathLike) -> PQIndex:
+def load_index(path: str | os.PathLike) -> PQIndex | IVFPQIndex:
     """Read an index written by :func:`save_index` (checksums and shapes checked; no pickle)."""
     manifest = pack.read_manifest(path)
     if (manifest.get("metadata") or {}).get("kind") != "pq-index":
