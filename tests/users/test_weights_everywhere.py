@@ -190,3 +190,27 @@ def test_a_user_class_holding_a_lambda_saves_and_loads_with_its_skeleton(tmp_pat
     finally:
         cn.pack.spec._REGISTRY.pop(cn.pack.spec.class_key(Lambda), None)
         cn.pack.spec._KEYS.pop(Lambda, None)
+
+
+def test_tensor_ring_leaves_a_layer_whose_parent_reads_its_weight():
+    from compactnn.decompose import TensorRing
+
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(nn.functional.linear(x, self.proj.weight))
+
+    model = nn.Sequential(nn.Linear(8, 16), ReadsWeight())
+    with pytest.warns(UserWarning, match=r"layer '1.proj' left as it is: ReadsWeight.forward reads proj.weight"):
+        out = cn.compress(model, TensorRing(rank=2, finetune=None))
+    assert type(out[1].proj) is nn.Linear and type(out[1].head) is not nn.Linear
+    out(torch.randn(2, 8))
+    with pytest.warns(UserWarning, match="'att.out_proj' left as it is: nn.MultiheadAttention reads its weight"):
+        out = cn.compress(SeqNet(), TensorRing(rank=2, finetune=None))
+    out(torch.randn(2, 5, 8))
+    with pytest.raises(cn.errors.ModelError, match="'att.out_proj' cannot be factored: nn.MultiheadAttention"):
+        cn.compress(SeqNet(), TensorRing(rank=2, finetune=None, layers=["att.out_proj"]))

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..api import register_method
 from ..config import FineTune, MethodConfig, NonNegativeInt, Patterns, PerLayer, PositiveInt, Ratio, Seed, check
 from ..errors import ConfigError, ModelError
-from ..graph import set_module
+from ..graph import set_module, weight_read_by_parent
 from ..layers import Target, require_data, resolve, run_finetune
 from .shapes import check_modes, suggest_modes
 from .trsvd import conv_supported, factorize_conv, factorize_linear
@@ -43,7 +43,7 @@ class TensorRing(MethodConfig):
         out_modes: ``{layer name: modes}`` of the output features or channels.
         init: ``"svd"``: TR-SVD start (its ranks are bounded by the unfoldings, see :func:`.trsvd.tr_svd`);
             ``"random"``: random cores (any rank), for ALS to fit; ``"auto"``: per layer, TR-SVD where its rank cap
-            allows the ranks, else random cores.
+            allows the ranks, else random cores (the default: TR-SVD alone cannot reach most ranks of real layers).
         als_sweeps: ALS sweeps after the start (0 = TR-SVD only; ``init="random"`` needs at least 1).
         seed: seed of the random start.
         finetune: fine-tuning after the replacement (``None`` = none).
@@ -61,7 +61,7 @@ class TensorRing(MethodConfig):
     num_modes: PositiveInt = 3
     in_modes: dict[str, tuple[PositiveInt, ...]] | None = None
     out_modes: dict[str, tuple[PositiveInt, ...]] | None = None
-    init: Literal["svd", "random", "auto"] = "svd"
+    init: Literal["svd", "random", "auto"] = "auto"
     als_sweeps: NonNegativeInt = 10
     seed: Seed = 0
     finetune: FineTune | None = FineTune()
@@ -133,6 +133,12 @@ def plan_layers(model: nn.Module, config: TensorRing, target: Target | None = No
     target = target or resolve(model, config)
     plan: dict[str, dict[str, Any]] = {}
     for name, m in list(target.layers.items()):
+        reason = weight_read_by_parent(model, name)
+        if reason is not None:
+            if config.layers is not None and any(name == p for p in config.layers):
+                raise ModelError(f"layer {name!r} cannot be factored: {reason}; leave it out of layers")
+            target.skip(name, f"{reason}, so a factored layer cannot stand in for it", config.method)
+            continue
         if isinstance(m, nn.Conv2d) and conv_supported(m) is not None:
             if config.layers is not None:
                 raise ModelError(f"layer {name!r} is a Conv2d with {conv_supported(m)}, which a tensor ring cannot "

@@ -88,3 +88,27 @@ def pair(value: Any, name: str = "value", low: int | None = None) -> tuple[int, 
     if low is not None and min(vals) < low:
         raise ModelError(f"{name} must be >= {low}, got {value!r}")
     return int(vals[0]), int(vals[1])
+
+
+def weight_read_by_parent(model: nn.Module, path: str) -> str | None:
+    """Why replacing submodule ``path`` by a module without a plain ``weight`` would break its parent, or None.
+
+    ``nn.MultiheadAttention`` reads ``out_proj.weight`` itself instead of calling ``out_proj``; a user module may do
+    the same (``F.linear(x, self.proj.weight)``). Found by the class, or by ``<child>.weight`` in the parent's
+    ``forward`` source (when Python can show it).
+    """
+    import inspect
+
+    parent_path, _, child = path.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    if isinstance(parent, nn.MultiheadAttention):
+        return "nn.MultiheadAttention reads its weight directly instead of calling it"
+    if type(parent).__module__.startswith("torch.nn."):
+        return None
+    try:
+        source = inspect.getsource(type(parent).forward)
+    except (OSError, TypeError):
+        return None
+    if f"{child}.weight" in source:
+        return f"{type(parent).__name__}.forward reads {child}.weight directly"
+    return None
