@@ -212,5 +212,5 @@ def test_tensor_ring_leaves_a_layer_whose_parent_reads_its_weight():
     with pytest.warns(UserWarning, match="'att.out_proj' left as it is: nn.MultiheadAttention reads its weight"):
         out = cn.compress(SeqNet(), TensorRing(rank=2, finetune=None))
     out(torch.randn(2, 5, 8))
-    with pytest.raises(cn.errors.ModelError, match="'att.out_proj' cannot be factored: nn.MultiheadAttention"):
+    with pytest.raises(cn.errors.ModelError, match="'att.out_proj' cannot be replaced: nn.MultiheadAttention"):
         cn.compress(SeqNet(), TensorRing(rank=2, finetune=None, layers=["att.out_proj"]))

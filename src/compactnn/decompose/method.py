@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..api import register_method
 from ..config import FineTune, MethodConfig, NonNegativeInt, Patterns, PerLayer, PositiveInt, Ratio, Seed, check
 from ..errors import ConfigError, ModelError
-from ..graph import set_module, weight_read_by_parent
+from ..graph import set_module
 from ..layers import Target, require_data, resolve, run_finetune
 from .shapes import check_modes, suggest_modes
 from .trsvd import conv_supported, factorize_conv, factorize_linear
@@ -52,6 +52,7 @@ class TensorRing(MethodConfig):
     method = "tensor-ring"
     description = "Tensor Ring Nets: TR-SVD + ALS factorization of trained Linear/Conv2d layers, then fine-tuning"
     kinds = (nn.Linear, nn.Conv2d)
+    replaces = True
     example = {"rank": 2, "init": "auto", "als_sweeps": 1, "finetune": {"epochs": 1}}
 
     rank: PerLayer[PositiveInt] | None = None
@@ -133,12 +134,6 @@ def plan_layers(model: nn.Module, config: TensorRing, target: Target | None = No
     target = target or resolve(model, config)
     plan: dict[str, dict[str, Any]] = {}
     for name, m in list(target.layers.items()):
-        reason = weight_read_by_parent(model, name)
-        if reason is not None:
-            if config.layers is not None and any(name == p for p in config.layers):
-                raise ModelError(f"layer {name!r} cannot be factored: {reason}; leave it out of layers")
-            target.skip(name, f"{reason}, so a factored layer cannot stand in for it", config.method)
-            continue
         if isinstance(m, nn.Conv2d) and conv_supported(m) is not None:
             if config.layers is not None:
                 raise ModelError(f"layer {name!r} is a Conv2d with {conv_supported(m)}, which a tensor ring cannot "

@@ -288,6 +288,7 @@ class QuantizedDistill(MethodConfig):
     method = "quantized-distill"
     description = "Quantized distillation (Polino et al.): uniform bucketed quantization trained against a teacher"
     kinds = QUANT_LAYERS
+    replaces = True
     example = {"bits": 4, "teacher": {"model": "lenet300", "train": {"epochs": 1}}, "finetune": {"epochs": 1}}
 
     teacher: Teacher = None
@@ -347,6 +348,7 @@ class DifferentiableQuantize(MethodConfig):
     method = "differentiable-quantize"
     description = "Differentiable quantization (Polino et al.): learned non-uniform points per layer, weights fixed"
     kinds = QUANT_LAYERS
+    replaces = True
     example = {"bits": 2, "teacher": {"model": "lenet300", "train": {"epochs": 1}}, "finetune": {"epochs": 1}}
 
     teacher: Teacher = None

@@ -93,8 +93,9 @@ def pair(value: Any, name: str = "value", low: int | None = None) -> tuple[int, 
 def weight_read_by_parent(model: nn.Module, path: str) -> str | None:
     """Why replacing submodule ``path`` by a module without a plain ``weight`` would break its parent, or None.
 
-    ``nn.MultiheadAttention`` reads ``out_proj.weight`` itself instead of calling ``out_proj``; a user module may do
-    the same (``F.linear(x, self.proj.weight)``). Found by the class, or by ``<child>.weight`` in the parent's
+    ``nn.MultiheadAttention`` reads ``out_proj.weight`` itself instead of calling ``out_proj``, and
+    ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` for its fused path; a user module may do the same
+    (``F.linear(x, self.proj.weight)``). Found by the class, or by ``<child>.weight`` in the parent's
     ``forward`` source (when Python can show it).
     """
     import inspect
@@ -103,8 +104,6 @@ def weight_read_by_parent(model: nn.Module, path: str) -> str | None:
     parent = get_module(model, parent_path) if parent_path else model
     if isinstance(parent, nn.MultiheadAttention):
         return "nn.MultiheadAttention reads its weight directly instead of calling it"
-    if type(parent).__module__.startswith("torch.nn."):
-        return None
     try:
         source = inspect.getsource(type(parent).forward)
     except (OSError, TypeError):
