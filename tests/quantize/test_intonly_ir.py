@@ -77,7 +77,9 @@ def test_legacy_dict_forms_load():
             "padding": [0, 0]},
            {"op": "concat", "inputs": ["v1", "v2"], "output": "v3", "axis": 1, "multipliers": [[1 << 30, 0], None],
             "left_shift": 20, "qmin": 0, "qmax": 255, "name": "cat_0"}]
+    old.append({**old[0], "output": "v4", "weight_range": "r0"})  # a metadata field of earlier builds: dropped
     ops = [ir.op_from_dict(d) for d in old]
+    assert ops[3] == dataclasses.replace(ops[0], output="v4")
     assert ops[0].stride == (1, 1) and ops[0].weight_scale is None and ops[1].name == ""
     assert ops[2].multipliers == ((1 << 30, 0), None)
 

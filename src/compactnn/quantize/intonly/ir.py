@@ -141,6 +141,8 @@ class Op:
     n_inputs: ClassVar[int | None] = 1
     buffer_fields: ClassVar[tuple[str, ...]] = ()
     optional_buffers: ClassVar[tuple[str, ...]] = ()
+    #: fields of files written by earlier versions that are accepted and dropped (never read)
+    legacy_fields: ClassVar[frozenset[str]] = frozenset()
 
     inputs: tuple[str, ...]
     output: str
@@ -226,6 +228,7 @@ class _Weighted(Op):
 
     buffer_fields: ClassVar[tuple[str, ...]] = ("weight", "bias", "multiplier", "shift", "weight_scale")
     optional_buffers: ClassVar[tuple[str, ...]] = ("weight_scale",)
+    legacy_fields: ClassVar[frozenset[str]] = frozenset({"weight_range"})  # a metadata buffer of earlier builds
 
     def _check_weighted(self) -> None:
         self._set("qmin", _int(self.qmin, "qmin", 0, 255))
@@ -488,6 +491,7 @@ def op_from_dict(d: Any) -> Op:
         raise ModelError(f"unknown integer op {_show(kind)}; known: {', '.join(OPS)} (was the model built by a newer "
                          "compactnn?)")
     names = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if k not in cls.legacy_fields}
     extra = set(d) - names - {"op"}
     if extra:
         raise ModelError(f"integer op {kind}: unknown field(s) {sorted(map(str, extra))[:5]}; known: {sorted(names)}")

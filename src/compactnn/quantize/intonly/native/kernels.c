@@ -333,19 +333,92 @@ static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8
     }
 }
 
+/* The folded form of kernels.h on 8 channels (AVX2 has no 64-bit arithmetic right shift: with u = t + 2^63 taken
+   as unsigned, floor(t / 2^s) = (u >> s) - 2^(63 - s) exactly). x: acc + bias as int32 (provably no overflow when
+   the folded form applies); m, c, s: the even channels' and the odd channels' M0, C and 31 + e as int64 lanes. */
+typedef struct { __m256i me, mo, ce, co, se, so, oe, oo; } Rq8;
+
+static inline Rq8 rq8(const Requant *r, int64_t c0) {
+    int64_t m[8], c[8], sh[8];
+    for (int k = 0; k < 8; k++) {  /* the folded constants from the per-channel definition (kernels.h) */
+        const int64_t e = r->right[c0 + k];
+        m[k] = r->m0[c0 + k];
+        c[k] = ((int64_t)1 << 30) + ((int64_t)1 << (e + 30)) + r->zp * ((int64_t)1 << (31 + e));
+        sh[k] = 31 + e;
+    }
+    Rq8 v;
+    v.me = _mm256_set_epi64x(m[6], m[4], m[2], m[0]);
+    v.mo = _mm256_set_epi64x(m[7], m[5], m[3], m[1]);
+    v.ce = _mm256_set_epi64x(c[6], c[4], c[2], c[0]);
+    v.co = _mm256_set_epi64x(c[7], c[5], c[3], c[1]);
+    v.se = _mm256_set_epi64x(sh[6], sh[4], sh[2], sh[0]);
+    v.so = _mm256_set_epi64x(sh[7], sh[5], sh[3], sh[1]);
+    const __m256i one = _mm256_set1_epi64x(1), s63 = _mm256_set1_epi64x(63);
+    v.oe = _mm256_sllv_epi64(one, _mm256_sub_epi64(s63, v.se));
+    v.oo = _mm256_sllv_epi64(one, _mm256_sub_epi64(s63, v.so));
+    return v;
+}
+
+static inline __m256i rq8_half(__m256i p, __m256i c, __m256i s, __m256i off, int neg) {
+    const __m256i sign = _mm256_set1_epi64x(INT64_MIN);  /* the sign bit */
+    __m256i t = _mm256_add_epi64(p, c);
+    if (neg) t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), p),
+                                                      _mm256_set1_epi64x((int64_t)1 << 31)));
+    return _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), s), off);
+}
+
+/* 8 accumulators (no bias) -> 8 codes as int32 lanes. */
+static inline __m256i rq8_apply(__m256i acc, const int32_t *b32, const Rq8 *v, int neg, __m256i lo, __m256i hi) {
+    const __m256i x = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)b32));
+    const __m256i ye = rq8_half(_mm256_mul_epi32(x, v->me), v->ce, v->se, v->oe, neg);
+    const __m256i yo = rq8_half(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), v->mo), v->co, v->so, v->oo, neg);
+    const __m256i y = _mm256_blend_epi32(ye, _mm256_slli_epi64(yo, 32), 0xAA);  /* |y| < 2^31: the low dwords */
+    return _mm256_min_epi32(_mm256_max_epi32(y, lo), hi);
+}
+
+/* The tile's codes with the folded form: MR pixels of block b, all 16 channels present. */
+static inline __attribute__((always_inline)) void emit_fast_avx2(const int MR, const Conv *d, int32_t acc[4][16],
+                                                                 int64_t b, uint8_t *const *outs,
+                                                                 const uint8_t *const *ress) {
+    const int64_t c0 = b * 16;
+    const Rq8 v0 = rq8(&d->rq, c0), v1 = rq8(&d->rq, c0 + 8);
+    const __m256i lo = _mm256_set1_epi32((int32_t)d->rq.qmin), hi = _mm256_set1_epi32((int32_t)d->rq.qmax);
+    const int neg = (int)d->rq.fneg;
+    for (int i = 0; i < MR; i++) {
+        const __m256i y0 = rq8_apply(_mm256_loadu_si256((const __m256i *)acc[i]), d->rq.b32 + c0, &v0, neg, lo, hi);
+        const __m256i y1 = rq8_apply(_mm256_loadu_si256((const __m256i *)(acc[i] + 8)), d->rq.b32 + c0 + 8, &v1, neg,
+                                     lo, hi);
+        /* 16 int32 codes in [0, 255] -> 16 bytes in channel order */
+        const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);
+        const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+        uint8_t *o = outs[i] + c0;
+        if (d->add) {
+            uint8_t t[16];
+            _mm_storeu_si128((__m128i *)t, bytes);
+            for (int l = 0; l < 16; l++) o[l] = add1(d->add, t[l], ress[i][c0 + l]);
+        } else {
+            _mm_storeu_si128((__m128i *)o, bytes);
+        }
+    }
+}
+
 void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *outs, const uint8_t *const *ress,
                     int64_t m, const int64_t *segoff, int *ovf) {
     const int64_t nb = (d->o + 15) / 16;
     int32_t acc[4][16];
     for (int64_t b = 0; b < nb; b++) {
+        const int fast = d->rq.fast && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
         int64_t i = 0;
         for (; i + 3 <= m; i += 3) {
             acc16_avx2(3, d, rows + i, b, segoff, acc);
-            for (int r = 0; r < 3; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
+            if (fast) emit_fast_avx2(3, d, acc, b, outs + i, ress ? ress + i : 0);
+            else
+                for (int r = 0; r < 3; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
         }
         for (; i < m; i++) {
             acc16_avx2(1, d, rows + i, b, segoff, acc);
-            emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
+            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0);
+            else emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
         }
     }
 }
