@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..files import open_regular
 from .bundle import ArrayDataset, DataBundle, PathLike, register_dataset
 from .fetch import Resource, locate
 
@@ -62,8 +63,41 @@ def _magic_text(code: int, ndim: int) -> str:
     return f"0x0000{code:02X}{ndim:02X}"
 
 
+#: Largest IDX file read (on disk) and largest data area (decompressed); MNIST's largest file is 47 MB raw.
+MAX_IDX_FILE = 1 << 30
+MAX_IDX_DATA = 1 << 27
+
+
+def _check_head(path: Path, head: bytes, ndim: int | None, dtype_code: int | None) -> tuple[int, int]:
+    if ndim is not None and dtype_code is not None:
+        expect = _magic_text(dtype_code, ndim)
+    else:
+        expect = "00 00 <dtype code 08/09/0B/0C/0D/0E> <ndim>"
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        raise DataError(f"{path} is not an IDX file: its magic is 0x{head[:4].hex().upper() or 'empty'}, expected {expect}")
+    code, dims_n = head[2], head[3]
+    if (ndim is not None and dims_n != ndim) or (dtype_code is not None and code != dtype_code):
+        raise DataError(f"{path} has IDX magic {_magic_text(code, dims_n)}, expected {expect}")
+    return code, dims_n
+
+
+def _data_size(path: Path, dims: tuple[int, ...], dtype: np.dtype) -> int:
+    need = 1
+    for d in dims:  # Python ints: a product that would wrap a fixed-width int (to 0) is seen as the huge number it is
+        need *= d
+    need *= dtype.itemsize
+    if need > MAX_IDX_DATA:
+        raise DataError(f"{path} declares shape {tuple(dims)} ({need:,} bytes of data), more than the "
+                        f"{MAX_IDX_DATA:,} an IDX file may hold here; the file is corrupted")
+    return need
+
+
 def read_idx(path: PathLike, ndim: int | None = None, dtype_code: int | None = None) -> np.ndarray:
     """Read an IDX file (gzip-compressed or raw) into a numpy array, checking its header and size.
+
+    Only a regular file of at most :data:`MAX_IDX_FILE` bytes is opened. The magic and the dims are checked first;
+    the data size follows from the dims (exact integer product, at most :data:`MAX_IDX_DATA` bytes) and a gzip
+    stream is decompressed only up to that size plus one byte, so a gzip bomb cannot allocate more.
 
     Args:
         path: the file.
@@ -71,36 +105,81 @@ def read_idx(path: PathLike, ndim: int | None = None, dtype_code: int | None = N
         dtype_code: the IDX dtype code the caller expects (``0x08`` for uint8); ``None`` accepts any.
     """
     path = Path(path)
+    with open_regular(path, "IDX file", DataError, MAX_IDX_FILE) as reader:
+        first = reader.read_at(0, min(reader.size, 1 << 16))
+        if first[:2] == GZIP_MAGIC:
+            return _read_gzip(path, reader, ndim, dtype_code)
+        code, dims_n = _check_head(path, first, ndim, dtype_code)
+        header = 4 + 4 * dims_n
+        if reader.size < header:
+            raise DataError(f"{path} is truncated: its header needs {header} bytes, got {reader.size}")
+        dims = struct.unpack(f">{dims_n}I", first[4:header])
+        dtype = np.dtype(IDX_DTYPES[code])
+        need = _data_size(path, dims, dtype)
+        got = reader.size - header
+        if got != need:
+            what = "truncated" if got < need else "longer than its header says"
+            raise DataError(f"{path} is {what}: expected {need} bytes of data for shape {tuple(dims)}, got {got}")
+        buf = reader.read_at(header, need)
+    if len(buf) != need:
+        raise DataError(f"{path} changed while it was read; try again")
+    return np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize).reshape(dims)
+
+
+def _read_gzip(path: Path, reader, ndim: int | None, dtype_code: int | None) -> np.ndarray:
+    inflate = zlib.decompressobj(wbits=31)
+    offset = 0
+    pending = b""
+
+    def more(limit: int) -> bytes:
+        """Up to ``limit`` more decompressed bytes (fewer only at the end of the stream)."""
+        nonlocal offset, pending
+        out = []
+        got = 0
+        while got < limit:
+            if inflate.unconsumed_tail:
+                chunk = inflate.decompress(inflate.unconsumed_tail, limit - got)
+            elif inflate.eof or offset >= reader.size:
+                break
+            else:
+                data = reader.read_at(offset, 1 << 20)
+                offset += len(data)
+                chunk = inflate.decompress(data, limit - got)
+            out.append(chunk)
+            got += len(chunk)
+        return b"".join(out)
+
     try:
-        buf = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read IDX file {path}: {err.strerror or err}") from None
-    if buf[:2] == GZIP_MAGIC:
-        try:
-            buf = gzip.decompress(buf)
-        except (OSError, EOFError, zlib.error) as err:
-            raise DataError(f"{path} is a corrupt or truncated gzip file ({err}); download it again") from None
-    if ndim is not None and dtype_code is not None:
-        expect = _magic_text(dtype_code, ndim)
-    else:
-        expect = "00 00 <dtype code 08/09/0B/0C/0D/0E> <ndim>"
-    head = buf[:4]
-    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
-        raise DataError(f"{path} is not an IDX file: its magic is 0x{head.hex().upper() or 'empty'}, expected {expect}")
-    code, dims_n = head[2], head[3]
-    if (ndim is not None and dims_n != ndim) or (dtype_code is not None and code != dtype_code):
-        raise DataError(f"{path} has IDX magic {_magic_text(code, dims_n)}, expected {expect}")
-    header = 4 + 4 * dims_n
-    if len(buf) < header:
-        raise DataError(f"{path} is truncated: its header needs {header} bytes, got {len(buf)}")
-    dims = struct.unpack(f">{dims_n}I", buf[4:header])
-    dtype = np.dtype(IDX_DTYPES[code])
-    need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    got = len(buf) - header
-    if got != need:
-        what = "truncated" if got < need else "longer than its header says"
-        raise DataError(f"{path} is {what}: expected {need} bytes of data for shape {tuple(dims)}, got {got}")
-    return np.frombuffer(buf, dtype=dtype, count=need // dtype.itemsize, offset=header).reshape(dims)
+        head = more(4)
+        code, dims_n = _check_head(path, head, ndim, dtype_code)
+        dims_raw = more(4 * dims_n)
+        if len(dims_raw) < 4 * dims_n:
+            raise DataError(f"{path} is truncated: its header needs {4 + 4 * dims_n} bytes, got {4 + len(dims_raw)}")
+        dims = struct.unpack(f">{dims_n}I", dims_raw)
+        dtype = np.dtype(IDX_DTYPES[code])
+        need = _data_size(path, dims, dtype)
+        buf = bytearray(need)
+        view = memoryview(buf)
+        at = 0
+        while at < need:
+            chunk = more(min(need - at, 1 << 22))
+            if not chunk:
+                break
+            view[at:at + len(chunk)] = chunk
+            at += len(chunk)
+        extra = more(1)
+    except zlib.error as err:
+        raise DataError(f"{path} is a corrupt or truncated gzip file ({err}); download it again") from None
+    if at < need:
+        if not inflate.eof:
+            raise DataError(f"{path} is a corrupt or truncated gzip file (the stream ends early); download it again")
+        raise DataError(f"{path} is truncated: expected {need} bytes of data for shape {tuple(dims)}, got {at}")
+    if extra:
+        raise DataError(f"{path} is longer than its header says: more than {need} bytes of data for shape "
+                        f"{tuple(dims)}")
+    if not inflate.eof:
+        raise DataError(f"{path} is a corrupt or truncated gzip file (no end of stream); download it again")
+    return np.frombuffer(bytes(buf), dtype=dtype, count=need // dtype.itemsize).reshape(dims)
 
 
 def write_idx(path: PathLike, array: np.ndarray, compress: bool | None = None) -> None:
