@@ -12,6 +12,7 @@ torchvision's examples and most papers): MNIST mean 0.1307, std 0.3081; Fashion-
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zlib
@@ -23,7 +24,7 @@ import torch
 from ..errors import DataError
 from ..files import open_regular
 from .bundle import ArrayDataset, DataBundle, PathLike, register_dataset
-from .fetch import Resource, locate
+from .fetch import DEBIAN_DIRS, Resource, cache_dir, locate
 
 #: IDX dtype code -> big-endian numpy dtype.
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -57,6 +58,24 @@ _MNIST_MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
+
+
+# SHA-256 of the four decompressed Fashion-MNIST files, measured from Debian's dataset-fashion-mnist package (its
+# .gz files are compressed differently from the published ones, so their MD5s differ; the content is what counts).
+_FASHION_SHA256 = {
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+
+
+def _managed(name: str, files: dict[str, Path]) -> bool:
+    """Whether the files sit where compactnn puts or expects published copies (user cache, Debian folder); files
+    in a folder the user names are the user's own and are not checksum-checked."""
+    folder = next(iter(files.values())).parent.resolve()
+    managed = [cache_dir(name)] + ([DEBIAN_DIRS[name]] if name in DEBIAN_DIRS else [])
+    return any(folder == Path(m).resolve() for m in managed)
 
 
 def _magic_text(code: int, ndim: int) -> str:
@@ -224,9 +243,34 @@ def _normalized(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     return torch.from_numpy(x.reshape(len(x), 1, *x.shape[1:]))
 
 
-def _load_split(files: dict[str, Path], split: str, mean: float, std: float, num_classes: int) -> ArrayDataset:
+def _verified(path: Path, array: np.ndarray, md5s: dict[str, str], contents: dict[str, str]) -> np.ndarray:
+    """Check a managed file against its published MD5 (of the .gz) or the known SHA-256 of its decompressed
+    content; DataError if neither matches. Files not named in either table pass."""
+    base = path.name.removesuffix(".gz")
+    if f"{base}.gz" not in md5s and base not in contents:
+        return array
+    if path.suffix == ".gz" and md5s.get(path.name):
+        digest = hashlib.md5()
+        with open_regular(path, "IDX file", DataError, MAX_IDX_FILE) as reader:
+            for at in range(0, reader.size, 1 << 24):
+                digest.update(reader.read_at(at, 1 << 24))
+        if digest.hexdigest() == md5s[path.name]:
+            return array
+    if base in contents:
+        head = struct.pack(f">BBBB{array.ndim}I", 0, 0, _CODES[array.dtype], array.ndim, *array.shape)
+        if hashlib.sha256(head + array.tobytes()).hexdigest() == contents[base]:
+            return array
+    raise DataError(f"{path} does not match the published checksum of {path.name}; it is damaged or not the "
+                    f"original: delete it and get the data set again")
+
+
+def _load_split(files: dict[str, Path], split: str, mean: float, std: float, num_classes: int,
+                check: tuple[dict, dict] | None = None) -> ArrayDataset:
     images = read_idx(files[f"{split}_images"], ndim=3, dtype_code=0x08)
     labels = read_idx(files[f"{split}_labels"], ndim=1, dtype_code=0x08)
+    if check is not None:
+        images = _verified(files[f"{split}_images"], images, *check)
+        labels = _verified(files[f"{split}_labels"], labels, *check)
     if len(images) != len(labels):
         raise DataError(
             f"{files[f'{split}_labels']} has {len(labels)} labels but {files[f'{split}_images']} has "
@@ -238,7 +282,8 @@ def _load_split(files: dict[str, Path], split: str, mean: float, std: float, num
 
 
 def load_idx_bundle(name: str, files: dict[str, Path], mean: float, std: float,
-                    classes: list[str] | None = None, num_classes: int = 10) -> DataBundle:  # fmt: skip
+                    classes: list[str] | None = None, num_classes: int = 10,
+                    check: tuple[dict, dict] | None = None) -> DataBundle:  # fmt: skip
     """Build a :class:`DataBundle` from four IDX files (keys as in :data:`FILES`).
 
     Args:
@@ -248,9 +293,10 @@ def load_idx_bundle(name: str, files: dict[str, Path], mean: float, std: float,
         std: the normalization standard deviation.
         classes: class names by label.
         num_classes: number of classes; labels must be below it.
+        check: ``(md5 of each .gz, SHA-256 of each decompressed file)`` to verify the files against.
     """
-    train = _load_split(files, "train", mean, std, num_classes)
-    test = _load_split(files, "test", mean, std, num_classes)
+    train = _load_split(files, "train", mean, std, num_classes, check)
+    test = _load_split(files, "test", mean, std, num_classes, check)
     if train.x.shape[1:] != test.x.shape[1:]:
         raise DataError(f"{name} train images are {tuple(train.x.shape[2:])} but test images are "
                         f"{tuple(test.x.shape[2:])}; the files belong to different sets")  # fmt: skip
@@ -276,7 +322,8 @@ def load_fashion_mnist(root: PathLike | None = None, download: bool = True) -> D
     )
     files = locate("fashion-mnist", root, find_idx_files, download_ok=download,
                    resources=_resources(_FASHION_MD5, (_FASHION_URL,)), hint=hint)  # fmt: skip
-    return load_idx_bundle("fashion-mnist", files, 0.2860, 0.3530, FASHION_CLASSES)
+    check = (_FASHION_MD5, _FASHION_SHA256) if _managed("fashion-mnist", files) else None
+    return load_idx_bundle("fashion-mnist", files, 0.2860, 0.3530, FASHION_CLASSES, check=check)
 
 
 @register_dataset("mnist", "LeCun's MNIST handwritten digits (60000 train / 10000 test, 1x28x28)")
@@ -292,4 +339,5 @@ def load_mnist(root: PathLike | None = None, download: bool = True) -> DataBundl
     )
     files = locate("mnist", root, find_idx_files, download_ok=download,
                    resources=_resources(_MNIST_MD5, _MNIST_URLS), hint=hint)  # fmt: skip
-    return load_idx_bundle("mnist", files, 0.1307, 0.3081, [str(d) for d in range(10)])
+    check = (_MNIST_MD5, {}) if _managed("mnist", files) else None
+    return load_idx_bundle("mnist", files, 0.1307, 0.3081, [str(d) for d in range(10)], check=check)
