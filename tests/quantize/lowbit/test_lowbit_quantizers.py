@@ -236,7 +236,7 @@ def test_lsq_activation_forward():
     q = LSQQuant(3)
     x = torch.randn(8, 10, generator=torch.Generator().manual_seed(5))
     y = q(x).detach().numpy()
-    s = float(q.step)
+    s = float(q.step.detach())
     assert s == pytest.approx(max(2 * float(x.abs().mean()) / math.sqrt(7), 1e-6), rel=1e-6)
     v = np.clip(x.numpy().astype(np.float64) / s, 0, 7)
     np.testing.assert_allclose(y, np.floor(v + 0.5) * s, rtol=1e-5, atol=1e-7)
