@@ -3,16 +3,17 @@ differentiable quantization, and compressed students fine-tuned with and without
 
 Run in parts (each resumable, each meant to run under the CPU lock for a few minutes)::
 
-    flock /tmp/cpu.lock timeout 470 python benchmarks/distillation.py --part teacher   # repeat until it says done
-    flock /tmp/cpu.lock python benchmarks/distillation.py \
-        --part lenet5,lenet5-quant,lenet5-other,resnet20,resnet20-quant   # exit code 3: run it again
+    flock /tmp/cpu.lock timeout 470 python benchmarks/distillation.py --part teacher   # repeat until exit code 0
     python benchmarks/distillation.py --part report
+
+``--part teacher`` trains (or loads) the teacher and then runs, while ``--budget`` lasts, the parts lenet5,
+lenet5-quant, lenet5-other, lenet5-hints, resnet20, resnet20-quant (each may also be named on its own).
 
 Every finished row is stored in the cache folder (``rows.json``), so a part that is cut short resumes where it
 stopped; a part stops starting rows after ``--budget`` seconds and exits with code 3 while rows remain.
 
 Data: Fashion-MNIST, a stratified 10,000-image subset of the training set (seed 0) and the full 10,000-image test
-set. Teacher: ResNet-56, 8 epochs of SGD (lr 0.1, cosine, batch 128). Students from scratch: LeNet-5 (15 epochs, SGD
+set. Teacher: ResNet-56, 4 epochs of SGD (lr 0.1, cosine, batch 128). Students from scratch: LeNet-5 (10 epochs, SGD
 lr 0.05) and ResNet-20 (8 epochs, SGD lr 0.1). Compressed students start from the float "alone" student of the same
 seed. Seeds change the student's initial weights and data order; the teacher is the same for every seed.
 """
@@ -33,7 +34,7 @@ from common import parser, seeds_arg  # noqa: E402
 from compactnn.distill import DifferentiableQuantize, Distill, QuantizedDistill, TeacherOutputs  # noqa: E402
 from pretrained import cache_dir  # noqa: E402
 
-TEACHER = {"model": "resnet56", "epochs": 8, "lr": 0.1, "batch_size": 128}
+TEACHER = {"model": "resnet56", "epochs": 4, "lr": 0.1, "batch_size": 128}
 TRAIN_ROWS = 10_000
 
 
@@ -41,13 +42,14 @@ def load_data(args):
     full = cn.data.load("fashion-mnist", root=args.data_root)
     import dataclasses
 
-    n = 2_000 if args.quick else TRAIN_ROWS
-    test = full.test.subset(2_000, seed=0) if args.quick else full.test
+    n = 300 if args.smoke else 2_000 if args.quick else TRAIN_ROWS
+    test = full.test.subset(300 if args.smoke else 2_000, seed=0) if args.quick or args.smoke else full.test
     return dataclasses.replace(full, train=full.train.subset(n, seed=0), test=test)
 
 
 def folder(args) -> Path:
-    path = cache_dir() / ("distill-bench-quick" if args.quick else "distill-bench")
+    path = cache_dir() / ("distill-bench-smoke" if args.smoke else "distill-bench-quick" if args.quick
+                          else "distill-bench")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -59,8 +61,8 @@ def teacher(args, bundle, train: bool = True):
         return cn.pack.load(out)
     if not train:
         raise SystemExit("the teacher is not trained yet; run --part teacher first")
-    epochs = 1 if args.quick else TEACHER["epochs"]
-    model = cn.models.create(TEACHER["model"], data=bundle, seed=0)
+    epochs = 1 if args.quick or args.smoke else TEACHER["epochs"]
+    model = cn.models.create("resnet20" if args.smoke else TEACHER["model"], data=bundle, seed=0)
     start = time.perf_counter()
     cn.train.fit(model, bundle, epochs=epochs, lr=TEACHER["lr"], batch_size=TEACHER["batch_size"], seed=0,
                  checkpoint=folder(args) / "teacher.ckpt", resume=True)
@@ -72,7 +74,7 @@ def teacher(args, bundle, train: bool = True):
 
 
 
-STUDENT = {"lenet5": {"epochs": 15, "lr": 0.05}, "resnet20": {"epochs": 8, "lr": 0.1}}
+STUDENT = {"lenet5": {"epochs": 10, "lr": 0.05}, "resnet20": {"epochs": 8, "lr": 0.1}}
 HINTS = {"lenet5": ("conv2", "layer3"), "resnet20": ("layer3", "layer3")}
 QUANT_FT = {"epochs": 4, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 2.2e-4}
 DQ_FT = {"epochs": 2, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0}
@@ -146,15 +148,18 @@ def plan(args, bundle, part: str, teacher_memo, teacher_raw):
     """(student, row, seed, build, epochs text, keep) for every row of ``part``."""
     seeds = args.seeds
     out = []
-    if part in ("lenet5", "resnet20"):
-        st = part
+    if part in ("lenet5", "resnet20", "lenet5-hints"):
+        st = part.split("-")[0]
         e = STUDENT[st]["epochs"]
         for seed in (seeds if st == "lenet5" else args.resnet_seeds):
-            out.append((st, "alone", seed, lambda st=st, seed=seed: cn.train.fit(
-                fresh(st, bundle, seed), bundle, **train_ft(st, seed).fit_kwargs(), quiet=True), f"{e}", True))
-            out.append((st, "KD (T=4, alpha=0.9)", seed, lambda st=st, seed=seed: cn.compress(
-                fresh(st, bundle, seed), Distill(teacher=teacher_memo, finetune=train_ft(st, seed)), bundle),
-                f"{e}", False))
+            if part != "lenet5-hints":
+                out.append((st, "alone", seed, lambda st=st, seed=seed: cn.train.fit(
+                    fresh(st, bundle, seed), bundle, **train_ft(st, seed).fit_kwargs(), quiet=True), f"{e}", True))
+                out.append((st, "KD (T=4, alpha=0.9)", seed, lambda st=st, seed=seed: cn.compress(
+                    fresh(st, bundle, seed), Distill(teacher=teacher_memo, finetune=train_ft(st, seed)), bundle),
+                    f"{e}", False))
+            if part == "lenet5":
+                continue
             s_layer, t_layer = HINTS[st]
             out.append((st, f"hints ({s_layer} <- teacher {t_layer}) + KD", seed, lambda st=st, seed=seed, a=s_layer,
                         b=t_layer: cn.compress(fresh(st, bundle, seed), Distill(
@@ -195,13 +200,15 @@ def plan(args, bundle, part: str, teacher_memo, teacher_raw):
 
 
 def syq_rows():
-    """The SYQ ternary row, when the lowbit helper's SYQ is registered (else it is reported as pending)."""
+    """The SYQ ternary row (weight_bits 2, 8-bit activations, SYQ's own Adam at 1e-4), when the lowbit helper's SYQ
+    is registered (else it is reported as pending)."""
     if "syq" not in cn.list_methods():
         return []
+    import dataclasses
+
     cls = cn.api.config_class("syq")
-    return [("SYQ ternary", lambda ft: cls(bits=2, finetune=ft) if "bits" in {f.name for f in
-                                                                              __import__("dataclasses").fields(cls)}
-             else cls(finetune=ft))]
+    return [("SYQ ternary (W2A8)", lambda ft: cls(weight_bits=2, act_bits=8, finetune=dataclasses.replace(
+        ft, optimizer=None, lr=None)))]
 
 
 _TEACHERS: dict = {}
@@ -220,7 +227,7 @@ def run_part(args, bundle, part: str, start: float) -> int:
         if time.perf_counter() - start > args.budget:
             print(f"budget spent; {len(todo)} rows left in {part}: run it again", flush=True)
             return 3
-        if "alone" not in row and st != "teacher" and part not in ("lenet5", "resnet20") \
+        if "alone" not in row and st != "teacher" and part not in ("lenet5", "resnet20", "lenet5-hints") \
                 and float_student(args, bundle, st, seed) is None:
             print(f"skip {st} {row} seed {seed}: run --part {st} first", flush=True)
             continue
@@ -246,7 +253,14 @@ def report(args) -> None:
         table.append({"student": "lenet5", "row": "SYQ ternary, fine-tuned with / without teacher",
                       "accuracy": "pending (SYQ not merged)"})
     mean = {(t["student"], t["row"]): t.get("accuracy_mean") for t in table}
-    notes = claims(mean)
+    measured = {(r["student"], r["row"], r["seed"]) for r in rows}
+    planned = [(st, row, seed) for part in ("lenet5", "lenet5-quant", "lenet5-other", "lenet5-hints", "resnet20",
+                                            "resnet20-quant")
+               for st, row, seed, *_ in plan(args, None, part, None, None)]
+    missing = [f"{st} / {row} / seed {seed}" for st, row, seed in planned if (st, row, seed) not in measured]
+    notes = SETTINGS + "\n\n" + claims(mean)
+    if missing:
+        notes += "\n\n## Not run (CPU time ran out)\n\n" + "\n".join(f"- {m}" for m in missing)
     for t in table:
         t["drop (points)"] = t.pop("drop", None)
         t["packed bytes"] = t.pop("bytes", None)
@@ -277,6 +291,28 @@ def report(args) -> None:
                   notes, plot)
 
 
+SETTINGS = f"""## Settings
+
+- Data: Fashion-MNIST, a stratified {TRAIN_ROWS:,}-image subset of the 60,000 training images (seed 0); accuracy on
+  the full 10,000-image test set. No augmentation, so the teacher's logits are computed once per training image and
+  reused (the first KD row of a process pays the teacher's pass over the training set in its seconds).
+- Teacher: ResNet-56 trained {TEACHER['epochs']} epochs (SGD, lr {TEACHER['lr']}, cosine, batch 128, seed 0); the
+  same teacher for every seed and row. "drop" is in points below the teacher.
+- Students from scratch: LeNet-5 {STUDENT['lenet5']['epochs']} epochs at lr {STUDENT['lenet5']['lr']}, ResNet-20
+  {STUDENT['resnet20']['epochs']} epochs at lr {STUDENT['resnet20']['lr']} (SGD, momentum 0.9, weight decay 5e-4,
+  cosine, batch 128). KD: T = 4, alpha = 0.9 (batchmean KL). Hints: FitNets 1x1 regressor, weight 100, plus KD.
+- Quantized rows start from the float "alone" student of the same seed and fine-tune {QUANT_FT['epochs']} epochs
+  (SGD Nesterov 0.9, lr {QUANT_FT['lr']}, weight decay 2.2e-4): plain = the same quantizer with cross-entropy only;
+  quantized distillation = 0.7 T^2 KL + 0.3 CE at T = 2; buckets of 256, min-max scaling, deterministic rounding.
+  Differentiable quantization: {DQ_FT['epochs']} epochs of Adam at lr {DQ_FT['lr']} on the points only (our
+  choice for this short budget; the authors use SGD at 1e-5 for 10-20 epochs, not tried here), same loss. LeNet-5: every layer quantized;
+  ResNet-20: first conv and last FC left in float (as the paper).
+- Pruned / k-means rows: from the float student, {OTHER_FT['epochs']} epochs of SGD at lr {OTHER_FT['lr']}, with
+  ``FineTune(teacher=...)`` (T = 4, alpha = 0.9) or without.
+- Packed bytes: the .cnz file as written. Train seconds: wall time of the row's training under the CPU lock (2
+  threads)."""
+
+
 def claims(mean: dict) -> str:
     def get(st, row):
         return mean.get((st, row))
@@ -300,7 +336,7 @@ def claims(mean: dict) -> str:
         judge(f"{st}: 2-bit differentiable quantization >= 2-bit quantized distillation",
               get(st, "2-bit differentiable quantization"), get(st, "2-bit quantized distillation"),
               lambda a, b: a >= b)
-    for label in ("magnitude 90%", "k-means 2-bit (Deep Compression)", "SYQ ternary"):
+    for label in ("magnitude 90%", "k-means 2-bit (Deep Compression)", "SYQ ternary (W2A8)"):
         judge(f"lenet5: {label} fine-tuned with the teacher no worse than without",
               get("lenet5", f"{label}, fine-tuned with teacher"), get("lenet5", f"{label}, fine-tuned without teacher"),
               lambda a, b: a >= b)
@@ -314,9 +350,11 @@ def main(argv=None):
     p.add_argument("--seeds", type=seeds_arg, default=[0, 1, 2], help="LeNet-5 seeds")
     p.add_argument("--resnet-seeds", type=seeds_arg, default=[0], help="ResNet-20 seeds")
     p.add_argument("--budget", type=float, default=400, help="start no new row after this many seconds")
+    p.add_argument("--smoke", action="store_true", help="seconds-long run of every code path (300 images, a "
+                                                           "ResNet-20 teacher): for checking the script")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.quick:  # a smoke run: 2,000 training images, one epoch everywhere, one seed
+    if args.quick or args.smoke:  # 2,000 (smoke: 300) training images, one epoch everywhere, one seed
         for d in (*STUDENT.values(), QUANT_FT, DQ_FT, OTHER_FT):
             d["epochs"] = 1
         args.seeds, args.resnet_seeds = [0], [0]
@@ -324,11 +362,11 @@ def main(argv=None):
         report(args)
         return 0
     bundle = load_data(args)
-    if args.part == "teacher":
-        teacher(args, bundle)
-        print("done", flush=True)
-        return 0
     start = time.perf_counter()
+    if args.part == "teacher":  # then the LeNet-5 parts, while the budget lasts
+        teacher(args, bundle)
+        print("teacher done", flush=True)
+        args.part = "lenet5,lenet5-quant,lenet5-other,lenet5-hints,resnet20,resnet20-quant"
     for part in args.part.split(","):
         code = run_part(args, bundle, part, start)
         if code:
