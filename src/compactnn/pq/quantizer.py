@@ -255,7 +255,8 @@ def spectral_objective(p: list[Tensor], r: int) -> float:
 
 def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed: int = 0,
                    quiet: bool | None = None, outer: int = 8, sweeps: int = 5, inner: int = 4,
-                   sample: int | None = 20000, history: list | None = None) -> ProductQuantizer:
+                   sample: int | None = 20000, history: list | None = None,
+                   init: Literal["eigen", "natural", "best"] = "eigen") -> ProductQuantizer:
     """Biresolution spectral PQ (Mukherjee et al., CVPR 2018), as we read the paper's abstract and the authors'
     MATLAB code (``optimize_subspaces_blockcord.m`` and ``call_mmf.m``, read, not copied).
 
@@ -276,8 +277,10 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
 
     Algorithm (defaults as the MATLAB: ``T = sweeps = 5`` block-coordinate sweeps over all ``m (m - 1) / 2`` pairs,
     pairs in random order after the first sweep, stop when the objective stops rising; ``m`` and ``k`` are the
-    caller's, 8 subspaces / 256 centroids in the CLI's default): start from parametric OPQ's eigenvalue allocation
-    (one of the MATLAB's two initialisations); then ``outer`` times: ``inner`` warm-started Lloyd steps per subspace
+    caller's, 8 subspaces / 256 centroids in the CLI's default): start (``init``) from parametric OPQ's eigenvalue
+    allocation (``"eigen"``, one of the MATLAB's initialisations), from the natural order of the coordinates
+    (``"natural"``, plain PQ's subspaces, centred) or from the better of the two after ``inner`` Lloyd steps
+    (``"best"``; the MATLAB's ``initializeX`` also keeps the best of its candidate starts); then ``outer`` times: ``inner`` warm-started Lloyd steps per subspace
     give ``H_i``; the pairwise eigen-updates give new subspaces; the centroids move to the cluster means in the new
     subspaces (the optimum for the fixed clusters, which also warm-starts the next Lloyd steps). Each step does not
     increase the quantization error on the sample. Finally the codebooks are trained on all of ``x`` (``iterations``
@@ -292,6 +295,14 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
     mean, rot = eigenvalue_allocation(xs, m)
     xc = xs - mean
     books: Any = "k-means++"
+    if init == "natural":
+        rot = torch.eye(d)
+    elif init == "best":  # as the MATLAB's initializeX: the better start by the objective (here: the sample error)
+        trials = []
+        for cand in (rot, torch.eye(d)):
+            c, _, inertia = kmeans(_split(xc @ cand, m), k, inner, seed)
+            trials.append((float(inertia.sum()), cand, c))
+        _, rot, books = min(trials, key=lambda t: t[0])
     gen = torch.Generator().manual_seed(int(seed) + 1)
     pairs = list(itertools.combinations(range(m), 2))
     best_err = math.inf
