@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 from ..pack.spec import packable
+from .plan import ConvStep, PlannedConv
 from .tensor_ring import _pair
 
 
@@ -46,7 +47,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @packable
-class TuckerConv2d(nn.Module):
+class TuckerConv2d(PlannedConv, nn.Module):
     """Tucker-2 convolution: 1x1 reduce (``reduce``), ``kh x kw`` core (``core``), 1x1 expand (``expand``).
 
     Parameters: ``C r_in + r_in r_out kh kw + r_out O`` (+ bias ``O``).
@@ -104,7 +105,50 @@ class TuckerConv2d(nn.Module):
                             self.reduce.weight[:, :, 0, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`, ``self.last_plan``): ``factorized`` (the three
+        convs), ``merged`` (the core merged into the 1x1 conv on its cheaper side: two convs) or ``dense`` (one conv
+        with :meth:`full_weight`). With autograd: the three convs."""
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expand(self.core(self.reduce(x)))
+
+    def network_operands(self) -> list[torch.Tensor]:
+        return [p for p in self.parameters()]
+
+    def _merge_side(self) -> str:
+        r_out, r_in = self.ranks
+        # merging reduce into the core gives a C -> r_out conv; merging the core into expand an r_in -> O conv
+        return "in" if self.in_channels * r_out <= r_in * self.out_channels else "out"
+
+    def conv_plans(self, x_shape: tuple) -> dict[str, list[tuple]]:
+        """Plans for :class:`.plan.ConvPlanner` (see :meth:`forward`)."""
+        r_out, r_in = self.ranks
+        kh, kw = self.kernel_size
+        c = self.core
+        one, zero = (1, 1), (0, 0)
+        core = lambda i, o: (o, i, kh, kw, c.stride, c.padding, c.dilation, 1)  # noqa: E731
+        merged = ([core(self.in_channels, r_out), (self.out_channels, r_out, 1, 1, one, zero, one, 1)]
+                  if self._merge_side() == "in" else
+                  [(r_in, self.in_channels, 1, 1, one, zero, one, 1), core(r_in, self.out_channels)])
+        return {"factorized": [(r_in, self.in_channels, 1, 1, one, zero, one, 1), core(r_in, r_out),
+                               (self.out_channels, r_out, 1, 1, one, zero, one, 1)],
+                "merged": merged, "dense": [core(self.in_channels, self.out_channels)]}
+
+    def conv_steps(self, plan: str) -> list[ConvStep]:
+        """The convs of ``plan`` built from the current weights."""
+        c, bias = self.core, self.expand.bias
+        geo = (c.stride, c.padding, c.dilation)
+        red, exp = self.reduce.weight[:, :, 0, 0], self.expand.weight[:, :, 0, 0]
+        if plan == "dense":
+            return [ConvStep(self.full_weight(), bias, *geo)]
+        if plan == "factorized":
+            return [ConvStep(self.reduce.weight, None), ConvStep(c.weight, None, *geo),
+                    ConvStep(self.expand.weight, bias)]
+        if self._merge_side() == "in":
+            return [ConvStep(torch.einsum("rskl,sc->rckl", c.weight, red), None, *geo),
+                    ConvStep(self.expand.weight, bias)]
+        return [ConvStep(self.reduce.weight, None), ConvStep(torch.einsum("or,rskl->oskl", exp, c.weight), bias, *geo)]
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, ranks={self.ranks}"

@@ -39,6 +39,8 @@ _TORCH_NN = (
     "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Flatten", "Unflatten", "Dropout", "Dropout1d", "Dropout2d",
     "Sequential", "ModuleList", "ModuleDict", "RNN", "LSTM", "GRU", "Embedding", "EmbeddingBag",
     "MultiheadAttention", "Upsample", "PixelShuffle", "PixelUnshuffle", "ZeroPad2d", "ConstantPad2d",
+    "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder", "Transformer",
+    "RNNCell", "LSTMCell", "GRUCell",
 )
 _BASE_SKIP = frozenset(nn.Module().__dict__) - {"training"}
 _RNN_SKIP = frozenset({"_flat_weights", "_flat_weight_refs"})
@@ -119,10 +121,30 @@ def lookup(key: str) -> type | None:
 
 
 # ------------------------------------------------------------------------------------------ attribute values
+def _callables() -> dict[str, Any]:
+    """The functions an attribute may hold, by name (``TransformerEncoderLayer.activation``, a user block's
+    activation): torch's elementwise activations. A name is looked up in this table, never imported."""
+    import torch.nn.functional as F
+
+    names = ["relu", "relu6", "gelu", "silu", "mish", "elu", "selu", "celu", "leaky_relu", "hardswish",
+             "hardsigmoid", "hardtanh", "softplus", "softsign", "tanhshrink", "logsigmoid", "sigmoid", "tanh",
+             "softmax", "log_softmax"]
+    table = {f"torch.nn.functional.{n}": getattr(F, n) for n in names if hasattr(F, n)}
+    table.update({f"torch.{n}": getattr(torch, n) for n in ("relu", "sigmoid", "tanh", "flatten")})
+    return table
+
+
+_CALLABLES = _callables()
+_CALLABLE_NAMES = {id(fn): name for name, fn in _CALLABLES.items()}
+
+
 def encode_value(value, where: str):
-    """JSON form of a plain attribute value; tuples become ``{"t": [...]}``, dicts ``{"d": {...}}`` and non-finite
-    floats ``{"f": "inf"}``. Anything else raises PackError naming ``where`` (module path and attribute)."""
+    """JSON form of a plain attribute value; tuples become ``{"t": [...]}``, dicts ``{"d": {...}}``, non-finite
+    floats ``{"f": "inf"}`` and allow-listed torch functions ``{"fn": "torch.nn.functional.gelu"}``. Anything else
+    raises PackError naming ``where`` (module path and attribute)."""
     kind = type(value)
+    if id(value) in _CALLABLE_NAMES and _CALLABLES[_CALLABLE_NAMES[id(value)]] is value:
+        return {"fn": _CALLABLE_NAMES[id(value)]}
     if value is None or kind in (bool, int, str):
         return value
     if kind is float:
@@ -134,7 +156,28 @@ def encode_value(value, where: str):
     if kind is dict and all(type(k) is str for k in value):
         return {"d": {k: encode_value(v, where) for k, v in value.items()}}
     hint = "register it as a buffer" if isinstance(value, torch.Tensor) else "store it as int/float/bool/str/tuple"
+    if callable(value):
+        hint = (f"functions are stored only from an allow-list of torch activations ({', '.join(sorted(_CALLABLES))[:120]}"
+                "...); use one of those, or load with model=skeleton after marking the attribute in __pack_skip__")
     raise PackError(f"cannot pack attribute {where}: a {kind.__name__} is not JSON-safe; {hint} or drop it")
+
+
+#: What a user class's attribute that JSON cannot hold (a lambda, a function, an object) is saved as: the value is
+#: taken from the ``model=skeleton`` at load, which such a class needs anyway.
+FROM_SKELETON = {"skeleton": True}
+
+
+def _encode_attr(value, where: str, user_class: bool):
+    try:
+        return encode_value(value, where)
+    except PackError:
+        if user_class:
+            return dict(FROM_SKELETON)
+        raise
+
+
+class _FromSkeleton:
+    """Marker of an attribute to take from the skeleton (see :data:`FROM_SKELETON`)."""
 
 
 def decode_value(value):
@@ -148,6 +191,10 @@ def decode_value(value):
             return {k: decode_value(v) for k, v in value["d"].items()}
         if set(value) == {"f"} and value["f"] in ("inf", "-inf", "nan"):
             return float(value["f"])
+        if set(value) == {"fn"} and isinstance(value["fn"], str) and value["fn"] in _CALLABLES:
+            return _CALLABLES[value["fn"]]
+        if value == FROM_SKELETON:
+            return _FromSkeleton
         raise PackError(f"malformed attribute value {str(value)[:80]!r} in manifest; file is corrupted")
     return value
 
@@ -197,7 +244,9 @@ def describe(model: nn.Module) -> tuple[dict, list[dict]]:
                             f"torch.nn.utils.prune.remove(module, name) on it before saving")
         cls = type(m)
         skip = _skip(cls)
-        attrs = {k: encode_value(v, f"{where}.{k} ({cls.__name__})") for k, v in m.__dict__.items() if k not in skip}
+        user_class = lookup(class_key(cls)) is None
+        attrs = {k: _encode_attr(v, f"{where}.{k} ({cls.__name__})", user_class)
+                 for k, v in m.__dict__.items() if k not in skip}
         params = {n: None if p is None else add(_join(path, n), p, "parameter", True) for n, p in m._parameters.items()}
         non_persistent = sorted(m._non_persistent_buffers_set)
         buffers = {n: None if b is None else add(_join(path, n), b, "buffer", n not in non_persistent)
@@ -218,7 +267,8 @@ def rebuild(root: dict, tensors: dict[str, torch.Tensor], requires_grad: dict[st
         tensors: decoded tensors by manifest name (aliases map to the same tensor object).
         requires_grad: ``requires_grad`` of each parameter by manifest name.
         skeleton: a model of the saved architecture; modules whose class is not allow-listed are taken from it
-            (at the same path, same class) and refilled in place from the manifest.
+            (at the same path, same class, at any depth) and refilled in place from the manifest, only after the
+            whole tree was rebuilt (a bad file leaves the skeleton untouched).
 
     Returns:
         The rebuilt module.
@@ -237,6 +287,11 @@ def rebuild(root: dict, tensors: dict[str, torch.Tensor], requires_grad: dict[st
             params[id(t)] = nn.Parameter(t, requires_grad=bool(requires_grad.get(name, False)))
         return params[id(t)]
 
+    # The skeleton is read through this snapshot and refilled only once the whole tree has been rebuilt, so a bad
+    # file leaves the caller's model as it was, and nested user classes find their skeleton modules.
+    from_skeleton = dict(skeleton.named_modules(remove_duplicate=False)) if skeleton is not None else {}
+    pending: list[tuple[nn.Module, dict]] = []
+
     def make(node: dict, path: str) -> nn.Module:
         where = path or "<root>"
         if not isinstance(node, dict):
@@ -252,36 +307,51 @@ def rebuild(root: dict, tensors: dict[str, torch.Tensor], requires_grad: dict[st
                 raise PackError(f"module class {key} at path {where} is not on the allow-list; pass model=skeleton "
                                 f"to load() (a model built like the saved one) or decorate the class with "
                                 f"compactnn.pack.spec.packable")
-            try:
-                obj = skeleton.get_submodule(path)
-            except AttributeError:
+            obj = from_skeleton.get(path)
+            if obj is None:
                 raise PackError(f"model=skeleton has no module at path {where}, where the file has a {key}; "
-                                f"build the skeleton like the saved model") from None
+                                f"build the skeleton like the saved model")
             if class_key(type(obj)) != key:
                 raise PackError(f"model=skeleton has a {class_key(type(obj))} at path {where} but the file has a "
                                 f"{key}; build the skeleton like the saved model")
-            for store in (obj._parameters, obj._buffers, obj._modules, obj._non_persistent_buffers_set):
-                store.clear()
+            state: dict = {}
+            pending.append((obj, state))
         else:
             obj = cls.__new__(cls)
             nn.Module.__init__(obj)
+            state = obj.__dict__
+            state["_modules"], state["_parameters"], state["_buffers"] = {}, {}, {}
+            state["_non_persistent_buffers_set"] = set()
         built[path] = obj
-        obj.__dict__.update({k: decode_value(v) for k, v in node["attrs"].items()})
-        for name, child in node["children"].items():
-            obj._modules[name] = None if child is None else make(child, _join(path, name))
-        for name, tname in node["params"].items():
-            obj._parameters[name] = None if tname is None else param(tname)
-        for name, tname in node["buffers"].items():
-            obj._buffers[name] = None if tname is None else tensor(tname)
-        obj._non_persistent_buffers_set.update(node["non_persistent"])
+        state["attrs"] = {k: decode_value(v) for k, v in node["attrs"].items()}
+        state["_modules"] = {name: None if child is None else make(child, _join(path, name))
+                             for name, child in node["children"].items()}
+        state["_parameters"] = {name: None if t is None else param(t) for name, t in node["params"].items()}
+        state["_buffers"] = {name: None if t is None else tensor(t) for name, t in node["buffers"].items()}
+        state["_non_persistent_buffers_set"] = set(node["non_persistent"])
+        if state is obj.__dict__:
+            attrs = state.pop("attrs")
+            missing = [k for k, v in attrs.items() if v is _FromSkeleton]
+            if missing:
+                raise PackError(f"module {where} ({key}) was saved without its attribute {missing[0]!r} (a value "
+                                f"JSON cannot hold, such as a function); load with model=skeleton")
+            _finish(obj, attrs)
+        return obj
+
+    def _finish(obj: nn.Module, attrs: dict) -> None:
+        obj.__dict__.update({k: v for k, v in attrs.items() if v is not _FromSkeleton})
         if isinstance(obj, nn.RNNBase):
             obj._init_flat_weights()
         if hasattr(obj, "__pack_restore__"):
             obj.__pack_restore__()
-        return obj
 
     try:
-        return make(root, "")
+        model = make(root, "")
+        for obj, state in pending:  # everything decoded: now refill the skeleton's modules
+            for store in ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"):
+                obj.__dict__[store] = state[store]
+            _finish(obj, state["attrs"])
+        return model
     except PackError:
         raise
     except (KeyError, TypeError) as e:

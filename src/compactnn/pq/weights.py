@@ -160,6 +160,7 @@ class ProductQuantize(MethodConfig):
     method = "product-quantize"
     description = "Product quantization of weight rows (k-means sub-vector codebooks) with codeword fine-tuning"
     kinds = (nn.Linear, nn.Conv2d)
+    replaces = True
     example = {"block": 4, "bits": 4, "finetune": {"epochs": 1}}
 
     block: PerLayer[Annotated[int, Range(1, 1024, note="numbers per sub-vector")]] = 8

@@ -12,7 +12,7 @@
 
 #include "kernels.h"
 
-int cnn_simd(void) { return CNN_VNNI ? 2 : 0; }
+int cnn_simd(void) { return CNN_VNNI ? 2 : (CNN_AVX2 ? 1 : 0); }
 
 int cnn_openmp(void) {
 #ifdef _OPENMP
@@ -286,6 +286,82 @@ void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, co
         else { kern_pool4(1, rows, out, d, b0, segoff, &ov); b0 += 1; }
     }
     if (ov) *ovf = 1;
+}
+#elif CNN_AVX2
+/* AVX2 path (CPUs without AVX-512 VNNI): the dot products with vpmaddwd on 16-bit values. vpmaddubsw (u8 x s8 pairs
+   summed into saturating int16) is not used: 255*127*2 = 64770 overflows int16, so it would saturate where the
+   reference does not. Zero-extended codes (<= 255) times sign-extended weights (|w| <= 127), summed in pairs into
+   int32 by vpmaddwd, are exact (its one saturating case, -32768 * -32768 twice, cannot occur), and the int32 sums
+   are exact while K*255*127 < 2^31 (checked by the caller). Requantization and the fused Add: the definition
+   (requant1) and the Add's table, as the portable path. */
+
+/* int32 accumulators of MR (<= 4) pixels x the 16 channels of block b, in channel order. */
+static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const Conv *d, const uint8_t *const *rows,
+                                                              int64_t b, const int64_t *segoff, int32_t out[4][16]) {
+    const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
+    const int8_t *w = d->wp + b * k4 * 64;
+    __m256i acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < d->nseg; s++) {
+        const int64_t so = segoff[s];
+        for (int64_t t = 0; t < sl4; t++) {
+            const int8_t *wp = w + (s * sl4 + t) * 64;  /* [16 channels][4 bytes] */
+            __m256i wv[4];                              /* channels 4q..4q+3, their 4 weights as int16 */
+            for (int q = 0; q < 4; q++) wv[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + 16 * q)));
+            for (int i = 0; i < MR; i++) {
+                int32_t av;
+                memcpy(&av, rows[i] + so + 4 * t, 4);
+                const __m256i a = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(av)));
+                for (int q = 0; q < 4; q++) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(a, wv[q]));
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++) {  /* lanes hold two partial sums per channel: add the pairs, restore the order */
+        const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][0], acc[i][1]), 0xD8);
+        const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][2], acc[i][3]), 0xD8);
+        _mm256_storeu_si256((__m256i *)out[i], lo);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), hi);
+    }
+}
+
+static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
+                             int *ovf) {
+    for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
+        const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+        out[c] = d->add ? add1(d->add, y, res[c]) : y;
+    }
+}
+
+void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *outs, const uint8_t *const *ress,
+                    int64_t m, const int64_t *segoff, int *ovf) {
+    const int64_t nb = (d->o + 15) / 16;
+    int32_t acc[4][16];
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i = 0;
+        for (; i + 3 <= m; i += 3) {
+            acc16_avx2(3, d, rows + i, b, segoff, acc);
+            for (int r = 0; r < 3; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
+        }
+        for (; i < m; i++) {
+            acc16_avx2(1, d, rows + i, b, segoff, acc);
+            emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
+        }
+    }
+}
+
+void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, const int64_t *segoff, int *ovf) {
+    const int64_t nb = (d->o + 15) / 16;
+    int32_t acc[4][16], best[16];
+    for (int64_t b = 0; b < nb; b++) {
+        acc16_avx2(4, d, rows, b, segoff, acc);
+        for (int l = 0; l < 16; l++) {
+            const int32_t x = acc[0][l] > acc[1][l] ? acc[0][l] : acc[1][l];
+            const int32_t y = acc[2][l] > acc[3][l] ? acc[2][l] : acc[3][l];
+            best[l] = x > y ? x : y;
+        }
+        for (int l = 0; l < 16 && b * 16 + l < d->o; l++) out[b * 16 + l] = requant1(best[l], b * 16 + l, &d->rq, ovf);
+    }
 }
 #else
 /* Portable path: the same packed layout, plain loops, the definition (requant1) and the Add's table. */
