@@ -204,3 +204,17 @@ def test_bad_input_gives_one_line(vecs):
     assert "dimension 60" in _one_line(err)
     with pytest.raises(CompactnnError):
         index.search(queries.numpy().astype(object), 5)
+
+
+@pytest.mark.parametrize("init", ["natural", "best"])
+def test_spectral_starts_and_history(vecs, init):
+    from compactnn.pq.quantizer import train_spectral
+
+    base, _ = vecs
+    history = []
+    pq = train_spectral(base, 8, 4, iterations=4, quiet=True, outer=3, inner=2, init=init, history=history)
+    r = pq.rotation.double()
+    assert torch.allclose(r.t() @ r, torch.eye(64, dtype=torch.float64), atol=1e-4)
+    errors = [h["sample_error"] for h in history]
+    assert len(errors) == 3 and all(b <= a * (1 + 1e-5) for a, b in zip(errors, errors[1:]))  # never worse
+    assert all(h["objective"] > 0 for h in history)

@@ -191,12 +191,14 @@ class PQIndexModule(nn.Module):
         return IVFPQIndex(coarse.clone(), pq, codes.clone(), lists.long())
 
 
-def save_index(index: PQIndex | IVFPQIndex, path: str | os.PathLike, metadata: dict | None = None) -> dict:
-    """Write ``index`` to a ``.cnz`` file (atomically, via :func:`compactnn.pack.save`); returns the manifest."""
+def save_index(index: PQIndex | IVFPQIndex, path: str | os.PathLike, metadata: dict | None = None,
+               level: int = 19) -> dict:
+    """Write ``index`` to a ``.cnz`` file (atomically, via :func:`compactnn.pack.save`, zstd ``level``); returns the
+    manifest."""
     q = index.quantizer
     meta = {"kind": "pq-index", "method": q.method, "m": q.m, "k": q.k, "dim": q.dim, "ntotal": index.ntotal,
             "nlist": getattr(index, "nlist", 0), **(metadata or {})}
-    return pack.save(PQIndexModule(index), path, metadata=meta)
+    return pack.save(PQIndexModule(index), path, metadata=meta, level=level)
 
 
 def load_index(path: str | os.PathLike) -> PQIndex | IVFPQIndex:

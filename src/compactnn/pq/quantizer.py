@@ -36,7 +36,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, DataError
-from .kmeans import CHUNK_BYTES, assign, kmeans, update
+from .kmeans import CHUNK_BYTES, assign, kmeans
 
 Method = Literal["pq", "opq", "opq-parametric", "spectral"]
 METHODS: tuple[str, ...] = ("pq", "opq", "opq-parametric", "spectral")
@@ -255,7 +255,8 @@ def spectral_objective(p: list[Tensor], r: int) -> float:
 
 def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed: int = 0,
                    quiet: bool | None = None, outer: int = 8, sweeps: int = 5, inner: int = 4,
-                   sample: int | None = 20000) -> ProductQuantizer:
+                   sample: int | None = 20000, history: list | None = None,
+                   init: Literal["eigen", "natural", "best"] = "eigen") -> ProductQuantizer:
     """Biresolution spectral PQ (Mukherjee et al., CVPR 2018), as we read the paper's abstract and the authors'
     MATLAB code (``optimize_subspaces_blockcord.m`` and ``call_mmf.m``, read, not copied).
 
@@ -276,13 +277,16 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
 
     Algorithm (defaults as the MATLAB: ``T = sweeps = 5`` block-coordinate sweeps over all ``m (m - 1) / 2`` pairs,
     pairs in random order after the first sweep, stop when the objective stops rising; ``m`` and ``k`` are the
-    caller's, 8 subspaces / 256 centroids in the CLI's default): start from parametric OPQ's eigenvalue allocation
-    (one of the MATLAB's two initialisations); then ``outer`` times: ``inner`` warm-started Lloyd steps per subspace
+    caller's, 8 subspaces / 256 centroids in the CLI's default): start (``init``) from parametric OPQ's eigenvalue
+    allocation (``"eigen"``, one of the MATLAB's initialisations), from the natural order of the coordinates
+    (``"natural"``, plain PQ's subspaces, centred) or from the better of the two after ``inner`` Lloyd steps
+    (``"best"``; the MATLAB's ``initializeX`` also keeps the best of its candidate starts); then ``outer`` times: ``inner`` warm-started Lloyd steps per subspace
     give ``H_i``; the pairwise eigen-updates give new subspaces; the centroids move to the cluster means in the new
     subspaces (the optimum for the fixed clusters, which also warm-starts the next Lloyd steps). Each step does not
     increase the quantization error on the sample. Finally the codebooks are trained on all of ``x`` (``iterations``
     Lloyd steps, warm-started). ``C_i`` is never formed: we keep ``A_i = diag(1/sqrt(n_c)) S_i B`` (``S_i`` the
-    cluster sums, ``k x D``; ``B`` the current basis), so a pair update costs ``O(m k r^2)``.
+    cluster sums, ``k x D``; ``B`` the current basis), so a pair update costs ``O(m k r^2)``. ``history``, if given,
+    receives one dict per outer step (the sample's quantization error per vector, the objective, the sweeps run).
     """
     k = 2**bits
     d = x.shape[1]
@@ -291,6 +295,14 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
     mean, rot = eigenvalue_allocation(xs, m)
     xc = xs - mean
     books: Any = "k-means++"
+    if init == "natural":
+        rot = torch.eye(d)
+    elif init == "best":  # as the MATLAB's initializeX: the better start by the objective (here: the sample error)
+        trials = []
+        for cand in (rot, torch.eye(d)):
+            c, _, inertia = kmeans(_split(xc @ cand, m), k, inner, seed)
+            trials.append((float(inertia.sum()), cand, c))
+        _, rot, books = min(trials, key=lambda t: t[0])
     gen = torch.Generator().manual_seed(int(seed) + 1)
     pairs = list(itertools.combinations(range(m), 2))
     best_err = math.inf
@@ -301,13 +313,16 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
             parts = _split(y, m)
             books, labels, inertia = kmeans(parts, k, inner, seed + it, books)
             err = float(inertia.sum())
+            if history is not None:
+                history.append({"outer": it, "sample_error": err / xs.shape[0]})
             if err < best_err:
                 best_err, best = err, (rot, books)
             if m == 1:
                 break
-            sums, counts = update(y.unsqueeze(0).expand(m, -1, -1), labels, k)  # (m, k, D) in rotated coords
+            # cluster sums of the whole (rotated) vectors, per subspace's clustering: (k, D) each
+            counts = torch.stack([torch.bincount(labels[i], minlength=k) for i in range(m)])
             scale = counts.clamp_min(1).double().rsqrt().unsqueeze(-1)
-            p = [(sums[i] * scale[i]) for i in range(m)]
+            p = [torch.zeros(k, d).index_add_(0, labels[i], y).double() * scale[i] for i in range(m)]
             basis = torch.eye(d, dtype=torch.float64)
             before = spectral_objective(p, r)
             for sweep in range(sweeps):
@@ -318,6 +333,8 @@ def train_spectral(x: Tensor, m: int, bits: int = 8, iterations: int = 25, seed:
                 if after - before <= 1e-9 * max(1.0, abs(before)):
                     break
                 before = after
+            if history is not None:
+                history[-1].update(objective=after / xs.shape[0], sweeps=sweep + 1)
             rot = (rot.double() @ basis).float()
             # centroids = cluster means in the new subspaces: optimal for the current clusters
             books = torch.stack([(p[i][:, i * r:(i + 1) * r] * scale[i]).float() for i in range(m)])
