@@ -44,7 +44,7 @@ MAC_RATE = 9e10
 #: Bytes per second moved by a step (operands read, result written).
 BANDWIDTH = 4e10
 #: Seconds of fixed overhead per contraction step (permute, reshape, matmul, reshape: Python and dispatch).
-STEP_OVERHEAD = 6e-6
+STEP_OVERHEAD = 7e-6
 #: Inner / output dimension at which a GEMM reaches half of ``MAC_RATE``.
 HALF_EFF_DIM = 8
 #: Seconds of fixed overhead of the dense plan's single ``F.linear`` (or of one conv).
@@ -320,7 +320,8 @@ def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) 
             prepared = prepared[0]
         consts.append(prepared)
         labels = batch + t_only + c_only
-        steps.append(dict(perm=[cur.index(l) for l in batch + t_only + summed], nb=nb, nk=nk,
+        perm = [cur.index(l) for l in batch + t_only + summed]
+        steps.append(dict(perm=perm, ident=perm == list(range(len(perm))), nb=nb, nk=nk,
                           shape=[-1 if l == "b" else size[l] for l in labels]))
         cur = labels
     return Program(path.kind, consts, steps, [cur.index(l) for l in net.output])
@@ -335,13 +336,14 @@ def run_program(program: Program, x: torch.Tensor) -> torch.Tensor:
     network's output label order (not flattened)."""
     t = x
     for c, s in zip(program.consts, program.steps):
-        a = t.permute(s["perm"])
+        a = t if s["ident"] else t.permute(s["perm"])
         if s["nb"] == 1:
-            t = torch.matmul(a.reshape(-1, s["nk"]), c)
+            t = torch.mm(a.reshape(-1, s["nk"]), c)
         else:
             t = torch.bmm(a.reshape(s["nb"], -1, s["nk"]), c)
-        t = t.reshape(s["shape"])
-    return t.permute(program.out_perm)
+        t = t.view(s["shape"])
+    perm = program.out_perm
+    return t if perm == list(range(len(perm))) else t.permute(perm)
 
 
 # ----------------------------------------------------------------------------------------------- the planner
@@ -381,6 +383,7 @@ class LinearPlanner:
         self.programs: dict[tuple, Program] = {}
         self.dense: tuple | None = None
         self.net: Network | None = None
+        self.fast: dict[tuple, tuple] = {}
 
     def network(self, layer) -> Network:
         if self.net is None:
@@ -445,20 +448,23 @@ class LinearPlanner:
         return self.dense[1]
 
     def run(self, layer, x: torch.Tensor, mode: str = "auto") -> torch.Tensor:
-        lead = x.shape[:-1]
-        rows = math.prod(lead)
-        choice = self.choose(layer, rows, mode)
-        layer.__dict__["last_plan"] = choice.plan  # not nn.Module.__setattr__: this runs every call
-        x2 = x.reshape(rows, layer.in_features)
-        if choice.plan == "dense":
-            y = F.linear(x2, self.dense_weight(layer), layer.bias)
-        else:
-            prog = self.program(layer, rows, choice.plan)
-            y = run_program(prog, x2.reshape(rows, *layer.in_modes))
-            y = y.reshape(rows, layer.out_features)
-            if layer.bias is not None:
-                y = y + layer.bias
-        return y.reshape(*lead, layer.out_features)
+        """Evaluate ``layer`` on ``x`` with the plan for its row count. The per-call path is kept short (it is what
+        a batch-1 call pays on top of the arithmetic): one version check over the layer's own parameters, then the
+        cached weight or program."""
+        rows = x.numel() // layer.in_features
+        key = (rows, mode)
+        version = tuple((p.data_ptr(), p._version) for p in layer._parameters.values() if p is not None)
+        fast = self.fast.get(key)
+        if fast is None or fast[0] != version:
+            choice = self.choose(layer, rows, mode)
+            what = (self.dense_weight(layer) if choice.plan == "dense"
+                    else self.program(layer, rows, choice.plan))
+            fast = self.fast[key] = (version, choice.plan, what)
+        layer.__dict__["last_plan"] = fast[1]  # not nn.Module.__setattr__: this runs every call
+        if fast[1] == "dense":
+            return F.linear(x, fast[2], layer.bias)
+        y = run_program(fast[2], x.reshape(rows, *layer.in_modes)).reshape(*x.shape[:-1], layer.out_features)
+        return y if layer.bias is None else y + layer.bias
 
 
 class PlannedLinear:
