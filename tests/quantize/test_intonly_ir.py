@@ -192,7 +192,7 @@ def test_forged_file_is_refused_on_load(tmp_path, case):
 
 
 @pytest.mark.parametrize("forge, msg", [
-    (lambda m: m["root"]["attrs"]["values"]["d"]["v3"]["d"].update(scale=float("nan")), "scales must be finite"),
+    (lambda m: m["root"]["attrs"]["values"]["d"]["v3"]["d"].update(scale=float("nan")), "manifest holds NaN"),  # refused by the JSON check first
     (lambda m: m["root"]["attrs"]["values"]["d"]["v3"]["d"].update(scale=-1.0), "scales must be finite"),
     (lambda m: m["root"]["attrs"]["values"]["d"]["v3"]["d"].update(zero_point=300), r"zero_point must be in"),
     (lambda m: m["root"]["attrs"]["values"]["d"].pop("v5"), "no entry"),

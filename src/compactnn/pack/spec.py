@@ -8,7 +8,9 @@ way: a curated set of ``torch.nn`` classes plus classes decorated with :func:`pa
 is taken from the ``model=skeleton`` passed to ``load``.
 
 Class hooks (optional, for :func:`packable` classes): ``__pack_skip__`` (a set of attribute names derived from other
-state, not saved) and ``__pack_restore__(self)`` (called after the module is rebuilt, to recompute them).
+state, not saved), ``__pack_restore__(self)`` (called after the module is rebuilt, to recompute them) and
+``__pack_fields__`` (attribute names stored in ``__dict__`` under a property's name, which the loader otherwise
+refuses as an attempt to replace the property).
 
 Spec node keys: ``class`` (class key), ``attrs`` (encoded attributes), ``params`` / ``buffers`` (local name ->
 tensor name in the manifest, or None), ``non_persistent`` (buffer names left out of ``state_dict``), ``children``
@@ -361,7 +363,9 @@ def _check_attrs(cls: type, attrs: dict, taken: set, where: str) -> dict:
             if key in vars(klass):
                 static = vars(klass)[key]
                 break
-        if callable(static) or isinstance(static, (property, classmethod, staticmethod)) or \
+        if key in getattr(cls, "__pack_fields__", ()):
+            pass  # the class stores this attribute under its property's name on purpose (its restore hook reads it)
+        elif callable(static) or isinstance(static, (property, classmethod, staticmethod)) or \
                 hasattr(static, "__get__") and not isinstance(static, (int, float, str, bool, tuple, type(None))):
             _bad(where, f"attribute {key!r} would replace the {cls.__name__} method or property of that name")
         out[key] = decode_value(raw)
@@ -469,8 +473,10 @@ def plan(root, entries: dict, skeleton: nn.Module | None = None) -> _Plan:
                 if entries[tname]["kind"] != kind:
                     _bad(where, f"{field[:-1]} {name} names the {entries[tname]['kind']} {tname[:60]!r}")
                 if kind == "parameter" and entries[tname]["dtype"] not in ("float64", "float32", "float16",
-                                                                           "bfloat16"):
-                    _bad(where, f"parameter {name} has dtype {entries[tname]['dtype']}; parameters are float")
+                                                                           "bfloat16") \
+                        and entries[tname].get("requires_grad") is not False:
+                    _bad(where, f"parameter {name} has dtype {entries[tname]['dtype']}; only parameters without "
+                                "gradient (requires_grad false) may be integer")
         if not all(type(n) is str and n in node["buffers"] for n in node["non_persistent"]):
             _bad(where, "non_persistent names a buffer the module does not have")
         p.attrs = _check_attrs(cls, node["attrs"], set(names), where)

@@ -44,6 +44,7 @@ class IntegerModel(nn.Module):
     """
 
     __pack_skip__ = {"_fast", "_ops"}
+    __pack_fields__ = {"ops"}  # the JSON form of the program, kept in __dict__ beside the ``ops`` property
 
     def __init__(self, input_shape, input: dict, output: dict, values: dict, ops: list, tensors: dict,
                  engine: str = "fast") -> None:
