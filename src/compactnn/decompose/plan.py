@@ -44,14 +44,14 @@ MAC_RATE = 9e10
 #: Bytes per second moved by a step (operands read, result written).
 BANDWIDTH = 4e10
 #: Seconds of fixed overhead per contraction step (permute, reshape, matmul, reshape: Python and dispatch).
-STEP_OVERHEAD = 7e-6
+STEP_OVERHEAD = 15e-6
 #: Inner / output dimension at which a GEMM reaches half of ``MAC_RATE``.
 HALF_EFF_DIM = 32
 #: Batched products (``nb > 1``) are modelled with an inner dimension this many times smaller.
 BMM_PENALTY = 8
 #: The same for convolutions (in_channels_per_group * kh * kw, and out channels per group): oneDNN vectorizes over
 #: channels, so convs with few channels run far below peak.
-HALF_EFF_CONV = 64
+HALF_EFF_CONV = 8
 #: Plans with fewer MACs per call than this run their steps on one thread (``torch.set_num_threads(1)`` for the call,
 #: restored after): waking a second BLAS / oneDNN thread for a tiny product costs more than it saves, and on a loaded
 #: machine it waits for a scheduler slice (tens of ms measured). The dense plan's ``F.linear`` is left to MKL.
@@ -585,6 +585,7 @@ class ConvPlanner:
     def __init__(self) -> None:
         self.choices: dict[tuple, Choice] = {}
         self.programs: dict[str, tuple] = {}
+        self.fast: dict[tuple, tuple] = {}
 
     def choose(self, layer, x_shape: tuple, mode: str = "auto") -> Choice:
         key = (x_shape, mode)
@@ -614,10 +615,19 @@ class ConvPlanner:
         return got[1]
 
     def run(self, layer, x: torch.Tensor, mode: str = "auto") -> torch.Tensor:
-        choice = self.choose(layer, tuple(x.shape), mode)
-        layer.__dict__["last_plan"] = choice.plan
-        steps = self.steps(layer, choice.plan)
-        threads = torch.get_num_threads() if choice.macs[choice.plan] < SINGLE_THREAD_MACS else 1
+        key = (x.shape, mode)
+        version = tuple((p.data_ptr(), p._version) for p in layer.version_tensors())
+        fast = self.fast.get(key)
+        if fast is None or fast[0] != version:
+            choice = self.choose(layer, tuple(x.shape), mode)
+            fast = self.fast[key] = (version, choice.plan, self.steps(layer, choice.plan),
+                                     choice.macs[choice.plan] < SINGLE_THREAD_MACS)
+        layer.__dict__["last_plan"] = fast[1]
+        steps = fast[2]
+        if len(steps) == 1:  # the dense plan: one conv, as the dense layer runs it
+            s = steps[0]
+            return F.conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
+        threads = torch.get_num_threads() if fast[3] else 1
         if threads > 1:
             torch.set_num_threads(1)
         try:
