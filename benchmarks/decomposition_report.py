@@ -262,19 +262,26 @@ def discussion(rows: list[dict], n_test: int) -> str:
                  else "was matched")
         n = min(d.get("n_seeds", 1), b.get("n_seeds", 1))
         if n > 1:
-            spread = 100 * math.sqrt((d["accuracy_std"] ** 2 + b["accuracy_std"] ** 2) / n)
+            seeds_se = 100 * math.sqrt((d["accuracy_std"] ** 2 + b["accuracy_std"] ** 2) / n)
+            spread = math.sqrt(seeds_se ** 2 + 2 * se ** 2)  # seeds vary training; the 1000 test clips are a sample
             noise = ("within" if abs(diff) < 2 * spread else "beyond") + " noise of each other"
             how = (f"on the mean of {n} seeds (BT {b['accuracy']:.2%} ± {100 * b['accuracy_std']:.2f}, dense "
-                   f"{d['accuracy']:.2%} ± {100 * d['accuracy_std']:.2f}); the standard error of the difference of "
-                   f"the means is {spread:.2f} points, so the two are {noise} (2 standard errors)")
+                   f"{d['accuracy']:.2%} ± {100 * d['accuracy_std']:.2f}); the seed-to-seed standard error of the "
+                   f"difference is {seeds_se:.2f} points, but both are measured on the same {n_test} test clips, "
+                   f"whose sampling error (about {se:.1f} points per accuracy) the seeds do not average out: with "
+                   f"it the standard error of the difference is {spread:.1f} points, so the two are {noise} "
+                   "(2 standard errors)")
         else:
             noise = ("within" if abs(diff) < 2 * math.sqrt(2) * se else "beyond") + " noise of each other"
             how = (f"from one seed; the binomial standard error of each accuracy on {n_test} test clips is about "
                    f"{se:.1f} points, so the two are {noise} (2 standard errors of the difference)")
         out.append(f"- BT-LSTM vs dense LSTM: {diff:+.2f} points {how}. The paper's +15.6 points on UCF11 (where "
                    f"the dense LSTM overfits 57,600-dim inputs) {paper}. "
-                   f"BT-LSTM trained {d['s_per_epoch'] / b['s_per_epoch']:.2f}x faster per epoch here (rebuilt W_ih, "
-                   "fewer parameters for Adam to update).")
+                   + (f"BT-LSTM trained {d['s_per_epoch'] / b['s_per_epoch']:.2f}x faster per epoch here (rebuilt "
+                      "W_ih, fewer parameters for Adam to update)." if max(d.get("s_per_epoch_std", 0),
+                                                                            b.get("s_per_epoch_std", 0))
+                      < 0.1 * min(d["s_per_epoch"], b["s_per_epoch"]) else
+                      "Training times are not compared: some seeded runs shared the CPU with other jobs."))
     return "\n".join(out)
 
 
