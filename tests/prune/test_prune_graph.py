@@ -131,18 +131,49 @@ class Branchy(nn.Module):
     (Lstm(), ["'rnn'", "LSTM"]),
     (Roll(), ["'roll'", "call_function"]),
     (OddView(), ["'view'", "reshape"]),
-    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 6, 3, groups=2))), ["groups=2", "Conv2d"]),
     (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 2))), ["Linear", "4-D"]),
     (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(6))), ["LayerNorm"]),
+])
+def test_unsupported_ops_are_kept_whole_with_their_channels_pinned(model, words):
+    graph = build_graph(model)
+    reasons = " ".join(graph.kept_whole.values())
+    assert "\n" not in reasons
+    for w in words:
+        assert w in reasons
+    assert not graph.prunable()  # every channel reaching the op is pinned, so nothing around it changes
+
+
+@pytest.mark.parametrize("model, words", [
+    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 6, 3, groups=2))), ["groups=2", "Conv2d"]),
     (Branchy(), ["trace"]),
 ])
-def test_unsupported_ops_raise_model_error_naming_them(model, words):
+def test_what_cannot_be_kept_whole_raises_model_error_naming_it(model, words):
     with pytest.raises(ModelError) as err:
         build_graph(model)
     msg = str(err.value)
     assert "\n" not in msg
     for w in words:
         assert w in msg
+
+
+def test_pruning_goes_on_around_an_op_kept_whole():
+    class Gated(nn.Module):  # an SE-style gate: x * sigmoid(fc(x)) is a product the graph does not see through
+        def __init__(self):
+            super().__init__()
+            self.input_shape = (3, 8, 8)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc1 = nn.Conv2d(8, 4, 1)
+            self.fc2 = nn.Conv2d(4, 8, 1)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.conv(x)
+            s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+            return self.head((x * s).mean((2, 3)))
+
+    graph = build_graph(Gated())
+    assert set(graph.kept_whole) >= {"mul"}
+    assert list(graph.prunable()) == ["fc1"]  # the gate's hidden channels; conv and fc2 feed the product
 
 
 def test_missing_input_shape_is_model_error():

@@ -15,7 +15,9 @@ output are pinned (never pruned), so the classifier's outputs are never removed.
 Design after Torch-Pruning (Fang et al. 2023, github.com/VainF/Torch-Pruning): a dependency graph plus low-level
 per-layer pruning (:mod:`.surgery`) kept separate from the pruners that choose channels (:mod:`.nisp`,
 :mod:`.l1filter`). Written from scratch; supports Conv1d/2d, Linear, BatchNorm1d/2d, elementwise activations,
-dropout, pooling, flatten, add and cat. Anything else raises :class:`~compactnn.errors.ModelError` naming the op.
+dropout, pooling, flatten, add and cat. Any other op (a user layer, ``mul``, slicing, an LSTM, attention) is kept
+whole: the channels that reach it and that it makes are pinned, pruning goes on around it, and ``kept_whole`` names
+it (as Torch-Pruning leaves unknown ops out).
 """
 
 from __future__ import annotations
@@ -118,8 +120,12 @@ class Group:
         return len(self.roots)
 
 
-def _unsupported(what: str, kind: str) -> ModelError:
-    return ModelError(
+class Opaque(ModelError):
+    """An op the graph cannot see channels through; :meth:`DependencyGraph.build` keeps it whole (see there)."""
+
+
+def _unsupported(what: str, kind: str) -> Opaque:
+    return Opaque(
         f"structured pruning does not support {what} ({kind}); supported: Conv1d/2d (groups 1 or depthwise), "
         "Linear, BatchNorm1d/2d, activations, dropout, pooling, flatten, add, cat; replace it or prune other layers"
     )
@@ -143,6 +149,7 @@ class DependencyGraph:
         self.groups: dict[str, Group] = {}
         self.node_ids: dict[str, np.ndarray] = {}
         self._pinned: list[np.ndarray] = []
+        self.kept_whole: dict[str, str] = {}
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -165,9 +172,27 @@ class DependencyGraph:
         record_shapes(self.gm, self.input_shape)
         self._modules = dict(self.gm.named_modules())
         for node in self.gm.graph.nodes:
-            self._visit(node)
+            try:
+                self._visit(node)
+            except Opaque as err:
+                self._keep_whole(node, str(err))
         self._make_groups()
         return self
+
+    def _keep_whole(self, node: fx.Node, reason: str) -> None:
+        """An op the graph cannot see channels through: every channel that reaches it, and every channel it
+        makes, is pinned, so pruning goes on around it and never changes what it sees (Torch-Pruning's way of
+        leaving unknown ops out). Listed in ``kept_whole`` as ``{node: reason}``."""
+        for arg in self._tensor_args(node):
+            self._pinned.append(self.node_ids[arg.name])
+        shape = self.shape(node)
+        if shape is not None and len(shape) >= 2:
+            ids = self.uf.new(shape[1])
+            self._pinned.append(ids)
+            self.node_ids[node.name] = ids
+        label = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
+        self.kept_whole[str(label)] = reason.split("; supported:")[0].removeprefix("structured pruning does not "
+                                                                                   "support ")
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         """Shape of ``node``'s tensor output in the dry run (batch 1), or None if it is not a tensor."""
@@ -376,4 +401,4 @@ def build_graph(model: nn.Module, input_shape: Sequence[int] | None = None) -> D
     return DependencyGraph.build(model, input_shape)
 
 
-__all__ = ["DependencyGraph", "Group", "Layer", "build_graph"]
+__all__ = ["DependencyGraph", "Group", "Layer", "Opaque", "build_graph"]
