@@ -150,6 +150,7 @@ class DependencyGraph:
         self.node_ids: dict[str, np.ndarray] = {}
         self._pinned: list[np.ndarray] = []
         self.kept_whole: dict[str, str] = {}
+        self.last_dim: set[str] = set()  # nodes whose ids run along the last dim (a Linear's output on N-D input)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -251,6 +252,8 @@ class DependencyGraph:
         self.node_ids[node.name] = ids
 
     def _propagate(self, node: fx.Node, inputs: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray:
+        if any(a.name in self.last_dim for a in inputs) or self._linear_on_nd(node, inputs):
+            return self._last_dim(node, inputs)
         first = self.node_ids[inputs[0].name] if inputs else None
         if node.op == "call_module":
             mod = self._modules[node.target]
@@ -293,6 +296,48 @@ class DependencyGraph:
         if target is torch.flatten:
             return self._reshape(node, inputs[0], shape, "function 'flatten'")
         raise _unsupported(f"function {label!r} (node {node.name!r})", "call_function")
+
+    def _linear_on_nd(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        if node.op != "call_module" or not inputs:
+            return False
+        mod = self._modules[node.target]
+        rule = rule_for(mod)
+        return rule is not None and rule.kind(mod) == "linear" and len(self.shape(inputs[0])) > 2
+
+    def _last_dim(self, node: fx.Node, inputs: list[fx.Node]) -> np.ndarray:
+        """Features along the last dim (tokens x features, as in a transformer's MLP): a Linear on an N-D input
+        starts a block of ids for its output features; elementwise ops and adds of such tensors pass or tie them;
+        a Linear reading them takes them as its input features. Anything else with them is kept whole."""
+        if node.op == "call_module" and self._linear_on_nd(node, inputs):
+            mod = self._modules[node.target]
+            arg = inputs[0]
+            if arg.name in self.last_dim and len(self.node_ids[arg.name]) == mod.in_features:
+                in_ids = self.node_ids[arg.name]
+            else:  # features not tracked along the last dim: keep them as they are
+                in_ids = self.uf.new(mod.in_features)
+                self._pinned += [in_ids, self.node_ids[arg.name]]
+            out = self._layer(str(node.target), "linear", in_ids, self.uf.new(int(mod.out_features)))
+            self.last_dim.add(node.name)
+            return out
+        if not all(a.name in self.last_dim for a in inputs):
+            raise _unsupported(f"node {node.name!r} mixing features along the last dim with channels", node.op)
+        first = self.node_ids[inputs[0].name]
+        elementwise = (node.op == "call_module" and isinstance(self._modules[node.target], PASS_MODULES)
+                       and not isinstance(self._modules[node.target], (nn.modules.pooling._MaxPoolNd,
+                                                                      nn.modules.pooling._AvgPoolNd)))
+        elementwise |= node.op == "call_method" and node.target in PASS_METHODS
+        elementwise |= node.op == "call_function" and node.target in (F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu,
+                                                                       F.elu, F.hardswish, F.hardtanh, F.dropout,
+                                                                       torch.relu, torch.sigmoid, torch.tanh)
+        if elementwise and self.shape(node) == self.shape(inputs[0]):
+            self.last_dim.add(node.name)
+            return first
+        if node.target in ADD_FUNCTIONS or node.target == "add" or (
+                node.op == "call_module" and isinstance(self._modules[node.target], Add)):
+            ids = self._add(node, inputs, f"add {node.name!r}")
+            self.last_dim.add(node.name)
+            return ids
+        raise _unsupported(f"node {node.name!r} on features along the last dim", node.op)
 
     def _add(self, node: fx.Node, inputs: list[fx.Node], where: str) -> np.ndarray:
         out_shape = self.shape(node)

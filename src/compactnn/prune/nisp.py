@@ -259,7 +259,10 @@ def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: floa
     for node in graph.gm.graph.nodes:
         if node.op == "call_module" and node.name in node_scores and str(node.target) in graph.layers:
             s = node_scores[node.name]
-            ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
+            if node.name in graph.last_dim:  # features along the last dim (a Linear on tokens x features)
+                ch = s.reshape(-1, s.shape[-1]).sum(0)
+            else:
+                ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
             name = str(node.target)
             per_layer[name] = per_layer[name] + ch if name in per_layer else ch
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
