@@ -21,10 +21,9 @@ def test_synthetic_glands_are_seeded_separate_instances():
         for g in range(1, k + 1):  # each gland is one connected piece, apart from the others
             _, pieces = ndimage.label(m == g)
             assert pieces == 1
-    # glands are darker than the stroma on average (epithelium and nuclei), the task is not trivial but learnable
-    gland_mean = images.mean(1)[masks > 0].mean()
-    stroma_mean = images.mean(1)[masks == 0].mean()
-    assert gland_mean < stroma_mean
+    # stain variation: the stroma's mean colour differs from tile to tile
+    stroma = np.array([[images[t, c][masks[t] == 0].mean() for c in range(3)] for t in range(6)])
+    assert stroma.std(axis=0).max() > 0.02
     assert not np.array_equal(synthetic_glands(1, size=64, seed=4)[1], masks[:1])
 
 

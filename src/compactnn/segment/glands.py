@@ -2,8 +2,8 @@
 
 :func:`synthetic_glands` draws H&E-like tiles with exact instance masks: irregular glands (an ellipse whose radius
 is perturbed by a few low Fourier modes) made of a dark epithelium ring with nuclei around a pale lumen, in a
-fibrous pink stroma, with per-image stain variation, blur and noise. Glands never touch, so every gland is one
-connected instance. Seeded: the same arguments give the same arrays.
+fibrous pink stroma holding scattered nuclei of its own, with per-tile epithelium contrast, stain variation, blur and
+noise. Glands may come within a pixel of each other but never touch, so every gland is one connected instance. Seeded: the same arguments give the same arrays.
 
 :func:`load_glas` reads the challenge's published layout: ``train_<k>.bmp`` with ``train_<k>_anno.bmp``, and the
 ``testA_*`` / ``testB_*`` pairs (annotations are instance-label images, 0 = background).
@@ -44,7 +44,7 @@ def _gland(shape, rng, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), seed: int = 0,
-                     noise: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
+                     noise: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
     """``n`` synthetic tiles: images ``(n, 3, size, size)`` float32 in [0, 1] and instance masks ``(n, size, size)``
     int32 (0 = stroma, 1..k = glands).
 
@@ -68,8 +68,8 @@ def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), s
             if label.max() >= want:
                 break
             gland, lumen = _gland((size, size), rng, size)
-            if gland.sum() < 30 or (ndimage.binary_dilation(gland, iterations=2) & (label > 0)).any():
-                continue  # too small, or touching another gland
+            if gland.sum() < 30 or (ndimage.binary_dilation(gland, iterations=1) & (label > 0)).any():
+                continue  # too small, or touching another gland (a one-pixel gap at least, as in GlaS)
             label[gland] = label.max() + 1
             lumen_all |= lumen
         fibres = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=(0.8, 3.0))
@@ -77,8 +77,13 @@ def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), s
         for c in range(3):
             image[c] = STROMA[c] + 0.06 * fibres / (fibres.std() + 1e-9)
         epithelium = (label > 0) & ~lumen_all
-        nuclei = epithelium & (ndimage.gaussian_filter(rng.random((size, size)), 0.7) > 0.53)
-        for region, colour in ((epithelium, EPITHELIUM), (nuclei, NUCLEUS), (lumen_all & (label > 0), LUMEN)):
+        spots = ndimage.gaussian_filter(rng.random((size, size)), 0.7)
+        nuclei = epithelium & (spots > 0.53)
+        stroma_nuclei = (label == 0) & (spots > rng.uniform(0.56, 0.6))  # fibroblasts and lymphocytes
+        contrast = rng.uniform(0.4, 1.0)  # how far the epithelium's stain is from the stroma's, per tile
+        epi = tuple(STROMA[c] + contrast * (EPITHELIUM[c] - STROMA[c]) for c in range(3))
+        for region, colour in ((epithelium, epi), (nuclei, NUCLEUS), (stroma_nuclei, NUCLEUS),
+                               (lumen_all & (label > 0), LUMEN)):
             for c in range(3):
                 image[c][region] = colour[c]
         stain = rng.uniform(0.85, 1.15, size=(3, 1, 1))
