@@ -309,3 +309,42 @@ def test_build_refuses_an_invalid_program():
         IntegerModel(im.input_shape, im.input, im.output, im.values, ops, dict(im.named_buffers()))
     with pytest.raises(ModelError, match="stride must be in"):
         dataclasses.replace(ops[0], stride=(0, 0))
+
+
+# --------------------------------------------------------------------------------------------------- fuzzing
+
+HOSTILE = [0, 1, 2, 3, -1, -500, 4000, 2**31, 2**63, -(2**31), 1.5, float("nan"), True, None, "x", "v1", "v3",
+           "nope", [], [0], [0, 0], [1, 1], [2, 3], [-1, 1], [4000, 1], [1, 2, 3], [[1, 2], None], {"a": 1}]
+
+
+def test_mutated_programs_are_refused_or_run_exactly():
+    """1500 random mutations of one or two fields of a valid program (sizes, strides, names, multipliers, shapes): each is
+    refused with one CompactnnError line at build, or runs and the native kernels equal the reference exactly. A
+    crash (SIGFPE/SIGSEGV) would end the test process."""
+    from compactnn.quantize.intonly.native.program import NativeProgram
+
+    lib = native.load("auto")
+    base = build()
+    tensors = dict(base.named_buffers())
+    rng = np.random.default_rng(17)
+    q = torch.from_numpy(rng.integers(0, 256, (2, 1, 12, 12), dtype=np.uint8))
+    outcomes = {"refused": 0, "ran": 0}
+    for case in range(1500):
+        ops = [op.to_dict() for op in base.ops]
+        for _ in range(1 + int(rng.integers(2))):
+            i = int(rng.integers(len(ops)))
+            keys = [k for k in ops[i] if k != "op"] + ["kernel", "stride", "padding", "groups", "inputs"]
+            key = keys[int(rng.integers(len(keys)))]
+            ops[i][key] = HOSTILE[int(rng.integers(len(HOSTILE)))]
+        try:
+            im = IntegerModel(base.input_shape, base.input, base.output, base.values, ops, tensors)
+        except CompactnnError as err:
+            assert "\n" not in str(err), (case, key)
+            outcomes["refused"] += 1
+            continue
+        outcomes["ran"] += 1
+        want = im.run_int(q, "reference")
+        if lib is not None:
+            assert torch.equal(NativeProgram(im, lib).run(q), want), (case, i, key, ops[i][key])
+        assert torch.equal(im.fast_engine().run(q), want)
+    assert outcomes["refused"] > 500 and outcomes["ran"] > 20, outcomes
