@@ -109,6 +109,7 @@ def parse_recipe(values: Any, where: str = "recipe") -> Recipe:
 
 MAX_RECIPE_BYTES = 1 << 20
 MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
 
 
 def _yaml_size(node) -> int:
@@ -148,8 +149,19 @@ def parse_yaml(text: str, where: str) -> Any:
     """``yaml.safe_load`` with limits: aliases may not expand the document past :data:`MAX_YAML_VALUES` values
     (billion laughs; counted on the node graph, nothing is expanded), no recursive aliases, nesting as deep as
     Python's recursion allows. Errors are one ConfigError line that never shows the (expanded) values."""
-    loader = yaml.SafeLoader(text)
+    depth = deepest = 0
+    for ch in text:  # PyYAML's scanner is quadratic in unclosed flow brackets: refuse deep ones before it runs
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where} nests [ ] / {{ }} more than {MAX_YAML_DEPTH} deep; a recipe is a few levels of "
+                          f"settings")
+    loader = None
     try:
+        loader = yaml.SafeLoader(text)
         node = loader.get_single_node()
         if node is None:
             return None
@@ -165,7 +177,8 @@ def parse_yaml(text: str, where: str) -> Any:
     except RecursionError:
         raise ConfigError(f"{where} nests too deeply; a recipe is a few levels of settings") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:

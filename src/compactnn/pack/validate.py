@@ -228,7 +228,7 @@ def check_entry(name: str, entry: Any, earlier: dict, data_bytes: int) -> None:
         _fail(f"{what}: shape must be a list of at most {MAX_NDIM} ints >= 0, got {str(shape)[:60]}")
     if numel(shape) > MAX_NUMEL:
         _fail(f"{what}: shape {shape} has more than {MAX_NUMEL:,} elements; the file is corrupted")
-    if dtype not in ITEMSIZE and dtype not in QITEMSIZE:
+    if type(dtype) is not str or (dtype not in ITEMSIZE and dtype not in QITEMSIZE):
         _fail(f"{what}: unsupported dtype {str(dtype)[:30]!r} in manifest; supported: "
               f"{', '.join([*ITEMSIZE, *QITEMSIZE])}")
     if entry["kind"] not in ("parameter", "buffer") or type(entry["persistent"]) is not bool \
