@@ -10,7 +10,7 @@ Rules (``compactnn run --out DIR`` and ``train``/``export`` output files):
 * **--force replaces only what compactnn made.** Every output folder gets a marker file :data:`MARKER`; ``--force``
   replaces a non-empty folder only if it holds that marker, never the working directory or its parents.
 * **One writer per output.** :func:`output_lock` takes an exclusive ``flock`` on ``.<name>.compactnn-lock`` beside the
-  output for the whole run; a second writer fails at once with one line. Without ``--force`` the output must still be
+  output for the whole run (and removes it afterwards); a second writer fails at once with one line. Without ``--force`` the output must still be
   absent or empty when the finished run publishes it.
 * **Crash-safe replacement.** The new output is written into a temporary folder beside it; :func:`publish_dir` then
   swaps the two folders atomically (Linux ``renameat2(RENAME_EXCHANGE)``) and deletes the old one, so at every
@@ -108,22 +108,43 @@ def check_output_file(out: str | os.PathLike, force: bool) -> Path:
 
 @contextlib.contextmanager
 def output_lock(out: str | os.PathLike):
-    """Hold an exclusive lock on output ``out`` (a lock file beside it); OutputError at once if another process
-    holds it."""
+    """Hold an exclusive lock on output ``out`` (a lock file beside it, removed again when the lock is released);
+    OutputError at once if another process holds it.
+
+    The lock file is deleted while still locked; a process that locked a file that was deleted meanwhile notices
+    (its inode is no longer the path's) and locks the new one, so two writers never both hold the lock.
+    """
     out = Path(out)
     lock = out.parent / f".{out.name}.compactnn-lock"
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    except OSError as err:
-        raise OutputError(f"cannot lock output {out}: {err.strerror or err}; choose a writable output folder") from None
-    try:
+    for _ in range(100):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as err:
+            raise OutputError(f"cannot lock output {out}: {err.strerror or err}; choose a writable output "
+                              f"folder") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise OutputError(f"another compactnn process is writing {out}; wait for it or choose another "
                               f"output") from None
+        try:
+            current = os.stat(lock)
+        except FileNotFoundError:
+            current = None
+        mine = os.fstat(fd)
+        if current is not None and (current.st_ino, current.st_dev) == (mine.st_ino, mine.st_dev):
+            break
+        os.close(fd)  # the file was removed by the previous holder after we opened it: lock the new one
+    else:
+        raise OutputError(f"cannot lock output {out}: the lock file keeps changing; try again")
+    try:
         yield lock
     finally:
+        try:
+            os.unlink(lock)
+        except OSError:
+            pass
         os.close(fd)
 
 
