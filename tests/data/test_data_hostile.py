@@ -139,3 +139,10 @@ def test_no_pickle_machinery_in_the_reader():
 
     source = inspect.getsource(cifar)
     assert "import pickle" not in source and "Unpickler" not in source and "pickle.load" not in source
+
+
+def test_idx_gzip_with_trailing_bytes_does_not_spin(tmp_path):
+    # found by the fuzzer: at the end of the stream zlib keeps an "unconsumed tail" that the old loop fed forever
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 5) + bytes(5)) + bytes(16))
+    fails(idx.read_idx, path, "has bytes after the end of its gzip stream")
