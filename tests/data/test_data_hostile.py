@@ -57,7 +57,7 @@ def test_idx_huge_file_is_not_read_before_the_magic(tmp_path):
         f.write(b"PK\x03\x04")
         f.truncate(1_500_000_000)  # sparse file
     before = rss_mb()
-    fails(idx.read_idx, path, "more than the 1,073,741,824 a IDX file may have")
+    fails(idx.read_idx, path, "more than the 1,073,741,824 an IDX file may have")
     with open(path, "r+b") as f:
         f.truncate(900_000_000)
     fails(idx.read_idx, path, "is not an IDX file: its magic is 0x504B0304")
