@@ -41,6 +41,9 @@ def print_before_after(result: dict) -> None:
     for col in ("", "before", "after", "ratio"):
         table.add_column(col, justify="right" if col else "left")
     table.add_row(metric, _fmt(base.get(metric)), _fmt(comp.get(metric)), "")
+    for stage in result.get("stages") or []:  # a recipe's teacher: its accuracy beside the student's
+        if str(stage.get("method", "")).startswith("teacher"):
+            table.add_row(f"{metric} of {stage['method']}", "", _fmt(stage.get("accuracy")), "")
     for key in ("params", "nonzero", "packed_bytes", "macs"):
         b, a = base.get(key, base.get("params") if key == "nonzero" else None), comp.get(key)
         ratio = f"{b / a:.1f}x" if isinstance(b, (int, float)) and a else ""
@@ -210,6 +213,18 @@ def list_(what: str = typer.Argument("all", help="methods, models, datasets or a
             for key, desc in get().items():
                 table.add_row(key, desc)
             console.print(table)
+
+
+from .cli_user import mount as _mount_user  # noqa: E402
+
+_mount_user(app)
+from .cli_distill import mount as _mount_distill  # noqa: E402
+
+_mount_distill(app)
+from . import cli_sr  # noqa: E402,F401  (mounts import-caffe and the sr sub-app)
+from .cli_pq import app as _pq_app  # noqa: E402
+
+app.add_typer(_pq_app, name="pq")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ import yaml
 
 from . import outputs
 from .api import from_dict
-from .config import Checked, FineTune, MethodConfig, Range, Seed, build, short
+from .config import Checked, FineTune, MethodConfig, Range, Seed, TeacherSpec, build, check, short
 from .errors import CompactnnError, ConfigError, ModelError
 from .files import read_regular
 
@@ -69,6 +69,10 @@ class Recipe(Checked):
 
     ``train`` is a :class:`FineTune`: the reference model's training, whose settings also fill every stage's unset
     fine-tuning fields (:meth:`FineTune.inherit`). ``seed`` seeds the model's initial weights and its training.
+
+    ``teacher`` (a ``.cnz`` path or ``{model: resnet56, train: {...}}``, trained on the recipe's data) is the teacher
+    of every stage that does not name its own: a method with a ``teacher`` field gets it there, any other method's
+    fine-tuning distils from it (:attr:`FineTune.teacher`). The report shows its accuracy as a first stage row.
     """
 
     label = "recipe"
@@ -78,6 +82,23 @@ class Recipe(Checked):
     stages: tuple[MethodConfig, ...] = ()
     report: ReportSpec = ReportSpec()
     seed: Seed = 0
+    teacher: str | TeacherSpec | None = None
+
+    def validate(self) -> None:
+        check(self.train is None or self.train.teacher is None,
+              "train.teacher: the reference model trains on the labels; put the teacher in the recipe's teacher: key")
+
+
+def with_teacher(config: MethodConfig, teacher: Any) -> MethodConfig:
+    """``config`` with ``teacher`` filled where it names none: its own ``teacher`` field if it has one, else the
+    ``teacher`` of each of its FineTunes."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    if "teacher" in fields:
+        return config if getattr(config, "teacher") is not None else dataclasses.replace(config, teacher=teacher)
+    fills = {f.name: dataclasses.replace(getattr(config, f.name), teacher=teacher) for f in dataclasses.fields(config)
+             if isinstance(getattr(config, f.name), FineTune) and getattr(config, f.name).teacher is None
+             and getattr(config, f.name).loss is None}
+    return dataclasses.replace(config, **fills) if fills else config
 
 
 def _inherit_train(config: MethodConfig, train: FineTune | None) -> MethodConfig:
@@ -255,6 +276,8 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, quiet: bool | None) -> d
     from .api import compress
 
     check_output_dir(out, force)  # again, now that this process holds the output's lock
+    if isinstance(recipe.teacher, str):  # a teacher file is checked before anything trains
+        pack.read_manifest(recipe.teacher)
     torch.manual_seed(recipe.seed)
     bundle = cn_data.load(recipe.data.name, root=recipe.data.root)
     model = create_model(recipe.model, bundle, recipe.seed)
@@ -265,7 +288,17 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, quiet: bool | None) -> d
     latency, repeats = recipe.report.latency, recipe.report.repeats
     before = report.summarize(model, bundle, latency=latency, repeats=repeats, name=recipe.model.name)
     stages, current = [], model
+    teacher = None
+    if recipe.teacher is not None:
+        from .distill import load_teacher
+
+        start = time.perf_counter()
+        teacher = load_teacher(recipe.teacher, bundle)
+        name = recipe.teacher if isinstance(recipe.teacher, str) else recipe.teacher.model
+        stages.append({"method": f"teacher ({name})", "seconds": round(time.perf_counter() - start, 3),
+                       "accuracy": train.evaluate(teacher, bundle)["accuracy"]})
     for config in recipe.stages:
+        config = with_teacher(config, teacher) if teacher is not None else config
         start = time.perf_counter()
         current = compress(current, config, data=bundle)
         seconds = time.perf_counter() - start

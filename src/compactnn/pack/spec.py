@@ -8,7 +8,9 @@ way: a curated set of ``torch.nn`` classes plus classes decorated with :func:`pa
 is taken from the ``model=skeleton`` passed to ``load``.
 
 Class hooks (optional, for :func:`packable` classes): ``__pack_skip__`` (a set of attribute names derived from other
-state, not saved) and ``__pack_restore__(self)`` (called after the module is rebuilt, to recompute them).
+state, not saved), ``__pack_restore__(self)`` (called after the module is rebuilt, to recompute them) and
+``__pack_fields__`` (attribute names stored in ``__dict__`` under a property's name, which the loader otherwise
+refuses as an attempt to replace the property).
 
 Spec node keys: ``class`` (class key), ``attrs`` (encoded attributes), ``params`` / ``buffers`` (local name ->
 tensor name in the manifest, or None), ``non_persistent`` (buffer names left out of ``state_dict``), ``children``
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +42,8 @@ _TORCH_NN = (
     "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "Flatten", "Unflatten", "Dropout", "Dropout1d", "Dropout2d",
     "Sequential", "ModuleList", "ModuleDict", "RNN", "LSTM", "GRU", "Embedding", "EmbeddingBag",
     "MultiheadAttention", "Upsample", "PixelShuffle", "PixelUnshuffle", "ZeroPad2d", "ConstantPad2d",
+    "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder", "Transformer",
+    "RNNCell", "LSTMCell", "GRUCell",
 )
 _BASE_SKIP = frozenset(nn.Module().__dict__) - {"training"}
 _RNN_SKIP = frozenset({"_flat_weights", "_flat_weight_refs"})
@@ -117,10 +122,47 @@ def lookup(key) -> type | None:
 
 
 # ------------------------------------------------------------------------------------------ attribute values
+def _callables() -> dict[str, Any]:
+    """The functions an attribute may hold, by name (``TransformerEncoderLayer.activation``, a user block's
+    activation): torch's elementwise activations. A name is looked up in this table, never imported."""
+    import torch.nn.functional as F
+
+    names = ["relu", "relu6", "gelu", "silu", "mish", "elu", "selu", "celu", "leaky_relu", "hardswish",
+             "hardsigmoid", "hardtanh", "softplus", "softsign", "tanhshrink", "logsigmoid", "sigmoid", "tanh",
+             "softmax", "log_softmax"]
+    table = {f"torch.nn.functional.{n}": getattr(F, n) for n in names if hasattr(F, n)}
+    table.update({f"torch.{n}": getattr(torch, n) for n in ("relu", "sigmoid", "tanh", "flatten")})
+    return table
+
+
+_CALLABLES = _callables()
+_CALLABLE_NAMES = {id(fn): name for name, fn in _CALLABLES.items()}
+
+#: What a user class's attribute that JSON cannot hold (a lambda, a function, an object) is saved as: the value is
+#: taken from the ``model=skeleton`` at load, which such a class needs anyway.
+FROM_SKELETON = {"skeleton": True}
+
+
+class _FromSkeleton:
+    """Marker of an attribute to take from the skeleton (see :data:`FROM_SKELETON`)."""
+
+
+def _encode_attr(value, where: str, user_class: bool):
+    try:
+        return encode_value(value, where)
+    except PackError:
+        if user_class:
+            return dict(FROM_SKELETON)
+        raise
+
+
 def encode_value(value, where: str):
-    """JSON form of a plain attribute value; tuples become ``{"t": [...]}``, dicts ``{"d": {...}}`` and non-finite
-    floats ``{"f": "inf"}``. Anything else raises PackError naming ``where`` (module path and attribute)."""
+    """JSON form of a plain attribute value; tuples become ``{"t": [...]}``, dicts ``{"d": {...}}``, non-finite
+    floats ``{"f": "inf"}`` and allow-listed torch functions ``{"fn": "torch.nn.functional.gelu"}``. Anything else
+    raises PackError naming ``where`` (module path and attribute)."""
     kind = type(value)
+    if id(value) in _CALLABLE_NAMES and _CALLABLES[_CALLABLE_NAMES[id(value)]] is value:
+        return {"fn": _CALLABLE_NAMES[id(value)]}
     if value is None or kind in (bool, int, str):
         return value
     if kind is float:
@@ -132,6 +174,10 @@ def encode_value(value, where: str):
     if kind is dict and all(type(k) is str for k in value):
         return {"d": {k: encode_value(v, where) for k, v in value.items()}}
     hint = "register it as a buffer" if isinstance(value, torch.Tensor) else "store it as int/float/bool/str/tuple"
+    if callable(value):
+        hint = ("functions are stored only from an allow-list of torch activations (torch.nn.functional.relu, "
+                "gelu, silu, ...); use one of those, or keep the class off the allow-list and load with "
+                "model=skeleton")
     raise PackError(f"cannot pack attribute {where}: a {kind.__name__} is not JSON-safe; {hint} or drop it")
 
 
@@ -146,6 +192,10 @@ def decode_value(value):
             return {k: decode_value(v) for k, v in value["d"].items()}
         if set(value) == {"f"} and value["f"] in ("inf", "-inf", "nan"):
             return float(value["f"])
+        if set(value) == {"fn"} and isinstance(value["fn"], str) and value["fn"] in _CALLABLES:
+            return _CALLABLES[value["fn"]]
+        if value == FROM_SKELETON:
+            return _FromSkeleton
         raise PackError(f"malformed attribute value {str(value)[:80]!r} in manifest; file is corrupted")
     return value
 
@@ -195,7 +245,9 @@ def describe(model: nn.Module) -> tuple[dict, list[dict]]:
                             f"torch.nn.utils.prune.remove(module, name) on it before saving")
         cls = type(m)
         skip = _skip(cls)
-        attrs = {k: encode_value(v, f"{where}.{k} ({cls.__name__})") for k, v in m.__dict__.items() if k not in skip}
+        user_class = lookup(class_key(cls)) is None
+        attrs = {k: _encode_attr(v, f"{where}.{k} ({cls.__name__})", user_class)
+                 for k, v in m.__dict__.items() if k not in skip}
         params = {n: None if p is None else add(_join(path, n), p, "parameter", True) for n, p in m._parameters.items()}
         non_persistent = sorted(m._non_persistent_buffers_set)
         buffers = {n: None if b is None else add(_join(path, n), b, "buffer", n not in non_persistent)
@@ -222,7 +274,8 @@ _REFERENCE_ARGS = {
     "AdaptiveAvgPool2d": (1,), "AdaptiveMaxPool1d": (1,), "AdaptiveMaxPool2d": (1,), "Unflatten": (1, (2, 2)),
     "RNN": (2, 2), "LSTM": (2, 2), "GRU": (2, 2), "Embedding": (3, 2), "EmbeddingBag": (3, 2),
     "MultiheadAttention": (2, 1), "PixelShuffle": (2,), "PixelUnshuffle": (2,), "ZeroPad2d": (1,),
-    "ConstantPad2d": (1, 0.0), "NonDynamicallyQuantizableLinear": (2, 2),
+    "ConstantPad2d": (1, 0.0), "NonDynamicallyQuantizableLinear": (2, 2), "RNNCell": (2, 2), "LSTMCell": (2, 2),
+    "GRUCell": (2, 2), "TransformerEncoderLayer": (2, 1, 4), "TransformerDecoderLayer": (2, 1, 4),
 }
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _references: dict[type, nn.Module | None] = {}
@@ -285,6 +338,8 @@ def _compatible(ref, value) -> bool:
         return all(any(_compatible(x, v) for x in ref) if ref else _kind(v) != "other" for v in value)
     if r == "dict":
         return k == "dict"
+    if callable(ref) and not isinstance(ref, type):  # an activation function: one of the allow-listed ones
+        return any(value is fn for fn in _CALLABLES.values())
     return False
 
 
@@ -308,7 +363,9 @@ def _check_attrs(cls: type, attrs: dict, taken: set, where: str) -> dict:
             if key in vars(klass):
                 static = vars(klass)[key]
                 break
-        if callable(static) or isinstance(static, (property, classmethod, staticmethod)) or \
+        if key in getattr(cls, "__pack_fields__", ()):
+            pass  # the class stores this attribute under its property's name on purpose (its restore hook reads it)
+        elif callable(static) or isinstance(static, (property, classmethod, staticmethod)) or \
                 hasattr(static, "__get__") and not isinstance(static, (int, float, str, bool, tuple, type(None))):
             _bad(where, f"attribute {key!r} would replace the {cls.__name__} method or property of that name")
         out[key] = decode_value(raw)
@@ -416,11 +473,18 @@ def plan(root, entries: dict, skeleton: nn.Module | None = None) -> _Plan:
                 if entries[tname]["kind"] != kind:
                     _bad(where, f"{field[:-1]} {name} names the {entries[tname]['kind']} {tname[:60]!r}")
                 if kind == "parameter" and entries[tname]["dtype"] not in ("float64", "float32", "float16",
-                                                                           "bfloat16"):
-                    _bad(where, f"parameter {name} has dtype {entries[tname]['dtype']}; parameters are float")
+                                                                           "bfloat16") \
+                        and entries[tname].get("requires_grad") is not False:
+                    _bad(where, f"parameter {name} has dtype {entries[tname]['dtype']}; only parameters without "
+                                "gradient (requires_grad false) may be integer")
         if not all(type(n) is str and n in node["buffers"] for n in node["non_persistent"]):
             _bad(where, "non_persistent names a buffer the module does not have")
         p.attrs = _check_attrs(cls, node["attrs"], set(names), where)
+        missing = [k for k, v in p.attrs.items() if v is _FromSkeleton]
+        if missing and p.target is None:
+            raise PackError(f"module {where[:120]} ({key[:120]}) was saved without its attribute {missing[0]!r} (a "
+                            f"value JSON cannot hold, such as a function); load with model=skeleton")
+        p.attrs = {k: v for k, v in p.attrs.items() if v is not _FromSkeleton}
         ref = _reference(cls)
         if ref is not None and not isinstance(ref, (*_CONTAINERS, nn.RNNBase)):
             missing = (set(ref._parameters) - set(node["params"])) | (set(ref._modules) - set(node["children"]))
