@@ -117,7 +117,7 @@ def _child(m):
     (lambda m: _child(m).update(attrs=[]), "attrs is a list, not an object"),
     (lambda m: _child(m).update({"class": "a" + ".b" * 3000}), "class key 'a.b.b.b"),
     (lambda m: _child(m).update({"class": "compactnn.x" + ".y" * 100}), "is not on the allow-list"),
-    (lambda m: _child(m).update(attrs={}), "a Linear needs attribute 'training'"),
+    (lambda m: _child(m).update(attrs={}), "a Linear needs attribute .in_features."),
     (lambda m: _child(m)["attrs"].update(in_features={"f": "nan"}), "attribute in_features of a Linear is nan"),
     (lambda m: _child(m)["attrs"].update(in_features=1.5), "attribute in_features of a Linear is 1.5"),
     (lambda m: _child(m)["attrs"].update(_parameters=1), "would overwrite module internals"),
