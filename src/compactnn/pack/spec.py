@@ -371,7 +371,7 @@ def _check_attrs(cls: type, attrs: dict, taken: set, where: str) -> dict:
         out[key] = decode_value(raw)
     ref = _reference(cls)
     if ref is not None:
-        for key, want in ref.__dict__.items():
+        for key, want in sorted(ref.__dict__.items(), key=lambda kv: kv[0] == "training"):  # name a real one first
             if key in _skip(cls):
                 continue
             if key not in out:
