@@ -107,20 +107,26 @@ def compress(model: nn.Module, config: MethodConfig, data: Any = None, *, inplac
     with uncompressed_baseline(model, config, data):
         work = model if inplace else copy.deepcopy(model)
         target = resolve(work, config)
+        empty_before = set(_emptied(target))
         out = handler(work, config, data, target)
-    _warn_emptied(target, type(config).method)
+    _warn_emptied([n for n in _emptied(target) if n not in empty_before], type(config).method)
     if target.skipped:
         out.compactnn_skipped = {**getattr(out, "compactnn_skipped", {}), **target.skipped}
     return out
 
 
-def _warn_emptied(target: Target, method: str) -> None:
-    """One line naming the layers whose whole weight the method set to zero (never silence)."""
-    emptied = []
+def _emptied(target: Target) -> list[str]:
+    """The target's layers whose whole weight is zero."""
+    out = []
     for name, layer in target.layers.items():
         weight = getattr(layer, "weight", None)
         if isinstance(weight, torch.Tensor) and weight.numel() and not bool(weight.detach().any()):
-            emptied.append(name)
+            out.append(name)
+    return out
+
+
+def _warn_emptied(emptied: list[str], method: str) -> None:
+    """One line naming the layers whose whole weight the method set to zero (never silence)."""
     if emptied:
         warnings.warn(f"{method}: every weight of {len(emptied)} layer(s) is now zero, so they pass nothing on: "
                       f"{', '.join(emptied[:8])}{' ...' if len(emptied) > 8 else ''}; lower the sparsity, use "

@@ -212,6 +212,10 @@ _mount_user(app)
 from .cli_distill import mount as _mount_distill  # noqa: E402
 
 _mount_distill(app)
+from . import cli_sr  # noqa: E402,F401  (mounts import-caffe and the sr sub-app)
+from .cli_pq import app as _pq_app  # noqa: E402
+
+app.add_typer(_pq_app, name="pq")
 
 
 def main(argv: list[str] | None = None) -> None:

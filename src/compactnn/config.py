@@ -360,6 +360,9 @@ class MethodConfig(Checked):
             ``weight_hh_l0``, ``MultiheadAttention.in_proj_weight``, a user layer's ``weight``), each a
             :class:`compactnn.layers.WeightSlot` named ``"<module>.<parameter>"``. Methods without it list such
             weights as skipped, with a warning.
+        replaces: the method puts a module of another class in place of each layer (factorized, product-quantized
+            layers...); ``compress`` then leaves alone, with a warning, a layer whose parent reads its ``weight``
+            directly (``MultiheadAttention.out_proj``), and refuses it when ``layers`` names it.
         example: a tiny setting (YAML fields) that the registry-driven tests run on ``example_model``; every
             registered method must give one.
         example_model: registry model name for that test.
@@ -369,6 +372,7 @@ class MethodConfig(Checked):
     description: ClassVar[str] = ""
     kinds: ClassVar[tuple[type, ...] | None] = None
     any_weight: ClassVar[bool] = False
+    replaces: ClassVar[bool] = False
     example: ClassVar[dict[str, Any] | None] = None
     example_model: ClassVar[str] = "lenet300"
 

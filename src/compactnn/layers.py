@@ -30,6 +30,7 @@ from torch.nn.utils import parametrize
 
 from .config import MethodConfig, per_layer_fields
 from .errors import ConfigError, ModelError
+from .graph.modules import weight_read_by_parent
 
 #: The layer classes whose ``weight`` the pruning and weight-quantization methods work on.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -199,6 +200,16 @@ def resolve(model: nn.Module, config: MethodConfig) -> Target:
         if skipped:
             warnings.warn(f"{what}: {len(skipped)} weight(s) left as they are, not being {handled} weights: "
                           f"{names_line(skipped, 8)}", stacklevel=3)
+    if type(config).replaces:
+        for name in list(layers):
+            reason = weight_read_by_parent(model, name)
+            if reason is None:
+                continue
+            if patterns is not None and name in patterns:
+                raise ModelError(f"{what}: layer {name!r} cannot be replaced: {reason}; leave it out of layers")
+            del layers[name]
+            skipped[name] = f"{reason}, so a replacement layer cannot stand in for it"
+            warnings.warn(f"{what}: layer {name!r} left as it is: {skipped[name]}", stacklevel=3)
     values: dict[str, dict[str, Any]] = {}
     for field in per_layer_fields(type(config)):
         setting = getattr(config, field)

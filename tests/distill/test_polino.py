@@ -172,4 +172,4 @@ def test_per_bucket_points_and_untrained_quantiles(small):
     pts = torch.quantile(sc, torch.linspace(0, 1, 4), dim=1).T
     idx = (sc[:, :, None] - pts[:, None, :]).abs().argmin(-1)
     expected = (alpha[:, None] * torch.gather(pts, 1, idx) + beta[:, None]).reshape(-1)[:n].reshape(w.shape)
-    assert torch.allclose(q.weight(), expected, atol=1e-6)
+    assert torch.allclose(q.weight, expected, atol=1e-6)

@@ -150,3 +150,17 @@ def test_cli_plan_json(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     stage = json.loads(out)["stages"][0]
     assert [r["layer"] for r in stage["rows"]] == ["fc1", "fc2"]
+
+
+def test_report_on_an_integer_model_shows_its_ops(digits):
+    model = cn.train.fit(cn.models.create("lenet5", data=digits, seed=0), digits, epochs=1, quiet=True)
+    float_report = cn.report.summarize(model, digits)
+    integer = cn.compress(model, IntegerOnly(mode="calibrate", calibration_batches=1), data=digits)
+    rep = cn.report.summarize(integer, digits)
+    kinds = [r["kind"] for r in rep.layers]
+    assert kinds.count("int8 conv2d") == 2 and kinds.count("int8 linear") == 2
+    convs_and_fcs = [r for r in float_report.layers if r["kind"] in ("Conv2d", "Linear")]
+    assert rep.totals["params"] == sum(r["params"] for r in convs_and_fcs)  # the same weights and biases, as codes
+    assert rep.totals["macs"] == float_report.totals["macs"]
+    assert 0 < rep.totals["packed_bytes"] < float_report.totals["packed_bytes"] / 3
+    assert all(r["bits_per_weight"] <= 16 for r in rep.layers if r["params"])

@@ -161,3 +161,56 @@ def test_skeleton_load_of_nested_user_classes_leaves_the_skeleton_alone_on_a_bad
     x = torch.randn(2, 5, 8)
     model.eval(), back.eval()
     torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+
+
+class Lambda(nn.Module):
+    """Option-A ResNets' shortcut: a module holding a lambda."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def test_a_user_class_holding_a_lambda_saves_and_loads_with_its_skeleton(tmp_path):
+    def build():
+        return nn.Sequential(nn.Linear(4, 4), Lambda(lambda x: x[:, ::2] * 2))
+
+    model = build()
+    cn.pack.save(model, tmp_path / "l.cnz")
+    back = cn.pack.load(tmp_path / "l.cnz", model=build())
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(back(x), model(x), rtol=0, atol=0)
+    cn.pack.spec.packable(Lambda)  # now rebuilt without a skeleton: the lambda is not in the file
+    try:
+        with pytest.raises(cn.errors.PackError, match=r"module 1 \(.*Lambda\) was saved without its attribute 'fn'"):
+            cn.pack.load(tmp_path / "l.cnz")
+    finally:
+        cn.pack.spec._REGISTRY.pop(cn.pack.spec.class_key(Lambda), None)
+        cn.pack.spec._KEYS.pop(Lambda, None)
+
+
+def test_tensor_ring_leaves_a_layer_whose_parent_reads_its_weight():
+    from compactnn.decompose import TensorRing
+
+    class ReadsWeight(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.head(nn.functional.linear(x, self.proj.weight))
+
+    model = nn.Sequential(nn.Linear(8, 16), ReadsWeight())
+    with pytest.warns(UserWarning, match=r"layer '1.proj' left as it is: ReadsWeight.forward reads proj.weight"):
+        out = cn.compress(model, TensorRing(rank=2, finetune=None))
+    assert type(out[1].proj) is nn.Linear and type(out[1].head) is not nn.Linear
+    out(torch.randn(2, 8))
+    with pytest.warns(UserWarning, match="'att.out_proj' left as it is: nn.MultiheadAttention reads its weight"):
+        out = cn.compress(SeqNet(), TensorRing(rank=2, finetune=None))
+    out(torch.randn(2, 5, 8))
+    with pytest.raises(cn.errors.ModelError, match="'att.out_proj' cannot be replaced: nn.MultiheadAttention"):
+        cn.compress(SeqNet(), TensorRing(rank=2, finetune=None, layers=["att.out_proj"]))

@@ -10,6 +10,7 @@ from .bundle import ArrayDataset, DataBundle, describe_datasets, list_datasets, 
 from .user import UserData, as_bundle
 from . import cifar, digits, idx  # noqa: F401  (register the built-in data sets)
 from . import moving  # noqa: F401  (registers moving-fashion-mnist)
+from . import scenes, nyu  # noqa: F401  (register scenes and nyu-depth-v2)
 from .idx import read_idx, write_idx
 
 __all__ = [

@@ -178,16 +178,17 @@ def describe_datasets(pattern: str = "*") -> dict[str, str]:
     return {name: _DESCRIPTIONS[name] for name in list_datasets(pattern)}
 
 
-def load(name: str = "digits", root: PathLike | None = None, download: bool = True) -> DataBundle:
+def load(name: str = "digits", root: PathLike | None = None, download: bool = True, **options) -> DataBundle:
     """Load the data set registered as ``name``, with normalized float32 inputs.
 
     Args:
         name: a registered name (see :func:`list_datasets`); ``_`` and upper case are accepted (``Fashion_MNIST``).
         root: a folder to look in first for the data set's files (ignored by bundled data sets such as digits).
         download: fetch the files into the user cache when they are found nowhere else.
+        **options: passed to the data set's loader (e.g. ``n_train``, ``size``, ``seed`` of ``"scenes"``).
     """
     key = str(name).strip().lower().replace("_", "-")
     loader = _LOADERS.get(key)
     if loader is None:
         raise DataError(f"unknown data set {name!r}; valid data sets are {', '.join(list_datasets())}")
-    return loader(root=root, download=download)
+    return loader(root=root, download=download, **options)

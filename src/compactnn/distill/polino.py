@@ -172,7 +172,7 @@ class QuantizedLayer(nn.Module):
                  bucket_size: int | None, points: Tensor | None = None) -> None:
         super().__init__()
         if "weight" in layer._parameters:
-            del layer._parameters["weight"]
+            layer._parameters["weight"] = None  # kept as a None slot: the layer stays a well-formed Linear/Conv
         self.layer = layer
         self.bits = int(bits)
         self.bucket_size = None if bucket_size is None else int(bucket_size)
@@ -181,13 +181,14 @@ class QuantizedLayer(nn.Module):
         self.register_buffer("beta", None if beta is None else beta.detach().float().clone())
         self.register_buffer("points", None if points is None else points.detach().float().clone())
 
+    @property
     def weight(self) -> Tensor:
-        """The dequantized weight."""
+        """The dequantized weight (a property, so code that reads ``layer.weight`` keeps working)."""
         beta = self.beta if self.beta is not None else -0.5 * self.alpha
         return decode(self.codes.to(torch.int64), self.alpha, beta, self.bits, self.bucket_size, self.points)
 
     def forward(self, x: Tensor) -> Tensor:
-        w = self.weight()
+        w = self.weight
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, self.layer.bias)
         return self.layer._conv_forward(x, w, self.layer.bias)
@@ -288,6 +289,7 @@ class QuantizedDistill(MethodConfig):
     method = "quantized-distill"
     description = "Quantized distillation (Polino et al.): uniform bucketed quantization trained against a teacher"
     kinds = QUANT_LAYERS
+    replaces = True
     example = {"bits": 4, "teacher": {"model": "lenet300", "train": {"epochs": 1}}, "finetune": {"epochs": 1}}
 
     teacher: Teacher = None
@@ -347,6 +349,7 @@ class DifferentiableQuantize(MethodConfig):
     method = "differentiable-quantize"
     description = "Differentiable quantization (Polino et al.): learned non-uniform points per layer, weights fixed"
     kinds = QUANT_LAYERS
+    replaces = True
     example = {"bits": 2, "teacher": {"model": "lenet300", "train": {"epochs": 1}}, "finetune": {"epochs": 1}}
 
     teacher: Teacher = None
