@@ -14,7 +14,7 @@ Every finished row is stored in the cache folder (``rows.json``), so a part that
 stopped; a part stops starting rows after ``--budget`` seconds and exits with code 3 while rows remain.
 
 Data: Fashion-MNIST, a stratified 10,000-image subset of the training set (seed 0) and the full 10,000-image test
-set. Teacher: ResNet-20, 4 epochs of SGD (lr 0.1, cosine, batch 128); ResNet-56 was the plan, but on the shared
+set. Teacher: ResNet-20, 3 epochs of SGD (lr 0.1, cosine, batch 128); ResNet-56 was the plan, but on the shared
 2-core machine one epoch of it took 6.5 minutes. Students from scratch: LeNet-5 (5 epochs, SGD lr 0.05) and ResNet-20
 (8 epochs, SGD lr 0.1). Compressed students start from the float "alone" student of the same
 seed. Seeds change the student's initial weights and data order; the teacher is the same for every seed.
@@ -36,7 +36,7 @@ from common import parser, seeds_arg  # noqa: E402
 from compactnn.distill import DifferentiableQuantize, Distill, QuantizedDistill, TeacherOutputs  # noqa: E402
 from pretrained import cache_dir  # noqa: E402
 
-TEACHER = {"model": "resnet20", "epochs": 4, "lr": 0.1, "batch_size": 128}
+TEACHER = {"model": "resnet20", "epochs": 3, "lr": 0.1, "batch_size": 128}
 TEACHER_NAME = "ResNet-20 teacher"
 TRAIN_ROWS = 10_000
 
