@@ -210,8 +210,10 @@ def run_ours(row: str, nbytes: int, base: np.ndarray, queries: np.ndarray, state
 
 
 def cell_path(data: str, row: str, nbytes: int, threads: int) -> Path:
-    setting = json.dumps({"ours": OURS.get(row), "faiss_opq": FAISS_OPQ if row == "faiss-opq" else None,
-                          "threads": threads, "v": 1 if row.startswith("faiss") else 2}, sort_keys=True)
+    setting = {"ours": OURS.get(row), "threads": threads, "v": 1 if row.startswith("faiss") else 2}
+    if row == "faiss-opq":
+        setting["faiss_opq"] = FAISS_OPQ
+    setting = json.dumps(setting, sort_keys=True)
     tag = hashlib.sha256(setting.encode()).hexdigest()[:8]
     return cache_dir() / "pq" / f"cell-{data}-{row}-{nbytes}-{tag}.json"
 
@@ -274,8 +276,12 @@ def report(out: Path, threads: int) -> None:
             for row in ROWS:
                 path = cell_path(data, row, nbytes, threads)
                 if path.exists():
-                    rows.append(json.loads(path.read_text()))
-    columns = ["data", "method", "bytes", "R@1", "R@10", "R@100", "mse", "train_s", "encode_s", "search_ms"]
+                    rows.append({**json.loads(path.read_text()), "run": "current"})
+                    continue
+                older = sorted((cache_dir() / "pq").glob(f"cell-{data}-{row}-{nbytes}-*.json"))
+                if older:  # a run with earlier settings/code, kept (marked) until its cell is rerun
+                    rows.append({**json.loads(older[-1].read_text()), "run": "earlier"})
+    columns = ["data", "method", "bytes", "R@1", "R@10", "R@100", "mse", "train_s", "encode_s", "search_ms", "run"]
 
     def plot(fh):
         import matplotlib.pyplot as plt
@@ -298,7 +304,10 @@ def report(out: Path, threads: int) -> None:
     notes = (f"Times in seconds (search: milliseconds per query, k = 100, ADC), {threads} threads for torch and faiss "
              "alike, measured under the CPU lock on a shared 2-core machine. Recall@R: share of the 1,000 queries "
              "whose true nearest neighbour is among the first R results. Settings of ours: "
-             f"{json.dumps(OURS)} (rotation learning on a 20,000-vector sample, as faiss OPQ here: {json.dumps(FAISS_OPQ)}).")
+             f"{json.dumps(OURS)} (rotation learning on a 20,000-vector sample, as faiss OPQ here: {json.dumps(FAISS_OPQ)}). "
+             "run = earlier: a cell measured before the current settings and code (ours: 25 final Lloyd steps after "
+             "the rotation, and the search before it ran one single-threaded query chunk per thread, whose 2-thread "
+             "timings stalled on the loaded machine: its search_ms is not comparable); kept until rerun.")
     wrows = [json.loads(f.read_text()) for f in sorted((cache_dir() / "pq").glob("weights-*.json"))]
     wrows = [r for r in wrows if r.get("setting", "").startswith(f"block {WEIGHTS['block']}, {WEIGHTS['bits']} bits")]
     if wrows:
