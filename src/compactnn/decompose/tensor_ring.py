@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..graph.modules import pair
 from ..pack.spec import packable
 from .plan import ConvStep, Network, PlannedConv, PlannedLinear
 from .shapes import check_modes, check_ranks, suggest_modes
@@ -207,13 +208,6 @@ class TRLinear(PlannedLinear, _RingCores, nn.Module):
         return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}"
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(vals) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in vals):
-        raise ModelError(f"{name} must be a non-negative int or a pair of them like (1, 1), got {value!r}")
-    return (int(vals[0]), int(vals[1]))
-
-
 @packable
 class TRConv2d(PlannedConv, _RingCores, nn.Module):
     """2-D convolution whose weight is a tensor ring: input-channel cores, one kernel core, output-channel cores.
@@ -248,14 +242,14 @@ class TRConv2d(PlannedConv, _RingCores, nn.Module):
         super().__init__()
         self.in_modes = check_modes(in_modes, name="in_modes")
         self.out_modes = check_modes(out_modes, name="out_modes")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = pair(kernel_size, "kernel_size", low=0)
         if min(self.kernel_size) < 1:
             raise ModelError(f"kernel_size must be positive, got {kernel_size!r}")
-        self.stride = _pair(stride, "stride")
+        self.stride = pair(stride, "stride", low=0)
         if min(self.stride) < 1:
             raise ModelError(f"stride must be positive, got {stride!r}")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.padding = pair(padding, "padding", low=0)
+        self.dilation = pair(dilation, "dilation", low=0)
         if min(self.dilation) < 1:
             raise ModelError(f"dilation must be positive, got {dilation!r}")
         self.ranks = check_ranks(ranks, len(self.in_modes) + 1 + len(self.out_modes))

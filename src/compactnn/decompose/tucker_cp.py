@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ModelError
 from ..pack.spec import packable
 from .plan import ConvStep, PlannedConv
-from .tensor_ring import _pair
+from ..graph.modules import pair
 
 
 def _check_conv(conv: nn.Module) -> None:
@@ -65,10 +65,10 @@ class TuckerConv2d(PlannedConv, nn.Module):
         r_out, r_in = (ranks, ranks) if isinstance(ranks, int) and not isinstance(ranks, bool) else tuple(ranks)
         self.ranks = (_rank(r_out, out_channels, "r_out"), _rank(r_in, in_channels, "r_in"))
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = pair(kernel_size, "kernel_size", low=0)
         self.reduce = nn.Conv2d(in_channels, r_in, 1, bias=False)
-        self.core = nn.Conv2d(r_in, r_out, self.kernel_size, stride=_pair(stride, "stride"),
-                              padding=_pair(padding, "padding"), dilation=_pair(dilation, "dilation"), bias=False)
+        self.core = nn.Conv2d(r_in, r_out, self.kernel_size, stride=pair(stride, "stride", low=0),
+                              padding=pair(padding, "padding", low=0), dilation=pair(dilation, "dilation", low=0), bias=False)
         self.expand = nn.Conv2d(r_out, out_channels, 1, bias=bias)
 
     @classmethod
@@ -177,8 +177,8 @@ class CPConv2d(nn.Module):
         super().__init__()
         self.rank = _rank(rank, None, "rank")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = (kh, kw) = _pair(kernel_size, "kernel_size")
-        (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+        self.kernel_size = (kh, kw) = pair(kernel_size, "kernel_size", low=0)
+        (sh, sw), (ph, pw), (dh, dw) = pair(stride, "stride", low=0), pair(padding, "padding", low=0), pair(dilation, "dilation", low=0)
         r = self.rank
         self.reduce = nn.Conv2d(in_channels, r, 1, bias=False)
         self.vertical = nn.Conv2d(r, r, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=r,

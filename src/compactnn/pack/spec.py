@@ -50,7 +50,7 @@ _RNN_SKIP = frozenset({"_flat_weights", "_flat_weight_refs"})
 #: compactnn modules whose import registers packable classes; imported (this fixed list only) by load(). A helper
 #: adding packable classes in a module that its package's ``__init__`` does not import adds the module here.
 REGISTERING = ("compactnn.graph", "compactnn.models", "compactnn.prune", "compactnn.quantize",
-               "compactnn.quantize.intonly", "compactnn.decompose", "compactnn.distill", "compactnn.pq")
+               "compactnn.quantize.intonly", "compactnn.decompose", "compactnn.distill", "compactnn.pq", "compactnn.segment")
 
 
 def class_key(cls: type) -> str:
@@ -371,7 +371,7 @@ def _check_attrs(cls: type, attrs: dict, taken: set, where: str) -> dict:
         out[key] = decode_value(raw)
     ref = _reference(cls)
     if ref is not None:
-        for key, want in ref.__dict__.items():
+        for key, want in sorted(ref.__dict__.items(), key=lambda kv: kv[0] == "training"):  # name a real one first
             if key in _skip(cls):
                 continue
             if key not in out:
