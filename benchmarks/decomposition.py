@@ -441,7 +441,8 @@ def write_all(out: Path, rows: list[dict], notes: str, plot) -> None:
           markdown_table(table_rows(seeded), COLUMNS), ""]
     if lat:
         md += ["Part c (latency, side by side in one process; `before` = the layer's forward before planning, "
-               "`planned` = the planner's choice, named in `setting`):", "",
+               "`planned` = the planner's choice, named in `setting`; made by "
+               + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "") for r in lat)) + "):", "",
                markdown_table(lat, ["model", "variant", "setting", "params", "macs", "ms_b1", "ms_b256"]), ""]
     if checks:
         md += [plan_check_text(checks), ""]
