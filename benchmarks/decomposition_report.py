@@ -314,9 +314,15 @@ learning rate or dropout, so these are our choices, made before the run and not 
 without bias: BT N(sum I_k J_k R_k + prod R_k), TT sum r_(k-1) m_k n_k r_k. The BT/TT cells train with
 `ih_path="rebuilt"` (the dense W_ih is rebuilt from the factors once per batch, then one GEMM: same parameters and
 function as the mode-by-mode contraction, which for 4096 -> 1024 has growing intermediates and is slower on CPU).
-s/epoch is wall-clock training time per epoch on 2 threads. (c) median of {s['repeats']} timed passes, 2 threads,
-`compactnn.report.measure_latency`; `macs` is per sample (or per clip) at batch 1 and excludes the
-batch-independent core merge / weight rebuild given in `setting`.
+s/epoch is wall-clock training time per epoch on 2 threads (the seeded reruns of 5 Dec ran while other jobs used
+the CPU outside the lock: their train_s is inflated ~2.5x; accuracies are unaffected, seed 0 reproduced the earlier
+run's accuracies exactly). (c) all variants of a layer timed side by side in one process
+(`time_side_by_side`: rounds x entries, each entry `reps` passes, median per round, then the median over rounds;
+2 threads, inference mode, steady allocator); `before` runs the layer's own factorized forward (the code path every
+call took before planning: merge or rebuild every call), `planned` the inference path of
+`compactnn.decompose.plan` (the time model's choice for that input size: `dense` = cached rebuilt weight + one GEMM,
+`merged` = cached merged cores + the optimal contraction chain, `factorized` = mode by mode); `macs` of a planned row
+is the chosen plan's per-call MACs at batch 1. Weights are fresh (time does not depend on them).
 
 Paper claims: TRN LeNet-5 11x without loss on MNIST; BT-LSTM above the dense LSTM on UCF11 with 17,388x fewer W_ih
 parameters (our 64x64 frames allow at most 4096x1024 dense, so the ratio is smaller).

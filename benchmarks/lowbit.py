@@ -44,42 +44,49 @@ REFERENCE = {"lenet5": dict(epochs=12, lr=0.01, batch_size=128), "resnet20": dic
 QUICK_REFERENCE = dict(epochs=15, lr=0.05, batch_size=64)
 
 
-def cells(epochs: int, seed: int) -> dict[str, tuple[str, str, object]]:
-    """``{cell id: (method, setting, config)}``; every config trains ``epochs`` epochs in all."""
+def cells(epochs: int, seed: int) -> dict[str, tuple[str, str, object, float]]:
+    """``{cell id: (method, setting, config, data fraction)}``: every config makes the same number of optimizer
+    steps. With ``epochs >= 3``, INQ/ELQ retrain ``epochs // 3`` epochs after each of their 3 partial steps and TSQ
+    spends a third in code learning. With fewer epochs, INQ/ELQ retrain one epoch over a third of the training
+    images after each step (fraction 1/3) and TSQ's code learning has no training of its own (fitted thresholds)."""
     ft = dict(epochs=epochs, optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=128, seed=seed)
-    step = dict(ft, epochs=max(1, epochs // 3))
-    portions = (0.5, 0.75, 0.875, 1.0) if epochs >= 3 else (0.5, 1.0)
-    code = max(1, epochs // 3)
-    tsq = lambda a: TSQ(act_bits=a, code_finetune=dict(ft, epochs=code) if a else None,  # noqa: E731
-                        finetune=dict(ft, epochs=max(1, epochs - code) if a else epochs))
-    out = {
-        "syq-W1A32": ("SYQ", "W1A32", SYQ(weight_bits=1, act_bits=None, finetune=ft)),
-        "bwn-W1A32": ("BWN", "W1A32", BWN(finetune=ft)),
-        "dorefa-W1A32": ("DoReFa", "W1A32", DoReFa(weight_bits=1, act_bits=None, finetune=ft)),
-        "elq-W1A32": ("ELQ", "W1A32", ELQ(weight_bits=1, portions=portions, finetune=step)),
-        "syq-W1A8": ("SYQ", "W1A8", SYQ(weight_bits=1, act_bits=8, finetune=ft)),
-        "syq-W2A32": ("SYQ", "W2A32", SYQ(weight_bits=2, act_bits=None, finetune=ft)),
-        "twn-W2A32": ("TWN", "W2A32", TWN(finetune=ft)),
-        "elq-W2A32": ("ELQ", "W2A32", ELQ(weight_bits=2, portions=portions, finetune=step)),
-        "tsq-W2A32": ("TSQ", "W2A32", tsq(None)),
-        "dorefa-W2A32": ("DoReFa", "W2A32", DoReFa(weight_bits=2, act_bits=None, finetune=ft)),
-        "lsq-W2A32": ("LSQ", "W2A32", LSQ(weight_bits=2, act_bits=None, finetune=ft)),
-        "syq-W2A8": ("SYQ", "W2A8", SYQ(weight_bits=2, act_bits=8, finetune=ft)),
-        "tsq-W2A8": ("TSQ", "W2A8", tsq(8)),
-        "twn-W2A8": ("TWN", "W2A8", TWN(act_bits=8, finetune=ft)),
-        "dorefa-W2A8": ("DoReFa", "W2A8", DoReFa(weight_bits=2, act_bits=8, finetune=ft)),
-        "lsq-W2A8": ("LSQ", "W2A8", LSQ(weight_bits=2, act_bits=8, finetune=ft)),
-        "syq-W2A2": ("SYQ", "W2A2", SYQ(weight_bits=2, act_bits=2, finetune=ft)),
-        "tsq-W2A2": ("TSQ", "W2A2", tsq(2)),
-        "twn-W2A2": ("TWN", "W2A2", TWN(act_bits=2, finetune=ft)),
-        "dorefa-W2A2": ("DoReFa", "W2A2", DoReFa(weight_bits=2, act_bits=2, finetune=ft)),
-        "lsq-W2A2": ("LSQ", "W2A2", LSQ(weight_bits=2, act_bits=2, finetune=ft)),
-        "dorefa-W4A4": ("DoReFa", "W4A4", DoReFa(weight_bits=4, act_bits=4, finetune=ft)),
-        "lsq-W4A4": ("LSQ", "W4A4", LSQ(weight_bits=4, act_bits=4, finetune=ft)),
-        "inq-W5A32": ("INQ", "W5A32", INQ(weight_bits=5, portions=portions, finetune=step)),
-        "inq-W3A32": ("INQ", "W3A32", INQ(weight_bits=3, portions=portions, finetune=step)),
+    short = epochs < 3
+    step = dict(ft, epochs=1 if short else epochs // 3)
+    inc = 1 / 3 if short else 1.0
+    portions = (0.5, 0.75, 0.875, 1.0)
+    code = 0 if short else epochs // 3
+
+    def tsq(a):
+        return TSQ(act_bits=a, code_finetune=dict(ft, epochs=code) if a and code else None,
+                   finetune=dict(ft, epochs=epochs - code if a else epochs))
+
+    return {
+        "syq-W1A32": ("SYQ", "W1A32", SYQ(weight_bits=1, act_bits=None, finetune=ft), 1.0),
+        "bwn-W1A32": ("BWN", "W1A32", BWN(finetune=ft), 1.0),
+        "dorefa-W1A32": ("DoReFa", "W1A32", DoReFa(weight_bits=1, act_bits=None, finetune=ft), 1.0),
+        "elq-W1A32": ("ELQ", "W1A32", ELQ(weight_bits=1, portions=portions, finetune=step), inc),
+        "syq-W1A8": ("SYQ", "W1A8", SYQ(weight_bits=1, act_bits=8, finetune=ft), 1.0),
+        "syq-W2A32": ("SYQ", "W2A32", SYQ(weight_bits=2, act_bits=None, finetune=ft), 1.0),
+        "twn-W2A32": ("TWN", "W2A32", TWN(finetune=ft), 1.0),
+        "elq-W2A32": ("ELQ", "W2A32", ELQ(weight_bits=2, portions=portions, finetune=step), inc),
+        "tsq-W2A32": ("TSQ", "W2A32", tsq(None), 1.0),
+        "dorefa-W2A32": ("DoReFa", "W2A32", DoReFa(weight_bits=2, act_bits=None, finetune=ft), 1.0),
+        "lsq-W2A32": ("LSQ", "W2A32", LSQ(weight_bits=2, act_bits=None, finetune=ft), 1.0),
+        "syq-W2A8": ("SYQ", "W2A8", SYQ(weight_bits=2, act_bits=8, finetune=ft), 1.0),
+        "tsq-W2A8": ("TSQ", "W2A8", tsq(8), 1.0),
+        "twn-W2A8": ("TWN", "W2A8", TWN(act_bits=8, finetune=ft), 1.0),
+        "dorefa-W2A8": ("DoReFa", "W2A8", DoReFa(weight_bits=2, act_bits=8, finetune=ft), 1.0),
+        "lsq-W2A8": ("LSQ", "W2A8", LSQ(weight_bits=2, act_bits=8, finetune=ft), 1.0),
+        "syq-W2A2": ("SYQ", "W2A2", SYQ(weight_bits=2, act_bits=2, finetune=ft), 1.0),
+        "tsq-W2A2": ("TSQ", "W2A2", tsq(2), 1.0),
+        "twn-W2A2": ("TWN", "W2A2", TWN(act_bits=2, finetune=ft), 1.0),
+        "dorefa-W2A2": ("DoReFa", "W2A2", DoReFa(weight_bits=2, act_bits=2, finetune=ft), 1.0),
+        "lsq-W2A2": ("LSQ", "W2A2", LSQ(weight_bits=2, act_bits=2, finetune=ft), 1.0),
+        "dorefa-W4A4": ("DoReFa", "W4A4", DoReFa(weight_bits=4, act_bits=4, finetune=ft), 1.0),
+        "lsq-W4A4": ("LSQ", "W4A4", LSQ(weight_bits=4, act_bits=4, finetune=ft), 1.0),
+        "inq-W5A32": ("INQ", "W5A32", INQ(weight_bits=5, portions=portions, finetune=step), inc),
+        "inq-W3A32": ("INQ", "W3A32", INQ(weight_bits=3, portions=portions, finetune=step), inc),
     }
-    return out
 
 
 #: The order cells run in (the issue's targets first), when --cells is not given.
@@ -141,16 +148,18 @@ def run_model(name: str, bundle, args) -> None:
         if (time.time() - start) / 60 > args.budget_minutes:
             print(f"budget of {args.budget_minutes} min used; run again to continue", flush=True)
             break
-        method, setting, cfg = todo[cid]
+        method, setting, cfg, fraction = todo[cid]
+        cell_bundle = train_bundle if fraction == 1.0 else dataclasses.replace(
+            train_bundle, train=train_bundle.train.subset(int(round(fraction * len(train_bundle.train))), seed=seed))
         print(f"[{name}] {cid} ...", flush=True)
         torch.manual_seed(seed)
         t0 = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            small = cn.compress(copy.deepcopy(ref), cfg, data=train_bundle).eval()
+            small = cn.compress(copy.deepcopy(ref), cfg, data=cell_bundle).eval()
         secs = time.time() - t0
         row = {"model": name, "method": method, "setting": setting, "cell": cid, "epochs": args.epochs,
-               "train_images": len(train_bundle.train),
+               "train_images": len(cell_bundle.train),
                "weight_bits": cfg.weight_bits, "act_bits": cfg.act_bits, "accuracy": _accuracy(small, bundle),
                "packed_bytes": int(cn.pack.packed_size(small)), "train_seconds": round(secs, 1)}
         if cfg.act_bits is not None and cfg.act_bits <= 8:

@@ -42,7 +42,7 @@ LABELS = {"single-depth": "single-task depth", "single-semantics": "single-task 
           "C": "PAD-Net C (gated messages)", "C-no-depth": "C w/o inter. depth",
           "C-no-normals": "C w/o inter. normals", "C-no-contours": "C w/o inter. contours",
           "C-no-semantics": "C w/o inter. semantics"}
-FULL = dict(n_train=800, n_test=200, size=48, epochs=6, batch_size=32, lr=3e-3, seeds=[0, 1, 2])
+FULL = dict(n_train=640, n_test=200, size=48, epochs=6, batch_size=32, lr=3e-3, seeds=[0, 1, 2])
 QUICK = dict(n_train=48, n_test=16, size=32, epochs=1, batch_size=16, lr=3e-3, seeds=[0])
 METRICS = ["rmse", "rel", "log10", "delta1", "delta2", "delta3", "pixel_acc", "miou"]
 

@@ -50,7 +50,7 @@ _RNN_SKIP = frozenset({"_flat_weights", "_flat_weight_refs"})
 #: compactnn modules whose import registers packable classes; imported (this fixed list only) by load(). A helper
 #: adding packable classes in a module that its package's ``__init__`` does not import adds the module here.
 REGISTERING = ("compactnn.graph", "compactnn.models", "compactnn.prune", "compactnn.quantize",
-               "compactnn.quantize.intonly", "compactnn.decompose", "compactnn.distill", "compactnn.pq")
+               "compactnn.quantize.intonly", "compactnn.decompose", "compactnn.distill", "compactnn.pq", "compactnn.segment")
 
 
 def class_key(cls: type) -> str:

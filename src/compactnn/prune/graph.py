@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import ModelError
-from ..graph import Add, record_shapes, trace
+from ..graph import Add, record_shapes, source_line, trace
 from .layer_rules import rule_for
 
 CONV = (nn.Conv1d, nn.Conv2d)
@@ -192,8 +192,9 @@ class DependencyGraph:
             self._pinned.append(ids)
             self.node_ids[node.name] = ids
         label = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
-        self.kept_whole[str(label)] = reason.split("; supported:")[0].removeprefix("structured pruning does not "
-                                                                                   "support ")
+        where = source_line(node)
+        self.kept_whole[str(label)] = reason.split("; supported:")[0].removeprefix(
+            "structured pruning does not support ") + (f" at {where}" if where else "")
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         """Shape of ``node``'s tensor output in the dry run (batch 1), or None if it is not a tensor."""

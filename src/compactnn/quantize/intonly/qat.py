@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from compactnn.errors import ModelError
-from compactnn.graph import Add, Concat, trace
+from compactnn.graph import Add, Concat, source_line, trace
 
 from .fakequant import ActQuant, fake_quant_weight
 
@@ -340,9 +340,10 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
             raise ModelError(f"{_describe(node, modules)} does not follow a conv, linear or add it can be fused "
                              "into; integer-only only supports fused activations")
         elif kind == "other":
-            raise ModelError(f"{_describe(node, modules)} is not supported by integer-only conversion; supported: "
-                             "Conv2d(+BatchNorm2d)(+ReLU/ReLU6), Linear(+ReLU/ReLU6), Add, cat, max/avg pools, "
-                             "flatten")
+            where = source_line(node)
+            raise ModelError(f"{_describe(node, modules)}{f' (at {where})' if where else ''} is not supported by "
+                             "integer-only conversion; supported: Conv2d(+BatchNorm2d)(+ReLU/ReLU6), "
+                             "Linear(+ReLU/ReLU6), Add, cat, max/avg pools, flatten")
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()
