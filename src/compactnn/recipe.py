@@ -28,7 +28,7 @@ import yaml
 from . import outputs
 from .api import from_dict
 from .config import Checked, FineTune, MethodConfig, Range, Seed, TeacherSpec, build, check, short
-from .errors import CompactnnError, ConfigError, ModelError
+from .errors import CompactnnError, ConfigError, ModelError, OutputError
 from .files import read_regular
 
 
@@ -314,6 +314,9 @@ def _run_locked(recipe: Recipe, out: Path, force: bool, quiet: bool | None) -> d
         after.totals["packed_bytes"] = os.path.getsize(tmp / "model.cnz")  # the file as written, metadata included
         after.write(tmp, stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
         publish_dir(tmp, out, force)
+    except OutputError as err:  # name the output, not the temporary folder beside it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(str(err).replace(str(tmp), str(out))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
