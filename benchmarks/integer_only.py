@@ -184,7 +184,7 @@ def fp32_finetuned(model, fp32_tag: str, bundle, s: dict):
 
 def fingerprint(im) -> str:
     """Short hash of an integer model's buffers and ops, so counts from different runs are only added when equal."""
-    h = hashlib.sha1(json.dumps(im.ops, sort_keys=True, default=str).encode())
+    h = hashlib.sha1(json.dumps([op.to_dict() for op in im.ops], sort_keys=True, default=str).encode())
     for k, t in sorted(im.state_dict().items()):
         h.update(k.encode() + t.numpy().tobytes())
     return h.hexdigest()[:12]

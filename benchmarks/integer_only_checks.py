@@ -92,19 +92,19 @@ def _single_rounding(acc: np.ndarray, m0: np.ndarray, shift: np.ndarray, z: int,
 def onnx_per_layer(im, x: torch.Tensor, threads: int, batch: int = 500, rounding_images: int = 500) -> list[dict]:
     """Per op: ORT (the qlinear export) fed our engine's input codes vs. our output codes; see the module docstring."""
     sessions = [ort_session(build_op_onnx(im, i, mode="qlinear"), threads) for i in range(len(im.ops))]
-    stats = [dict(index=i, op=op["op"], name=op.get("name", ""), codes=0, mismatches=0, max_code_diff=0,
+    stats = [dict(index=i, op=op.kind, name=op.name, codes=0, mismatches=0, max_code_diff=0,
                   ort_vs_single_rounding=None, rounding_codes=0) for i, op in enumerate(im.ops)]
     for a, b in _batches(len(x), batch):
         vals = {k: v.numpy() for k, v in im.run_values(im.quantize_input(x[a:b]), engine="fast").items()}
         for i, op in enumerate(im.ops):
-            y = sessions[i].run(None, {v: vals[v] for v in dict.fromkeys(op["inputs"])})[0].astype(np.int64)
-            d = np.abs(y - vals[op["output"]].astype(np.int64))
+            y = sessions[i].run(None, {v: vals[v] for v in dict.fromkeys(op.inputs)})[0].astype(np.int64)
+            d = np.abs(y - vals[op.output].astype(np.int64))
             st = stats[i]
             st["codes"] += d.size
             st["mismatches"] += int((d != 0).sum())
             st["max_code_diff"] = max(st["max_code_diff"], int(d.max()))
-            if op["op"] in ("conv2d", "linear") and a < rounding_images:
-                single = _single_rounding_of(im, op, vals[op["inputs"][0]][: rounding_images - a])
+            if op.kind in ("conv2d", "linear") and a < rounding_images:
+                single = _single_rounding_of(im, op, vals[op.inputs[0]][: rounding_images - a])
                 bad = int((single != y[: rounding_images - a]).sum())
                 st["ort_vs_single_rounding"] = (st["ort_vs_single_rounding"] or 0) + bad
                 st["rounding_codes"] += single.size
@@ -113,18 +113,18 @@ def onnx_per_layer(im, x: torch.Tensor, threads: int, batch: int = 500, rounding
     return stats
 
 
-def _single_rounding_of(im, op: dict, xq: np.ndarray) -> np.ndarray:
-    zx = int(im.values[op["inputs"][0]]["zero_point"])
-    w, bias = getattr(im, op["weight"]).numpy(), getattr(im, op["bias"]).numpy()
-    if op["op"] == "conv2d":
-        acc = ref.conv2d_acc(xq, zx, w, bias, tuple(op["stride"]), tuple(op["padding"]), tuple(op["dilation"]),
-                             op["groups"])
+def _single_rounding_of(im, op, xq: np.ndarray) -> np.ndarray:
+    zx = int(im.values[op.inputs[0]]["zero_point"])
+    w, bias = getattr(im, op.weight).numpy(), getattr(im, op.bias).numpy()
+    if op.kind == "conv2d":
+        acc = ref.conv2d_acc(xq, zx, w, bias, op.stride, op.padding, op.dilation,
+                             op.groups)
     else:
         acc = ref.linear_acc(xq, zx, w, bias)
     shape = [1, -1] + [1] * (acc.ndim - 2)
-    m0 = getattr(im, op["multiplier"]).numpy().reshape(shape if getattr(im, op["multiplier"]).numel() > 1 else [])
-    sh = getattr(im, op["shift"]).numpy().reshape(m0.shape)
-    return _single_rounding(acc, m0, sh, int(im.values[op["output"]]["zero_point"]), op["qmin"], op["qmax"])
+    m0 = getattr(im, op.multiplier).numpy().reshape(shape if getattr(im, op.multiplier).numel() > 1 else [])
+    sh = getattr(im, op.shift).numpy().reshape(m0.shape)
+    return _single_rounding(acc, m0, sh, int(im.values[op.output]["zero_point"]), op.qmin, op.qmax)
 
 
 @torch.inference_mode()

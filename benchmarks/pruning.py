@@ -40,6 +40,10 @@ SECTIONS = {
 }
 
 
+#: The command column of rows kept from a run made before the benchmark took --seeds.
+EARLIER = "an earlier single-seed run with the previous settings (not rerun yet)"
+
+
 def plot(rows: list[dict], path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for section, marker in zip(SECTIONS, "os^"):
@@ -76,27 +80,30 @@ def claims(rows: list[dict]) -> list[str]:
     """Each paper claim (or issue target) this benchmark checks, judged on the mean over seeds."""
     out = []
 
-    def judge(text: str, ok: bool | None) -> None:
+    def judge(text: str, ok: bool | None, section: str = "") -> None:
+        if any(r["section"] == section and r.get("seed") == "earlier" for r in rows):
+            text += f" [{EARLIER}]"
         out.append(f"- {text}: **{'held' if ok else 'not held'}**" if ok is not None else f"- {text}: not run")
 
     lc, cq, ni = summary(rows, "lc"), summary(rows, "clipq"), summary(rows, "nisp")
     d = _mean(lc, "lenet300", "LC ℓ0", "drop")
     judge(f"LC, 5% of LeNet-300-100's weights kept, drop <= 0.5 points (mean {d[0]:.2f} ± {d[1]:.2f})" if d
-          else "LC ℓ0 drop <= 0.5 points", d[0] <= 0.5 if d else None)
+          else "LC ℓ0 drop <= 0.5 points", d[0] <= 0.5 if d else None, "lc")
     d, r = _mean(cq, "lenet300", "CLIP-Q", "drop"), _mean(cq, "lenet300", "CLIP-Q", "ratio")
     judge(f"CLIP-Q LeNet-300-100 >= 40x at <= 0.5 points (mean {r[0]:.1f}x, {d[0]:.2f} ± {d[1]:.2f} points)"
-          if d and r else "CLIP-Q LeNet-300-100 >= 40x at <= 0.5 points", (d[0] <= 0.5 and r[0] >= 40) if d else None)
+          if d and r else "CLIP-Q LeNet-300-100 >= 40x at <= 0.5 points", (d[0] <= 0.5 and r[0] >= 40) if d else None,
+          "clipq")
     d, sp = _mean(ni, "resnet20", "NISP + fine-tune", "drop_points"), _mean(ni, "resnet20", "NISP + fine-tune",
                                                                                "speedup")
     judge(f"NISP ResNet-20, global MAC budget: >= 1.5x compiled at <= 1 point (mean {sp[0]:.2f}x, {d[0]:.2f} points)"
-          if d and sp else "NISP >= 1.5x at <= 1 point", (sp[0] >= 1.5 and d[0] <= 1.0) if d and sp else None)
+          if d and sp else "NISP >= 1.5x at <= 1 point", (sp[0] >= 1.5 and d[0] <= 1.0) if d and sp else None, "nisp")
     a, b = _mean(ni, "resnet20", "NISP + fine-tune", "accuracy"), _mean(ni, "resnet20", "L1-filter + fine-tune",
                                                                           "accuracy")
     if a and b:
         gap = 100 * (a[0] - b[0])
         noise = 100 * max(a[1], b[1])
         judge(f"NISP beats L1-norm at the same MACs (paper: NISP beats magnitude criteria): NISP {a[0]:.4f} vs L1 "
-              f"{b[0]:.4f}, gap {gap:+.2f} points, seed std up to {noise:.2f}", gap > noise)
+              f"{b[0]:.4f}, gap {gap:+.2f} points, seed std up to {noise:.2f}", gap > noise, "nisp")
     return out
 
 
@@ -140,7 +147,12 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown section {unknown[0]!r}; choose from {', '.join(SECTIONS)}")
     store = args.out / "pruning.json"
-    old = [r for r in (json.loads(store.read_text()) if store.exists() else []) if "seed" in r]  # no pre-seed rows
+    saved = json.loads(store.read_text()) if store.exists() else []
+    old = [r for r in saved if "seed" in r]
+    # rows from before --seeds stay, marked, until their section is rerun with seeds
+    rerun = {r["section"] for r in old} | set(chosen)
+    old += [dict(r, seed="earlier", command=EARLIER) for r in saved
+            if "seed" not in r and r["section"] not in rerun]
     if args.retime_nisp:
         for seed in args.seeds:
             nisp_rows = [r for r in old if r["section"] == "nisp" and r.get("seed", 0) == seed]

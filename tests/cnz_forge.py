@@ -23,3 +23,27 @@ def rewrite_manifest(path, edit) -> None:
     magic, version, flags, _, _ = HEADER.unpack_from(raw)
     head = HEADER.pack(magic, version, flags, len(stored), hashlib.sha256(stored).digest())
     path.write_bytes(head + stored + raw[end:])
+
+
+def read_cnz(path):
+    """(manifest dict, data area bytes) of a .cnz file."""
+    raw = path.read_bytes()
+    start, end = manifest_span(raw)
+    return json.loads(zstandard.ZstdDecompressor().decompress(raw[start:end])), raw[end:]
+
+
+def write_cnz(path, manifest, data: bytes = b"", flags: int = 0, version: int = 1) -> None:
+    """Write a complete, correctly signed .cnz file from a manifest (a dict, or raw JSON bytes) and a data area."""
+    text = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    stored = zstandard.ZstdCompressor().compress(text)
+    head = HEADER.pack(b"\x89CNZ\r\n\x1a\n", version, flags, len(stored), hashlib.sha256(stored).digest())
+    path.write_bytes(head + stored + data)
+
+
+def put_blob(manifest: dict, data: bytes, name: str, blob: bytes, **entry) -> bytes:
+    """Append ``blob`` as tensor ``name``'s stored bytes (signed), update its entry; returns the new data area."""
+    e = manifest["tensors"][name]
+    e.update(offset=len(data), bytes=len(blob), sha256=hashlib.sha256(blob).hexdigest(), **entry)
+    data = data + blob
+    manifest["data_bytes"] = len(data)
+    return data

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import warnings
 from collections.abc import Mapping
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from .config import MethodConfig, build, short
@@ -99,10 +101,36 @@ def compress(model: nn.Module, config: MethodConfig, data: Any = None, *, inplac
         from .data import as_bundle
 
         data = as_bundle(data)
-    target = resolve(model, config)  # before copying: a bad pattern costs no copy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the resolve below on the copy says it once
+        resolve(model, config)  # before copying: a bad pattern costs no copy
     with uncompressed_baseline(model, config, data):
         work = model if inplace else copy.deepcopy(model)
-        return handler(work, config, data, resolve(work, config) if work is not model else target)
+        target = resolve(work, config)
+        empty_before = set(_emptied(target))
+        out = handler(work, config, data, target)
+    _warn_emptied([n for n in _emptied(target) if n not in empty_before], type(config).method)
+    if target.skipped:
+        out.compactnn_skipped = {**getattr(out, "compactnn_skipped", {}), **target.skipped}
+    return out
+
+
+def _emptied(target: Target) -> list[str]:
+    """The target's layers whose whole weight is zero."""
+    out = []
+    for name, layer in target.layers.items():
+        weight = getattr(layer, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.numel() and not bool(weight.detach().any()):
+            out.append(name)
+    return out
+
+
+def _warn_emptied(emptied: list[str], method: str) -> None:
+    """One line naming the layers whose whole weight the method set to zero (never silence)."""
+    if emptied:
+        warnings.warn(f"{method}: every weight of {len(emptied)} layer(s) is now zero, so they pass nothing on: "
+                      f"{', '.join(emptied[:8])}{' ...' if len(emptied) > 8 else ''}; lower the sparsity, use "
+                      "scope 'layer', or exclude them", stacklevel=3)
 
 
 __all__ = ["compress", "register_method", "list_methods", "describe_methods", "config_class", "from_dict",

@@ -20,6 +20,8 @@ import types
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin, get_type_hints
 
+from torch import nn
+
 from .errors import ConfigError
 
 
@@ -354,6 +356,13 @@ class MethodConfig(Checked):
         method: the YAML name (``magnitude-prune``).
         description: one line for ``compactnn list methods``.
         kinds: the layer classes whose weights the method works on (what ``layers`` / ``exclude`` select among).
+        any_weight: the method also works on every other weight Parameter of >= 2 dims (an LSTM's
+            ``weight_hh_l0``, ``MultiheadAttention.in_proj_weight``, a user layer's ``weight``), each a
+            :class:`compactnn.layers.WeightSlot` named ``"<module>.<parameter>"``. Methods without it list such
+            weights as skipped, with a warning.
+        replaces: the method puts a module of another class in place of each layer (factorized, product-quantized
+            layers...); ``compress`` then leaves alone, with a warning, a layer whose parent reads its ``weight``
+            directly (``MultiheadAttention.out_proj``), and refuses it when ``layers`` names it.
         example: a tiny setting (YAML fields) that the registry-driven tests run on ``example_model``; every
             registered method must give one.
         example_model: registry model name for that test.
@@ -362,8 +371,23 @@ class MethodConfig(Checked):
     method: ClassVar[str] = ""
     description: ClassVar[str] = ""
     kinds: ClassVar[tuple[type, ...] | None] = None
+    any_weight: ClassVar[bool] = False
+    replaces: ClassVar[bool] = False
     example: ClassVar[dict[str, Any] | None] = None
     example_model: ClassVar[str] = "lenet300"
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec(Checked):
+    """A teacher built from the model registry and trained on the data being compressed (``teacher: {model:
+    resnet56, train: {epochs: 30, lr: 0.1}}``; ``train`` unset: 10 epochs of SGD at lr 0.1); see
+    :func:`compactnn.distill.load_teacher`."""
+
+    label = "teacher"
+    model: str
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    train: "FineTune | None" = None
+    seed: Seed = 0
 
 
 Optimizer = Literal["sgd", "adam", "adamw"]
@@ -389,6 +413,11 @@ class FineTune(Checked):
     ``val_split`` holds out that share of the training set: the fine-tune keeps the weights of its best epoch on it
     (``keep_best``) and warns when it ends below the uncompressed model's accuracy there. ``loss`` replaces
     cross-entropy with ``loss(model, x, y) -> scalar`` (Python only).
+
+    ``teacher`` (a ``.cnz`` path, an ``nn.Module`` or a :class:`TeacherSpec` mapping) replaces cross-entropy with
+    Hinton's distillation loss :func:`compactnn.distill.kd_loss` at ``temperature`` (default 4) and ``alpha`` (the
+    weight of the soft term, default 0.9), for every method that fine-tunes through
+    :func:`compactnn.layers.run_finetune`; ``temperature`` and ``alpha`` are ignored without a teacher.
     """
 
     label = "finetune"
@@ -405,6 +434,9 @@ class FineTune(Checked):
     val_split: Fraction | None = None
     keep_best: bool | None = None
     loss: Any = None
+    teacher: str | TeacherSpec | nn.Module | None = None
+    temperature: Annotated[float, Range(0.0, 1000.0, lo_open=True, note="distillation temperature")] | None = None
+    alpha: Annotated[float, Range(0.0, 1.0, note="weight of the distillation term")] | None = None
 
     #: Fine-tuning epochs when neither the stage nor the method says.
     DEFAULT_EPOCHS: ClassVar[int] = 5
@@ -416,6 +448,8 @@ class FineTune(Checked):
     def validate(self) -> None:
         check(self.loss is None or callable(self.loss),
               "loss must be a Python callable loss(model, x, y) -> scalar (it cannot be set from YAML)")
+        check(self.loss is None or self.teacher is None,
+              "loss and teacher both replace the training loss; give one of them")
 
     def fill(self, other: "FineTune") -> "FineTune":
         """This fine-tune with its unset fields taken from ``other`` (all fields)."""
@@ -442,7 +476,7 @@ class FineTune(Checked):
             trained_with: the optimizer the model was trained with (``"sgd"``, ``"adam"``, ``"adamw"``), or None when
                 unknown (then AdamW). The default keeps SGD, for schedules written for SGD.
         """
-        skip = ("val_split", "keep_best", "loss")
+        skip = ("val_split", "keep_best", "loss", "teacher", "temperature", "alpha")
         out = {k: getattr(self, k) for k in init_fields(FineTune) if getattr(self, k) is not None and k not in skip}
         out.setdefault("epochs", self.DEFAULT_EPOCHS)
         out.setdefault("optimizer", "sgd" if trained_with == "sgd" else "adamw")
@@ -498,7 +532,7 @@ def _is_optional_per_layer(tp: Any) -> bool:
     return any(get_origin(a) is Annotated and any(m is PER_LAYER for m in get_args(a)[1:]) for a in get_args(tp))
 
 
-__all__ = ["Checked", "MethodConfig", "FineTune", "FrozenMap", "Range", "PerLayer", "Sparsity", "Fraction", "Ratio",
+__all__ = ["Checked", "MethodConfig", "FineTune", "TeacherSpec", "FrozenMap", "Range", "PerLayer", "Sparsity", "Fraction", "Ratio",
            "Bits", "PositiveInt", "NonNegativeInt", "Epochs", "BatchSize", "LearningRate", "NonNegative", "Seed",
            "Patterns", "build", "check", "check_fields", "coerce", "to_dict", "per_layer_fields", "label_of",
            "type_name", "short", "init_fields"]

@@ -30,14 +30,63 @@ from torch.nn.utils import parametrize
 
 from .config import MethodConfig, per_layer_fields
 from .errors import ConfigError, ModelError
+from .graph.modules import weight_read_by_parent
 
 #: The layer classes whose ``weight`` the pruning and weight-quantization methods work on.
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def weight_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS) -> dict[str, nn.Module]:
-    """Every submodule of ``model`` that is an instance of ``kinds``, as ``{name: module}`` in module order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name}
+class WeightSlot:
+    """A weight that is not a layer's ``weight`` attribute: ``owner.<param>`` (an LSTM's ``weight_hh_l0``,
+    ``MultiheadAttention.in_proj_weight``) or the ``weight`` of a module of no known kind (a user's layer).
+
+    Methods with ``any_weight`` treat it like a layer: ``slot.weight`` reads the tensor, and :func:`slot_of` gives
+    the ``(module, parameter name)`` to parametrize.
+    """
+
+    def __init__(self, owner: nn.Module, param: str):
+        self.owner, self.param = owner, param
+
+    @property
+    def weight(self) -> Any:
+        return getattr(self.owner, self.param)
+
+    def __repr__(self) -> str:
+        return f"WeightSlot({type(self.owner).__name__}.{self.param})"
+
+
+def slot_of(layer: Any) -> tuple[nn.Module, str]:
+    """``(module, parameter name)`` holding the weight of ``layer`` (a module, or a :class:`WeightSlot`)."""
+    if isinstance(layer, WeightSlot):
+        return layer.owner, layer.param
+    return layer, "weight"
+
+
+def other_weights(model: nn.Module, kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS) -> dict[str, WeightSlot]:
+    """Every Parameter of >= 2 dims of ``model`` that is not the weight of a module of ``kinds``, as
+    ``{"<module>.<parameter>": WeightSlot}`` in module order (parametrized weights count under their own name)."""
+    out: dict[str, WeightSlot] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) or isinstance(module, parametrize.ParametrizationList) \
+                or ".parametrizations." in f".{name}.":
+            continue
+        params = dict(module.named_parameters(recurse=False))
+        if parametrize.is_parametrized(module):
+            params.update({k: getattr(module, k) for k in module.parametrizations})
+        for param, value in params.items():
+            if value.dim() >= 2:
+                out[f"{name}.{param}" if name else param] = WeightSlot(module, param)
+    return out
+
+
+def weight_layers(model: nn.Module, kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS,
+                  any_weight: bool = False) -> dict[str, Any]:
+    """Every submodule of ``model`` that is an instance of ``kinds``, as ``{name: module}`` in module order, and
+    with ``any_weight`` every other weight of >= 2 dims as a :class:`WeightSlot` (see :func:`other_weights`)."""
+    found: dict[str, Any] = {name: m for name, m in model.named_modules() if isinstance(m, kinds) and name}
+    if any_weight:
+        found.update(other_weights(model, kinds))
+    return found
 
 
 def names_line(names: Iterable[str], limit: int = 30) -> str:
@@ -58,13 +107,14 @@ def _kind_names(kinds: tuple[type, ...]) -> str:
 
 def select_layers(model: nn.Module, patterns: Iterable[str] | None = None, *,
                   kinds: tuple[type[nn.Module], ...] = WEIGHT_LAYERS, what: str = "weight",
-                  exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
-    """The layers of ``kinds`` whose names match any of ``patterns`` (all when None), less those in ``exclude``.
+                  exclude: Iterable[str] = (), any_weight: bool = False) -> dict[str, Any]:
+    """The layers of ``kinds`` (and with ``any_weight`` the other weights, see :func:`weight_layers`) whose names
+    match any of ``patterns`` (all when None), less those in ``exclude``.
 
     Raises:
         ModelError: the model has no such layer, or a pattern matches none of them (the message lists the names).
     """
-    layers = weight_layers(model, kinds)
+    layers = weight_layers(model, kinds, any_weight)
     if not layers:
         raise ModelError(f"{type(model).__name__} has no {what} layers ({_kind_names(kinds)}); nothing to compress")
     if isinstance(patterns, str):
@@ -138,8 +188,28 @@ def resolve(model: nn.Module, config: MethodConfig) -> Target:
     if kinds is None:
         return Target(layers={})
     what = type(config).method or "compressible"
-    layers = select_layers(model, getattr(config, "layers", None), kinds=kinds, what=what,
-                           exclude=getattr(config, "exclude", None) or ())
+    any_weight = type(config).any_weight
+    patterns = getattr(config, "layers", None)
+    layers = select_layers(model, patterns, kinds=kinds, what=what, exclude=getattr(config, "exclude", None) or (),
+                           any_weight=any_weight)
+    skipped: dict[str, str] = {}
+    if patterns is None and not any_weight:
+        handled = "/".join(k.__name__ for k in kinds)
+        for name, slot in other_weights(model, kinds).items():
+            skipped[name] = f"{type(slot.owner).__name__}.{slot.param} is not a {handled} weight, which {what} handles"
+        if skipped:
+            warnings.warn(f"{what}: {len(skipped)} weight(s) left as they are, not being {handled} weights: "
+                          f"{names_line(skipped, 8)}", stacklevel=3)
+    if type(config).replaces:
+        for name in list(layers):
+            reason = weight_read_by_parent(model, name)
+            if reason is None:
+                continue
+            if patterns is not None and name in patterns:
+                raise ModelError(f"{what}: layer {name!r} cannot be replaced: {reason}; leave it out of layers")
+            del layers[name]
+            skipped[name] = f"{reason}, so a replacement layer cannot stand in for it"
+            warnings.warn(f"{what}: layer {name!r} left as it is: {skipped[name]}", stacklevel=3)
     values: dict[str, dict[str, Any]] = {}
     for field in per_layer_fields(type(config)):
         setting = getattr(config, field)
@@ -158,22 +228,28 @@ def resolve(model: nn.Module, config: MethodConfig) -> Target:
     if not layers:
         raise ModelError(f"{what}: the settings leave no layer to compress; check layers, exclude and the "
                          "per-layer mappings")
-    return Target(layers=layers, values=values)
+    return Target(layers=layers, values=values, skipped=skipped)
 
 
-def strip_parametrizations(module: nn.Module, name: str = "weight") -> None:
-    """Bake the parametrization of ``module.<name>`` into a plain parameter and remove it, if there is one.
+def strip_parametrizations(module: Any, name: str = "weight") -> None:
+    """Bake the parametrization of ``module.<name>`` into a plain parameter and remove it, if there is one
+    (``module`` may be a :class:`WeightSlot`: then its own parameter).
 
     Afterwards the module is again of its original class (e.g. a plain ``nn.Linear``), with no parametrizations,
     and its parameters are in their original order (so ``state_dict`` keys read ``weight, bias`` as usual).
     """
+    if isinstance(module, WeightSlot):
+        module, name = slot_of(module)
     if not parametrize.is_parametrized(module, name):
         return
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     params = module._parameters
-    for key in ["weight", "bias"] + [k for k in list(params) if k not in ("weight", "bias")]:
+    order = list(module._flat_weights_names) if isinstance(module, nn.RNNBase) else ["weight", "bias"]
+    for key in order + [k for k in list(params) if k not in order]:
         if key in params:
             params[key] = params.pop(key)  # re-insert in torch's usual order
+    if isinstance(module, nn.RNNBase):
+        module._init_flat_weights()  # the RNN kernels read this list, not the attributes
 
 
 def require_data(data: Any, method: str) -> None:
@@ -221,7 +297,8 @@ def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
     The optimizer and lr that the FineTune leaves unset follow :meth:`compactnn.config.FineTune.fit_kwargs`'s rule,
     from how the model was trained (``model.compactnn_training``, recorded by ``fit``). With ``val_split`` the
     fine-tune trains on the rest of the training set, keeps its best epoch on the held-out part (unless
-    ``keep_best`` is False) and warns, in one line, when it ends below the uncompressed model there.
+    ``keep_best`` is False) and warns, in one line, when it ends below the uncompressed model there. With a
+    ``teacher`` the loss is :func:`compactnn.distill.kd_loss` against it (unless ``fit_args`` gives a ``loss_fn``).
 
     Args:
         model: the model being compressed (possibly with masks or codebooks parametrizing its weights).
@@ -236,6 +313,10 @@ def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
 
     trained = getattr(model, "compactnn_training", None)
     kwargs = {**finetune.fit_kwargs(trained.get("optimizer") if isinstance(trained, Mapping) else None), **fit_args}
+    if getattr(finetune, "teacher", None) is not None and "loss_fn" not in fit_args:
+        from .distill import finetune_loss  # the teacher replaces cross-entropy by Hinton's loss (FineTune.teacher)
+
+        kwargs["loss_fn"] = finetune_loss(finetune, data)
     if finetune.val_split is None:
         return fit(model, data, step_hooks=tuple(step_hooks), **kwargs)
     train_part, val_part = _val_split(data, finetune)
@@ -249,5 +330,5 @@ def run_finetune(model: nn.Module, data: Any, finetune: Any, method: str,
     return model
 
 
-__all__ = ["WEIGHT_LAYERS", "Target", "resolve", "uncompressed_baseline", "weight_layers", "select_layers", "matches", "pick", "names_line",
+__all__ = ["WEIGHT_LAYERS", "WeightSlot", "slot_of", "other_weights", "Target", "resolve", "uncompressed_baseline", "weight_layers", "select_layers", "matches", "pick", "names_line",
            "strip_parametrizations", "run_finetune", "require_data"]

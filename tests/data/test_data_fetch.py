@@ -22,6 +22,46 @@ def isolated(tmp_path, monkeypatch):
         raise AssertionError(f"test tried to download {url}")
 
     monkeypatch.setattr(fetch, "open_url", no_network)
+    # the fake sets written below stand in for the published files in the cache and Debian folders: no checksums
+    # (test_managed_files_are_checksum_verified puts them back)
+    monkeypatch.setattr(idx, "_managed", lambda name, files: False)
+
+
+MANAGED = idx._managed
+
+
+def test_managed_files_are_checksum_verified(tmp_path, monkeypatch):
+    monkeypatch.setattr(idx, "_managed", MANAGED)
+    monkeypatch.setattr(idx, "_FASHION_MD5", {})
+    write_set(tmp_path / "debian", 5)
+    write_set(tmp_path / "root", 3)
+    base = "train-labels-idx1-ubyte"
+    content = (tmp_path / "debian" / f"{base}.gz").read_bytes()
+    import gzip
+
+    sha = {base: hashlib.sha256(gzip.decompress(content)).hexdigest()}
+    monkeypatch.setattr(idx, "_FASHION_SHA256", sha)
+    assert len(cd.load("fashion-mnist", download=False).train) == 5  # content checksum matches
+    monkeypatch.setattr(idx, "_FASHION_SHA256", {base: "0" * 64})
+    with pytest.raises(DataError, match=f"debian/{base}.gz does not match the published checksum"):
+        cd.load("fashion-mnist", download=False)
+    monkeypatch.setattr(idx, "_FASHION_MD5", {f"{base}.gz": hashlib.md5(content).hexdigest()})
+    assert len(cd.load("fashion-mnist", download=False).train) == 5  # the .gz MD5 matches
+    monkeypatch.setattr(idx, "_FASHION_MD5", {})
+    assert len(cd.load("fashion-mnist", root=tmp_path / "root", download=False).train) == 3  # user's own folder
+
+
+def test_real_debian_fashion_mnist_passes_its_checksums():
+    import os
+
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("dataset-fashion-mnist is not installed")
+    from pathlib import Path
+
+    folder = Path("/usr/share/datasets/fashion-mnist")
+    labels = cd.read_idx(folder / "t10k-labels-idx1-ubyte.gz")
+    real = {"t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"}
+    assert idx._verified(folder / "t10k-labels-idx1-ubyte.gz", labels, {}, real) is labels
 
 
 def write_set(folder, n_train):

@@ -62,7 +62,7 @@ def test_more_als_sweeps_fit_better(f64):
     model = small_cnn()
     errs = []
     for sweeps in (0, 6):
-        out = compactnn.compress(model, TensorRing(rank=2, layers=("5",), finetune=None, als_sweeps=sweeps))
+        out = compactnn.compress(model, TensorRing(rank=2, layers=("5",), finetune=None, als_sweeps=sweeps, init="svd"))
         errs.append(float((out[5].full_weight() - model[5].weight).detach().norm()))
     assert errs[1] < errs[0]
 
@@ -135,7 +135,7 @@ def test_modes_for_unknown_layer():
 def test_svd_rank_too_large_suggests_als(f64):
     model = small_cnn()
     with pytest.raises(ModelError, match="layer '7'.*init='random'.*or a rank <=") as err:
-        compactnn.compress(model, TensorRing(rank=4, layers=("7",), finetune=None))
+        compactnn.compress(model, TensorRing(rank=4, layers=("7",), init="svd", finetune=None))
     assert "\n" not in str(err.value)
     out = compactnn.compress(model, TensorRing(rank=4, layers=("7",), init="random", als_sweeps=3, finetune=None))
     assert out[7].ranks == (4,) * 5  # modes (2, 3, 4) -> (2, 5)

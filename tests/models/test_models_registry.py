@@ -10,6 +10,7 @@ from compactnn.models import Add, ResNet, create, describe_models, list_models
 
 NAMES = ["lenet300", "lenet5", "resnet20", "resnet32", "resnet56", "vgg-small"]  # image classifiers
 CLIP_NAMES = ["clip-lstm", "clip-gru", "clip-bt-lstm", "clip-bt-gru", "clip-tt-lstm"]  # see test_models_recurrent
+SR_NAMES = ["idn"]  # super-resolution, see tests/sr
 DENSE_NAMES = ["padnet"]  # dense prediction; see test_models_padnet
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
@@ -19,11 +20,11 @@ def n_params(model: torch.nn.Module) -> int:
 
 
 def test_list_models_all_and_pattern():
-    assert list_models() == sorted(NAMES + CLIP_NAMES + DENSE_NAMES)
+    assert list_models() == sorted(NAMES + CLIP_NAMES + SR_NAMES + DENSE_NAMES)
     assert list_models("resnet*") == ["resnet20", "resnet32", "resnet56"]
     assert list_models("lenet?") == ["lenet5"]
     assert list_models("nothing*") == []
-    assert set(describe_models()) == set(NAMES + CLIP_NAMES + DENSE_NAMES) and all(describe_models().values())
+    assert set(describe_models()) == set(NAMES + CLIP_NAMES + SR_NAMES + DENSE_NAMES) and all(describe_models().values())
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -155,6 +155,10 @@ CONSTRUCT = {
     "AdaptiveMaxPool2d": (1,), "Unflatten": (1, (2, 2)), "RNN": (3, 4), "LSTM": (3, 4), "GRU": (3, 4),
     "Embedding": (5, 3), "EmbeddingBag": (5, 3), "MultiheadAttention": (4, 2), "PixelShuffle": (2,),
     "PixelUnshuffle": (2,), "ZeroPad2d": (1,), "ConstantPad2d": (1, 0.5), "Upsample": (None, 2.0, "bilinear"),
+    "RNNCell": (3, 4), "LSTMCell": (3, 4), "GRUCell": (3, 4), "TransformerEncoderLayer": (4, 2, 8),
+    "TransformerDecoderLayer": (4, 2, 8), "TransformerEncoder": (nn.TransformerEncoderLayer(4, 2, 8), 2),
+    "TransformerDecoder": (nn.TransformerDecoderLayer(4, 2, 8), 2),
+    "Transformer": (4, 2, 1, 1, 8),
 }
 
 

@@ -131,12 +131,27 @@ class Branchy(nn.Module):
     (Lstm(), ["'rnn'", "LSTM"]),
     (Roll(), ["'roll'", "call_function"]),
     (OddView(), ["'view'", "reshape"]),
-    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 6, 3, groups=2))), ["groups=2", "Conv2d"]),
-    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 2))), ["Linear", "4-D"]),
     (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(6))), ["LayerNorm"]),
+])
+def test_unsupported_ops_are_kept_whole_with_their_channels_pinned(model, words):
+    graph = build_graph(model)
+    reasons = " ".join(graph.kept_whole.values())
+    assert "\n" not in reasons
+    for w in words:
+        assert w in reasons
+    assert not graph.prunable()  # every channel reaching the op is pinned, so nothing around it changes
+
+
+def test_a_linear_on_conv_maps_reads_features_along_the_last_dim():
+    graph = build_graph(Wrap(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Linear(6, 2))))
+    assert not graph.prunable()  # the conv's channels are not the Linear's features: both are kept as they are
+
+
+@pytest.mark.parametrize("model, words", [
+    (Wrap(nn.Sequential(nn.Conv2d(3, 4, 3, groups=1), nn.Conv2d(4, 6, 3, groups=2))), ["groups=2", "Conv2d"]),
     (Branchy(), ["trace"]),
 ])
-def test_unsupported_ops_raise_model_error_naming_them(model, words):
+def test_what_cannot_be_kept_whole_raises_model_error_naming_it(model, words):
     with pytest.raises(ModelError) as err:
         build_graph(model)
     msg = str(err.value)
@@ -145,8 +160,64 @@ def test_unsupported_ops_raise_model_error_naming_them(model, words):
         assert w in msg
 
 
+def test_pruning_goes_on_around_an_op_kept_whole():
+    class Gated(nn.Module):  # an SE-style gate: x * sigmoid(fc(x)) is a product the graph does not see through
+        def __init__(self):
+            super().__init__()
+            self.input_shape = (3, 8, 8)
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.fc1 = nn.Conv2d(8, 4, 1)
+            self.fc2 = nn.Conv2d(4, 8, 1)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.conv(x)
+            s = torch.sigmoid(self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+            return self.head((x * s).mean((2, 3)))
+
+    graph = build_graph(Gated())
+    assert set(graph.kept_whole) >= {"mul"}
+    assert graph.kept_whole["mul"].endswith("test_prune_graph.py:" + graph.kept_whole["mul"].split(":")[-2] +
+                                            ": return self.head((x * s).mean((2, 3)))")
+    assert list(graph.prunable()) == ["fc1"]  # the gate's hidden channels; conv and fc2 feed the product
+
+
 def test_missing_input_shape_is_model_error():
     with pytest.raises(ModelError, match="input_shape"):
         build_graph(nn.Sequential(nn.Linear(3, 2)))
     g = build_graph(nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2)), input_shape=(3, 2, 2))
     assert set(g.prunable()) == {"1"}
+
+
+def test_transformer_mlp_hidden_units_are_pruned_exactly():
+    """A Linear on tokens x features (a ViT's MLP): its hidden units form a group; removing them equals zeroing
+    them in the dense model (GELU(0) = 0)."""
+    import copy
+
+    from compactnn.prune import L1Filter
+
+    class Mlp(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_shape = (5, 8)
+            self.fc1, self.act, self.fc2 = nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 8)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            x = x + self.fc2(self.act(self.fc1(x)))
+            return self.head(x.mean(1))
+
+    torch.manual_seed(0)
+    model = Mlp()
+    graph = build_graph(model)
+    assert list(graph.prunable()) == ["fc1"] and graph.prunable()["fc1"].members == ["fc1", "fc2"]
+    out = cn.compress(model, L1Filter(sparsity=0.5, finetune=None))
+    assert (out.fc1.out_features, out.fc2.in_features) == (8, 8)
+    kept = [i for i in range(16) if any(torch.equal(model.fc1.weight[i], r) for r in out.fc1.weight)]
+    dense = copy.deepcopy(model)
+    with torch.no_grad():
+        drop = [i for i in range(16) if i not in kept]
+        dense.fc1.weight[drop] = 0
+        dense.fc1.bias[drop] = 0
+    x = torch.randn(4, 5, 8)
+    torch.testing.assert_close(out(x), dense(x), rtol=1e-5, atol=1e-6)

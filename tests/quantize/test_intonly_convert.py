@@ -11,7 +11,7 @@ import compactnn as cn
 from compactnn.errors import ConfigError, ModelError
 from compactnn.quantize.intonly.calibrate import calibrate
 from compactnn.quantize.intonly.convert import convert
-from compactnn.quantize.intonly.model import IntegerModel, weight_scales
+from compactnn.quantize.intonly.model import IntegerModel, derived_weight_scales, weight_scales
 from compactnn.quantize.intonly.qparams import symmetric_int8
 from compactnn.quantize.intonly.qat import prepare
 
@@ -62,7 +62,7 @@ def test_resnet20_small_bit_exact(digits):
     gm = prepare(model)
     calibrate(gm, digits, num_batches=2)
     im = convert(gm, digits.input_shape)
-    assert [op["op"] for op in im.ops].count("add") == 9
+    assert [op.kind for op in im.ops].count("add") == 9
     q = im.quantize_input(digits.test.x)
     fast, slow = im.run_values(q, "fast"), im.run_values(q, "reference")
     assert all(torch.equal(fast[k], slow[k]) for k in slow)
@@ -75,26 +75,29 @@ def test_ir_fields(lenet, digits):
     calibrate(gm, digits, num_batches=2)
     im = convert(gm, digits.input_shape)
     assert isinstance(im, IntegerModel) and im.input_shape == (1, 8, 8)
-    assert im.input["value"] == "v0" and im.output["value"] == im.ops[-1]["output"]
+    assert im.input["value"] == "v0" and im.output["value"] == im.ops[-1].output
     for op in im.ops:
-        assert set(op["inputs"]) <= set(im.values) and op["output"] in im.values
-        if op["op"] in ("conv2d", "linear"):
-            w, b, m, s = (getattr(im, op[k]) for k in ("weight", "bias", "multiplier", "shift"))
+        assert set(op.inputs) <= set(im.values) and op.output in im.values
+        if op.kind in ("conv2d", "linear"):
+            w, b, m, s = (getattr(im, getattr(op, k)) for k in ("weight", "bias", "multiplier", "shift"))
             assert w.dtype == torch.int8 and w.abs().max() <= 127 and b.dtype == torch.int32
             assert m.dtype == torch.int32 and s.dtype == torch.int32 and m.shape == (w.shape[0],)
             assert bool(((m >= 2**30) & (m.long() < 2**31)).all())
-            assert "weight_scale" not in op  # not stored: derived from M0, shift and the value scales
+            s_w, _ = symmetric_int8(gm.get_submodule(op.name).folded()[0], per_channel=True, axis=0)
+            stored = getattr(im, op.weight_scale)  # the scales used at conversion, kept as metadata (issue 20)
+            assert stored.dtype == torch.float64 and np.array_equal(stored.numpy(), s_w)
             ws = weight_scales(im, op)
             assert ws.dtype == np.float32 and ws.shape == (w.shape[0],)
-            s_w, _ = symmetric_int8(gm.get_submodule(op["name"]).folded()[0], per_channel=True, axis=0)
-            np.testing.assert_allclose(ws, s_w, rtol=2e-7)  # M0 keeps 31 bits: float32 rounding is all that differs
-    fc1 = next(op for op in im.ops if op.get("name") == "fc1")
-    assert fc1["activation"] == "relu" and fc1["qmin"] == im.values[fc1["output"]]["zero_point"]
+            np.testing.assert_array_equal(ws, s_w.astype(np.float32))
+            # and derived from M0 alone (what files from before the stored scales give): 31 bits of M0
+            np.testing.assert_allclose(derived_weight_scales(im, op), s_w, rtol=2e-9)
+    fc1 = next(op for op in im.ops if op.name == "fc1")
+    assert fc1.activation == "relu" and fc1.qmin == im.values[fc1.output]["zero_point"]
     assert all(v["dtype"] == "uint8" and 0 <= v["zero_point"] <= 255 for v in im.values.values())
     gm_t = prepare(lenet, per_channel=False)
     calibrate(gm_t, digits, num_batches=1)
     im_t = convert(gm_t, digits.input_shape)
-    assert getattr(im_t, im_t.ops[0]["multiplier"]).shape == (1,)
+    assert getattr(im_t, im_t.ops[0].multiplier).shape == (1,)
 
 
 def test_percentile_calibration_clips_ranges(lenet, digits):
@@ -126,9 +129,9 @@ def test_relu6_clamp_and_errors(digits):
     calibrate(gm, digits, num_batches=1)
     im = convert(gm, (1, 8, 8))
     op = im.ops[-1]
-    v = im.values[op["output"]]
-    assert op["activation"] == "relu6" and op["qmin"] == v["zero_point"]
-    assert op["qmax"] == min(255, v["zero_point"] + int(np.floor(6 / v["scale"] + 0.5)))
+    v = im.values[op.output]
+    assert op.activation == "relu6" and op.qmin == v["zero_point"]
+    assert op.qmax == min(255, v["zero_point"] + int(np.floor(6 / v["scale"] + 0.5)))
     assert im(digits.test.x).max() <= 6.0 + 1e-6
     with pytest.raises(ConfigError, match="needs data"):
         calibrate(prepare(model), None)
@@ -153,9 +156,32 @@ def test_functional_model_view_flatten_bit_exact():
     x = torch.randn(32, 2, 4, 4)
     calibrate(gm, [x])
     im = convert(gm, (2, 4, 4))
-    assert [o["op"] for o in im.ops] == ["conv2d", "conv2d", "add", "concat", "max_pool2d", "flatten", "linear"]
+    assert [o.kind for o in im.ops] == ["conv2d", "conv2d", "add", "concat", "max_pool2d", "flatten", "linear"]
     q = im.quantize_input(x)
     fast, slow = im.run_values(q, "fast"), im.run_values(q, "reference")
     assert all(torch.equal(fast[k], slow[k]) for k in slow)
     with torch.no_grad():
         assert (im(x) - gm(x)).abs().max() <= 2 * im.output["scale"] + 1e-6
+
+
+def test_packed_model_keeps_the_conversion_scales_and_inspect_reports_them(lenet, digits, tmp_path):
+    """Issue 20: S_in, S_w and S_out are metadata saved in the .cnz; inspect() reports S_w as stored, independent of
+    M0 (and S_w recomputed from M0 beside it, to audit the multipliers)."""
+    from compactnn import pack
+    from compactnn.quantize.intonly import inspect
+
+    gm = prepare(lenet, per_channel="conv")
+    calibrate(gm, digits, num_batches=2)
+    im = convert(gm, digits.input_shape)
+    pack.save(im, tmp_path / "m.cnz")
+    loaded = pack.load(tmp_path / "m.cnz")
+    rows = [r for r in inspect(loaded) if r["op"] in ("conv2d", "linear")]
+    assert len(rows) == 4
+    for row in rows:
+        layer = gm.get_submodule(row["name"])
+        s_w, _ = symmetric_int8(layer.folded()[0], per_channel=layer.per_channel, axis=0)
+        np.testing.assert_array_equal(row["weight_scale"], np.atleast_1d(s_w))  # bit for bit, float64
+        assert row["weight_scale"].dtype == np.float64
+        np.testing.assert_allclose(row["weight_scale_from_M0"], row["weight_scale"], rtol=2e-9)
+        assert row["input_scale"] == loaded.values[row["inputs"][0]]["scale"]
+        assert row["output_scale"] == gm.get_submodule(row["name"]).out_quant.qparams()[0]

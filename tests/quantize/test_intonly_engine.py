@@ -1,6 +1,7 @@
 """Fast engine: requantizer equal to the fixed-point definition, bit-exact with the reference on every value, and
 no floating-point operation between the input quantize and the output dequantize."""
 
+import dataclasses
 import numpy as np
 import pytest
 import torch
@@ -105,9 +106,9 @@ def _zoo_int(per_channel=True):
 @pytest.mark.parametrize("per_channel", [True, False])
 def test_every_value_bit_exact_zoo(per_channel):
     im, gm, x = _zoo_int(per_channel)
-    kinds = [op["op"] for op in im.ops]
+    kinds = [op.kind for op in im.ops]
     assert {"conv2d", "add", "concat", "max_pool2d", "avg_pool2d", "global_avg_pool", "flatten", "linear"} <= set(kinds)
-    assert {op["groups"] for op in im.ops if op["op"] == "conv2d"} == {1, 2, 8}
+    assert {op.groups for op in im.ops if op.kind == "conv2d"} == {1, 2, 8}
     q = im.quantize_input(x)
     fast, slow = im.run_values(q, "fast"), im.run_values(q, "reference")
     assert fast.keys() == slow.keys() and len(fast) == len(im.ops) + 1
@@ -184,11 +185,13 @@ def test_concat_pass_through_input_is_bit_exact(monkeypatch, native):
     """A concat input that already has the output's scale and zero point passes through (multiplier None)."""
     monkeypatch.setenv("COMPACTNN_NATIVE", native)
     im, _, x = _zoo_int()
-    cat = next(op for op in im.ops if op["op"] == "concat")
-    first = cat["inputs"][0]
-    im.values[first] = dict(im.values[cat["output"]])
-    cat["multipliers"] = [None, *cat["multipliers"][1:]]
+    i, cat = next((i, op) for i, op in enumerate(im.ops) if op.kind == "concat")
+    first = cat.inputs[0]
+    im.values[first] = dict(im.values[cat.output])
+    ops = list(im.ops)
+    ops[i] = cat = dataclasses.replace(cat, multipliers=(None, *cat.multipliers[1:]))
+    im.ops = ops
     q = im.quantize_input(x)
     fast, slow = im.run_values(q, "fast"), im.run_values(q, "reference")
-    assert torch.equal(fast[cat["output"]], slow[cat["output"]])
+    assert torch.equal(fast[cat.output], slow[cat.output])
     assert torch.equal(im.run_int(q, "fast"), slow[im.output["value"]])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from compactnn.errors import CompactnnError, ModelError, OutputError
-from compactnn.quantize.intonly import qparams, reference
+from compactnn.quantize.intonly import ir, qparams, reference
 from compactnn.quantize.intonly.export import build_onnx, export_file, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
@@ -24,7 +24,8 @@ class FakeIR(nn.Module):
 
     def __init__(self, input_shape, values, ops, buffers, v_in="v0", v_out=None):
         super().__init__()
-        self.input_shape, self.values, self.ops = tuple(input_shape), values, ops
+        self.input_shape, self.values, self.op_dicts = tuple(input_shape), values, ops
+        self.ops = [ir.op_from_dict(op) for op in ops]  # the exporters take typed IR ops
         v_out = v_out or ops[-1]["output"]
         self.input = {"value": v_in, **{k: values[v_in][k] for k in ("scale", "zero_point")}}
         self.output = {"value": v_out, **{k: values[v_out][k] for k in ("scale", "zero_point")}}
@@ -35,7 +36,7 @@ class FakeIR(nn.Module):
         env = {self.input["value"]: q}
         b = {k: v.numpy() for k, v in self.named_buffers()}
         z = {k: v["zero_point"] for k, v in self.values.items()}
-        for op in self.ops:
+        for op in self.op_dicts:  # an interpreter of the dict form, independent of compactnn's reference backend
             ins, out, kind = op["inputs"], op["output"], op["op"]
             x = env[ins[0]]
             if kind in ("conv2d", "linear"):
@@ -131,7 +132,7 @@ def test_conv2d_matches_reference(tmp_path, kw):
 
 def test_relu_clamp_becomes_uint8_clip(tmp_path):
     model = _conv_model(np.random.default_rng(1), act="relu", z_out=128)
-    assert model.ops[0]["qmin"] == 128  # ReLU with Z = 128 clamps at code 128: exported as a Clip on uint8
+    assert model.ops[0].qmin == 128  # ReLU with Z = 128 clamps at code 128: exported as a Clip on uint8
     assert [n.op_type for n in build_onnx(model, mode="qlinear").graph.node] == ["QuantizeLinear", "QLinearConv", "Clip",
                                                                  "DequantizeLinear"]
     q = np.random.default_rng(2).integers(0, 256, (4, 4, 9, 9), dtype=np.uint8)
@@ -229,9 +230,16 @@ def test_export_is_atomic_and_checks_folder(tmp_path):
 
 def test_unknown_op_and_non_integer_model_are_errors(tmp_path):
     model = _conv_model(np.random.default_rng(9))
-    model.ops = [{**model.ops[0], "op": "lstm"}]
     with pytest.raises(ModelError, match="lstm"):
-        build_onnx(model)
+        FakeIR(model.input_shape, model.values, [{**model.op_dicts[0], "op": "lstm"}], {})
+    from compactnn.quantize.intonly import export
+
+    kernel = export.KERNELS.table.pop(ir.Conv2d)  # a backend without a kernel for an op: one clear error
+    try:
+        with pytest.raises(ModelError, match="onnx_qlinear backend has no kernel for integer op 'conv2d'"):
+            build_onnx(model, mode="qlinear")
+    finally:
+        export.KERNELS.table[ir.Conv2d] = kernel
     with pytest.raises(ModelError, match="IntegerModel"):
         build_onnx(nn.Linear(2, 2))
     with pytest.raises(ModelError, match="opset"):
@@ -319,8 +327,8 @@ def test_per_layer_qlinear_is_single_rounding_and_exact_mode_is_identical(digits
     vals = {k: v.numpy() for k, v in im.run_values(im.quantize_input(digits.test.x[:40]), engine="fast").items()}
     double_vs_single = 0
     for i, op in enumerate(im.ops):
-        feed = {v: vals[v] for v in dict.fromkeys(op["inputs"])}
-        ours = vals[op["output"]].astype(np.int64)
+        feed = {v: vals[v] for v in dict.fromkeys(op.inputs)}
+        ours = vals[op.output].astype(np.int64)
         for mode in ("qlinear", "exact"):
             sess = ort.InferenceSession(build_op_onnx(im, i, mode=mode).SerializeToString(),
                                         providers=["CPUExecutionProvider"])
@@ -329,16 +337,16 @@ def test_per_layer_qlinear_is_single_rounding_and_exact_mode_is_identical(digits
             if mode == "exact":
                 np.testing.assert_array_equal(got, ours)
                 continue
-            assert np.abs(got - ours).max() <= 1, (i, op["op"])
-            if op["op"] in ("conv2d", "linear"):
-                x, zx = vals[op["inputs"][0]], im.values[op["inputs"][0]]["zero_point"]
-                w, b = getattr(im, op["weight"]).numpy(), getattr(im, op["bias"]).numpy()
-                acc = (ref.conv2d_acc(x, zx, w, b, op["stride"], op["padding"], op["dilation"], op["groups"])
-                       if op["op"] == "conv2d" else ref.linear_acc(x, zx, w, b))
+            assert np.abs(got - ours).max() <= 1, (i, op.kind)
+            if op.kind in ("conv2d", "linear"):
+                x, zx = vals[op.inputs[0]], im.values[op.inputs[0]]["zero_point"]
+                w, b = getattr(im, op.weight).numpy(), getattr(im, op.bias).numpy()
+                acc = (ref.conv2d_acc(x, zx, w, b, op.stride, op.padding, op.dilation, op.groups)
+                       if op.kind == "conv2d" else ref.linear_acc(x, zx, w, b))
                 shape = [1, -1] + [1] * (acc.ndim - 2)
-                m0 = getattr(im, op["multiplier"]).numpy().reshape(shape)
-                sh = getattr(im, op["shift"]).numpy().reshape(shape)
-                single = _single_rounding(acc, m0, sh, im.values[op["output"]]["zero_point"], op["qmin"], op["qmax"])
+                m0 = getattr(im, op.multiplier).numpy().reshape(shape)
+                sh = getattr(im, op.shift).numpy().reshape(shape)
+                single = _single_rounding(acc, m0, sh, im.values[op.output]["zero_point"], op.qmin, op.qmax)
                 np.testing.assert_array_equal(got, single)
                 double_vs_single += int((single != ours).sum())
     assert double_vs_single > 0  # the double rounding does differ somewhere: the check has teeth
@@ -384,7 +392,7 @@ def test_exact_requantization_matches_fixedpoint_on_edge_cases(per_channel):
     from onnx import TensorProto, helper
 
     from compactnn.quantize.intonly import export_exact, fixedpoint
-    from compactnn.quantize.intonly.export import _Graph
+    from compactnn.quantize.intonly.onnx_graph import Graph
 
     rng = np.random.default_rng(5)
     shifts = np.array([0, -1, -2, -7, -13, -30, -31, 1, 3]) if per_channel else np.array([-9])
@@ -394,7 +402,7 @@ def test_exact_requantization_matches_fixedpoint_on_edge_cases(per_channel):
     ties = [s * k * f for s in (1, -1) for k in (1, 3, 5) for f in (1, 1 << 9)]
     x = np.array([*i32, *ties, *rng.integers(-(2**31), 2**31, 200)], dtype=np.int64)
     x = np.repeat(x[:, None], shifts.size, axis=1)
-    g = _Graph(None)
+    g = Graph(None)
     shape = (1, -1) if per_channel else None
     y = export_exact.mbqm(g, "x", m0 if per_channel else m0[0], shifts if per_channel else shifts[0], shape)
     g.node("Identity", [y], ["y"])

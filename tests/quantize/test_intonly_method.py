@@ -155,7 +155,7 @@ def test_per_channel_conv_is_tflite_granularity(lenet, small):
 
     assert from_dict({"method": "integer-only", "per_channel": "conv"}) == IntegerOnly(per_channel="conv")
     im = cn.compress(lenet, IntegerOnly(mode="calibrate", calibration_batches=1, per_channel="conv"), data=small)
-    sizes = {op["op"]: getattr(im, op["multiplier"]).numel() for op in im.ops if op["op"] in ("conv2d", "linear")}
+    sizes = {op.kind: getattr(im, op.multiplier).numel() for op in im.ops if op.kind in ("conv2d", "linear")}
     convs = [m for m in lenet.modules() if isinstance(m, torch.nn.Conv2d)]
     assert sizes["linear"] == 1 and sizes["conv2d"] == convs[-1].out_channels
     q = im.quantize_input(small.test.x)

@@ -157,3 +157,34 @@ def test_prepared_model_trains_with_fit():
     assert 0.0 <= acc <= 1.0
     assert isinstance(gm.fc, QLinear) and isinstance(gm.get_submodule("layer1.0.add"), QAdd)
     assert QCat  # exported
+
+
+def test_prepare_uses_the_shared_tracer_and_its_markers():
+    """The Add and Concat markers of compactnn.graph stay leaves of the one shared tracer and become QAdd / QCat
+    under their own names; the converted model is bit-exact between engines."""
+    from compactnn.graph import Add, Concat
+    from compactnn.quantize.intonly.calibrate import calibrate
+    from compactnn.quantize.intonly.convert import convert
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 3, 3, padding=1)
+            self.join, self.cat = Add(), Concat(1)
+            self.fc = nn.Linear(6 * 16, 4)
+
+        def forward(self, x):
+            y = self.a(x)
+            z = self.cat(self.join(y, self.b(x)), y)
+            return self.fc(z.flatten(1))
+
+    torch.manual_seed(0)
+    gm = prepare(Net())
+    assert isinstance(gm.get_submodule("join"), QAdd) and isinstance(gm.get_submodule("cat"), QCat)
+    x = torch.randn(32, 2, 4, 4)
+    calibrate(gm, [x])
+    im = convert(gm, (2, 4, 4))
+    assert [op.kind for op in im.ops] == ["conv2d", "conv2d", "add", "concat", "flatten", "linear"]
+    assert [op.name for op in im.ops][2:4] == ["join", "cat"]
+    q = im.quantize_input(x)
+    assert torch.equal(im.run_int(q, "fast"), im.run_int(q, "reference"))

@@ -3,6 +3,8 @@ edge-case layers, integer-only, and the build cache (atomic, race-safe, clean fa
 
 import os
 import re
+import shutil
+import stat
 import subprocess
 import sys
 
@@ -18,7 +20,8 @@ from compactnn.quantize.intonly.model import IntegerModel, run_reference
 from compactnn.quantize.intonly.qparams import add_multipliers
 
 pytestmark = pytest.mark.skipif(native.load("auto") is None, reason=f"no native kernels: {native.status('auto')}")
-KINDS = ("auto", "generic", "off")
+# every kernel path this CPU can run, forced as COMPACTNN_NATIVE=avx2|vnni|generic would (issue 18), and torch
+KINDS = ("auto", "generic", "off") + tuple(k for k in ("avx2", "vnni") if native.load(k) is not None)
 
 
 class Builder:
@@ -269,7 +272,8 @@ def test_build_is_atomic_when_processes_race(tmp_path):
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     files = sorted(os.listdir(tmp_path / "native"))
-    assert len(files) == 1 and files[0].startswith("kernels-") and files[0].endswith(".so"), files
+    assert len(files) == 2 and files[0].startswith("kernels-") and files[0].endswith(".so"), files
+    assert files[1] == files[0] + ".sha256"  # no temporary file left behind
 
 
 def test_forward_float_equals_the_checked_path():
@@ -295,3 +299,135 @@ def test_model_with_built_native_engine_deep_copies():
     q = torch.randint(0, 256, (2, 2, 6, 6), dtype=torch.uint8)
     y = im.run_int(q)
     assert im.fast_engine().native is not None and torch.equal(copy.deepcopy(im).run_int(q), y)
+
+
+# ------------------------------------------------------------------------------------------------ build cache safety
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path):
+    """An empty cache folder and no library loaded yet in this process."""
+    monkeypatch.setenv("COMPACTNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(native, "_cache", {})
+    monkeypatch.setattr(native, "_why", {})
+    return tmp_path / "cache" / "native"
+
+
+def _plant(path, marker):
+    """A shared object that, when loaded, creates ``marker`` (what a planted library would do, harmlessly)."""
+    src = path.with_suffix(".c")
+    src.write_text('#include <stdio.h>\n__attribute__((constructor)) static void pwn(void) '
+                   f'{{ FILE *f = fopen("{marker}", "w"); if (f) fclose(f); }}\nint cnn_simd(void) {{ return 7; }}\n')
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(path), str(src)], check=True, capture_output=True)
+    src.unlink()
+
+
+@pytest.mark.parametrize("sidecar", ["genuine", "missing"])
+def test_a_planted_library_with_the_right_name_is_not_loaded(fresh_cache, monkeypatch, tmp_path, sidecar):
+    assert native.load("generic") is not None
+    name = native.status("generic").split(":")[0]
+    so = fresh_cache / name
+    assert so.exists() and (fresh_cache / (name + ".sha256")).exists()
+    marker = tmp_path / "planted-code-ran"
+    so.unlink()
+    _plant(so, marker)
+    if sidecar == "missing":
+        (fresh_cache / (name + ".sha256")).unlink()
+    monkeypatch.setattr(native, "_cache", {})
+    lib = native.load("generic")
+    assert not marker.exists(), "the planted library was loaded"
+    assert lib is not None and lib.cnn_simd() == 0  # the genuine kernels, rebuilt over the planted file
+    monkeypatch.setattr(native, "_cache", {})
+    assert native.load("generic").cnn_simd() == 0 and not marker.exists()  # and the rebuilt file verifies
+
+
+def test_cache_folders_are_created_private_under_a_permissive_umask(fresh_cache):
+    old = os.umask(0)
+    try:
+        fd = native.open_cache_dir()
+        os.close(fd)
+    finally:
+        os.umask(old)
+    for d in (fresh_cache, fresh_cache.parent):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_a_group_or_world_writable_cache_folder_is_refused(fresh_cache, mode):
+    fresh_cache.mkdir(parents=True)
+    os.chmod(fresh_cache, mode)
+    with pytest.warns(RuntimeWarning, match="writable by group or others"):
+        assert native.load("generic") is None
+    assert "writable by group or others" in native.status("generic") and "\n" not in native.status("generic")
+    assert os.listdir(fresh_cache) == []  # nothing was written there
+
+
+def test_a_cache_folder_owned_by_someone_else_is_refused(fresh_cache, monkeypatch):
+    """Simulated: the current user's uid is made to differ from the folder's owner."""
+    fresh_cache.mkdir(parents=True, mode=0o700)
+    monkeypatch.setattr(native, "_euid", lambda: os.geteuid() + 1)
+    with pytest.warns(RuntimeWarning, match="owned by uid"):
+        assert native.load("generic") is None
+    assert "owned by uid" in native.status("generic")
+
+
+def test_a_symlinked_cache_folder_is_refused(fresh_cache, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    fresh_cache.parent.mkdir(mode=0o700)
+    fresh_cache.symlink_to(elsewhere)
+    with pytest.warns(RuntimeWarning, match="symlink"):
+        assert native.load("generic") is None
+
+
+def test_a_cached_file_writable_by_others_is_not_loaded(fresh_cache, monkeypatch):
+    assert native.load("generic") is not None
+    name = native.status("generic").split(":")[0]
+    os.chmod(fresh_cache / name, 0o666)
+    fd = native.open_cache_dir()
+    try:
+        assert native._read_verified(fd, name) is None
+    finally:
+        os.close(fd)
+    monkeypatch.setattr(native, "_cache", {})
+    assert native.load("generic") is not None  # rebuilt (a fresh private file)
+    assert not stat.S_IMODE(os.stat(fresh_cache / name).st_mode) & 0o022
+
+
+@pytest.mark.parametrize("serial", [0, 1 << 40])
+def test_preplanned_runs_serial_or_threaded_are_bit_exact(monkeypatch, serial):
+    """Issue 18: one preplanned run per (thread, batch) with its arena and bound pointers, one thread below the work
+    threshold; either way the codes and floats equal the reference."""
+    from compactnn.quantize.intonly.native import program
+    from test_intonly_engine import _zoo_int
+
+    monkeypatch.setattr(program, "SERIAL_MACS", serial)
+    im, _, x = _zoo_int()
+    torch.set_num_threads(2)
+    try:
+        nat = FastEngine(im, "auto").native
+        q = im.quantize_input(x[:7])
+        want = run_reference(im, q.numpy())
+        assert torch.equal(nat.run(q), torch.from_numpy(want[im.output["value"]]))
+        plan = nat._plan(7, False)
+        assert plan.threads == (1 if serial else 2) and nat._plan(7, False) is plan  # planned once
+        assert all(torch.equal(v, torch.from_numpy(want[k])) for k, v in nat.run(q, all_values=True).items())
+        y = nat.run_float(x[:7].contiguous(), im.input["scale"], im.input["zero_point"], im.output["scale"],
+                          im.output["zero_point"])
+        assert torch.equal(y, im.dequantize_output(torch.from_numpy(want[im.output["value"]])))
+    finally:
+        torch.set_num_threads(1)
+
+
+def test_forced_kernel_paths_report_what_they_run(monkeypatch):
+    for kind in ("vnni", "avx2", "generic"):
+        monkeypatch.setenv("COMPACTNN_NATIVE", kind)
+        assert native.mode() == kind
+        lib = native.load()
+        if lib is None:
+            assert "no" in native.status() or "did not" in native.status()
+            continue
+        assert native.SIMD[lib.cnn_simd()] == kind and f"simd={kind}" in native.status()
+    monkeypatch.setenv("COMPACTNN_NATIVE", "sse9")
+    assert native.mode() == "auto"

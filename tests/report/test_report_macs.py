@@ -116,3 +116,42 @@ def test_input_that_does_not_fit_is_model_error():
     with pytest.raises(ModelError) as info:
         count_macs(nn.Sequential(nn.Flatten(), nn.Linear(10, 2)), (1, 3, 3))
     assert "\n" not in str(info.value)
+
+
+def test_recurrent_attention_and_functional_products_are_counted():
+    import torch.nn.functional as F
+
+    class Gate(nn.Module):  # a user layer computing with its weight functionally
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(6, 8))
+
+        def forward(self, x):
+            return F.linear(x, self.weight)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.lstm = nn.LSTM(8, 4, num_layers=2, bidirectional=True, batch_first=True)
+            self.gru = nn.GRU(8, 5, batch_first=True)
+            self.gate = Gate()
+
+        def forward(self, x):  # x: (B, 3, 8)
+            a = self.att(x, x, x)[0]
+            self.lstm(a)
+            self.gru(a)
+            self.gate(a)
+            return a @ a.transpose(-1, -2)  # a top-level product: 3 * 3 * 8
+
+    counts = count_macs(Net(), (3, 8))
+    assert counts["att"] == 4 * 3 * 8 * 8 + 2 * 3 * 3 * 8       # 4 projections + QK^T and AV
+    assert counts["lstm"] == 2 * 2 * 3 * (4 * 4 * (8 + 4))      # 2 layers x 2 directions (layer 2 input 2*4 = 8)
+    assert counts["gru"] == 3 * 3 * 5 * (8 + 5)
+    assert counts["gate"] == 3 * 8 * 6
+    assert counts[""] == 3 * 3 * 8
+
+
+def test_lstm_projection_is_counted():
+    lstm = nn.LSTM(6, 8, proj_size=3, batch_first=True)
+    assert count_macs(lstm, (5, 6))[""] == 5 * (4 * 8 * (6 + 3) + 8 * 3)

@@ -20,6 +20,7 @@ from ..errors import ModelError
 from .shapes import check_modes, check_ranks, suggest_modes
 
 from ..pack.spec import packable
+from .plan import Network, PlannedLinear
 
 
 def _check_blocks(blocks: int) -> int:
@@ -29,7 +30,7 @@ def _check_blocks(blocks: int) -> int:
 
 
 @packable
-class BTLinear(nn.Module):
+class BTLinear(PlannedLinear, nn.Module):
     """Fully connected layer whose ``(prod J, prod I)`` weight is a block-term (sum of ``N`` Tuckers) tensor.
 
     Storage: parameter ``factor_k`` (listed by ``self.factors``) is ``(N, I_k, J_k, R_k)``; ``core`` is
@@ -115,12 +116,31 @@ class BTLinear(nn.Module):
         w = torch.einsum(*ops, [*range(2 * d + 1, 3 * d + 1), *range(d + 1, 2 * d + 1)])
         return w.reshape(self.out_features, self.in_features)
 
+    def network(self) -> Network:
+        """The layer as a tensor network for :mod:`.plan`: input ``(b, i_0..)``, factors ``(n, i_k, j_k, r_k)``,
+        core ``(n, r_0..)`` (the block label ``n`` is shared by all of them), output ``(b, j_0..)``."""
+        d = len(self.ranks)
+        labels = [("b", *(f"i{k}" for k in range(d)))]
+        labels += [("n", f"i{k}", f"j{k}", f"r{k}") for k in range(d)]
+        labels.append(("n", *(f"r{k}" for k in range(d))))
+        sizes = [("b", 1), ("n", self.blocks)] + [(f"r{k}", r) for k, r in enumerate(self.ranks)]
+        sizes += [(f"i{k}", m) for k, m in enumerate(self.in_modes)] + [(f"j{k}", m) for k, m in enumerate(self.out_modes)]
+        return Network(tuple(labels), tuple(sizes), ("b", *(f"j{k}" for k in range(d))))
+
+    def network_operands(self) -> list[torch.Tensor]:
+        return [*self.factors, self.core]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`, ``self.last_plan``); with autograd: the
+        mode-by-mode contraction below in ``self.order`` (gradients to the factors and cores)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ModelError(
                 f"BTLinear expects {self.in_features} input features (modes {self.in_modes}), got input of shape "
                 f"{tuple(x.shape)}; reshape the input or build the layer with matching modes"
             )
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         b, n, d, order = math.prod(lead), self.blocks, len(self.ranks), self.order
         x = x.reshape(b, *self.in_modes).permute(0, *(1 + k for k in order))

@@ -43,7 +43,7 @@ class TensorRing(MethodConfig):
         out_modes: ``{layer name: modes}`` of the output features or channels.
         init: ``"svd"``: TR-SVD start (its ranks are bounded by the unfoldings, see :func:`.trsvd.tr_svd`);
             ``"random"``: random cores (any rank), for ALS to fit; ``"auto"``: per layer, TR-SVD where its rank cap
-            allows the ranks, else random cores.
+            allows the ranks, else random cores (the default: TR-SVD alone cannot reach most ranks of real layers).
         als_sweeps: ALS sweeps after the start (0 = TR-SVD only; ``init="random"`` needs at least 1).
         seed: seed of the random start.
         finetune: fine-tuning after the replacement (``None`` = none).
@@ -52,6 +52,7 @@ class TensorRing(MethodConfig):
     method = "tensor-ring"
     description = "Tensor Ring Nets: TR-SVD + ALS factorization of trained Linear/Conv2d layers, then fine-tuning"
     kinds = (nn.Linear, nn.Conv2d)
+    replaces = True
     example = {"rank": 2, "init": "auto", "als_sweeps": 1, "finetune": {"epochs": 1}}
 
     rank: PerLayer[PositiveInt] | None = None
@@ -61,7 +62,7 @@ class TensorRing(MethodConfig):
     num_modes: PositiveInt = 3
     in_modes: dict[str, tuple[PositiveInt, ...]] | None = None
     out_modes: dict[str, tuple[PositiveInt, ...]] | None = None
-    init: Literal["svd", "random", "auto"] = "svd"
+    init: Literal["svd", "random", "auto"] = "auto"
     als_sweeps: NonNegativeInt = 10
     seed: Seed = 0
     finetune: FineTune | None = FineTune()

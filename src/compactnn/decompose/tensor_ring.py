@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
+from ..graph.modules import pair
 from ..pack.spec import packable
+from .plan import ConvStep, Network, PlannedConv, PlannedLinear
 from .shapes import check_modes, check_ranks, suggest_modes
 
 
@@ -88,7 +90,7 @@ def _check_features(x: torch.Tensor, dim: int, expected: int, layer: str, modes:
 
 
 @packable
-class TRLinear(_RingCores, nn.Module):
+class TRLinear(PlannedLinear, _RingCores, nn.Module):
     """Fully connected layer whose weight is a tensor ring with ``d`` input cores and ``d_out`` output cores.
 
     Cores (parameters ``core_k``, listed by ``self.cores``; 0-based, ring closed): input core ``k < d`` is
@@ -160,8 +162,27 @@ class TRLinear(_RingCores, nn.Module):
         f_in, f_out = self._merged()
         return torch.einsum("aic,coa->oi", f_in, f_out)
 
+    def network(self) -> Network:
+        """The layer as a tensor network for :mod:`.plan`: input ``(b, i_0..)``, input cores ``(r_k, i_k, r_k+1)``,
+        output cores ``(r_d+j, o_j, r_d+j+1)`` (ring closed), output ``(b, o_0..)``."""
+        d, n = len(self.in_modes), len(self.ranks)
+        labels = [("b", *(f"i{k}" for k in range(d)))]
+        labels += [(f"r{k}", f"i{k}", f"r{(k + 1) % n}") for k in range(d)]
+        labels += [(f"r{d + j}", f"o{j}", f"r{(d + j + 1) % n}") for j in range(len(self.out_modes))]
+        sizes = [("b", 1)] + [(f"r{k}", r) for k, r in enumerate(self.ranks)]
+        sizes += [(f"i{k}", m) for k, m in enumerate(self.in_modes)] + [(f"o{j}", m) for j, m in enumerate(self.out_modes)]
+        return Network(tuple(labels), tuple(sizes), ("b", *(f"o{j}" for j in range(len(self.out_modes)))))
+
+    def network_operands(self) -> list[torch.Tensor]:
+        return list(self.cores)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`; ``self.last_plan`` names it). With autograd: the
+        paper's forward below (merge ``F_in``, ``F_out`` every call, gradients to the cores)."""
         _check_features(x, x.dim() - 1, self.in_features, "TRLinear", self.in_modes)
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         f_in, f_out = self._merged()
         lead = x.shape[:-1]
         t = torch.einsum("bi,aic->bac", x.reshape(-1, self.in_features), f_in)
@@ -187,15 +208,8 @@ class TRLinear(_RingCores, nn.Module):
         return f"in_modes={self.in_modes}, out_modes={self.out_modes}, ranks={self.ranks}, bias={self.bias is not None}"
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(vals) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in vals):
-        raise ModelError(f"{name} must be a non-negative int or a pair of them like (1, 1), got {value!r}")
-    return (int(vals[0]), int(vals[1]))
-
-
 @packable
-class TRConv2d(_RingCores, nn.Module):
+class TRConv2d(PlannedConv, _RingCores, nn.Module):
     """2-D convolution whose weight is a tensor ring: input-channel cores, one kernel core, output-channel cores.
 
     Cores (parameters ``core_k``, listed by ``self.cores``; 0-based, ring closed, ``d = len(in_modes)``): input
@@ -228,14 +242,14 @@ class TRConv2d(_RingCores, nn.Module):
         super().__init__()
         self.in_modes = check_modes(in_modes, name="in_modes")
         self.out_modes = check_modes(out_modes, name="out_modes")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = pair(kernel_size, "kernel_size", low=0)
         if min(self.kernel_size) < 1:
             raise ModelError(f"kernel_size must be positive, got {kernel_size!r}")
-        self.stride = _pair(stride, "stride")
+        self.stride = pair(stride, "stride", low=0)
         if min(self.stride) < 1:
             raise ModelError(f"stride must be positive, got {stride!r}")
-        self.padding = _pair(padding, "padding")
-        self.dilation = _pair(dilation, "dilation")
+        self.padding = pair(padding, "padding", low=0)
+        self.dilation = pair(dilation, "dilation", low=0)
         if min(self.dilation) < 1:
             raise ModelError(f"dilation must be positive, got {dilation!r}")
         self.ranks = check_ranks(ranks, len(self.in_modes) + 1 + len(self.out_modes))
@@ -276,10 +290,50 @@ class TRConv2d(_RingCores, nn.Module):
         w = torch.einsum("acr,rks,soa->ock", f_in, kern, f_out)
         return w.reshape(self.out_channels, self.in_channels, *self.kernel_size)
 
+    def network_operands(self) -> list[torch.Tensor]:
+        return list(self.cores) + ([self.bias] if self.bias is not None else [])
+
+    def version_tensors(self):
+        """The tensors the planner's caches depend on (checked every inference call: kept cheap)."""
+        return [p for p in self._parameters.values() if p is not None]
+
+    def conv_plans(self, x_shape: tuple) -> dict[str, list[tuple]]:
+        """Plans for :class:`.plan.ConvPlanner`: ``dense`` (the rebuilt kernel, one conv) and ``merged`` (the three
+        steps of the forward as convs with the merged ``F_in`` / ``F_out`` kept: a 1x1 conv ``C -> R_0 R_d``, the
+        kernel core as one ``R_d -> R_{d+1}`` conv over the ``R_0`` channel groups folded into the batch (a folded
+        :class:`.plan.ConvStep`, as the training forward does), a 1x1 conv ``R_0 R_{d+1} -> D``)."""
+        d = len(self.in_modes)
+        r0, rd, rd1 = self.ranks[0], self.ranks[d], self.ranks[(d + 1) % len(self.ranks)]
+        kh, kw = self.kernel_size
+        one, zero = (1, 1), (0, 0)
+        return {
+            "dense": [(self.out_channels, self.in_channels, kh, kw, self.stride, self.padding, self.dilation, 1)],
+            "merged": [(r0 * rd, self.in_channels, 1, 1, one, zero, one, 1),
+                       (r0 * rd1, rd, kh, kw, self.stride, self.padding, self.dilation, r0),
+                       (self.out_channels, r0 * rd1, 1, 1, one, zero, one, 1)],
+        }
+
+    def conv_steps(self, plan: str) -> list[ConvStep]:
+        """The convs of ``plan`` (see :meth:`conv_plans`) built from the current cores."""
+        if plan == "dense":
+            return [ConvStep(self.full_weight(), self.bias, self.stride, self.padding, self.dilation)]
+        f_in, kern, f_out = self._parts()
+        r0, rd, rd1 = f_in.shape[0], f_in.shape[2], kern.shape[2]
+        w1 = f_in.permute(0, 2, 1).reshape(r0 * rd, self.in_channels, 1, 1)  # channel (a, r)
+        k = kern.permute(2, 0, 1).reshape(rd1, rd, *self.kernel_size)  # applied to each channel group a
+        w3 = f_out.permute(1, 2, 0).reshape(self.out_channels, r0 * rd1, 1, 1)  # channel (a, s)
+        return [ConvStep(w1, None), ConvStep(k, None, self.stride, self.padding, self.dilation, fold=r0),
+                ConvStep(w3, self.bias)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`, ``self.last_plan``); with autograd: the three
+        steps below with ``F_in`` / ``F_out`` merged every call (gradients to the cores)."""
         if x.dim() != 4:
             raise ModelError(f"TRConv2d expects input (B, C, H, W), got shape {tuple(x.shape)}")
         _check_features(x, 1, self.in_channels, "TRConv2d", self.in_modes)
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         f_in, kern, f_out = self._parts()
         b, _, h, w = x.shape
         r0, rd, rd1 = f_in.shape[0], f_in.shape[2], kern.shape[2]

@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ModelError
 from ..pack.spec import packable
 from .block_term import BTLSTM, _BTRecurrent
+from .plan import Network, PlannedLinear
 from .shapes import check_modes
 
 
@@ -47,7 +48,7 @@ def tt_ranks(ranks: int | Sequence[int], d: int) -> tuple[int, ...]:
 
 
 @packable
-class TTLinear(nn.Module):
+class TTLinear(PlannedLinear, nn.Module):
     """Fully connected layer whose ``(prod n, prod m)`` weight is a TT-matrix (Novikov et al., 2015).
 
     Parameters ``core_k`` (listed by ``self.cores``) of shape ``(r_{k-1}, m_k, n_k, r_k)``; ``sum_k r_{k-1} m_k n_k
@@ -104,11 +105,41 @@ class TTLinear(nn.Module):
             t = torch.einsum("MNr,rmnq->MmNnq", t, core).reshape(t.shape[0] * m, t.shape[1] * n, q)
         return t[..., 0].t()
 
+    def network(self) -> Network:
+        """The layer as a tensor network for :mod:`.plan`: input ``(b, m_0..)``, cores ``(t_k, m_k, n_k, t_k+1)``
+        with the end ranks (1) dropped, output ``(b, n_0..)``."""
+        d = len(self.in_modes)
+        labels = [("b", *(f"m{k}" for k in range(d)))]
+        for k in range(d):
+            left = (f"t{k}",) if k > 0 else ()
+            right = (f"t{k + 1}",) if k < d - 1 else ()
+            labels.append((*left, f"m{k}", f"n{k}", *right))
+        sizes = [("b", 1)] + [(f"t{k}", self.ranks[k]) for k in range(1, d)]
+        sizes += [(f"m{k}", m) for k, m in enumerate(self.in_modes)] + [(f"n{k}", n) for k, n in enumerate(self.out_modes)]
+        return Network(tuple(labels), tuple(sizes), ("b", *(f"n{k}" for k in range(d))))
+
+    def network_operands(self) -> list[torch.Tensor]:
+        d = len(self.in_modes)
+        ops = []
+        for k, c in enumerate(self.cores):
+            shape = list(c.shape)
+            if k == 0:
+                shape = shape[1:]
+            if k == d - 1:
+                shape = shape[:-1]
+            ops.append(c.reshape(shape))
+        return ops
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`, ``self.last_plan``); with autograd: the
+        sequential contraction below (gradients to the cores)."""
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ModelError(f"TTLinear expects {self.in_features} input features (modes {self.in_modes}), got "
                              f"input of shape {tuple(x.shape)}; reshape the input or build the layer with matching "
                              "modes")
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         b = math.prod(lead)
         t = x.reshape(b, self.in_features, 1, 1)  # (B, remaining input modes, done output modes, rank)

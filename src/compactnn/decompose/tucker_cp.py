@@ -22,7 +22,8 @@ from torch import nn
 
 from ..errors import ModelError
 from ..pack.spec import packable
-from .tensor_ring import _pair
+from .plan import ConvStep, PlannedConv
+from ..graph.modules import pair
 
 
 def _check_conv(conv: nn.Module) -> None:
@@ -46,7 +47,7 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
 
 
 @packable
-class TuckerConv2d(nn.Module):
+class TuckerConv2d(PlannedConv, nn.Module):
     """Tucker-2 convolution: 1x1 reduce (``reduce``), ``kh x kw`` core (``core``), 1x1 expand (``expand``).
 
     Parameters: ``C r_in + r_in r_out kh kw + r_out O`` (+ bias ``O``).
@@ -64,10 +65,10 @@ class TuckerConv2d(nn.Module):
         r_out, r_in = (ranks, ranks) if isinstance(ranks, int) and not isinstance(ranks, bool) else tuple(ranks)
         self.ranks = (_rank(r_out, out_channels, "r_out"), _rank(r_in, in_channels, "r_in"))
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.kernel_size = pair(kernel_size, "kernel_size", low=0)
         self.reduce = nn.Conv2d(in_channels, r_in, 1, bias=False)
-        self.core = nn.Conv2d(r_in, r_out, self.kernel_size, stride=_pair(stride, "stride"),
-                              padding=_pair(padding, "padding"), dilation=_pair(dilation, "dilation"), bias=False)
+        self.core = nn.Conv2d(r_in, r_out, self.kernel_size, stride=pair(stride, "stride", low=0),
+                              padding=pair(padding, "padding", low=0), dilation=pair(dilation, "dilation", low=0), bias=False)
         self.expand = nn.Conv2d(r_out, out_channels, 1, bias=bias)
 
     @classmethod
@@ -104,7 +105,54 @@ class TuckerConv2d(nn.Module):
                             self.reduce.weight[:, :, 0, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Without autograd: the planned evaluation (:mod:`.plan`, ``self.last_plan``): ``factorized`` (the three
+        convs), ``merged`` (the core merged into the 1x1 conv on its cheaper side: two convs) or ``dense`` (one conv
+        with :meth:`full_weight`). With autograd: the three convs."""
+        return self.planned_forward(x, self._train_forward)
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.expand(self.core(self.reduce(x)))
+
+    def network_operands(self) -> list[torch.Tensor]:
+        return [p for p in self.parameters()]
+
+    def version_tensors(self):
+        """The tensors the planner's caches depend on (checked every inference call: kept cheap)."""
+        return [p for m in (self.reduce, self.core, self.expand) for p in m._parameters.values() if p is not None]
+
+    def _merge_side(self) -> str:
+        r_out, r_in = self.ranks
+        # merging reduce into the core gives a C -> r_out conv; merging the core into expand an r_in -> O conv
+        return "in" if self.in_channels * r_out <= r_in * self.out_channels else "out"
+
+    def conv_plans(self, x_shape: tuple) -> dict[str, list[tuple]]:
+        """Plans for :class:`.plan.ConvPlanner` (see :meth:`forward`)."""
+        r_out, r_in = self.ranks
+        kh, kw = self.kernel_size
+        c = self.core
+        one, zero = (1, 1), (0, 0)
+        core = lambda i, o: (o, i, kh, kw, c.stride, c.padding, c.dilation, 1)  # noqa: E731
+        merged = ([core(self.in_channels, r_out), (self.out_channels, r_out, 1, 1, one, zero, one, 1)]
+                  if self._merge_side() == "in" else
+                  [(r_in, self.in_channels, 1, 1, one, zero, one, 1), core(r_in, self.out_channels)])
+        return {"factorized": [(r_in, self.in_channels, 1, 1, one, zero, one, 1), core(r_in, r_out),
+                               (self.out_channels, r_out, 1, 1, one, zero, one, 1)],
+                "merged": merged, "dense": [core(self.in_channels, self.out_channels)]}
+
+    def conv_steps(self, plan: str) -> list[ConvStep]:
+        """The convs of ``plan`` built from the current weights."""
+        c, bias = self.core, self.expand.bias
+        geo = (c.stride, c.padding, c.dilation)
+        red, exp = self.reduce.weight[:, :, 0, 0], self.expand.weight[:, :, 0, 0]
+        if plan == "dense":
+            return [ConvStep(self.full_weight(), bias, *geo)]
+        if plan == "factorized":
+            return [ConvStep(self.reduce.weight, None), ConvStep(c.weight, None, *geo),
+                    ConvStep(self.expand.weight, bias)]
+        if self._merge_side() == "in":
+            return [ConvStep(torch.einsum("rskl,sc->rckl", c.weight, red), None, *geo),
+                    ConvStep(self.expand.weight, bias)]
+        return [ConvStep(self.reduce.weight, None), ConvStep(torch.einsum("or,rskl->oskl", exp, c.weight), bias, *geo)]
 
     def extra_repr(self) -> str:
         return f"in_channels={self.in_channels}, out_channels={self.out_channels}, ranks={self.ranks}"
@@ -129,8 +177,8 @@ class CPConv2d(nn.Module):
         super().__init__()
         self.rank = _rank(rank, None, "rank")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = (kh, kw) = _pair(kernel_size, "kernel_size")
-        (sh, sw), (ph, pw), (dh, dw) = _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation")
+        self.kernel_size = (kh, kw) = pair(kernel_size, "kernel_size", low=0)
+        (sh, sw), (ph, pw), (dh, dw) = pair(stride, "stride", low=0), pair(padding, "padding", low=0), pair(dilation, "dilation", low=0)
         r = self.rank
         self.reduce = nn.Conv2d(in_channels, r, 1, bias=False)
         self.vertical = nn.Conv2d(r, r, (kh, 1), stride=(sh, 1), padding=(ph, 0), dilation=(dh, 1), groups=r,

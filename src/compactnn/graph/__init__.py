@@ -3,8 +3,8 @@ small module utilities (find, replace, eval mode). Pruning, quantization and dec
 """
 
 from .markers import Add, Concat
-from .modules import eval_mode, get_module, pair, restore_modes, set_module
-from .trace import Tracer, first_line, record_shapes, register_leaf, trace
+from .modules import eval_mode, get_module, pair, restore_modes, set_module, weight_read_by_parent
+from .trace import Tracer, first_line, record_shapes, register_leaf, source_line, trace
 
 __all__ = ["Add", "Concat", "Tracer", "eval_mode", "first_line", "get_module", "pair", "record_shapes",
-           "register_leaf", "restore_modes", "set_module", "trace"]
+           "register_leaf", "restore_modes", "set_module", "source_line", "trace", "weight_read_by_parent"]

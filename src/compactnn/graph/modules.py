@@ -4,6 +4,7 @@ module's own flag, and the ``int or pair`` normalization of kernel/stride argume
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any, Iterator
 
 from torch import nn
@@ -71,16 +72,42 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 def pair(value: Any, name: str = "value", low: int | None = None) -> tuple[int, int]:
-    """``(a, b)`` from an int or a 2-sequence of ints (kernel sizes, strides, paddings).
+    """``(a, b)`` from an int or a 2-sequence of ints (kernel sizes, strides, paddings); NumPy integers count.
 
     Args:
         value: an int or a pair.
         name: what it is, for the error message.
         low: the smallest allowed entry (``None``: no bound).
     """
-    vals = (value, value) if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
-    if len(vals) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+    def is_int(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    vals = (value, value) if is_int(value) else tuple(value) if isinstance(value, (list, tuple)) else None
+    if vals is None or len(vals) != 2 or not all(is_int(v) for v in vals):
         raise ModelError(f"{name} must be an int or a pair of ints, got {value!r}")
     if low is not None and min(vals) < low:
         raise ModelError(f"{name} must be >= {low}, got {value!r}")
     return int(vals[0]), int(vals[1])
+
+
+def weight_read_by_parent(model: nn.Module, path: str) -> str | None:
+    """Why replacing submodule ``path`` by a module without a plain ``weight`` would break its parent, or None.
+
+    ``nn.MultiheadAttention`` reads ``out_proj.weight`` itself instead of calling ``out_proj``, and
+    ``nn.TransformerEncoderLayer`` reads ``linear1.weight`` for its fused path; a user module may do the same
+    (``F.linear(x, self.proj.weight)``). Found by the class, or by ``<child>.weight`` in the parent's
+    ``forward`` source (when Python can show it).
+    """
+    import inspect
+
+    parent_path, _, child = path.rpartition(".")
+    parent = get_module(model, parent_path) if parent_path else model
+    if isinstance(parent, nn.MultiheadAttention):
+        return "nn.MultiheadAttention reads its weight directly instead of calling it"
+    try:
+        source = inspect.getsource(type(parent).forward)
+    except (OSError, TypeError):
+        return None
+    if f"{child}.weight" in source:
+        return f"{type(parent).__name__}.forward reads {child}.weight directly"
+    return None

@@ -27,12 +27,31 @@ def register_leaf(cls: type) -> type:
 
 
 class Tracer(fx.Tracer):
-    """The torch.fx tracer with compactnn's leaf rule (see the module docstring)."""
+    """The torch.fx tracer with compactnn's leaf rule (see the module docstring); it records each node's source
+    line (:func:`source_line`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if isinstance(m, tuple(_LEAVES)) or super().is_leaf_module(m, qualname):
             return True
         return any(True for _ in m.parameters(recurse=False))
+
+
+def source_line(node: fx.Node) -> str:
+    """Where ``node`` comes from in the model's code, as ``"file.py:12: return x * s"`` ("" when unknown)."""
+    import os
+    import re
+
+    torch_dir = os.path.dirname(torch.__file__)
+    found = [f for f in re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*(.*)', node.stack_trace or "")
+             if not f[0].startswith(torch_dir)]
+    if not found:
+        return ""
+    path, line, code = found[-1]
+    return f"{os.path.basename(path)}:{line}: {code.strip()[:80]}"
 
 
 def first_line(err: BaseException) -> str:

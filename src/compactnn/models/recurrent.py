@@ -105,7 +105,8 @@ class _Rebuilt:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ModelError(f"{type(self).__name__} expects {self.in_features} input features (modes "
                              f"{self.in_modes}), got input of shape {tuple(x.shape)}")
-        return F.linear(x, self.full_weight(), self.bias)
+        # without autograd: the contraction planner of compactnn.decompose.plan (cached weight or merged cores)
+        return self.planned_forward(x, lambda v: F.linear(v, self.full_weight(), self.bias))
 
     def macs_per_sample(self) -> int:
         """``in_features * out_features`` (the GEMM per input row; the rebuild is :meth:`rebuild_macs` per call)."""

@@ -36,6 +36,8 @@ import zstandard
 
 from ..errors import PackError
 from .bits import pack_bits, packed_len, unpack_bits, width
+from .validate import QITEMSIZE as QITEMSIZE_RANGE
+from .validate import check_scale, check_zero_point
 
 DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
@@ -300,11 +302,25 @@ def _decode_flat(meta: dict, payload: bytes, dtype: torch.dtype, count: int, dep
         nnz = int(meta["nnz"])
         idx_data, val_data = _split(payload, meta["parts"])
         if meta["index"] == "relative":
-            bits = int(meta["bits"])
-            codes = unpack_bits(idx_data, bits, int(meta["entries"])).astype(np.int64)
+            bits, entries = int(meta["bits"]), int(meta["entries"])
+            if not (1 <= bits <= 62 and 0 <= entries <= count):
+                raise PackError(f"sparse index of {entries} codes at {bits} bits is invalid; file is corrupted")
+            codes = unpack_bits(idx_data, bits, entries)  # uint64, each < 2**62
             m = 2**bits - 1
-            real = codes != m
-            pos = (np.cumsum(np.where(real, codes + 1, m)) - 1)[real]
+            real = codes != np.uint64(m)
+            if entries and int(codes.max(initial=0, where=real)) >= max(count, 1):
+                raise PackError("sparse gap code skips past the end of the tensor; file is corrupted")
+            steps = codes  # in place: step = code + 1 for a value, m for a filler
+            np.add(steps, np.uint64(1), out=steps, where=real)
+            # every step is >= 1 and the last position must be < count: check the total in float64 first, so the
+            # int64 running sum below cannot wrap to negative positions (64-bit codes of a forged file)
+            if entries and float(np.sum(steps, dtype=np.float64)) > count:
+                raise PackError("sparse gap codes run past the end of the tensor; file is corrupted")
+            run = steps.view(np.int64)
+            np.cumsum(run, out=run)
+            run -= 1
+            pos = run[real]
+            del steps, run, codes
         elif meta["index"] == "bitmask":
             if len(idx_data) != packed_len(count, 1):
                 raise PackError("sparse bitmask has the wrong length; file is corrupted")
@@ -326,13 +342,20 @@ def _decode_affine(meta: dict, payload: bytes, qdtype: str, shape: list[int]) ->
     parts = _split(payload, meta["parts"])
     ints = from_bits(_decode_flat(meta["ints"], parts[0], int_dtype, math.prod(shape)), int_dtype, shape)
     if meta["scheme"] == "per_tensor":
-        return torch._make_per_tensor_quantized_tensor(ints, float.fromhex(meta["scale"]), int(meta["zero_point"]))
+        scale = check_scale(meta["scale"])
+        zero_point = check_zero_point(meta["zero_point"], qdtype)
+        return torch._make_per_tensor_quantized_tensor(ints, scale, zero_point)
     if meta["scheme"] == "per_channel":
         axis, ch = int(meta["axis"]), int(meta["channels"])
         if not 0 <= axis < len(shape) or shape[axis] != ch or len(parts) != 3:
             raise PackError("per-channel axis does not fit the tensor shape; file is corrupted")
         scales = from_bits(_decode_flat({"codec": "dense"}, parts[1], torch.float64, ch), torch.float64, (ch,))
         zps = from_bits(_decode_flat(meta["zero_points"], parts[2], torch.int64, ch), torch.int64, (ch,))
+        if ch and not bool(torch.isfinite(scales).all() and (scales > 0).all() and (scales <= 3.4e38).all()):
+            raise PackError("per-channel affine scales must be finite and positive; file is corrupted")
+        _, lo, hi = QITEMSIZE_RANGE[qdtype]
+        if ch and not bool(((zps >= lo) & (zps <= hi)).all()):
+            raise PackError(f"per-channel zero points are outside {lo}..{hi} for {qdtype}; file is corrupted")
         return torch._make_per_channel_quantized_tensor(ints, scales, zps, axis)
     raise PackError(f"unknown quantization scheme {meta['scheme']!r}; file is corrupted")
 

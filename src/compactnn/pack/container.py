@@ -30,13 +30,12 @@ import zstandard
 from torch import nn
 
 from ..errors import OutputError, PackError
-from ..files import atomic_write_bytes
-from . import codecs, spec
+from ..files import atomic_write_bytes, open_regular
+from . import codecs, spec, validate
 
 MAGIC = b"\x89CNZ\r\n\x1a\n"
 VERSION = 1
 _HEADER = struct.Struct("<8sHHQ32s")
-_MAX_MANIFEST = 1 << 28
 
 
 def _compress(payload: bytes, level: int) -> tuple[bytes, bool]:
@@ -143,77 +142,102 @@ def packed_size(model: nn.Module, *, fp16: bool = False, level: int = 19) -> int
     return len(data)
 
 
-def _read(path) -> tuple[dict, memoryview, int]:
+MAX_FILE = 1 << 36  # 64 GiB: larger files are refused before reading
+
+
+class _Source:
+    """An opened, header-checked ``.cnz`` file: its checked manifest and the blob reader."""
+
+    def __init__(self, reader, manifest: dict, mlen: int):
+        self.reader, self.manifest, self.mlen = reader, manifest, mlen
+        self.base = _HEADER.size + mlen
+
+    def blob(self, offset: int, nbytes: int) -> bytes:
+        data = self.reader.read_at(self.base + offset, nbytes)
+        if len(data) != nbytes:
+            raise PackError(f"{self.reader.path} changed while it was read; try again")
+        return data
+
+
+def _open(path) -> _Source:
+    """Open and validate a ``.cnz`` file: regular file, header, manifest (checksum, size cap, schema), length.
+
+    Nothing is read before the file is known to be a regular file of acceptable size; the magic, version and flags
+    are checked before the manifest is read; the manifest's decompressed size is known (zstd frame header) and
+    capped before it is decompressed. The caller closes ``source.reader``.
+    """
     path = os.fspath(path)
+    reader = open_regular(path, ".cnz file", PackError, MAX_FILE)
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except FileNotFoundError:
-        raise PackError(f"no such file: {path}; check the path") from None
-    except IsADirectoryError:
-        raise PackError(f"{path} is a folder, not a .cnz file") from None
-    except OSError as e:
-        raise PackError(f"cannot read {path}: {e.strerror}") from None
-    if len(raw) < _HEADER.size:
-        if raw[:8] == MAGIC[:len(raw[:8])]:
-            raise PackError(f"{path} is truncated ({len(raw)} bytes, the header alone needs {_HEADER.size})")
-        raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
-    magic, version, _flags, mlen, msha = _HEADER.unpack_from(raw)
-    if magic != MAGIC:
-        raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
-    if version != VERSION:
-        raise PackError(f"{path} uses .cnz format version {version}; this compactnn reads version {VERSION}, "
-                        f"upgrade compactnn")
-    end = _HEADER.size + mlen
-    if len(raw) < end:
-        raise PackError(f"{path} is truncated ({len(raw)} bytes, the manifest ends at byte {end})")
-    stored = raw[_HEADER.size:end]
-    if hashlib.sha256(stored).digest() != msha:
-        raise PackError(f"{path}: manifest checksum mismatch; the file is corrupted or was modified")
-    try:
-        size = zstandard.frame_content_size(stored)
-        if not 0 <= size <= _MAX_MANIFEST:
-            raise PackError(f"{path}: manifest size {size} is invalid; the file is corrupted")
-        manifest = json.loads(zstandard.ZstdDecompressor().decompress(stored))
+        raw = reader.read_at(0, _HEADER.size)
+        if len(raw) < _HEADER.size:
+            if raw[:8] == MAGIC[:len(raw[:8])] and raw:
+                raise PackError(f"{path} is truncated ({len(raw)} bytes, the header alone needs {_HEADER.size})")
+            raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
+        magic, version, flags, mlen, msha = _HEADER.unpack_from(raw)
+        if magic != MAGIC:
+            raise PackError(f"{path} is not a .cnz file (wrong magic bytes)")
+        if version != VERSION:
+            raise PackError(f"{path} uses .cnz format version {version}; this compactnn reads version {VERSION}, "
+                            f"upgrade compactnn")
+        if flags != 0:
+            raise PackError(f"{path} sets reserved header flags 0x{flags:04x}; the file is corrupted or needs a "
+                            f"newer compactnn")
+        end = _HEADER.size + mlen
+        if reader.size < end:
+            raise PackError(f"{path} is truncated ({reader.size} bytes, the manifest ends at byte {end})")
+        if mlen > validate.MAX_MANIFEST:
+            raise PackError(f"{path}: stored manifest is {mlen:,} bytes, more than {validate.MAX_MANIFEST:,}")
+        stored = reader.read_at(_HEADER.size, mlen)
+        if hashlib.sha256(stored).digest() != msha:
+            raise PackError(f"{path}: manifest checksum mismatch; the file is corrupted or was modified")
+        text = _unzstd(stored, None, validate.MAX_MANIFEST, f"{path}: manifest")
+        manifest = validate.parse_json(text, path)
+        validate.check_manifest(manifest, path)
         data_bytes = manifest["data_bytes"]
-        if not (isinstance(manifest["tensors"], dict) and isinstance(manifest["root"], dict)
-                and isinstance(data_bytes, int)):
-            raise TypeError("bad manifest fields")
-    except (zstandard.ZstdError, ValueError, KeyError, TypeError) as e:
-        raise PackError(f"{path}: manifest is malformed ({type(e).__name__}); the file is corrupted") from None
-    data = memoryview(raw)[end:]
-    if len(data) < data_bytes:
-        raise PackError(f"{path} is truncated ({len(raw)} bytes, expected {end + data_bytes})")
-    if len(data) > data_bytes:
-        raise PackError(f"{path} has {len(data) - data_bytes} unexpected trailing bytes; the file is corrupted")
-    return manifest, data, mlen
+        have = reader.size - end
+        if have < data_bytes:
+            raise PackError(f"{path} is truncated ({reader.size} bytes, expected {end + data_bytes})")
+        if have > data_bytes:
+            raise PackError(f"{path} has {have - data_bytes} unexpected trailing bytes; the file is corrupted")
+        validate.budget(manifest, reader.size, path)
+        return _Source(reader, manifest, mlen)
+    except BaseException:
+        reader.close()
+        raise
 
 
-def _decode(name: str, entry: dict, data: memoryview) -> torch.Tensor:
-    codec = entry.get("codec")
-    if codec not in codecs.CODECS:
-        raise PackError(f"tensor {name!r} uses unknown codec {codec!r}; the file needs a newer compactnn "
-                        f"or is corrupted")
+def _unzstd(blob: bytes, size: int | None, cap: int, what: str) -> bytes:
+    """Decompress one zstd frame whose header must state its content size (``size`` if given, else <= ``cap``);
+    the output buffer is allocated at that known, capped size."""
     try:
-        offset, nbytes, zipped = int(entry["offset"]), int(entry["bytes"]), bool(entry["zstd"])
-        payload_bytes, digest = int(entry["payload_bytes"]), entry["sha256"]
-        meta = {"codec": codec, **entry["meta"]}
-    except (KeyError, TypeError, ValueError):
-        raise PackError(f"tensor {name!r} has a malformed manifest entry; the file is corrupted") from None
-    if offset < 0 or nbytes < 0 or offset + nbytes > len(data):
-        raise PackError(f"tensor {name!r} lies outside the data area; the file is corrupted")
-    blob = bytes(data[offset:offset + nbytes])
-    if hashlib.sha256(blob).hexdigest() != digest:
+        declared = zstandard.frame_content_size(blob)
+    except zstandard.ZstdError as e:
+        raise PackError(f"{what}: cannot decompress ({e}); the file is corrupted") from None
+    if declared < 0:
+        raise PackError(f"{what}: zstd frame does not state its size; the file is corrupted")
+    if (size is not None and declared != size) or declared > cap:
+        raise PackError(f"{what}: zstd frame claims {declared:,} bytes, expected "
+                        f"{size if size is not None else f'at most {cap}'}; the file is corrupted")
+    try:
+        out = zstandard.ZstdDecompressor().decompress(blob, max_output_size=max(declared, 1))
+    except zstandard.ZstdError as e:
+        raise PackError(f"{what}: cannot decompress ({e}); the file is corrupted") from None
+    if len(out) != declared:
+        raise PackError(f"{what}: decompressed to {len(out)} bytes, expected {declared}; the file is corrupted")
+    return out
+
+
+def _decode(name: str, entry: dict, source: _Source) -> torch.Tensor:
+    blob = source.blob(entry["offset"], entry["bytes"])
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
         raise PackError(f"tensor {name!r}: checksum mismatch; the file is corrupted or was modified")
-    if zipped:
-        try:
-            if zstandard.frame_content_size(blob) != payload_bytes:
-                raise zstandard.ZstdError("frame size does not match the manifest")
-            blob = zstandard.ZstdDecompressor().decompress(blob)
-        except zstandard.ZstdError as e:
-            raise PackError(f"tensor {name!r}: cannot decompress ({e}); the file is corrupted") from None
+    payload_bytes = entry["payload_bytes"]
+    if entry["zstd"]:
+        blob = _unzstd(blob, payload_bytes, payload_bytes, f"tensor {name!r}")
     if len(blob) != payload_bytes:
         raise PackError(f"tensor {name!r}: payload is {len(blob)} bytes, expected {payload_bytes}; file is corrupted")
+    meta = {"codec": entry["codec"], **entry["meta"]}
     try:
         return codecs.decode_tensor(meta, blob, entry["shape"], entry["dtype"])
     except PackError as e:
@@ -221,34 +245,43 @@ def _decode(name: str, entry: dict, data: memoryview) -> torch.Tensor:
 
 
 def load(path, model: nn.Module | None = None) -> nn.Module:
-    """Load a ``.cnz`` file written by :func:`save`. Checks every checksum; never unpickles.
+    """Load a ``.cnz`` file written by :func:`save`. Validates the whole file before using it; never unpickles.
+
+    Validation, in order: only a regular file of at most 64 GiB is opened; magic, version and reserved flags; the
+    manifest's checksum, its capped decompressed size, its JSON limits and schema
+    (:mod:`compactnn.pack.validate`); the file length; the decoded-size budget; the module tree
+    (:func:`compactnn.pack.spec.plan`: registry classes only, never an import by name); then every blob's
+    checksum and codec data. Only then is anything built, and only after everything is built is a skeleton touched.
 
     Args:
         path: the file (str or PathLike).
         model: optional skeleton, needed only when the file holds module classes that are not allow-listed (your own
             classes): such modules are taken from the skeleton at the same path (same class required) and refilled
             in place with the saved attributes, children and tensors. Allow-listed modules are always rebuilt.
+            A file that fails to load leaves the skeleton unchanged.
 
     Returns:
         The module, with the saved train/eval mode and ``requires_grad`` flags, on the CPU.
     """
     if model is not None and not isinstance(model, nn.Module):
         raise PackError(f"load(model=...) needs an nn.Module skeleton, got {type(model).__name__}")
-    manifest, data, _ = _read(path)
-    tensors: dict[str, torch.Tensor] = {}
-    requires_grad: dict[str, bool] = {}
-    for name, entry in manifest["tensors"].items():
-        if not isinstance(entry, dict):
-            raise PackError(f"tensor {name!r} has a malformed manifest entry; the file is corrupted")
-        if entry.get("codec") == "alias":
-            if entry.get("alias") not in tensors:
-                raise PackError(f"tensor {name!r} aliases unknown tensor {entry.get('alias')!r}; file is corrupted")
-            tensors[name] = tensors[entry["alias"]]
-        else:
-            tensors[name] = _decode(name, entry, data)
-        requires_grad[name] = bool(entry.get("requires_grad", False))
     spec.import_registering()
-    return spec.rebuild(manifest["root"], tensors, requires_grad, skeleton=model)
+    source = _open(path)
+    try:
+        manifest = source.manifest
+        entries = manifest["tensors"]
+        checked = spec.plan(manifest["root"], entries, skeleton=model)
+        tensors: dict[str, torch.Tensor] = {}
+        requires_grad: dict[str, bool] = {}
+        for name, entry in entries.items():
+            if entry["codec"] == "alias":
+                tensors[name] = tensors[entry["alias"]]
+            else:
+                tensors[name] = _decode(name, entry, source)
+            requires_grad[name] = entry["requires_grad"]
+    finally:
+        source.reader.close()
+    return spec.rebuild(manifest["root"], tensors, requires_grad, skeleton=model, entries=entries, checked=checked)
 
 
 def read_manifest(path) -> dict:
@@ -268,5 +301,6 @@ def read_manifest(path) -> dict:
         ``payload_bytes``, ``sha256`` and ``meta`` (codec details); a tied tensor has codec ``"alias"``, 0 bytes and
         ``alias`` naming the first key.
     """
-    manifest, data, mlen = _read(path)
-    return _summary(manifest, os.fspath(path), _HEADER.size + mlen + len(data))
+    source = _open(path)
+    source.reader.close()
+    return _summary(source.manifest, os.fspath(path), source.reader.size)

@@ -15,7 +15,9 @@ output are pinned (never pruned), so the classifier's outputs are never removed.
 Design after Torch-Pruning (Fang et al. 2023, github.com/VainF/Torch-Pruning): a dependency graph plus low-level
 per-layer pruning (:mod:`.surgery`) kept separate from the pruners that choose channels (:mod:`.nisp`,
 :mod:`.l1filter`). Written from scratch; supports Conv1d/2d, Linear, BatchNorm1d/2d, elementwise activations,
-dropout, pooling, flatten, add and cat. Anything else raises :class:`~compactnn.errors.ModelError` naming the op.
+dropout, pooling, flatten, add and cat. Any other op (a user layer, ``mul``, slicing, an LSTM, attention) is kept
+whole: the channels that reach it and that it makes are pinned, pruning goes on around it, and ``kept_whole`` names
+it (as Torch-Pruning leaves unknown ops out).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import ModelError
-from ..graph import Add, record_shapes, trace
+from ..graph import Add, record_shapes, source_line, trace
 from .layer_rules import rule_for
 
 CONV = (nn.Conv1d, nn.Conv2d)
@@ -118,8 +120,12 @@ class Group:
         return len(self.roots)
 
 
-def _unsupported(what: str, kind: str) -> ModelError:
-    return ModelError(
+class Opaque(ModelError):
+    """An op the graph cannot see channels through; :meth:`DependencyGraph.build` keeps it whole (see there)."""
+
+
+def _unsupported(what: str, kind: str) -> Opaque:
+    return Opaque(
         f"structured pruning does not support {what} ({kind}); supported: Conv1d/2d (groups 1 or depthwise), "
         "Linear, BatchNorm1d/2d, activations, dropout, pooling, flatten, add, cat; replace it or prune other layers"
     )
@@ -143,6 +149,8 @@ class DependencyGraph:
         self.groups: dict[str, Group] = {}
         self.node_ids: dict[str, np.ndarray] = {}
         self._pinned: list[np.ndarray] = []
+        self.kept_whole: dict[str, str] = {}
+        self.last_dim: set[str] = set()  # nodes whose ids run along the last dim (a Linear's output on N-D input)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -165,9 +173,28 @@ class DependencyGraph:
         record_shapes(self.gm, self.input_shape)
         self._modules = dict(self.gm.named_modules())
         for node in self.gm.graph.nodes:
-            self._visit(node)
+            try:
+                self._visit(node)
+            except Opaque as err:
+                self._keep_whole(node, str(err))
         self._make_groups()
         return self
+
+    def _keep_whole(self, node: fx.Node, reason: str) -> None:
+        """An op the graph cannot see channels through: every channel that reaches it, and every channel it
+        makes, is pinned, so pruning goes on around it and never changes what it sees (Torch-Pruning's way of
+        leaving unknown ops out). Listed in ``kept_whole`` as ``{node: reason}``."""
+        for arg in self._tensor_args(node):
+            self._pinned.append(self.node_ids[arg.name])
+        shape = self.shape(node)
+        if shape is not None and len(shape) >= 2:
+            ids = self.uf.new(shape[1])
+            self._pinned.append(ids)
+            self.node_ids[node.name] = ids
+        label = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.name)
+        where = source_line(node)
+        self.kept_whole[str(label)] = reason.split("; supported:")[0].removeprefix(
+            "structured pruning does not support ") + (f" at {where}" if where else "")
 
     def shape(self, node: fx.Node) -> tuple[int, ...] | None:
         """Shape of ``node``'s tensor output in the dry run (batch 1), or None if it is not a tensor."""
@@ -226,6 +253,8 @@ class DependencyGraph:
         self.node_ids[node.name] = ids
 
     def _propagate(self, node: fx.Node, inputs: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray:
+        if any(a.name in self.last_dim for a in inputs) or self._linear_on_nd(node, inputs):
+            return self._last_dim(node, inputs)
         first = self.node_ids[inputs[0].name] if inputs else None
         if node.op == "call_module":
             mod = self._modules[node.target]
@@ -268,6 +297,48 @@ class DependencyGraph:
         if target is torch.flatten:
             return self._reshape(node, inputs[0], shape, "function 'flatten'")
         raise _unsupported(f"function {label!r} (node {node.name!r})", "call_function")
+
+    def _linear_on_nd(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        if node.op != "call_module" or not inputs:
+            return False
+        mod = self._modules[node.target]
+        rule = rule_for(mod)
+        return rule is not None and rule.kind(mod) == "linear" and len(self.shape(inputs[0])) > 2
+
+    def _last_dim(self, node: fx.Node, inputs: list[fx.Node]) -> np.ndarray:
+        """Features along the last dim (tokens x features, as in a transformer's MLP): a Linear on an N-D input
+        starts a block of ids for its output features; elementwise ops and adds of such tensors pass or tie them;
+        a Linear reading them takes them as its input features. Anything else with them is kept whole."""
+        if node.op == "call_module" and self._linear_on_nd(node, inputs):
+            mod = self._modules[node.target]
+            arg = inputs[0]
+            if arg.name in self.last_dim and len(self.node_ids[arg.name]) == mod.in_features:
+                in_ids = self.node_ids[arg.name]
+            else:  # features not tracked along the last dim: keep them as they are
+                in_ids = self.uf.new(mod.in_features)
+                self._pinned += [in_ids, self.node_ids[arg.name]]
+            out = self._layer(str(node.target), "linear", in_ids, self.uf.new(int(mod.out_features)))
+            self.last_dim.add(node.name)
+            return out
+        if not all(a.name in self.last_dim for a in inputs):
+            raise _unsupported(f"node {node.name!r} mixing features along the last dim with channels", node.op)
+        first = self.node_ids[inputs[0].name]
+        elementwise = (node.op == "call_module" and isinstance(self._modules[node.target], PASS_MODULES)
+                       and not isinstance(self._modules[node.target], (nn.modules.pooling._MaxPoolNd,
+                                                                      nn.modules.pooling._AvgPoolNd)))
+        elementwise |= node.op == "call_method" and node.target in PASS_METHODS
+        elementwise |= node.op == "call_function" and node.target in (F.relu, F.relu6, F.leaky_relu, F.gelu, F.silu,
+                                                                       F.elu, F.hardswish, F.hardtanh, F.dropout,
+                                                                       torch.relu, torch.sigmoid, torch.tanh)
+        if elementwise and self.shape(node) == self.shape(inputs[0]):
+            self.last_dim.add(node.name)
+            return first
+        if node.target in ADD_FUNCTIONS or node.target == "add" or (
+                node.op == "call_module" and isinstance(self._modules[node.target], Add)):
+            ids = self._add(node, inputs, f"add {node.name!r}")
+            self.last_dim.add(node.name)
+            return ids
+        raise _unsupported(f"node {node.name!r} on features along the last dim", node.op)
 
     def _add(self, node: fx.Node, inputs: list[fx.Node], where: str) -> np.ndarray:
         out_shape = self.shape(node)
@@ -376,4 +447,4 @@ def build_graph(model: nn.Module, input_shape: Sequence[int] | None = None) -> D
     return DependencyGraph.build(model, input_shape)
 
 
-__all__ = ["DependencyGraph", "Group", "Layer", "build_graph"]
+__all__ = ["DependencyGraph", "Group", "Layer", "Opaque", "build_graph"]

@@ -30,7 +30,8 @@ class MagnitudePrune(MethodConfig):
             ``round((1 - sparsity) * n)`` of its own ``n``. Ties go to the weight that comes first (layer order,
             then flattened index).
         layers: ``fnmatch`` patterns over module names (``"fc*"``, ``"features.*"``); ``None`` = every
-            Linear/Conv weight.
+            Linear/Conv weight and every other weight of >= 2 dims (LSTM/GRU matrices, attention projections,
+            a user layer's ``weight``; named ``"<module>.<parameter>"``).
         exclude: patterns of layers left alone.
         schedule: ``"one-shot"`` prunes before fine-tuning; ``"agp"`` raises sparsity along Zhu & Gupta's cubic
             ramp during fine-tuning (needs ``finetune``).
@@ -43,6 +44,7 @@ class MagnitudePrune(MethodConfig):
     method = "magnitude-prune"
     description = "Magnitude pruning (one-shot or AGP cubic schedule) with masked fine-tuning"
     kinds = WEIGHT_LAYERS
+    any_weight = True
     example = {"sparsity": 0.5, "finetune": {"epochs": 1}}
 
     sparsity: Sparsity

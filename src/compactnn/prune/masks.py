@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..layers import strip_parametrizations
+from ..layers import slot_of, strip_parametrizations
 
 
 class WeightMask(nn.Module):
@@ -36,10 +36,11 @@ class WeightMask(nn.Module):
         return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
-def _mask_of(module: nn.Module) -> WeightMask | None:
-    if not parametrize.is_parametrized(module, "weight"):
+def _mask_of(layer) -> WeightMask | None:
+    module, name = slot_of(layer)
+    if not parametrize.is_parametrized(module, name):
         return None
-    for p in module.parametrizations.weight:
+    for p in getattr(module.parametrizations, name):
         if isinstance(p, WeightMask):
             return p
     return None
@@ -49,14 +50,15 @@ def set_mask(module: nn.Module, mask: Tensor) -> None:
     """Mask ``module.weight`` with ``mask`` (True = keep), registering the parametrization or updating it.
 
     Args:
-        module: a layer with a ``weight`` (Linear, Conv...).
+        module: a layer with a ``weight`` (Linear, Conv...), or a :class:`compactnn.layers.WeightSlot`.
         mask: bool tensor of the weight's shape.
     """
     if tuple(mask.shape) != tuple(module.weight.shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(module.weight.shape)}")
     existing = _mask_of(module)
     if existing is None:
-        parametrize.register_parametrization(module, "weight", WeightMask(mask.to(module.weight.device)))
+        owner, name = slot_of(module)
+        parametrize.register_parametrization(owner, name, WeightMask(mask.to(module.weight.device)))
     else:
         existing.mask.copy_(mask)
 

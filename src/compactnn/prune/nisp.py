@@ -34,7 +34,8 @@ from ..config import Range
 from ..errors import ModelError
 from ..graph import Add, eval_mode
 from ..layers import Target, require_data
-from .graph import ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, DependencyGraph
+from .graph import (ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, PASS_FUNCTIONS, PASS_METHODS, PASS_MODULES,
+                    DependencyGraph)
 from .structured import Structured, prune_structured
 
 
@@ -152,7 +153,21 @@ def _module_rule(mod: nn.Module, in_shape, s: Tensor) -> Tensor:
         return _adjoint(mod, in_shape, s)
     if isinstance(mod, nn.Flatten):
         return s.reshape(in_shape)
-    return s  # activations, dropout, identity
+    if isinstance(mod, PASS_MODULES):
+        return s  # activations, dropout, identity
+    return _spread(s, in_shape)
+
+
+def _spread(s: Tensor, in_shape) -> Tensor:
+    """An op the graph keeps whole (a user layer, a product, an LSTM): its channels are pinned, and the score it
+    receives passes to its input spread evenly, so the layers before it still get a share of the importance. A
+    channel-keeping op whose arguments the dry run did not record (a pool with a size computed in ``forward``)
+    spreads each channel's score over that channel only."""
+    in_shape = tuple(in_shape)
+    if s.dim() >= 2 and len(in_shape) >= 2 and s.shape[:2] == in_shape[:2]:
+        per_channel = s.reshape(*s.shape[:2], -1).sum(-1) / max(1, int(np.prod(in_shape[2:])))
+        return per_channel.reshape(*in_shape[:2], *([1] * (len(in_shape) - 2))).expand(in_shape).clone()
+    return torch.full(in_shape, float(s.sum()) / max(1, int(np.prod(in_shape))), dtype=s.dtype)
 
 
 def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str, Tensor]:
@@ -189,10 +204,13 @@ def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str
             avg = F.adaptive_avg_pool1d if target is F.adaptive_max_pool1d else F.adaptive_avg_pool2d
             size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
             outs = [_adjoint(lambda x: avg(x, size), shapes[0], s)]
-        elif target in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+        elif target in (F.avg_pool1d, F.avg_pool2d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d) and not any(
+                isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())):
             outs = [_adjoint(lambda x: target(x, *node.args[1:], **node.kwargs), shapes[0], s)]
+        elif target in PASS_FUNCTIONS or target in PASS_METHODS:  # ops the graph lets channels pass through
+            outs = [s if tuple(s.shape) == tuple(sh) else _spread(s, sh) for sh in shapes]
         else:
-            outs = [s]  # elementwise ops the graph lets pass
+            outs = [_spread(s, sh) for sh in shapes]
         for arg, out in zip(args, outs):
             out = out.reshape(graph.shape(arg))
             scores[arg.name] = scores[arg.name] + out if arg.name in scores else out
@@ -241,7 +259,10 @@ def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: floa
     for node in graph.gm.graph.nodes:
         if node.op == "call_module" and node.name in node_scores and str(node.target) in graph.layers:
             s = node_scores[node.name]
-            ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
+            if node.name in graph.last_dim:  # features along the last dim (a Linear on tokens x features)
+                ch = s.reshape(-1, s.shape[-1]).sum(0)
+            else:
+                ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
             name = str(node.target)
             per_layer[name] = per_layer[name] + ch if name in per_layer else ch
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}

@@ -18,6 +18,7 @@ The budget (``sparsity`` of a :class:`Structured` config):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
@@ -204,6 +205,13 @@ def prune_structured(model: nn.Module, config: Structured, data: Any, target: Ta
     if config.finetune is not None:
         require_data(data, config.method)
     graph = DependencyGraph.build(model, input_shape_of(model, data, config.method))
+    if graph.kept_whole:
+        names = list(graph.kept_whole)
+        warnings.warn(f"{config.method}: {len(names)} op(s) kept whole, their channels pinned: "
+                      f"{', '.join(names[:6])}{' ...' if len(names) > 6 else ''} (first: {graph.kept_whole[names[0]]})",
+                      stacklevel=3)
+        for name, reason in graph.kept_whole.items():
+            target.skipped[name] = f"kept whole: {reason}"
     groups = selected_groups(graph, target, config.method)
     scores = importance(model, graph, data)
     scores = {n: scores[n] for n in groups}

@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 from ..api import register_method
 from ..cluster import inertia, kmeans_1d
 from ..config import FineTune, MethodConfig, Patterns, PerLayer, PositiveInt, Range, Seed
-from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune, strip_parametrizations
+from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune, slot_of, strip_parametrizations
 
 Init = Literal["linear", "density", "random"]
 
@@ -58,12 +58,14 @@ def share_weights(module: nn.Module, index: Tensor, codebook: Tensor) -> None:
 
     The codebook starts as each cluster's mean weight (for k-means labels: the k-means centroids).
     """
-    parametrize.register_parametrization(module, "weight", SharedWeight(index, codebook), unsafe=True)
+    owner, name = slot_of(module)
+    parametrize.register_parametrization(owner, name, SharedWeight(index, codebook), unsafe=True)
 
 
 def codebook_of(module: nn.Module) -> nn.Parameter:
     """The trainable codebook of a module parametrized by :func:`share_weights`."""
-    return module.parametrizations.weight.original
+    owner, name = slot_of(module)
+    return getattr(owner.parametrizations, name).original
 
 
 def cluster_weight(weight: Tensor, bits: int, init: Init = "linear", iterations: int = 100, seed: int = 0):
@@ -89,7 +91,8 @@ class KMeansQuantize(MethodConfig):
     Args:
         bits: bits per weight index, 1..8 (``2**bits`` centroids per layer; zeros are kept apart); one number or
             ``{layer pattern: bits}``.
-        layers: ``fnmatch`` patterns over module names; ``None`` = every Linear/Conv weight.
+        layers: ``fnmatch`` patterns over module names; ``None`` = every Linear/Conv weight and every other weight
+            of >= 2 dims (LSTM/GRU matrices, attention projections, a user layer's ``weight``).
         exclude: patterns of layers left alone.
         init: centroid init: ``"linear"`` (the paper's best), ``"density"`` or ``"random"``.
         finetune: fine-tuning of the codebooks (assignments fixed); ``None`` = cluster only.
@@ -100,6 +103,7 @@ class KMeansQuantize(MethodConfig):
     method = "kmeans-quantize"
     description = "Deep Compression k-means weight sharing with codebook fine-tuning"
     kinds = WEIGHT_LAYERS
+    any_weight = True
     example = {"bits": 2, "finetune": {"epochs": 1}}
 
     bits: PerLayer[Annotated[int, Range(1, 8, note="bits per weight index")]] = 4

@@ -8,12 +8,21 @@ What is counted (the MACs of one forward pass at batch 1):
   dilation act through the output size).
 - ``nn.ConvTranspose1d/2d/3d``: every input element is scattered to ``(out_channels / groups) * prod(kernel_size)``
   outputs, so ``input.numel() * (out_channels / groups) * prod(kernel_size)``.
+- ``nn.LSTM``/``nn.GRU``/``nn.RNN``: per layer and direction, ``steps * gates * H * (I + H_r)`` (``gates`` 4/3/1,
+  ``I`` the layer's input size, ``H_r`` the recurrent size: ``proj_size`` when set, then plus ``steps * H *
+  proj_size`` for the projection); ``steps`` = sequence length x batch.
+- ``nn.MultiheadAttention``: its four projections plus ``Q K^T`` and ``A V`` (``2 * B * L_q * L_k * E``); torch's
+  fused eval-mode path hides these products from the flop counter, so they are counted by formula.
 - Any module whose class defines ``macs(self, input, output) -> int`` (``input`` is the tuple of positional inputs,
   as forward hooks receive it) is asked instead; its submodules are then not counted again.
-- Everything else counts 0: normalization, activations, pooling, embeddings, and layers that compute with their
-  weights functionally (``nn.MultiheadAttention``, RNNs) unless they define ``macs``.
+- Every other matrix product is counted by running the forward under torch's ``FlopCounterMode`` (``mm``, ``addmm``,
+  ``bmm``, ``matmul``, ``einsum``, attention, convolutions in functional form) and given to the innermost module that
+  ran it outside the layers above: ``nn.MultiheadAttention``'s input projection and its attention products, a user
+  layer computing ``F.linear(x, self.weight)``, ``q @ k.transpose(-2, -1)`` in a hand-written attention. Products
+  at the top level count under the name ``""``.
+- Everything else counts 0: normalization, activations, pooling, embeddings.
 
-Only products with weights are counted. Zero (pruned) weights still count: the number is what a dense kernel does.
+Zero (pruned) weights still count: the number is what a dense kernel does.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ConfigError, ModelError
 from ..graph.modules import eval_mode
@@ -57,14 +67,55 @@ def _conv_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
     return output.numel() * (module.in_channels // module.groups) * kernel
 
 
+_GATES = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1, "RNN_RELU": 1}
+
+
+def _rnn_macs(module: nn.RNNBase, inputs: tuple) -> int:
+    x = inputs[0]
+    data = x.data if isinstance(x, nn.utils.rnn.PackedSequence) else x
+    steps = data.numel() // module.input_size
+    gates, hidden = _GATES[module.mode], module.hidden_size
+    proj = getattr(module, "proj_size", 0) or 0
+    recurrent = proj or hidden
+    dirs = 2 if module.bidirectional else 1
+    total = 0
+    for layer in range(module.num_layers):
+        size_in = module.input_size if layer == 0 else recurrent * dirs
+        total += dirs * steps * (gates * hidden * (size_in + recurrent) + hidden * proj)
+    return total
+
+
+def _mha_macs(module: nn.MultiheadAttention, inputs: tuple) -> int:
+    query = inputs[0]
+    key = inputs[1] if len(inputs) > 1 else query
+    value = inputs[2] if len(inputs) > 2 else key
+    embed = module.embed_dim
+    rows_q, rows_k, rows_v = query.numel() // embed, key.numel() // module.kdim, value.numel() // module.vdim
+    batch = 1 if query.dim() == 2 else query.shape[0 if module.batch_first else 1]
+    len_q, len_k = rows_q // batch, rows_k // batch
+    projections = rows_q * embed * embed * 2 + rows_k * module.kdim * embed + rows_v * module.vdim * embed
+    return projections + 2 * batch * len_q * len_k * embed
+
+
+def _formula(module: nn.Module) -> bool:
+    """Whether ``module``'s MACs come from a formula (or its own ``macs``) rather than the flop counter."""
+    return _has_macs_method(module) or isinstance(
+        module, (nn.Linear, nn.modules.conv._ConvNd, nn.RNNBase, nn.MultiheadAttention))
+
+
 def module_macs(module: nn.Module, inputs: tuple, output) -> int:
-    """MACs of one call of ``module`` given the inputs and output its forward hook saw (see the module docstring)."""
+    """MACs of one call of ``module`` given the inputs and output its forward hook saw (see the module docstring);
+    0 for a module that no formula covers (:func:`count_macs` counts those with the flop counter)."""
     if _has_macs_method(module):
         return int(module.macs(inputs, output))
     if isinstance(module, nn.Linear):
         return output.numel() * module.in_features
     if isinstance(module, (nn.modules.conv._ConvNd)):
         return _conv_macs(module, inputs, output)
+    if isinstance(module, nn.RNNBase):
+        return _rnn_macs(module, inputs)
+    if isinstance(module, nn.MultiheadAttention):
+        return _mha_macs(module, inputs)
     return 0
 
 
@@ -123,10 +174,33 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
             counts[_name] += module_macs(mod, inputs, output)
 
         handles.append(module.register_forward_hook(hook))
+    counter = FlopCounterMode(display=False)
     try:
-        with eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.inference_mode(), counter:
             run_forward(model, x)
     finally:
         for h in handles:
             h.remove()
+    _add_functional(model, counts, counter)
     return counts
+
+
+def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCounterMode) -> None:
+    """Give the products the formulas did not count to the innermost module that ran them (see the docstring)."""
+    root = type(model).__name__
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+
+    def inclusive(name: str) -> int:
+        return flops.get(f"{root}.{name}" if name else root, 0)
+
+    folded: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(f + ".") for f in folded):
+            continue
+        if _formula(module):
+            folded.append(name)
+            continue
+        children = sum(inclusive(f"{name}.{c}" if name else c) for c, _ in module.named_children())
+        own = (inclusive(name) - children) // 2  # flops are 2 per multiply-accumulate
+        if own > 0:
+            counts[name] = counts.get(name, 0) + own

@@ -234,16 +234,21 @@ def summarize(model: nn.Module, data=None, *, input_shape=None, baseline=None, l
         from ..errors import ConfigError
 
         raise ConfigError("latency=True needs input_shape=(C, H, W) or data= to build inputs; pass one of them")
-    macs = count_macs(model, input_shape) if input_shape is not None else None
     stored = pack.tensor_bytes(model)
-    layers = [_layer_row(n, m, whole, stored, macs) for n, m, whole in layer_modules(model)]
-    params = list(model.parameters())
-    totals: dict[str, Any] = {
-        "params": sum(p.numel() for p in params),
-        "nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params),
-        "packed_bytes": int(pack.packed_size(model)),
-        "macs": sum(macs.values()) if macs is not None else None,
-    }
+    if _is_integer_model(model):
+        layers = _integer_rows(model, stored)
+        macs = {r["name"]: r["macs"] for r in layers}
+        weights = [r for r in layers if r["params"]]
+        totals: dict[str, Any] = {"params": sum(r["params"] for r in weights),
+                                  "nonzero": sum(r["nonzero"] for r in weights)}
+    else:
+        macs = count_macs(model, input_shape) if input_shape is not None else None
+        layers = [_layer_row(n, m, whole, stored, macs) for n, m, whole in layer_modules(model)]
+        params = list(model.parameters())
+        totals = {"params": sum(p.numel() for p in params),
+                  "nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params)}
+    totals["packed_bytes"] = int(pack.packed_size(model))
+    totals["macs"] = sum(macs.values()) if macs is not None else None
     if data is not None:
         from .. import train
 
@@ -278,6 +283,43 @@ def _layer_row(name: str, module: nn.Module, whole: bool, stored: dict[str, int]
         "bytes": nbytes,
         "macs": macs.get(name, 0) if macs is not None else None,
     }
+
+
+def _is_integer_model(model: nn.Module) -> bool:
+    from ..quantize.intonly.model import IntegerModel
+
+    return isinstance(model, IntegerModel)
+
+
+def _integer_rows(model: nn.Module, stored: dict[str, int]) -> list[dict]:
+    """One row per op of an integer model (its program, not its modules): the int8 weights and int32 biases it
+    holds, their stored bytes, and its MACs at batch 1 from the shapes the IR check computes."""
+    import math
+
+    from ..quantize.intonly.ir import check_program
+
+    shapes = check_program(model)
+    rows = []
+    for op in model.ops:
+        tensors = {field: getattr(model, name) for field, name in op.buffers().items()}
+        weight, bias = tensors.get("weight"), tensors.get("bias")
+        held = [t for t in (weight, bias) if t is not None]
+        count = sum(t.numel() for t in held)
+        nbytes = sum(int(stored.get(name, 0)) for name in op.buffers().values())
+        macs = 0
+        if weight is not None:  # conv: every output element takes (C/g)*kh*kw products; linear: in_features
+            macs = math.prod(shapes[op.output]) * math.prod(weight.shape[1:])
+        rows.append({
+            "name": op.name or op.output,
+            "kind": f"int8 {op.kind}",
+            "shape": [int(v) for v in (weight.shape if weight is not None else shapes[op.output])],
+            "params": count,
+            "nonzero": sum(int(torch.count_nonzero(t)) for t in held),
+            "bits_per_weight": 8.0 * nbytes / count if count else 0.0,
+            "bytes": nbytes,
+            "macs": macs,
+        })
+    return rows
 
 
 def _ratio(before, after) -> float | None:

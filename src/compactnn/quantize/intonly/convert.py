@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compactnn.errors import ModelError
+from compactnn.graph import pair
 
+from . import ir
 from .fakequant import ActQuant
 from .model import IntegerModel
 from .qat import QAdd, QCat, QConv2d, QLinear, QuantInput, _describe
@@ -25,10 +27,6 @@ from .fixedpoint import quantize_multiplier
 from .qparams import add_multipliers, bias_int32, output_multiplier, quantize, relu_range, symmetric_int8
 
 __all__ = ["convert"]
-
-
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
 
 @torch.no_grad()
@@ -47,7 +45,7 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
     prepared.eval()
     modules = dict(prepared.named_modules())
     values: dict[str, dict] = {}
-    ops: list[dict] = []
+    ops: list[ir.Op] = []
     tensors: dict[str, torch.Tensor] = {}
     env: dict[fx.Node, str | int | None] = {}  # node -> value name (or a non-tensor: size ints, None)
     shapes: dict[str, tuple] = {}
@@ -123,36 +121,38 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             qmin, qmax = relu_range(z_out, s_out, mod.activation)
             tensors.update({f"w{i}": torch.from_numpy(q_w), f"b{i}": torch.from_numpy(bias_int32(b, s_in, s_w)),
                             f"m{i}": torch.from_numpy(np.atleast_1d(np.asarray(m0, dtype=np.int32)).copy()),
-                            f"s{i}": torch.from_numpy(np.atleast_1d(np.asarray(sh, dtype=np.int32)).copy())})
+                            f"s{i}": torch.from_numpy(np.atleast_1d(np.asarray(sh, dtype=np.int32)).copy()),
+                            # the scales used here, as metadata (inspect reports them; the program never reads them)
+                            f"ws{i}": torch.from_numpy(np.atleast_1d(np.asarray(s_w, dtype=np.float64)).copy())})
             out = new_value(s_out, z_out, shape)
-            op = {"op": "conv2d" if isinstance(mod, QConv2d) else "linear", "inputs": [x], "output": out,
-                  "weight": f"w{i}", "bias": f"b{i}", "multiplier": f"m{i}", "shift": f"s{i}",
-                  "activation": mod.activation, "qmin": int(qmin), "qmax": int(qmax),
-                  "name": str(node.target)}
+            common = dict(inputs=(x,), output=out, weight=f"w{i}", bias=f"b{i}", multiplier=f"m{i}", shift=f"s{i}",
+                          weight_scale=f"ws{i}", activation=mod.activation, qmin=int(qmin), qmax=int(qmax),
+                          name=str(node.target))
             if isinstance(mod, QConv2d):
                 c = mod.conv
-                op.update(stride=_pair(c.stride), padding=_pair(c.padding), dilation=_pair(c.dilation),
-                          groups=int(c.groups))
-            ops.append(op)
+                ops.append(ir.Conv2d(stride=pair(c.stride), padding=pair(c.padding), dilation=pair(c.dilation),
+                                     groups=int(c.groups), **common))
+            else:
+                ops.append(ir.Linear(**common))
         elif isinstance(mod, QAdd):
             y = args[1]
             s_out, z_out = observed(mod.out_quant, where)
             m = add_multipliers(values[x]["scale"], values[y]["scale"], s_out)
             qmin, qmax = relu_range(z_out, s_out, mod.activation)
             out = new_value(s_out, z_out, shape)
-            ops.append({"op": "add", "inputs": [x, y], "output": out, "multiplier_a": m["M0_1"],
-                        "shift_a": m["shift_1"], "multiplier_b": m["M0_2"], "shift_b": m["shift_2"],
-                        "multiplier_out": m["M0_y"], "shift_out": m["shift_y"], "left_shift": m["left_shift"],
-                        "activation": mod.activation, "qmin": int(qmin), "qmax": int(qmax), "name": str(node.target)})
+            ops.append(ir.Add(inputs=(x, y), output=out, multiplier_a=m["M0_1"], shift_a=m["shift_1"],
+                              multiplier_b=m["M0_2"], shift_b=m["shift_2"], multiplier_out=m["M0_y"],
+                              shift_out=m["shift_y"], left_shift=m["left_shift"], activation=mod.activation,
+                              qmin=int(qmin), qmax=int(qmax), name=str(node.target)))
         elif isinstance(mod, QCat):
             ins = [a for a in args]
             if not all(isinstance(a, str) for a in ins):
                 raise ModelError(f"{where} concatenates something that is not a quantized tensor")
             s_out, z_out = observed(mod.out_quant, where)
-            mults = [list(quantize_multiplier(values[a]["scale"] / s_out)) for a in ins]
+            mults = [quantize_multiplier(values[a]["scale"] / s_out) for a in ins]
             out = new_value(s_out, z_out, shape)
-            ops.append({"op": "concat", "inputs": ins, "output": out, "axis": 1, "multipliers": mults,
-                        "left_shift": 20, "qmin": 0, "qmax": 255, "name": str(node.target)})
+            ops.append(ir.Concat(inputs=tuple(ins), output=out, axis=1, multipliers=tuple(mults), left_shift=20,
+                                 name=str(node.target)))
         elif isinstance(mod, (nn.Identity, nn.Dropout)) or (node.op == "call_function" and node.target is F.dropout):
             env[node] = x
             continue
@@ -163,17 +163,17 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
                 node.op == "call_function" and node.target is F.adaptive_avg_pool2d):
             if shape[1:] != (1, 1):
                 raise ModelError(f"{where}: only global average pooling (output size 1) is supported")
-            ops.append({"op": "global_avg_pool", "inputs": [x], "output": pass_value(x, shape)})
+            ops.append(ir.GlobalAvgPool(inputs=(x,), output=pass_value(x, shape), name=_layer_name(node)))
         elif _is_flatten(node, mod, args, shape_of.get(node.args[0]) if node.args else None):
             if len(shape) == len(shapes[x]):
                 env[node] = x
                 continue
-            ops.append({"op": "flatten", "inputs": [x], "output": pass_value(x, shape)})
+            ops.append(ir.Flatten(inputs=(x,), output=pass_value(x, shape), name=_layer_name(node)))
         else:
             kind = type(mod).__name__ if mod is not None else None
             msg = where if kind is None else f"layer {node.target!r} of type {kind}"
             raise ModelError(f"{msg} is not supported by integer-only conversion")
-        env[node] = ops[-1]["output"]
+        env[node] = ops[-1].output
     if "input" not in info:
         raise ModelError("the model has no input quantizer; build it with compactnn.quantize.intonly.qat.prepare")
     v_in, v_out = info["input"], info["output"]
@@ -184,7 +184,12 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
         values=values, ops=ops, tensors=tensors, engine=engine)
 
 
-def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> dict:
+def _layer_name(node: fx.Node) -> str:
+    """The float layer's name of a node: its module path, or the fx node name for a function or method."""
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> ir.Op:
     if mod is not None:
         k, s, p = mod.kernel_size, mod.stride, mod.padding
         ceil = mod.ceil_mode
@@ -198,14 +203,14 @@ def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> dict:
         k, s, p = vals["kernel_size"], vals.get("stride") or vals["kernel_size"], vals.get("padding", 0)
         ceil, dil = node.kwargs.get("ceil_mode", False), node.kwargs.get("dilation", 1)
     s = k if s is None or s == [] else s
-    if ceil or _pair(dil) != [1, 1]:
+    if ceil or pair(dil) != (1, 1):
         raise ModelError(f"{where}: pooling with ceil_mode or dilation is not supported")
+    name = _layer_name(node)
     if is_max:
-        return {"op": "max_pool2d", "inputs": [x], "output": out, "kernel": _pair(k), "stride": _pair(s),
-                "padding": _pair(p)}
-    if _pair(p) != [0, 0]:
+        return ir.MaxPool2d(inputs=(x,), output=out, kernel=pair(k), stride=pair(s), padding=pair(p), name=name)
+    if pair(p) != (0, 0):
         raise ModelError(f"{where}: average pooling with padding is not supported")
-    return {"op": "avg_pool2d", "inputs": [x], "output": out, "kernel": _pair(k), "stride": _pair(s)}
+    return ir.AvgPool2d(inputs=(x,), output=out, kernel=pair(k), stride=pair(s), name=name)
 
 
 def _is_flatten(node: fx.Node, mod, args, in_shape) -> bool:

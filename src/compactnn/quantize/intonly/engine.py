@@ -37,15 +37,15 @@ from torch import Tensor
 
 from compactnn.errors import ModelError
 
+from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN
 
-__all__ = ["FastEngine", "Requant", "mbqm_fast"]
+__all__ = ["FastEngine", "KERNELS", "Requant", "mbqm_fast"]
 
 _I64 = torch.int64
-
-
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+#: The torch engine's kernel table (see :mod:`.ir`): ``kernel(engine, model, op, zp) -> fn(*inputs) -> output``
+#: on int8 ``q − 128`` values in NHWC (or (N, F)) layout.
+KERNELS = ir.Kernels("fast")
 
 
 def mbqm_fast(a: Tensor, m0: int, shift: int) -> Tensor:
@@ -175,14 +175,14 @@ def _max_pool(x: Tensor, k, s, p, fill: int) -> Tensor:
 class _Conv:
     """im2col + ``torch._int_mm`` (groups == 1), per-group GEMMs, or a depthwise multiply-add path."""
 
-    def __init__(self, model, op: dict, z_in: int, z_out: int) -> None:
-        w = getattr(model, op["weight"])
+    def __init__(self, model, op: ir.Conv2d, z_in: int, z_out: int) -> None:
+        w = getattr(model, op.weight)
         self.out_ch, self.cg, kh, kw = w.shape
-        self.k, self.s = (kh, kw), _pair(op["stride"])
-        self.p, self.d, self.groups = _pair(op["padding"]), _pair(op["dilation"]), int(op["groups"])
+        self.k, self.s = (kh, kw), op.stride
+        self.p, self.d, self.groups = op.padding, op.dilation, op.groups
         self.fill = z_in - 128
         wl = w.to(_I64)
-        self.bias = getattr(model, op["bias"]).to(_I64) + (128 - z_in) * wl.sum(dim=(1, 2, 3))
+        self.bias = getattr(model, op.bias).to(_I64) + (128 - z_in) * wl.sum(dim=(1, 2, 3))
         self.depthwise = self.groups > 1 and self.cg == 1 and self.out_ch == self.groups
         og = self.out_ch // self.groups
         wt = w.permute(0, 2, 3, 1)  # (O, kh, kw, C/g): the im2col column order
@@ -190,8 +190,8 @@ class _Conv:
             self.wd = wt.reshape(self.out_ch, kh, kw).permute(1, 2, 0).to(torch.int32).contiguous()  # (kh, kw, C)
         else:
             self.wg = [wt[g * og:(g + 1) * og].reshape(og, -1).contiguous() for g in range(self.groups)]
-        self.requant = Requant(getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(),
-                               z_out, op["qmin"], op["qmax"], bias=self.bias)
+        self.requant = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(),
+                               z_out, op.qmin, op.qmax, bias=self.bias)
 
     def acc(self, x: Tensor) -> Tensor:
         """int32 ``Σ (q − 128)·w`` as ``(N, Ho, Wo, O)`` (the bias and zero-point term are added later)."""
@@ -232,13 +232,15 @@ class FastEngine:
 
     Args:
         model: the integer model.
-        native: ``"auto"``, ``"generic"`` (portable C loops) or ``"off"``; default ``COMPACTNN_NATIVE``.
+        native: ``"auto"``, ``"vnni"``, ``"avx2"``, ``"generic"`` (portable C loops) or ``"off"``; default
+            ``COMPACTNN_NATIVE``.
     """
 
     def __init__(self, model, native: str | None = None) -> None:
         from . import native as nat
         from .native.program import NativeProgram
 
+        ir.check_program(model, metadata=False)
         lib = nat.load(native)
         self.native = None if lib is None else NativeProgram.build(model, lib)
         self.input_value = model.input["value"]
@@ -246,96 +248,32 @@ class FastEngine:
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
         consumers: dict[str, int] = {}
         for op in model.ops:
-            for name in op["inputs"]:
+            for name in op.inputs:
                 consumers[name] = consumers.get(name, 0) + 1
         self.steps = []  # (inputs, output, fn)
         for op in model.ops:
-            self.steps.append((op["inputs"], op["output"], self._compile(model, op, zp)))
-        # fused program: conv/linear -> max_pool2d (no padding) when the conv output has no other use
+            self.steps.append((op.inputs, op.output, KERNELS.get(op)(self, model, op, zp)))
+        # fused program: conv -> max_pool2d (no padding) when the conv output has no other use
         self.fused = []
         i, n = 0, len(model.ops)
         while i < n:
             op = model.ops[i]
             nxt = model.ops[i + 1] if i + 1 < n else None
-            if (op["op"] == "conv2d" and nxt is not None and nxt["op"] == "max_pool2d" and nxt["inputs"] ==
-                    [op["output"]] and consumers.get(op["output"]) == 1 and op["output"] != self.output_value
-                    and _pair(nxt["padding"]) == (0, 0)):
+            if (isinstance(op, ir.Conv2d) and isinstance(nxt, ir.MaxPool2d) and nxt.inputs == (op.output,)
+                    and consumers.get(op.output) == 1 and op.output != self.output_value
+                    and nxt.padding == (0, 0)):
                 conv = self.steps[i][2].__self__.conv
-                k, s = _pair(nxt["kernel"]), _pair(nxt["stride"])
+                k, s = nxt.kernel, nxt.stride
 
                 def fn(x, conv=conv, k=k, s=s):
                     return conv.finish(_max_pool(conv.acc(x), k, s, (0, 0), INT32_MIN))
 
-                self.fused.append((op["inputs"], nxt["output"], fn))
+                self.fused.append((op.inputs, nxt.output, fn))
                 i += 2
                 continue
             self.fused.append(self.steps[i])
             i += 1
         self.shapes: dict[str, int] = {}
-
-    def _compile(self, model, op: dict, zp: dict):
-        kind, ins, out = op["op"], op["inputs"], op["output"]
-        if kind == "conv2d":
-            return _ConvStep(_Conv(model, op, zp[ins[0]], zp[out])).__call__
-        if kind == "linear":
-            w = getattr(model, op["weight"])
-            wt = w.contiguous()
-            bias = getattr(model, op["bias"]).to(_I64) + (128 - zp[ins[0]]) * w.to(_I64).sum(dim=1)
-            rq = Requant(getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), zp[out],
-                         op["qmin"], op["qmax"], bias=bias)
-            wtt = wt.t()
-            return lambda x: rq(torch._int_mm(x, wtt))
-        if kind == "max_pool2d":
-            k, s, p = _pair(op["kernel"]), _pair(op["stride"]), _pair(op["padding"])
-            return lambda x: _max_pool(x, k, s, p, -128)
-        if kind in ("avg_pool2d", "global_avg_pool"):
-            k, s = (_pair(op["kernel"]), _pair(op["stride"])) if kind == "avg_pool2d" else (None, None)
-
-            def avg(x, k=k, s=s):
-                if k is None:
-                    total, cnt = x.sum(dim=(1, 2), keepdim=True, dtype=torch.int32), x.shape[1] * x.shape[2]
-                else:
-                    total, cnt = _windows(x, k, s).sum(dim=(3, 4), dtype=torch.int32), k[0] * k[1]
-                return torch.div(total.add_(cnt // 2), cnt, rounding_mode="floor").to(torch.int8)
-
-            return avg
-        if kind == "flatten":
-            return lambda x: x.permute(0, 3, 1, 2).reshape(x.shape[0], -1) if x.dim() == 4 else x.reshape(
-                x.shape[0], -1)
-        if kind == "add":
-            za, zb = zp[ins[0]] - 128, zp[ins[1]] - 128
-            ls = int(op["left_shift"])
-            rq = Requant(op["multiplier_out"], op["shift_out"], zp[out], op["qmin"], op["qmax"])
-
-            def add(a, b):
-                xa = mbqm_fast((a.to(_I64) - za).bitwise_left_shift_(ls), op["multiplier_a"], op["shift_a"])
-                xb = mbqm_fast((b.to(_I64) - zb).bitwise_left_shift_(ls), op["multiplier_b"], op["shift_b"])
-                return rq(xa.add_(xb))
-
-            return add
-        if kind == "concat":
-            ls, zy = int(op["left_shift"]), zp[out] - 128
-            lo, hi = int(op.get("qmin", 0)) - 128, int(op.get("qmax", 255)) - 128
-            parts = []
-            for name, m in zip(ins, op["multipliers"]):
-                if m is None:  # pass-through: the input already has the output's scale and zero point
-                    parts.append(None)
-                    continue
-                L = min(ls, int(m[1]) + 31)
-                parts.append((zp[name] - 128, L, int(m[0]), int(m[1]) - L))
-
-            def one(x, part):
-                if part is None:
-                    return x.clamp(lo, hi)
-                z, L, m0, sh = part
-                return mbqm_fast((x.to(_I64) - z).bitwise_left_shift_(L), m0, sh).add_(zy).clamp_(lo, hi).to(
-                    torch.int8)
-
-            def cat(*xs):
-                return torch.cat([one(x, part) for x, part in zip(xs, parts)], dim=-1)  # NHWC channels / (N, F)
-
-            return cat
-        raise ModelError(f"the fast engine has no kernel for op {kind!r}")
 
     # ------------------------------------------------------------------------------------------------------- run
     def forward_float(self, model, x: Tensor) -> Tensor | None:
@@ -348,15 +286,8 @@ class FastEngine:
                 or x.dim() != len(model.input_shape) + 1 or tuple(x.shape[1:]) != model.input_shape
                 or x.shape[0] == 0):
             return None
-        x = x.detach().contiguous()
-        q = torch.empty(x.shape, dtype=torch.uint8)
-        nat.lib.cnn_quantize_f32(x.data_ptr(), q.data_ptr(), q.numel(), float(model.input["scale"]),
-                                 int(model.input["zero_point"]))
-        codes = nat.run(q)
-        y = torch.empty(codes.shape, dtype=torch.float32)
-        nat.lib.cnn_dequantize_u8(codes.data_ptr(), y.data_ptr(), y.numel(), float(model.output["scale"]),
-                                  int(model.output["zero_point"]))
-        return y
+        return nat.run_float(x.detach().contiguous(), float(model.input["scale"]), int(model.input["zero_point"]),
+                             float(model.output["scale"]), int(model.output["zero_point"]))
 
     @staticmethod
     def _to_internal(q: Tensor) -> Tensor:
@@ -386,3 +317,92 @@ class _ConvStep:
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.conv.finish(self.conv.acc(x))
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+
+
+@KERNELS.register(ir.Conv2d)
+def _conv2d(engine, model, op: ir.Conv2d, zp: dict):
+    return _ConvStep(_Conv(model, op, zp[op.inputs[0]], zp[op.output])).__call__
+
+
+@KERNELS.register(ir.Linear)
+def _linear(engine, model, op: ir.Linear, zp: dict):
+    w = getattr(model, op.weight)
+    bias = getattr(model, op.bias).to(_I64) + (128 - zp[op.inputs[0]]) * w.to(_I64).sum(dim=1)
+    rq = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), zp[op.output], op.qmin,
+                 op.qmax, bias=bias)
+    wtt = w.contiguous().t()
+    return lambda x: rq(torch._int_mm(x, wtt))
+
+
+@KERNELS.register(ir.MaxPool2d)
+def _max_pool2d(engine, model, op: ir.MaxPool2d, zp: dict):
+    k, s, p = op.kernel, op.stride, op.padding
+    return lambda x: _max_pool(x, k, s, p, -128)
+
+
+def _avg(k, s):
+    def avg(x):
+        if k is None:
+            total, cnt = x.sum(dim=(1, 2), keepdim=True, dtype=torch.int32), x.shape[1] * x.shape[2]
+        else:
+            total, cnt = _windows(x, k, s).sum(dim=(3, 4), dtype=torch.int32), k[0] * k[1]
+        return torch.div(total.add_(cnt // 2), cnt, rounding_mode="floor").to(torch.int8)
+
+    return avg
+
+
+@KERNELS.register(ir.AvgPool2d)
+def _avg_pool2d(engine, model, op: ir.AvgPool2d, zp: dict):
+    return _avg(op.kernel, op.stride)
+
+
+@KERNELS.register(ir.GlobalAvgPool)
+def _global_avg_pool(engine, model, op: ir.GlobalAvgPool, zp: dict):
+    return _avg(None, None)
+
+
+@KERNELS.register(ir.Flatten)
+def _flatten(engine, model, op: ir.Flatten, zp: dict):
+    return lambda x: x.permute(0, 3, 1, 2).reshape(x.shape[0], -1) if x.dim() == 4 else x.reshape(x.shape[0], -1)
+
+
+@KERNELS.register(ir.Add)
+def _add(engine, model, op: ir.Add, zp: dict):
+    ins, out = op.inputs, op.output
+    za, zb = zp[ins[0]] - 128, zp[ins[1]] - 128
+    ls = op.left_shift
+    rq = Requant(op.multiplier_out, op.shift_out, zp[out], op.qmin, op.qmax)
+
+    def add(a, b):
+        xa = mbqm_fast((a.to(_I64) - za).bitwise_left_shift_(ls), op.multiplier_a, op.shift_a)
+        xb = mbqm_fast((b.to(_I64) - zb).bitwise_left_shift_(ls), op.multiplier_b, op.shift_b)
+        return rq(xa.add_(xb))
+
+    return add
+
+
+@KERNELS.register(ir.Concat)
+def _concat(engine, model, op: ir.Concat, zp: dict):
+    ls, zy = op.left_shift, zp[op.output] - 128
+    lo, hi = op.qmin - 128, op.qmax - 128
+    parts = []
+    for name, m in zip(op.inputs, op.multipliers):
+        if m is None:  # pass-through: the input already has the output's scale and zero point
+            parts.append(None)
+            continue
+        L = min(ls, int(m[1]) + 31)
+        parts.append((zp[name] - 128, L, int(m[0]), int(m[1]) - L))
+
+    def one(x, part):
+        if part is None:
+            return x.clamp(lo, hi)
+        z, L, m0, sh = part
+        return mbqm_fast((x.to(_I64) - z).bitwise_left_shift_(L), m0, sh).add_(zy).clamp_(lo, hi).to(torch.int8)
+
+    def cat(*xs):
+        return torch.cat([one(x, part) for x, part in zip(xs, parts)], dim=-1)  # NHWC channels / (N, F)
+
+    return cat

@@ -47,72 +47,25 @@ import numpy as np
 from compactnn.errors import ModelError
 from compactnn.files import atomic_write_bytes
 
+from . import export_exact as exact
+from . import ir
+from .onnx_graph import MS, Graph, emit_flatten, emit_max_pool
+
 __all__ = ["build_onnx", "build_op_onnx", "export_file", "export_onnx"]
 
-MS = "com.microsoft"
 DEFAULT_OPSET = 17
 MODES = ("exact", "qlinear")
 
 
-class _Graph:
-    """Collects nodes and initializers while walking the IR."""
-
-    def __init__(self, model) -> None:
-        from onnx import helper, numpy_helper  # imported lazily: onnx is only needed to export
-
-        self.helper, self.numpy_helper = helper, numpy_helper
-        self.model = model
-        self.nodes: list = []
-        self.inits: dict[str, object] = {}
-        self.count = 0
-
-    def const(self, name: str, array: np.ndarray) -> str:
-        if name not in self.inits:
-            self.inits[name] = self.numpy_helper.from_array(np.array(array, order="C"), name)
-        return name
-
-    def node(self, op: str, inputs: list[str], outputs: list[str], domain: str | None = None, **attrs) -> None:
-        self.count += 1
-        self.nodes.append(self.helper.make_node(op, inputs, outputs, name=f"{op}_{self.count}", domain=domain, **attrs))
-
-    def qparams(self, value: str) -> tuple[str, str]:
-        """Names of the float32 scale and uint8 zero point initializers of an IR value."""
-        info = self.model.values.get(value)
-        if info is None:
-            raise ModelError(f"value {value!r} has no entry in model.values; the integer model is malformed")
-        if info.get("dtype", "uint8") != "uint8":
-            raise ModelError(f"value {value!r} has dtype {info['dtype']!r}; only uint8 activations export to ONNX")
-        s = self.const(f"{value}_scale", np.array(info["scale"], dtype=np.float32))
-        z = self.const(f"{value}_zero_point", np.array(info["zero_point"], dtype=np.uint8))
-        return s, z
-
-    def buffer(self, name: str) -> np.ndarray:
-        try:
-            t = self.model.get_buffer(name) if hasattr(self.model, "get_buffer") else getattr(self.model, name)
-        except (AttributeError, KeyError):
-            raise ModelError(f"the integer model has no buffer {name!r}; the model is malformed") from None
-        return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
-
-    def clamp(self, op: dict, raw: str, out: str) -> None:
-        """Route ``raw`` to ``out``, through a uint8 ``Clip`` when the op's fused clamp is narrower than [0, 255]."""
-        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
-        if (qmin, qmax) == (0, 255):
-            self.nodes[-1].output[0] = out  # no clamp: the op writes the value directly
-            return
-        lo = self.const(f"{out}_qmin", np.array(qmin, dtype=np.uint8))
-        hi = self.const(f"{out}_qmax", np.array(qmax, dtype=np.uint8))
-        self.node("Clip", [raw, lo, hi], [out])
+#: The qlinear exporter's kernel table (see :mod:`.ir`): ``kernel(graph, index, op)`` appends the op's nodes.
+KERNELS = ir.Kernels("onnx_qlinear")
 
 
-def _pair(v) -> list[int]:
-    return [int(v), int(v)] if isinstance(v, (int, np.integer)) else [int(i) for i in v]
-
-
-def _weight_scale(g: _Graph, op: dict, n_out: int, name: str) -> tuple[str, str]:
+def _weight_scale(g: Graph, op, n_out: int, name: str) -> tuple[str, str]:
     from .model import weight_scales
 
-    if op.get("weight_scale"):
-        g.buffer(op["weight_scale"])  # a clear error if the named buffer is missing
+    if op.weight_scale is not None:
+        g.buffer(op.weight_scale)  # a clear error if the named buffer is missing
     ws = weight_scales(g.model, op)
     if ws.size == 1:
         ws = ws.reshape(())
@@ -123,64 +76,67 @@ def _weight_scale(g: _Graph, op: dict, n_out: int, name: str) -> tuple[str, str]
     return s, z
 
 
-def _bias(g: _Graph, op: dict, n_out: int, name: str) -> str:
-    b = g.buffer(op["bias"]).astype(np.int32) if op.get("bias") else np.zeros(n_out, dtype=np.int32)
-    return g.const(f"{name}_bias", b.reshape(n_out))
+def _bias(g: Graph, op, n_out: int, name: str) -> str:
+    return g.const(f"{name}_bias", g.buffer(op.bias).astype(np.int32).reshape(n_out))
 
 
-def _emit(g: _Graph, i: int, op: dict) -> None:
-    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
-    name = f"op{i}_{kind}"
-    raw = f"{out}_raw"
-    if kind == "conv2d":
-        w = g.buffer(op["weight"]).astype(np.int8)
-        ws, wz = _weight_scale(g, op, w.shape[0], name)
-        xs, xz = g.qparams(ins[0])
-        ys, yz = g.qparams(out)
-        p = _pair(op.get("padding", 0))
-        g.node("QLinearConv", [ins[0], xs, xz, g.const(f"{name}_w", w), ws, wz, ys, yz, _bias(g, op, w.shape[0], name)],
-               [raw], kernel_shape=list(w.shape[2:]), strides=_pair(op.get("stride", 1)),
-               pads=[p[0], p[1], p[0], p[1]], dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
-        g.clamp(op, raw, out)
-    elif kind == "linear":
-        w = g.buffer(op["weight"]).astype(np.int8)
-        ws, wz = _weight_scale(g, op, w.shape[0], name)
-        xs, xz = g.qparams(ins[0])
-        ys, yz = g.qparams(out)
-        g.node("QGemm", [ins[0], xs, xz, g.const(f"{name}_w", w), ws, wz, _bias(g, op, w.shape[0], name), ys, yz],
-               [raw], domain=MS, transA=0, transB=1, alpha=1.0)
-        g.clamp(op, raw, out)
-    elif kind == "add":
-        (a, b), ys_yz = ins, g.qparams(out)
-        g.node("QLinearAdd", [a, *g.qparams(a), b, *g.qparams(b), *ys_yz], [raw], domain=MS)
-        g.clamp(op, raw, out)
-    elif kind == "concat":
-        args = list(g.qparams(out))
-        for v in ins:
-            args += [v, *g.qparams(v)]
-        g.node("QLinearConcat", args, [raw], domain=MS, axis=int(op.get("axis", 1)))
-        g.clamp(op, raw, out)
-    elif kind == "max_pool2d":
-        k = _pair(op["kernel"])
-        p = _pair(op.get("padding", 0))
-        g.node("MaxPool", ins[:1], [out], kernel_shape=k, strides=_pair(op.get("stride") or k),
-               pads=[p[0], p[1], p[0], p[1]])
-    elif kind == "avg_pool2d":
-        k = _pair(op["kernel"])
-        p = _pair(op.get("padding", 0))
-        g.node("QLinearAveragePool", [ins[0], *g.qparams(ins[0]), *g.qparams(out)], [raw], domain=MS,
-               kernel_shape=k, strides=_pair(op.get("stride") or k), pads=[p[0], p[1], p[0], p[1]],
-               count_include_pad=0)
-        g.clamp(op, raw, out)
-    elif kind == "global_avg_pool":
-        g.node("QLinearGlobalAveragePool", [ins[0], *g.qparams(ins[0]), *g.qparams(out)], [raw], domain=MS,
-               channels_last=0)
-        g.clamp(op, raw, out)
-    elif kind == "flatten":
-        g.node("Flatten", ins[:1], [out], axis=1)
-    else:
-        raise ModelError(f"op {i} has kind {kind!r}, which the ONNX exporter does not know; "
-                         "supported: conv2d, linear, add, concat, max_pool2d, avg_pool2d, global_avg_pool, flatten")
+@KERNELS.register(ir.Conv2d)
+def _conv2d(g: Graph, i: int, op: ir.Conv2d) -> None:
+    name, raw = f"op{i}_{op.kind}", f"{op.output}_raw"
+    w = g.buffer(op.weight).astype(np.int8)
+    ws, wz = _weight_scale(g, op, w.shape[0], name)
+    xs, xz = g.qparams(op.inputs[0])
+    ys, yz = g.qparams(op.output)
+    p = op.padding
+    g.node("QLinearConv", [op.inputs[0], xs, xz, g.const(f"{name}_w", w), ws, wz, ys, yz,
+                           _bias(g, op, w.shape[0], name)],
+           [raw], kernel_shape=list(w.shape[2:]), strides=list(op.stride), pads=[p[0], p[1], p[0], p[1]],
+           dilations=list(op.dilation), group=op.groups)
+    g.clamp(op, raw, op.output)
+
+
+@KERNELS.register(ir.Linear)
+def _linear(g: Graph, i: int, op: ir.Linear) -> None:
+    name, raw = f"op{i}_{op.kind}", f"{op.output}_raw"
+    w = g.buffer(op.weight).astype(np.int8)
+    ws, wz = _weight_scale(g, op, w.shape[0], name)
+    xs, xz = g.qparams(op.inputs[0])
+    ys, yz = g.qparams(op.output)
+    g.node("QGemm", [op.inputs[0], xs, xz, g.const(f"{name}_w", w), ws, wz, _bias(g, op, w.shape[0], name), ys, yz],
+           [raw], domain=MS, transA=0, transB=1, alpha=1.0)
+    g.clamp(op, raw, op.output)
+
+
+@KERNELS.register(ir.Add)
+def _add(g: Graph, i: int, op: ir.Add) -> None:
+    (a, b), raw = op.inputs, f"{op.output}_raw"
+    g.node("QLinearAdd", [a, *g.qparams(a), b, *g.qparams(b), *g.qparams(op.output)], [raw], domain=MS)
+    g.clamp(op, raw, op.output)
+
+
+@KERNELS.register(ir.Concat)
+def _concat(g: Graph, i: int, op: ir.Concat) -> None:
+    args = list(g.qparams(op.output))
+    for v in op.inputs:
+        args += [v, *g.qparams(v)]
+    g.node("QLinearConcat", args, [f"{op.output}_raw"], domain=MS, axis=op.axis)
+    g.clamp(op, f"{op.output}_raw", op.output)
+
+
+@KERNELS.register(ir.AvgPool2d)
+def _avg_pool2d(g: Graph, i: int, op: ir.AvgPool2d) -> None:
+    g.node("QLinearAveragePool", [op.inputs[0], *g.qparams(op.inputs[0]), *g.qparams(op.output)], [op.output],
+           domain=MS, kernel_shape=list(op.kernel), strides=list(op.stride), pads=[0, 0, 0, 0], count_include_pad=0)
+
+
+@KERNELS.register(ir.GlobalAvgPool)
+def _global_avg_pool(g: Graph, i: int, op: ir.GlobalAvgPool) -> None:
+    g.node("QLinearGlobalAveragePool", [op.inputs[0], *g.qparams(op.inputs[0]), *g.qparams(op.output)],
+           [op.output], domain=MS, channels_last=0)
+
+
+KERNELS.register(ir.MaxPool2d)(emit_max_pool)
+KERNELS.register(ir.Flatten)(emit_flatten)
 
 
 def _check_mode(mode: str) -> None:
@@ -206,30 +162,28 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     import onnx
     from onnx import TensorProto, helper
 
-    from . import export_exact as exact  # imports this module's graph helpers
-
     if int(opset) < 13:
         raise ModelError(f"opset {opset} is too old for per-channel quantized ops; use opset >= 13")
     for attr in ("input_shape", "input", "output", "values", "ops"):
         if not hasattr(model, attr):
             raise ModelError(f"export needs an IntegerModel (missing {attr!r}); convert with IntegerOnly first")
     _check_mode(mode)
-    g = _Graph(model)
+    shapes = ir.check_program(model)
+    g = Graph(model)
     v_in, v_out = model.input["value"], model.output["value"]
     if mode == "exact":
         exact.quantize_input(g, v_in)
     else:
         g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [v_in])
+    table = exact.KERNELS if mode == "exact" else KERNELS
     for i, op in enumerate(model.ops):
-        (exact.emit if mode == "exact" else _emit)(g, i, op)
+        table.get(op)(g, i, op)
     if mode == "exact":
         exact.dequantize_output(g, v_out)
     else:
         g.node("DequantizeLinear", [v_out, *g.qparams(v_out)], ["output"])
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", *map(int, model.input_shape)])
-    rank = 1 + len(model.input_shape)
-    for op in model.ops:  # only flatten and linear change the rank
-        rank = 2 if op.get("op") in ("flatten", "linear") else rank
+    rank = 1 + len(shapes[v_out])
     y = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", *[f"d{i}" for i in range(1, rank)]])
     graph = helper.make_graph(g.nodes, "compactnn_integer_model", [x], [y], initializer=list(g.inits.values()))
     proto = helper.make_model(graph, producer_name="compactnn",
@@ -294,20 +248,18 @@ def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "ex
     import onnx
     from onnx import TensorProto, helper
 
-    from . import export_exact as exact  # imports this module's graph helpers
-
     if not 0 <= int(index) < len(model.ops):
         raise ModelError(f"op index {index} is out of range; the model has {len(model.ops)} ops")
     _check_mode(mode)
+    shapes = ir.check_program(model)
     op = model.ops[int(index)]
-    g = _Graph(model)
-    (exact.emit if mode == "exact" else _emit)(g, int(index), op)
-    rank = 2 if op["op"] == "linear" else 4  # flatten takes 4-D
-    ins = [helper.make_tensor_value_info(v, TensorProto.UINT8, [f"{v}_d{d}" for d in range(rank)])
-           for v in dict.fromkeys(op["inputs"])]
-    out = helper.make_tensor_value_info(op["output"], TensorProto.UINT8,
-                                        [f"y_d{d}" for d in range(2 if op["op"] in ("linear", "flatten") else 4)])
-    graph = helper.make_graph(g.nodes, f"compactnn_op{index}_{op['op']}", ins, [out],
+    g = Graph(model)
+    (exact.KERNELS if mode == "exact" else KERNELS).get(op)(g, int(index), op)
+    ins = [helper.make_tensor_value_info(v, TensorProto.UINT8, [f"{v}_d{d}" for d in range(1 + len(shapes[v]))])
+           for v in dict.fromkeys(op.inputs)]
+    out = helper.make_tensor_value_info(op.output, TensorProto.UINT8,
+                                        [f"y_d{d}" for d in range(1 + len(shapes[op.output]))])
+    graph = helper.make_graph(g.nodes, f"compactnn_op{index}_{op.kind}", ins, [out],
                               initializer=list(g.inits.values()))
     proto = helper.make_model(graph, producer_name="compactnn",
                               opset_imports=[helper.make_opsetid("", int(opset)), helper.make_opsetid(MS, 1)])

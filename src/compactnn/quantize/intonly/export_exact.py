@@ -23,26 +23,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from .export import _emit, _Graph, _pair
+from . import ir
+from .onnx_graph import Graph, emit_flatten, emit_max_pool
 
-__all__ = ["emit", "quantize_input", "dequantize_output", "mbqm"]
+__all__ = ["KERNELS", "dequantize_output", "mbqm", "quantize_input"]
+
+#: The exact exporter's kernel table (see :mod:`.ir`): ``kernel(graph, index, op)`` appends the op's nodes.
+KERNELS = ir.Kernels("onnx_exact")
 
 _INT64, _UINT64, _UINT8, _FLOAT, _DOUBLE = 7, 13, 2, 1, 11  # onnx.TensorProto data types
 
 
-def _c(g: _Graph, stem: str, a, dtype=np.int64, shape=None) -> str:
+def _c(g: Graph, stem: str, a, dtype=np.int64, shape=None) -> str:
     arr = np.asarray(a, dtype=dtype)
     return g.const(f"{stem}_{g.count}_{len(g.inits)}", arr.reshape(shape) if shape is not None else arr)
 
 
-def _op(g: _Graph, op: str, inputs: list[str], **attrs) -> str:
+def _op(g: Graph, op: str, inputs: list[str], **attrs) -> str:
     g.count += 1
     out = f"{op.lower()}_t{g.count}"
     g.node(op, inputs, [out], **attrs)
     return out
 
 
-def mbqm(g: _Graph, x: str, m0, shift, shape=None) -> str:
+def mbqm(g: Graph, x: str, m0, shift, shape=None) -> str:
     """``MultiplyByQuantizedMultiplier`` of an int64 tensor ``x`` holding int32-range values; returns int64."""
     m0, shift = np.asarray(m0, dtype=np.int64), np.asarray(shift, dtype=np.int64)
     left, right = np.clip(shift, 0, 31), np.maximum(-shift, 0)
@@ -63,51 +67,58 @@ def mbqm(g: _Graph, x: str, m0, shift, shape=None) -> str:
     return _op(g, "Sub", [_op(g, "Cast", [r], to=_INT64), _c(g, "offset", np.int64(1) << (31 - right), shape=shape)])
 
 
-def _to_codes(g: _Graph, y: str, z: int, qmin: int, qmax: int, out: str) -> None:
+def _to_codes(g: Graph, y: str, z: int, qmin: int, qmax: int, out: str) -> None:
     y = _op(g, "Clip", [_op(g, "Add", [y, _c(g, "z", z)]), _c(g, "qmin", qmin), _c(g, "qmax", qmax)])
     g.node("Cast", [y], [out], to=_UINT8)
 
 
-def _centered(g: _Graph, v: str) -> str:
+def _centered(g: Graph, v: str) -> str:
     """``int64(q) − Z`` of an IR value."""
     return _op(g, "Sub", [_op(g, "Cast", [v], to=_INT64), _c(g, "z", g.model.values[v]["zero_point"])])
 
 
-def _weighted(g: _Graph, i: int, op: dict, kind: str, ins: list[str], z: dict) -> None:
-    w = g.buffer(op["weight"]).astype(np.int8)
-    xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]], dtype=np.uint8))
-    if kind == "conv2d":
-        p = _pair(op.get("padding", 0))
+def _weighted(g: Graph, i: int, op) -> None:
+    ins = op.inputs
+    z = g.model.values
+    w = g.buffer(op.weight).astype(np.int8)
+    xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]]["zero_point"], dtype=np.uint8))
+    if isinstance(op, ir.Conv2d):
+        p = op.padding
         acc = _op(g, "ConvInteger", [ins[0], g.const(f"op{i}_w", w), xz], kernel_shape=list(w.shape[2:]),
-                  strides=_pair(op.get("stride", 1)), pads=[p[0], p[1], p[0], p[1]],
-                  dilations=_pair(op.get("dilation", 1)), group=int(op.get("groups", 1)))
+                  strides=list(op.stride), pads=[p[0], p[1], p[0], p[1]], dilations=list(op.dilation),
+                  group=op.groups)
         shape = (1, -1, 1, 1)
     else:
         acc = _op(g, "MatMulInteger", [ins[0], g.const(f"op{i}_wt", np.ascontiguousarray(w.T)), xz])
         shape = (1, -1)
-    b = g.buffer(op["bias"]).astype(np.int64) if op.get("bias") else np.zeros(w.shape[0], dtype=np.int64)
+    b = g.buffer(op.bias).astype(np.int64)
     acc = _op(g, "Add", [_op(g, "Cast", [acc], to=_INT64), _c(g, "bias", b, shape=shape)])
-    m0, sh = g.buffer(op["multiplier"]).reshape(-1), g.buffer(op["shift"]).reshape(-1)
+    m0, sh = g.buffer(op.multiplier).reshape(-1), g.buffer(op.shift).reshape(-1)
     per_channel = m0.size > 1
     y = mbqm(g, acc, m0 if per_channel else m0[0], sh if per_channel else sh[0], shape if per_channel else None)
-    _to_codes(g, y, z[op["output"]], op["qmin"], op["qmax"], op["output"])
+    _to_codes(g, y, int(z[op.output]["zero_point"]), op.qmin, op.qmax, op.output)
 
 
-def _slice(g: _Graph, v: str, start: int, end: int) -> str:
+KERNELS.register(ir.Conv2d, ir.Linear)(_weighted)
+KERNELS.register(ir.MaxPool2d)(emit_max_pool)  # max pool and flatten on uint8 are exact as they are
+KERNELS.register(ir.Flatten)(emit_flatten)
+
+
+def _slice(g: Graph, v: str, start: int, end: int) -> str:
     return _op(g, "Slice", [v, _c(g, "start", [start]), _c(g, "end", [end])])
 
 
-def _pool(g: _Graph, op: dict, kind: str, src: str, out: str) -> None:
-    if kind == "global_avg_pool":
+def _pool(g: Graph, op, src: str, out: str) -> None:
+    if isinstance(op, ir.GlobalAvgPool):
         total = _op(g, "ReduceSum", [_op(g, "Cast", [src], to=_INT64), _c(g, "axes", [2, 3])], keepdims=1)
         shape = _op(g, "Shape", [src])
         count = _op(g, "Mul", [_op(g, "Gather", [shape, _c(g, "h", 2)]), _op(g, "Gather", [shape, _c(g, "w", 3)])])
     else:  # window sums: every channel as its own image through a ConvInteger with a kernel of ones
-        k = _pair(op["kernel"])
+        k = list(op.kernel)
         shape = _op(g, "Shape", [src])
         flat = _op(g, "Reshape", [src, _op(g, "Concat", [_c(g, "m1_1", [-1, 1]), _slice(g, shape, 2, 4)], axis=0)])
         sums = _op(g, "ConvInteger", [flat, _c(g, "ones", np.ones((1, 1, *k)), np.uint8), _c(g, "u8_0", 0, np.uint8)],
-                   kernel_shape=k, strides=_pair(op.get("stride") or k))
+                   kernel_shape=k, strides=list(op.stride))
         back = _op(g, "Concat", [_slice(g, shape, 0, 2), _slice(g, _op(g, "Shape", [sums]), 2, 4)], axis=0)
         total = _op(g, "Cast", [_op(g, "Reshape", [sums, back])], to=_INT64)
         count = _c(g, "count", k[0] * k[1])  # the IR's avg_pool2d has no padding: every window holds k·k cells
@@ -116,40 +127,40 @@ def _pool(g: _Graph, op: dict, kind: str, src: str, out: str) -> None:
     g.node("Cast", [y], [out], to=_UINT8)
 
 
-def emit(g: _Graph, i: int, op: dict) -> None:
-    """Append op ``i`` of the IR in exact integer ops (max pool and flatten are exact as they are)."""
-    kind, ins, out = op.get("op"), list(op.get("inputs", [])), op.get("output")
-    z = {v: int(g.model.values[v]["zero_point"]) for v in [*ins, out] if v in g.model.values}
-    if kind in ("conv2d", "linear"):
-        _weighted(g, i, op, kind, ins, z)
-    elif kind == "add":
-        ls = 1 << int(op.get("left_shift", 20))
-        a = mbqm(g, _op(g, "Mul", [_centered(g, ins[0]), _c(g, "ls", ls)]), op["multiplier_a"], op["shift_a"])
-        b = mbqm(g, _op(g, "Mul", [_centered(g, ins[1]), _c(g, "ls", ls)]), op["multiplier_b"], op["shift_b"])
-        y = mbqm(g, _op(g, "Add", [a, b]), op["multiplier_out"], op["shift_out"])
-        _to_codes(g, y, z[out], op["qmin"], op["qmax"], out)
-    elif kind == "concat":
-        qmin, qmax = int(op.get("qmin", 0)), int(op.get("qmax", 255))
-        parts = []
-        for v, m in zip(ins, op["multipliers"]):
-            g.count += 1
-            part = f"{v}_cat{g.count}"
-            if m is None:
-                g.node("Clip", [v, _c(g, "u8_lo", qmin, np.uint8), _c(g, "u8_hi", qmax, np.uint8)], [part])
-            else:
-                m0, sh = int(m[0]), int(m[1])
-                L = min(int(op.get("left_shift", 20)), sh + 31)
-                y = mbqm(g, _op(g, "Mul", [_centered(g, v), _c(g, "ls", 1 << L)]), m0, sh - L)
-                _to_codes(g, y, z[out], qmin, qmax, part)
-            parts.append(part)
-        g.node("Concat", parts, [out], axis=int(op.get("axis", 1)))
-    elif kind in ("avg_pool2d", "global_avg_pool"):
-        _pool(g, op, kind, ins[0], out)
-    else:
-        _emit(g, i, op)  # max_pool2d and flatten on uint8 are exact; anything else raises the unknown-op error
+@KERNELS.register(ir.AvgPool2d, ir.GlobalAvgPool)
+def _avg_pool(g: Graph, i: int, op) -> None:
+    _pool(g, op, op.inputs[0], op.output)
 
 
-def quantize_input(g: _Graph, v_in: str) -> None:
+@KERNELS.register(ir.Add)
+def _add(g: Graph, i: int, op: ir.Add) -> None:
+    ins, out = op.inputs, op.output
+    ls = 1 << op.left_shift
+    a = mbqm(g, _op(g, "Mul", [_centered(g, ins[0]), _c(g, "ls", ls)]), op.multiplier_a, op.shift_a)
+    b = mbqm(g, _op(g, "Mul", [_centered(g, ins[1]), _c(g, "ls", ls)]), op.multiplier_b, op.shift_b)
+    y = mbqm(g, _op(g, "Add", [a, b]), op.multiplier_out, op.shift_out)
+    _to_codes(g, y, int(g.model.values[out]["zero_point"]), op.qmin, op.qmax, out)
+
+
+@KERNELS.register(ir.Concat)
+def _concat(g: Graph, i: int, op: ir.Concat) -> None:
+    parts = []
+    z_out = int(g.model.values[op.output]["zero_point"])
+    for v, m in zip(op.inputs, op.multipliers):
+        g.count += 1
+        part = f"{v}_cat{g.count}"
+        if m is None:
+            g.node("Clip", [v, _c(g, "u8_lo", op.qmin, np.uint8), _c(g, "u8_hi", op.qmax, np.uint8)], [part])
+        else:
+            m0, sh = m
+            L = min(op.left_shift, sh + 31)
+            y = mbqm(g, _op(g, "Mul", [_centered(g, v), _c(g, "ls", 1 << L)]), m0, sh - L)
+            _to_codes(g, y, z_out, op.qmin, op.qmax, part)
+        parts.append(part)
+    g.node("Concat", parts, [op.output], axis=op.axis)
+
+
+def quantize_input(g: Graph, v_in: str) -> None:
     """Quantize the float input exactly as ``IntegerModel.quantize_input`` (float64, half away from zero)."""
     t = _op(g, "Div", [_op(g, "Cast", ["input"], to=_DOUBLE), _c(g, "in_scale", g.model.input["scale"], np.float64)])
     r = _op(g, "Mul", [_op(g, "Sign", [t]), _op(g, "Floor", [_op(g, "Add", [_op(g, "Abs", [t]),
@@ -159,7 +170,7 @@ def quantize_input(g: _Graph, v_in: str) -> None:
     g.node("Cast", [r], [v_in], to=_UINT8)
 
 
-def dequantize_output(g: _Graph, v_out: str) -> None:
+def dequantize_output(g: Graph, v_out: str) -> None:
     """Dequantize exactly as ``IntegerModel.dequantize_output``: float32(float64(q − Z) · S)."""
     d = _op(g, "Sub", [_op(g, "Cast", [v_out], to=_DOUBLE),
                        _c(g, "out_zp", float(g.model.output["zero_point"]), np.float64)])

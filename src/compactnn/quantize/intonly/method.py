@@ -22,7 +22,7 @@ from compactnn.layers import run_finetune
 
 from .calibrate import calibrate, calibration_batches
 from .convert import convert
-from .model import IntegerModel, weight_scales
+from .model import IntegerModel, derived_weight_scales
 from .qat import prepare
 
 __all__ = ["IntegerOnly", "inspect", "int_mismatches", "integer_only"]
@@ -48,6 +48,9 @@ class IntegerOnly(MethodConfig):
         freeze_bn_after: QAT training steps after which folded BN uses running statistics (None: never).
         finetune: QAT fine-tuning settings; used when ``mode="qat"``; None skips it.
         engine: default engine of the result, ``"fast"`` or ``"reference"``.
+        mixed: convert the parts the integer engine supports and leave the rest in float, with quantize/dequantize
+            at each border (post-training calibration only; see :mod:`.mixed`). False (the default) refuses a model
+            that does not convert whole.
     """
 
     method = "integer-only"
@@ -65,6 +68,7 @@ class IntegerOnly(MethodConfig):
     freeze_bn_after: NonNegativeInt | None = 1000
     finetune: FineTune | None = FineTune(epochs=2)
     engine: Literal["fast", "reference"] = "fast"
+    mixed: bool = False
 
 
 def _input_shape(model: nn.Module, data: Any) -> tuple:
@@ -87,6 +91,10 @@ def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any =
         ConfigError: no data.
         ModelError: the model has a layer the integer model does not support.
     """
+    if config.mixed:
+        from .mixed import integer_mixed
+
+        return integer_mixed(model, config, data)
     batches = calibration_batches(data, config.calibration_batches)  # ConfigError without data, before any work
     shape = _input_shape(model, data)
     prepared = prepare(model, per_channel=config.per_channel, ema_decay=config.ema_decay,
@@ -98,29 +106,38 @@ def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any =
 
 
 def inspect(model: IntegerModel) -> list[dict]:
-    """Each op's integer parameters, enough to recompute it independently.
+    """Each op's integer parameters and float scales, enough to recompute and audit it independently.
 
     Returns:
         one dict per op with ``op``, ``name``, ``inputs``, ``output``, ``input_scale``/``input_zero_point``
-        (lists for ops with several inputs), ``output_scale``/``output_zero_point``, and for conv2d/linear the
-        NumPy arrays ``weight`` (int8), ``bias`` (int32), ``M0`` and ``shift`` (int32, per channel or length 1),
-        ``weight_scale`` (float32, derived from M0 and the scales: :func:`.model.weight_scales`), plus the op's own
-        fields (stride, padding, qmin, qmax, multipliers, ...).
+        (lists for ops with several inputs), ``output_scale``/``output_zero_point``, plus the op's own fields
+        (stride, padding, qmin, qmax, multipliers, ...), and for ops with weights (conv2d, linear) the NumPy arrays
+        ``weight`` (int8), ``bias`` (int32), ``M0`` and ``shift`` (int32, per channel or length 1),
+        ``weight_scale`` (float64: the scales used at conversion, stored in the model; for files from before they
+        were stored, derived from M0) and ``weight_scale_from_M0`` (float64, ``M0·2^(shift−31)·S_out/S_in``, to
+        audit the multipliers against the stored scales).
     """
     if not isinstance(model, IntegerModel):
         raise ModelError(f"inspect() takes an IntegerModel, got {type(model).__name__}")
+    renamed = {"multiplier": "M0"}
     rows = []
     for op in model.ops:
-        row = {k: v for k, v in op.items() if k not in ("weight", "bias", "multiplier", "shift", "weight_scale")}
-        ins = [model.values[i] for i in op["inputs"]]
+        bufs = op.buffers()
+        row = {k: v for k, v in op.to_dict().items() if k not in op.buffer_fields}
+        ins = [model.values[i] for i in op.inputs]
         row["input_scale"] = ins[0]["scale"] if len(ins) == 1 else [v["scale"] for v in ins]
         row["input_zero_point"] = ins[0]["zero_point"] if len(ins) == 1 else [v["zero_point"] for v in ins]
-        row["output_scale"] = model.values[op["output"]]["scale"]
-        row["output_zero_point"] = model.values[op["output"]]["zero_point"]
-        if op["op"] in ("conv2d", "linear"):
-            for key, field in (("weight", "weight"), ("bias", "bias"), ("M0", "multiplier"), ("shift", "shift")):
-                row[key] = getattr(model, op[field]).numpy().copy()
-            row["weight_scale"] = weight_scales(model, op)
+        row["output_scale"] = model.values[op.output]["scale"]
+        row["output_zero_point"] = model.values[op.output]["zero_point"]
+        for field, name in bufs.items():
+            row[renamed.get(field, field)] = getattr(model, name).numpy().copy()
+        if "multiplier" in bufs and "weight" in bufs:
+            derived = derived_weight_scales(model, op)
+            row["weight_scale_from_M0"] = derived
+            if "weight_scale" in row:
+                row["weight_scale"] = row["weight_scale"].astype(np.float64).reshape(-1)
+            else:
+                row["weight_scale"] = derived
         rows.append(row)
     return rows
 

@@ -1,4 +1,4 @@
-"""The integer model: a straight-line program of integer ops (the IR described in ``docs/integer_ir.md``).
+"""The integer model: a straight-line program of typed integer ops (:mod:`.ir`; ``docs/integer_ir.md``).
 
 ``forward`` quantizes its float input once, runs every op on integer codes only (``run_int``) and dequantizes once.
 ``engine="reference"`` interprets the ops with the NumPy int64 kernels of :mod:`.reference` (the definition);
@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from compactnn.errors import ModelError
+from compactnn.errors import ModelError, PackError
 from compactnn.pack.spec import packable
 
+from . import ir
 from . import reference as ref
 
-__all__ = ["IntegerModel", "run_reference", "weight_scales"]
+__all__ = ["IntegerModel", "derived_weight_scales", "run_reference", "weight_scales"]
 
 ENGINES = ("fast", "reference")
 
@@ -30,12 +31,20 @@ class IntegerModel(nn.Module):
         input: ``{"value", "scale", "zero_point"}`` of the input.
         output: ``{"value", "scale", "zero_point"}`` of the output.
         values: ``{name: {"scale", "zero_point", "dtype": "uint8"}}`` for every value.
-        ops: the ops, in execution order (see the IR document).
-        tensors: the ops' buffers by name (int8 weights, int32 bias/multiplier/shift, float32 weight scales).
+        ops: the ops, in execution order: :mod:`.ir` op objects or their dict form (validated either way).
+        tensors: the ops' buffers by name (int8 weights, int32 bias/multiplier/shift, float weight scales).
         engine: ``"fast"`` (torch int8 kernels) or ``"reference"`` (NumPy int64).
+
+    Raises:
+        ModelError: the program is invalid (see :func:`.ir.check_program`).
+
+    ``ops`` is a tuple of frozen :mod:`.ir` ops; assigning a list (of ops or dicts) validates each op. The ``.cnz``
+    file stores their dict form (the attribute ``ops`` of the manifest, as before the typed IR), and loading checks
+    the whole program (:meth:`validate`) before anything runs.
     """
 
-    __pack_skip__ = {"_fast"}
+    __pack_skip__ = {"_fast", "_ops"}
+    __pack_fields__ = {"ops"}  # the JSON form of the program, kept in __dict__ beside the ``ops`` property
 
     def __init__(self, input_shape, input: dict, output: dict, values: dict, ops: list, tensors: dict,
                  engine: str = "fast") -> None:
@@ -44,14 +53,48 @@ class IntegerModel(nn.Module):
         self.input = dict(input)
         self.output = dict(output)
         self.values = {k: dict(v) for k, v in values.items()}
-        self.ops = [dict(op) for op in ops]
+        self.ops = ops
         self.engine = engine
         for name, t in tensors.items():
             self.register_buffer(name, t)
         self._fast = None
+        self.validate()
+
+    @property
+    def ops(self) -> tuple:
+        """The program: a tuple of :mod:`.ir` ops."""
+        return self._ops
+
+    @ops.setter
+    def ops(self, ops) -> None:
+        if isinstance(ops, (str, bytes)) or not hasattr(ops, "__iter__"):
+            raise ModelError(f"ops must be a list of integer ops, got {type(ops).__name__}")
+        typed = []
+        for i, op in enumerate(ops):
+            try:
+                typed.append(ir.as_op(op))
+            except ModelError as err:
+                raise ModelError(f"op {i}: {err}") from None
+        ops = tuple(typed)
+        self.__dict__["_ops"] = ops
+        self.__dict__["ops"] = [op.to_dict() for op in ops]  # the JSON form that pack.save stores
+        self.__dict__["_fast"] = None
+
+    def validate(self) -> dict:
+        """Check the whole program (:func:`.ir.check_program`); returns every value's shape."""
+        return ir.check_program(self)
 
     def __pack_restore__(self) -> None:
         self._fast = None
+        try:
+            if not isinstance(self.__dict__.get("input_shape"), (list, tuple)):
+                raise ModelError("input_shape is missing or not a list")
+            self.input_shape = tuple(self.input_shape)
+            self.ops = self.__dict__.get("ops")
+            self.validate()
+        except ModelError as err:
+            msg = str(err).removeprefix("invalid integer model: ")
+            raise PackError(f"the integer model in this file is invalid: {msg}") from None
 
     def _check_engine(self, engine: str | None) -> str:
         engine = self.engine if engine is None else engine
@@ -130,12 +173,8 @@ class IntegerModel(nn.Module):
         return self.dequantize_output(self.run_int(self.quantize_input(x)))
 
     def extra_repr(self) -> str:
-        kinds = [op["op"] for op in self.ops]
+        kinds = [op.kind for op in self.ops]
         return f"input_shape={self.input_shape}, ops={len(kinds)} ({', '.join(kinds)}), engine={self.engine!r}"
-
-
-def _np(model: IntegerModel, name: str) -> np.ndarray:
-    return getattr(model, name).numpy()
 
 
 def run_reference(model: IntegerModel, q: np.ndarray) -> dict[str, np.ndarray]:
@@ -145,56 +184,24 @@ def run_reference(model: IntegerModel, q: np.ndarray) -> dict[str, np.ndarray]:
         model: the integer model.
         q: uint8 input codes ``(N, *input_shape)``.
     """
-    if q.dtype != np.uint8:
-        raise ModelError(f"the reference engine takes uint8 codes, got {q.dtype}")
-    env = {model.input["value"]: q}
-    zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
-    for op in model.ops:
-        kind, ins, out = op["op"], op["inputs"], op["output"]
-        x = env[ins[0]]
-        if kind in ("conv2d", "linear"):
-            m0, sh = _np(model, op["multiplier"]), _np(model, op["shift"])
-            m0, sh = (m0[0], sh[0]) if m0.shape == (1,) else (m0, sh)
-            common = dict(q_b=_np(model, op["bias"]), M0=m0, shift=sh, z_y=zp[out], qmin=op["qmin"], qmax=op["qmax"])
-            if kind == "linear":
-                y = ref.linear(x, zp[ins[0]], _np(model, op["weight"]), **common)
-            else:
-                y = ref.conv2d(x, zp[ins[0]], _np(model, op["weight"]), stride=tuple(op["stride"]),
-                               padding=tuple(op["padding"]), dilation=tuple(op["dilation"]), groups=op["groups"],
-                               **common)
-        elif kind == "max_pool2d":
-            y = ref.max_pool2d(x, tuple(op["kernel"]), tuple(op["stride"]), tuple(op["padding"]))
-        elif kind == "avg_pool2d":
-            y = ref.avg_pool2d(x, tuple(op["kernel"]), tuple(op["stride"]))
-        elif kind == "global_avg_pool":
-            y = ref.avg_pool2d(x, x.shape[2:], x.shape[2:])
-        elif kind == "flatten":
-            y = x.reshape(x.shape[0], -1)
-        elif kind == "add":
-            y = ref.add(x, zp[ins[0]], op["multiplier_a"], op["shift_a"], env[ins[1]], zp[ins[1]], op["multiplier_b"],
-                        op["shift_b"], zp[out], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
-                        op["qmax"])
-        elif kind == "concat":
-            y = ref.concat([env[i] for i in ins], [zp[i] for i in ins], [None if m is None else tuple(m) for m in op["multipliers"]],
-                           zp[out], op["axis"], op["left_shift"], op.get("qmin", 0), op.get("qmax", 255))
-        else:
-            raise ModelError(f"unknown integer op {kind!r} in the model; it was built by a newer compactnn?")
-        if y.dtype != np.uint8:
-            raise ModelError(f"op {kind} produced {y.dtype}, expected uint8")
-        env[out] = y
-    return env
+    return ref.run_program(model, q)
 
 
-def weight_scales(model, op: dict) -> np.ndarray:
-    """The float32 weight scales of a conv2d/linear op, one per output channel or one (for exporters and inspect).
+def weight_scales(model, op) -> np.ndarray:
+    """The weight scales of a conv2d/linear op as float32, one per output channel or one (for exporters, inspect).
 
-    The integer program does not use them, so the model does not store them: they follow from the requantization
-    multiplier, ``S_w = M0·2^(shift−31)·S_out/S_in`` (exact up to M0's rounding, 2^-31 relative). An op built with
-    an explicit ``"weight_scale"`` buffer (older models) returns that buffer instead.
+    Models converted since the typed IR store the scales used at conversion (the op's ``weight_scale`` buffer, in
+    float64); for older files, which did not, they follow from the requantization multiplier,
+    ``S_w = M0·2^(shift−31)·S_out/S_in`` (exact up to M0's rounding, 2^-31 relative): :func:`derived_weight_scales`.
     """
-    if op.get("weight_scale"):
-        return getattr(model, op["weight_scale"]).detach().cpu().numpy().astype(np.float32).reshape(-1)
-    m0 = getattr(model, op["multiplier"]).detach().cpu().numpy().astype(np.float64).reshape(-1)
-    sh = getattr(model, op["shift"]).detach().cpu().numpy().astype(np.float64).reshape(-1)
-    s_in, s_out = model.values[op["inputs"][0]]["scale"], model.values[op["output"]]["scale"]
-    return (m0 * np.exp2(sh - 31) * (s_out / s_in)).astype(np.float32)
+    if op.weight_scale is not None:
+        return getattr(model, op.weight_scale).detach().cpu().numpy().astype(np.float32).reshape(-1)
+    return derived_weight_scales(model, op).astype(np.float32)
+
+
+def derived_weight_scales(model, op) -> np.ndarray:
+    """``S_w = M0·2^(shift−31)·S_out/S_in`` (float64) of a conv2d/linear op, from its multiplier alone."""
+    m0 = getattr(model, op.multiplier).detach().cpu().numpy().astype(np.float64).reshape(-1)
+    sh = getattr(model, op.shift).detach().cpu().numpy().astype(np.float64).reshape(-1)
+    s_in, s_out = model.values[op.inputs[0]]["scale"], model.values[op.output]["scale"]
+    return m0 * np.exp2(sh - 31) * (s_out / s_in)

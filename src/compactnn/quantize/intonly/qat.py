@@ -1,11 +1,13 @@
 """Prepare a float model for quantization-aware training (Jacob et al., CVPR 2018, section 3 and appendix C).
 
-:func:`prepare` traces the model with ``torch.fx.symbolic_trace`` and replaces, in a ``GraphModule``:
+:func:`prepare` traces the model with compactnn's one tracer (:func:`compactnn.graph.trace`, with its leaf rules)
+and replaces, in a ``GraphModule``:
 
 - ``Conv2d [→ BatchNorm2d] [→ ReLU/ReLU6]`` by :class:`QConv2d` (BN folded, activation fused);
 - ``Linear [→ ReLU/ReLU6]`` by :class:`QLinear`;
-- ``Add`` (:class:`compactnn.models.resnet.Add`, ``operator.add``, ``torch.add``) ``[→ ReLU/ReLU6]`` by :class:`QAdd`;
-- ``torch.cat`` by :class:`QCat`;
+- ``Add`` (the marker :class:`compactnn.graph.Add`, ``operator.add``, ``torch.add``) ``[→ ReLU/ReLU6]`` by
+  :class:`QAdd`;
+- ``torch.cat`` and the marker :class:`compactnn.graph.Concat` (channels) by :class:`QCat`;
 - and puts an :class:`.fakequant.ActQuant` on the input. Pools, flatten (``nn.Flatten``, ``torch.flatten``,
   ``x.view(x.size(0), -1)``), ``Identity`` and ``Dropout`` stay as they are. Anything else is a ModelError naming the
   layer and its type.
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from compactnn.errors import ModelError
+from compactnn.graph import Add, Concat, source_line, trace
 
 from .fakequant import ActQuant, fake_quant_weight
 
@@ -206,10 +209,8 @@ def _kind(node: fx.Node, modules: dict) -> str:
     """Classify a graph node: conv, bn, linear, relu, relu6, add, cat, pass, or other."""
     if node.op == "call_module":
         m = modules[node.target]
-        from compactnn.models.resnet import Add
-
         for cls, k in ((nn.Conv2d, "conv"), (nn.BatchNorm2d, "bn"), (nn.Linear, "linear"), (nn.ReLU6, "relu6"),
-                       (nn.ReLU, "relu"), (Add, "add"), (PASS_MODULES, "pass")):
+                       (nn.ReLU, "relu"), (Add, "add"), (Concat, "cat"), (PASS_MODULES, "pass")):
             if isinstance(m, cls):
                 return k
         return "other"
@@ -253,7 +254,7 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
     The float parameters are shared with ``model`` (not copied). See the module docstring for what is matched.
 
     Args:
-        model: a float model (traceable by ``torch.fx.symbolic_trace``).
+        model: a float model (traceable by :func:`compactnn.graph.trace`).
         per_channel: per-output-channel weight scales (``True``), one per tensor (``False``), or ``"conv"``:
             per channel for convolutions and per tensor for linear layers, as TFLite's int8 spec has it
             (Conv2D/DepthwiseConv2D per axis, FullyConnected per tensor).
@@ -264,22 +265,11 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
     Raises:
         ModelError: the model cannot be traced, or has a layer integer-only conversion does not support (named).
     """
-    from compactnn.models.resnet import Add
-
     if per_channel not in (True, False, "conv"):
         raise ModelError(f"per_channel must be true, false or 'conv', got {per_channel!r}")
     conv_pc, linear_pc = per_channel in (True, "conv"), per_channel is True
 
-    class _Tracer(fx.Tracer):  # compactnn's Add module stays a leaf, so the QAdd keeps its name
-        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-            return isinstance(m, Add) or super().is_leaf_module(m, qualname)
-
-    try:
-        tracer = _Tracer()
-        gm = fx.GraphModule(model, tracer.trace(model), type(model).__name__)
-    except Exception as err:  # noqa: BLE001 - fx raises many kinds
-        raise ModelError(f"cannot trace {type(model).__name__} with torch.fx ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:120]}); integer-only needs a traceable model") from None
+    gm = trace(model, "integer-only")  # the marker modules (Add, Concat) stay leaves, so their Q-modules keep names
     modules = dict(gm.named_modules())
     graph = gm.graph
     kw = dict(ema_decay=ema_decay, act_delay=act_delay)
@@ -334,11 +324,14 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
                 path, fn_count = f"add_{fn_count}", fn_count + 1
             install(last, node, path, QAdd(act, **kw), tuple(node.args))
         elif kind == "cat":
-            tensors = node.args[0]
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if node.op == "call_module":  # the Concat marker: inputs are its arguments
+                tensors, dim, path = node.args, modules[node.target].dim, node.target
+            else:
+                tensors = node.args[0]
+                dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+                path, fn_count = f"cat_{fn_count}", fn_count + 1
             if dim != 1:
                 raise ModelError(f"{_describe(node, modules)} concatenates along dim {dim}; only channels (1)")
-            path, fn_count = f"cat_{fn_count}", fn_count + 1
             install(node, node, path, QCat(1, **kw), tuple(tensors))
         elif kind == "bn":
             raise ModelError(f"{_describe(node, modules)} does not follow a Conv2d; integer-only folds BN into the "
@@ -347,9 +340,10 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
             raise ModelError(f"{_describe(node, modules)} does not follow a conv, linear or add it can be fused "
                              "into; integer-only only supports fused activations")
         elif kind == "other":
-            raise ModelError(f"{_describe(node, modules)} is not supported by integer-only conversion; supported: "
-                             "Conv2d(+BatchNorm2d)(+ReLU/ReLU6), Linear(+ReLU/ReLU6), Add, cat, max/avg pools, "
-                             "flatten")
+            where = source_line(node)
+            raise ModelError(f"{_describe(node, modules)}{f' (at {where})' if where else ''} is not supported by "
+                             "integer-only conversion; supported: Conv2d(+BatchNorm2d)(+ReLU/ReLU6), "
+                             "Linear(+ReLU/ReLU6), Add, cat, max/avg pools, flatten")
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -14,10 +14,13 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from compactnn.errors import ModelError
+from compactnn.graph import pair
 
+from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 
-__all__ = ["add", "avg_pool2d", "clamp", "concat", "conv2d", "conv2d_acc", "linear", "linear_acc", "max_pool2d"]
+__all__ = ["KERNELS", "add", "avg_pool2d", "clamp", "concat", "conv2d", "conv2d_acc", "linear", "linear_acc", "max_pool2d",
+           "run_program"]
 
 
 # ------------------------------------------------------------------------------------------------------------- checks
@@ -58,13 +61,6 @@ def _int32(acc: np.ndarray, what: str) -> np.ndarray:
     if acc.size and (acc.min() < INT32_MIN or acc.max() > INT32_MAX):
         raise ModelError(f"{what} overflows int32; reduce the layer's fan-in or the bias")
     return acc
-
-
-def _pair(v, name: str, lo: int) -> tuple[int, int]:
-    p = (v, v) if isinstance(v, (int, np.integer)) else tuple(v)
-    if len(p) != 2 or not all(isinstance(i, (int, np.integer)) and i >= lo for i in p):
-        raise ModelError(f"{name} must be an int >= {lo} or a pair of them, got {v!r}")
-    return int(p[0]), int(p[1])
 
 
 # ------------------------------------------------------------------------------------------------------------- layers
@@ -133,9 +129,9 @@ def conv2d_acc(q_x, z_x: int, q_w, q_b=None, stride=1, padding=0, dilation=1, gr
     o, cg, kh, kw = w.shape
     if not isinstance(groups, (int, np.integer)) or groups < 1 or c % groups or o % groups or c // groups != cg:
         raise ModelError(f"groups={groups!r} does not fit input channels {c} and weight shape {w.shape}")
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
+    sh, sw = pair(stride, "stride", 1)
+    ph, pw = pair(padding, "padding", 0)
+    dh, dw = pair(dilation, "dilation", 1)
     b = _bias(q_b, o)
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=z_x).astype(np.int64) - z_x
     eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
@@ -184,9 +180,9 @@ def _pool_geometry(q, kernel, stride, padding):
     a = np.asarray(q)
     if a.dtype not in (np.uint8, np.int8) or a.ndim != 4:
         raise ModelError(f"pooling needs a uint8 or int8 (N, C, H, W) array, got {a.dtype} {a.shape}")
-    k = _pair(kernel, "kernel", 1)
-    s = k if stride is None else _pair(stride, "stride", 1)
-    p = _pair(padding, "padding", 0)
+    k = pair(kernel, "kernel", 1)
+    s = k if stride is None else pair(stride, "stride", 1)
+    p = pair(padding, "padding", 0)
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ModelError(f"padding {p} must be at most half the kernel {k}")
     if a.shape[2] + 2 * p[0] < k[0] or a.shape[3] + 2 * p[1] < k[1]:
@@ -345,3 +341,89 @@ def clamp(q, qmin: int, qmax: int) -> np.ndarray:
     info = np.iinfo(a.dtype)
     qmin, qmax = _range(qmin, qmax, info.min, info.max)
     return np.clip(a, qmin, qmax).astype(a.dtype)
+
+
+# ------------------------------------------------------------------------------------------------------ programs
+#: The reference backend's kernel table (see :mod:`.ir`): ``kernel(model, op, env, zp) -> uint8 array``.
+KERNELS = ir.Kernels("reference")
+
+
+def _buf(model, name: str) -> np.ndarray:
+    return getattr(model, name).numpy()
+
+
+def _weighted_args(model, op, zp: dict) -> dict:
+    m0, sh = _buf(model, op.multiplier), _buf(model, op.shift)
+    m0, sh = (m0[0], sh[0]) if m0.shape == (1,) else (m0, sh)
+    return dict(q_b=_buf(model, op.bias), M0=m0, shift=sh, z_y=zp[op.output], qmin=op.qmin, qmax=op.qmax)
+
+
+@KERNELS.register(ir.Conv2d)
+def _conv2d(model, op: ir.Conv2d, env: dict, zp: dict) -> np.ndarray:
+    x = op.inputs[0]
+    return conv2d(env[x], zp[x], _buf(model, op.weight), stride=op.stride, padding=op.padding,
+                  dilation=op.dilation, groups=op.groups, **_weighted_args(model, op, zp))
+
+
+@KERNELS.register(ir.Linear)
+def _linear(model, op: ir.Linear, env: dict, zp: dict) -> np.ndarray:
+    x = op.inputs[0]
+    return linear(env[x], zp[x], _buf(model, op.weight), **_weighted_args(model, op, zp))
+
+
+@KERNELS.register(ir.MaxPool2d)
+def _max_pool2d(model, op: ir.MaxPool2d, env: dict, zp: dict) -> np.ndarray:
+    return max_pool2d(env[op.inputs[0]], op.kernel, op.stride, op.padding)
+
+
+@KERNELS.register(ir.AvgPool2d)
+def _avg_pool2d(model, op: ir.AvgPool2d, env: dict, zp: dict) -> np.ndarray:
+    return avg_pool2d(env[op.inputs[0]], op.kernel, op.stride)
+
+
+@KERNELS.register(ir.GlobalAvgPool)
+def _global_avg_pool(model, op: ir.GlobalAvgPool, env: dict, zp: dict) -> np.ndarray:
+    x = env[op.inputs[0]]
+    return avg_pool2d(x, x.shape[2:], x.shape[2:])
+
+
+@KERNELS.register(ir.Flatten)
+def _flatten(model, op: ir.Flatten, env: dict, zp: dict) -> np.ndarray:
+    x = env[op.inputs[0]]
+    return x.reshape(x.shape[0], -1)
+
+
+@KERNELS.register(ir.Add)
+def _add(model, op: ir.Add, env: dict, zp: dict) -> np.ndarray:
+    a, b = op.inputs
+    return add(env[a], zp[a], op.multiplier_a, op.shift_a, env[b], zp[b], op.multiplier_b, op.shift_b,
+               zp[op.output], op.multiplier_out, op.shift_out, op.left_shift, op.qmin, op.qmax)
+
+
+@KERNELS.register(ir.Concat)
+def _concat(model, op: ir.Concat, env: dict, zp: dict) -> np.ndarray:
+    return concat([env[i] for i in op.inputs], [zp[i] for i in op.inputs], op.multipliers, zp[op.output], op.axis,
+                  op.left_shift, op.qmin, op.qmax)
+
+
+def run_program(model, q: np.ndarray) -> dict[str, np.ndarray]:
+    """Interpret an integer model's ops with the kernels above; returns every value by name.
+
+    Args:
+        model: an ``IntegerModel`` (checked with :func:`.ir.check_program` first).
+        q: uint8 input codes ``(N, *input_shape)``.
+    """
+    if not isinstance(q, np.ndarray) or q.dtype != np.uint8:
+        raise ModelError(f"the reference engine takes uint8 codes, got {getattr(q, 'dtype', type(q).__name__)}")
+    ir.check_program(model, metadata=False)
+    if tuple(q.shape[1:]) != tuple(model.input_shape):
+        raise ModelError(f"the reference engine expects input codes of shape (N, {tuple(model.input_shape)}), got "
+                         f"{q.shape}")
+    env = {model.input["value"]: q}
+    zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
+    for op in model.ops:
+        y = KERNELS.get(op)(model, op, env, zp)
+        if y.dtype != np.uint8:
+            raise ModelError(f"op {op.label} produced {y.dtype}, expected uint8")
+        env[op.output] = y
+    return env

@@ -9,11 +9,26 @@ dequantize. No torch header is included, so the build takes about a second with 
 
 The shared object is cached in ``$COMPACTNN_CACHE/native`` (default ``$XDG_CACHE_HOME/compactnn/native``, else
 ``~/.cache/compactnn/native``) under a name keyed by the SHA-256 of the source, the compiler's version, the flags
-and the CPU's flags, so a different machine or source rebuilds. It is written to a temporary file and renamed into
-place (atomic; two processes that race both build and one rename wins, each loading a complete file).
+and the CPU's flags, so a different machine or source rebuilds. The cache is guarded against planted or swapped
+files (a cached ``.so`` runs as the user who loads it):
 
-``COMPACTNN_NATIVE`` selects: ``auto`` (default: native when it builds), ``0``/``off`` (the pure-torch engine),
-``generic`` (the portable C loops even on a VNNI machine; for tests). Without a compiler the engine falls back
+- **the folder**: created with mode 0700 (every level compactnn creates); it is opened with ``O_NOFOLLOW`` (no
+  symlink) and refused, with one line (a warning; the torch engine then runs), unless it is a directory owned by
+  the current user and not writable by group or others. All later file operations go through that open folder
+  (``dir_fd``), so the folder checked is the folder used;
+- **writing**: the compiler writes to an unpredictable temporary name (``mkstemp``, mode 0600) in that folder; the
+  SHA-256 of the bytes is recorded in a sidecar ``kernels-<key>.so.sha256`` (also written to a temporary name and
+  renamed), and the ``.so`` is renamed into place (atomic: two racing processes each load a complete file);
+- **loading**: the ``.so`` is opened (``O_NOFOLLOW``), checked to be a regular file owned by the user and not
+  group/world-writable, read whole, and its SHA-256 compared with the sidecar's; only those verified bytes are
+  loaded, from an anonymous in-memory file (``memfd_create``; elsewhere a fresh ``mkstemp`` copy in the checked
+  folder), so nothing can swap the file between the check and ``dlopen``. A file whose hash does not match (a
+  planted ``.so`` with the right name, a crash leftover) is never loaded: the kernels are rebuilt over it.
+
+``COMPACTNN_NATIVE`` selects: ``auto`` (default: native when it builds: the AVX-512 VNNI kernels on a CPU that has
+them, else the AVX2 kernels, else portable C loops), ``0``/``off`` (the pure-torch engine), and, to force one path
+(tests, benchmarks): ``vnni``, ``avx2`` (built with ``-march=haswell``, so on any AVX2 CPU) or ``generic`` (the
+portable loops). Without a compiler the engine falls back
 to torch silently (``load()`` returns None; :func:`status` says why).
 """
 
@@ -24,16 +39,20 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
-__all__ = ["HEADERS", "SOURCES", "AddFuse", "Conv", "Requant", "load", "mode", "status"]
+__all__ = ["HEADERS", "SOURCES", "AddFuse", "CacheError", "Conv", "Requant", "cache_dir", "load", "mode",
+           "open_cache_dir", "status"]
 
 SOURCES = [Path(__file__).with_name(f) for f in ("kernels.c", "conv.c", "ops.c")]  # the integer program: no float
 HEADERS = [Path(__file__).with_name(f) for f in ("kernels.h", "vnni.h")]  # included by them; no float type either
 IO_SOURCE = Path(__file__).with_name("io.c")  # the float input quantize / output dequantize (outside the program)
 _cache: dict[str, object] = {}
+_memfds: list[int] = []
 _why: dict[str, str] = {}
 
 _I64, _P = ctypes.c_int64, ctypes.c_void_p
@@ -61,10 +80,19 @@ class Conv(ctypes.Structure):
                                     "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P)]
 
 
+KINDS = ("auto", "vnni", "avx2", "generic")
+#: cnn_simd() of each kernel path
+SIMD = {2: "vnni", 1: "avx2", 0: "generic"}
+
+
 def mode() -> str:
-    """``COMPACTNN_NATIVE``: ``auto``, ``off`` or ``generic``."""
+    """``COMPACTNN_NATIVE``: ``auto``, ``off``, ``vnni``, ``avx2`` or ``generic``."""
     v = os.environ.get("COMPACTNN_NATIVE", "auto").strip().lower()
-    return "off" if v in ("0", "off", "false", "no", "torch") else "generic" if v == "generic" else "auto"
+    return "off" if v in ("0", "off", "false", "no", "torch") else v if v in KINDS else "auto"
+
+
+def _cpu_has(flag: str) -> bool:
+    return flag in _cpu_flags().split()
 
 
 def cache_dir() -> Path:
@@ -73,6 +101,124 @@ def cache_dir() -> Path:
         return Path(base) / "native"
     xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(xdg) / "compactnn" / "native"
+
+
+class CacheError(Exception):
+    """The cache folder or a cached file cannot be trusted (one line: why)."""
+
+
+def _euid() -> int:
+    return os.geteuid()
+
+
+def _check_owned(st: os.stat_result, what: str, kind: str) -> None:
+    """``st`` must be a ``kind`` ("dir"/"file") owned by the current user and not writable by group or others."""
+    is_kind = stat.S_ISDIR(st.st_mode) if kind == "dir" else stat.S_ISREG(st.st_mode)
+    if not is_kind:
+        raise CacheError(f"{what} is not a {'directory' if kind == 'dir' else 'regular file'}")
+    if st.st_uid != _euid():
+        raise CacheError(f"{what} is owned by uid {st.st_uid}, not by the current user (uid {_euid()})")
+    if st.st_mode & 0o022:
+        raise CacheError(f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                         "chmod 700 it or set COMPACTNN_CACHE to a private folder")
+
+
+def open_cache_dir(path: Path | None = None) -> int:
+    """Create (0700) and open the cache folder; returns its fd after the owner/mode checks. Raises CacheError."""
+    path = cache_dir() if path is None else Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as err:
+            raise CacheError(f"cannot create the native cache folder {d}: {err.strerror}") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as err:
+        raise CacheError(f"cannot open the native cache folder {path} (a symlink is refused): {err.strerror}") from None
+    try:
+        _check_owned(os.fstat(fd), f"the native cache folder {path}", "dir")
+    except CacheError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_verified(dir_fd: int, name: str) -> bytes | None:
+    """The bytes of cached ``name`` if it is a regular file we own, not group/world-writable, whose SHA-256 equals
+    the recorded one (``name.sha256``); None when it is missing or does not verify (never to be loaded)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        try:
+            _check_owned(os.fstat(fd), f"cached {name}", "file")
+        except CacheError:
+            return None
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read(64 << 20)
+        recorded = _read_small(dir_fd, name + ".sha256")
+    finally:
+        os.close(fd)
+    return data if recorded is not None and recorded == _sha256(data) else None
+
+
+def _read_small(dir_fd: int, name: str) -> str | None:
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+    except OSError:
+        return None
+    try:
+        _check_owned(os.fstat(fd), name, "file")
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            return fh.read(128).decode("ascii", "replace").strip()
+    except CacheError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(dir_fd: int, dir_path: Path, name: str, data: bytes) -> None:
+    """Write ``data`` to ``name`` in the open folder: an unpredictable temporary name (0600), then a rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=dir_path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(os.path.basename(tmp), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load_bytes(data: bytes, dir_path: Path):
+    """``ctypes.CDLL`` of exactly these (verified) bytes: from an anonymous memory file, else a private copy."""
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        fd = os.memfd_create("compactnn-kernels", 0)
+        # kept open for the life of the process: dlopen matches libraries by path, so a reused fd number would
+        # hand back the library loaded first
+        _memfds.append(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return ctypes.CDLL(f"/proc/self/fd/{fd}")
+    fd, tmp = tempfile.mkstemp(prefix=".load.", suffix=".so", dir=dir_path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return ctypes.CDLL(tmp)
+    finally:
+        os.unlink(tmp)
 
 
 def _cpu_flags() -> str:
@@ -86,17 +232,22 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> bool:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.stem + ".", suffix=".tmp.so", dir=out.parent)
+def _compile(cc: str, flags: list[str], dir_fd: int, dir_path: Path, name: str) -> bytes | None:
+    """Compile into the open cache folder under an unpredictable name, record its SHA-256, rename it into place;
+    returns the compiled bytes (None when the compiler fails)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.so", dir=dir_path)
     os.close(fd)
     try:
         r = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES), str(IO_SOURCE), "-lm"],
                            capture_output=True, timeout=120)
         if r.returncode != 0:
-            return False
-        os.replace(tmp, out)  # atomic: a racing process loads either its own file or a complete one
-        return True
+            return None
+        tfd = os.open(os.path.basename(tmp), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        with os.fdopen(tfd, "rb") as fh:
+            data = fh.read()
+        _write_atomic(dir_fd, dir_path, name + ".sha256", _sha256(data).encode() + b"\n")
+        os.replace(os.path.basename(tmp), name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        return data
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -112,22 +263,49 @@ def _build(kind: str):
     except (OSError, subprocess.SubprocessError) as err:
         _why[kind] = f"cannot run {cc}: {err}"
         return None
-    base = ["-O3", "-march=native", "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
+    try:
+        dir_fd = open_cache_dir()
+    except CacheError as err:
+        _why[kind] = f"native kernels off: {err}"
+        warnings.warn(f"compactnn: {_why[kind]}", RuntimeWarning, stacklevel=3)
+        return None
+    dir_path = cache_dir()
+    if kind == "avx2" and not _cpu_has("avx2"):
+        _why[kind] = "this CPU has no AVX2"
+        os.close(dir_fd)
+        return None
+    if kind == "vnni" and not _cpu_has("avx512_vnni"):
+        _why[kind] = "this CPU has no AVX-512 VNNI"
+        os.close(dir_fd)
+        return None
+    # avx2: the AVX2 kernels whatever the CPU has beyond (-march=haswell: no AVX-512, so no VNNI path)
+    arch = "-march=haswell" if kind == "avx2" else "-march=native"
+    base = ["-O3", arch, "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
     src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, IO_SOURCE))
-    for flags in (base + ["-fopenmp"], base):
-        key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(), _cpu_flags().encode(),
-                                         platform.machine().encode()])).hexdigest()[:20]
-        path = cache_dir() / f"kernels-{key}.so"
-        try:
-            if not path.exists() and not _compile(cc, flags, path):
+    try:
+        for flags in (base + ["-fopenmp"], base):
+            key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
+                                             _cpu_flags().encode(), platform.machine().encode()])).hexdigest()[:20]
+            name = f"kernels-{key}.so"
+            try:
+                data = _read_verified(dir_fd, name)
+                if data is None:  # missing, or present but not verified: never loaded, rebuilt over
+                    data = _compile(cc, flags, dir_fd, dir_path, name)
+                if data is None:
+                    continue
+                lib = _load_bytes(data, dir_path)
+            except (OSError, subprocess.SubprocessError) as err:
+                _why[kind] = f"building the native kernels failed: {err}"
                 continue
-            lib = ctypes.CDLL(str(path))
-        except (OSError, subprocess.SubprocessError) as err:
-            _why[kind] = f"building the native kernels failed: {err}"
-            continue
-        _declare(lib)
-        _why[kind] = f"{path.name}: simd={'vnni' if lib.cnn_simd() == 2 else 'generic'}, openmp={bool(lib.cnn_openmp())}"
-        return lib
+            _declare(lib)
+            simd = SIMD.get(lib.cnn_simd(), "?")
+            if kind in ("vnni", "avx2") and simd != kind:
+                _why[kind] = f"{name}: the compiler did not produce the {kind} kernels (got {simd})"
+                return None
+            _why[kind] = f"{name}: simd={simd}, openmp={bool(lib.cnn_openmp())}"
+            return lib
+    finally:
+        os.close(dir_fd)
     _why.setdefault(kind, f"{cc} could not compile the native kernels")
     return None
 
@@ -158,7 +336,8 @@ def load(kind: str | None = None):
     """The loaded kernel library (built on first use), or None when disabled or it cannot be built.
 
     Args:
-        kind: ``"auto"`` or ``"generic"``; default from ``COMPACTNN_NATIVE`` (``off`` returns None).
+        kind: ``"auto"``, ``"vnni"``, ``"avx2"`` or ``"generic"``; default from ``COMPACTNN_NATIVE`` (``off``
+            returns None).
     """
     kind = mode() if kind is None else kind
     if kind == "off":

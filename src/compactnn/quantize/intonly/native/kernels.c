@@ -12,7 +12,7 @@
 
 #include "kernels.h"
 
-int cnn_simd(void) { return CNN_VNNI ? 2 : 0; }
+int cnn_simd(void) { return CNN_VNNI ? 2 : (CNN_AVX2 ? 1 : 0); }
 
 int cnn_openmp(void) {
 #ifdef _OPENMP
@@ -286,6 +286,155 @@ void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, co
         else { kern_pool4(1, rows, out, d, b0, segoff, &ov); b0 += 1; }
     }
     if (ov) *ovf = 1;
+}
+#elif CNN_AVX2
+/* AVX2 path (CPUs without AVX-512 VNNI): the dot products with vpmaddwd on 16-bit values. vpmaddubsw (u8 x s8 pairs
+   summed into saturating int16) is not used: 255*127*2 = 64770 overflows int16, so it would saturate where the
+   reference does not. Zero-extended codes (<= 255) times sign-extended weights (|w| <= 127), summed in pairs into
+   int32 by vpmaddwd, are exact (its one saturating case, -32768 * -32768 twice, cannot occur), and the int32 sums
+   are exact while K*255*127 < 2^31 (checked by the caller). Requantization and the fused Add: the definition
+   (requant1) and the Add's table, as the portable path. */
+
+/* int32 accumulators of MR (<= 4) pixels x the 16 channels of block b, in channel order. */
+static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const Conv *d, const uint8_t *const *rows,
+                                                              int64_t b, const int64_t *segoff, int32_t out[4][16]) {
+    const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
+    const int8_t *w = d->wp + b * k4 * 64;
+    __m256i acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int q = 0; q < 4; q++) acc[i][q] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < d->nseg; s++) {
+        const int64_t so = segoff[s];
+        for (int64_t t = 0; t < sl4; t++) {
+            const int8_t *wp = w + (s * sl4 + t) * 64;  /* [16 channels][4 bytes] */
+            __m256i wv[4];                              /* channels 4q..4q+3, their 4 weights as int16 */
+            for (int q = 0; q < 4; q++) wv[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + 16 * q)));
+            for (int i = 0; i < MR; i++) {
+                int32_t av;
+                memcpy(&av, rows[i] + so + 4 * t, 4);
+                const __m256i a = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(av)));
+                for (int q = 0; q < 4; q++) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(a, wv[q]));
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++) {  /* lanes hold two partial sums per channel: add the pairs, restore the order */
+        const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][0], acc[i][1]), 0xD8);
+        const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][2], acc[i][3]), 0xD8);
+        _mm256_storeu_si256((__m256i *)out[i], lo);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), hi);
+    }
+}
+
+static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
+                             int *ovf) {
+    for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
+        const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+        out[c] = d->add ? add1(d->add, y, res[c]) : y;
+    }
+}
+
+/* The folded form of kernels.h on 8 channels (AVX2 has no 64-bit arithmetic right shift: with u = t + 2^63 taken
+   as unsigned, floor(t / 2^s) = (u >> s) - 2^(63 - s) exactly). x: acc + bias as int32 (provably no overflow when
+   the folded form applies); m, c, s: the even channels' and the odd channels' M0, C and 31 + e as int64 lanes. */
+typedef struct { __m256i me, mo, ce, co, se, so, oe, oo; } Rq8;
+
+static inline Rq8 rq8(const Requant *r, int64_t c0) {
+    int64_t m[8], c[8], sh[8];
+    for (int k = 0; k < 8; k++) {  /* the folded constants from the per-channel definition (kernels.h) */
+        const int64_t e = r->right[c0 + k];
+        m[k] = r->m0[c0 + k];
+        c[k] = ((int64_t)1 << 30) + ((int64_t)1 << (e + 30)) + r->zp * ((int64_t)1 << (31 + e));
+        sh[k] = 31 + e;
+    }
+    Rq8 v;
+    v.me = _mm256_set_epi64x(m[6], m[4], m[2], m[0]);
+    v.mo = _mm256_set_epi64x(m[7], m[5], m[3], m[1]);
+    v.ce = _mm256_set_epi64x(c[6], c[4], c[2], c[0]);
+    v.co = _mm256_set_epi64x(c[7], c[5], c[3], c[1]);
+    v.se = _mm256_set_epi64x(sh[6], sh[4], sh[2], sh[0]);
+    v.so = _mm256_set_epi64x(sh[7], sh[5], sh[3], sh[1]);
+    const __m256i one = _mm256_set1_epi64x(1), s63 = _mm256_set1_epi64x(63);
+    v.oe = _mm256_sllv_epi64(one, _mm256_sub_epi64(s63, v.se));
+    v.oo = _mm256_sllv_epi64(one, _mm256_sub_epi64(s63, v.so));
+    return v;
+}
+
+static inline __m256i rq8_half(__m256i p, __m256i c, __m256i s, __m256i off, int neg) {
+    const __m256i sign = _mm256_set1_epi64x(INT64_MIN);  /* the sign bit */
+    __m256i t = _mm256_add_epi64(p, c);
+    if (neg) t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), p),
+                                                      _mm256_set1_epi64x((int64_t)1 << 31)));
+    return _mm256_sub_epi64(_mm256_srlv_epi64(_mm256_xor_si256(t, sign), s), off);
+}
+
+/* 8 accumulators (no bias) -> 8 codes as int32 lanes. */
+static inline __m256i rq8_apply(__m256i acc, const int32_t *b32, const Rq8 *v, int neg, __m256i lo, __m256i hi) {
+    const __m256i x = _mm256_add_epi32(acc, _mm256_loadu_si256((const __m256i *)b32));
+    const __m256i ye = rq8_half(_mm256_mul_epi32(x, v->me), v->ce, v->se, v->oe, neg);
+    const __m256i yo = rq8_half(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), v->mo), v->co, v->so, v->oo, neg);
+    const __m256i y = _mm256_blend_epi32(ye, _mm256_slli_epi64(yo, 32), 0xAA);  /* |y| < 2^31: the low dwords */
+    return _mm256_min_epi32(_mm256_max_epi32(y, lo), hi);
+}
+
+/* The tile's codes with the folded form: MR pixels of block b, all 16 channels present. */
+static inline __attribute__((always_inline)) void emit_fast_avx2(const int MR, const Conv *d, int32_t acc[4][16],
+                                                                 int64_t b, uint8_t *const *outs,
+                                                                 const uint8_t *const *ress) {
+    const int64_t c0 = b * 16;
+    const Rq8 v0 = rq8(&d->rq, c0), v1 = rq8(&d->rq, c0 + 8);
+    const __m256i lo = _mm256_set1_epi32((int32_t)d->rq.qmin), hi = _mm256_set1_epi32((int32_t)d->rq.qmax);
+    const int neg = (int)d->rq.fneg;
+    for (int i = 0; i < MR; i++) {
+        const __m256i y0 = rq8_apply(_mm256_loadu_si256((const __m256i *)acc[i]), d->rq.b32 + c0, &v0, neg, lo, hi);
+        const __m256i y1 = rq8_apply(_mm256_loadu_si256((const __m256i *)(acc[i] + 8)), d->rq.b32 + c0 + 8, &v1, neg,
+                                     lo, hi);
+        /* 16 int32 codes in [0, 255] -> 16 bytes in channel order */
+        const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);
+        const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
+        uint8_t *o = outs[i] + c0;
+        if (d->add) {
+            uint8_t t[16];
+            _mm_storeu_si128((__m128i *)t, bytes);
+            for (int l = 0; l < 16; l++) o[l] = add1(d->add, t[l], ress[i][c0 + l]);
+        } else {
+            _mm_storeu_si128((__m128i *)o, bytes);
+        }
+    }
+}
+
+void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *outs, const uint8_t *const *ress,
+                    int64_t m, const int64_t *segoff, int *ovf) {
+    const int64_t nb = (d->o + 15) / 16;
+    int32_t acc[4][16];
+    for (int64_t b = 0; b < nb; b++) {
+        const int fast = d->rq.fast && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
+        int64_t i = 0;
+        for (; i + 3 <= m; i += 3) {
+            acc16_avx2(3, d, rows + i, b, segoff, acc);
+            if (fast) emit_fast_avx2(3, d, acc, b, outs + i, ress ? ress + i : 0);
+            else
+                for (int r = 0; r < 3; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
+        }
+        for (; i < m; i++) {
+            acc16_avx2(1, d, rows + i, b, segoff, acc);
+            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0);
+            else emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
+        }
+    }
+}
+
+void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, const int64_t *segoff, int *ovf) {
+    const int64_t nb = (d->o + 15) / 16;
+    int32_t acc[4][16], best[16];
+    for (int64_t b = 0; b < nb; b++) {
+        acc16_avx2(4, d, rows, b, segoff, acc);
+        for (int l = 0; l < 16; l++) {
+            const int32_t x = acc[0][l] > acc[1][l] ? acc[0][l] : acc[1][l];
+            const int32_t y = acc[2][l] > acc[3][l] ? acc[2][l] : acc[3][l];
+            best[l] = x > y ? x : y;
+        }
+        for (int l = 0; l < 16 && b * 16 + l < d->o; l++) out[b * 16 + l] = requant1(best[l], b * 16 + l, &d->rq, ovf);
+    }
 }
 #else
 /* Portable path: the same packed layout, plain loops, the definition (requant1) and the Add's table. */

@@ -24,9 +24,15 @@
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
     defined(__AVX512DQ__) && !defined(CNN_GENERIC)
 #define CNN_VNNI 1
+#define CNN_AVX2 0
+#include <immintrin.h>
+#elif defined(__AVX2__) && !defined(CNN_GENERIC)
+#define CNN_VNNI 0
+#define CNN_AVX2 1
 #include <immintrin.h>
 #else
 #define CNN_VNNI 0
+#define CNN_AVX2 0
 #endif
 #ifdef _OPENMP
 #include <omp.h>

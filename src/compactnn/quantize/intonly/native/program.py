@@ -32,19 +32,30 @@ from torch import Tensor
 
 from compactnn.errors import ModelError
 
+from .. import ir
 from .. import reference as ref
 from ..fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
 from . import AddFuse, Conv, Requant
 
-__all__ = ["NativeProgram"]
+__all__ = ["KERNELS", "NativeProgram", "unsupported"]
+
+#: The native backend's kernel table (see :mod:`..ir`): ``kernel(program, model, op, shapes, zp) -> (run, shape)``
+#: where ``run(pointers, n, threads)`` calls C (pointers: the inputs', the output's, the scratch) and returns
+#: nonzero on an int32 overflow.
+KERNELS = ir.Kernels("native")
+
+
+#: Below this many multiply-adds per run (batch x the program's per-sample MACs), one thread runs it.
+SERIAL_MACS = 1 << 21
 
 
 class _Unsupported(Exception):
     pass
 
 
-def _pair(v) -> tuple[int, int]:
-    return (int(v[0]), int(v[1])) if isinstance(v, (list, tuple)) else (int(v), int(v))
+def unsupported(program, model, op, shapes, zp):
+    """The native kernel of an op type the C kernels do not cover: the model runs on the torch engine instead."""
+    raise _Unsupported(op.kind)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -95,14 +106,14 @@ def _requant(keep: _Keep, m0, shift, bias, z_out: int, qmin: int, qmax: int, cha
     return rq
 
 
-def _add_fuse(keep: _Keep, op: dict, table: np.ndarray, zp: dict, conv_is_a: bool) -> AddFuse:
+def _add_fuse(keep: _Keep, op: ir.Add, table: np.ndarray, zp: dict, conv_is_a: bool) -> AddFuse:
     """The Add fused into the conv producing input ``a`` (``conv_is_a``) or ``b``: the folded form when it equals
     the reference table on all 65536 code pairs (checked here with the same int64 arithmetic), else the table."""
-    za, zb, zy = (zp[v] for v in (*op["inputs"], op["output"]))
-    ls, lo, hi = int(op["left_shift"]), int(op["qmin"]), int(op["qmax"])
-    sides = [(za, int(op["multiplier_a"]), int(op["shift_a"])), (zb, int(op["multiplier_b"]), int(op["shift_b"]))]
+    za, zb, zy = (zp[v] for v in (*op.inputs, op.output))
+    ls, lo, hi = op.left_shift, op.qmin, op.qmax
+    sides = [(za, op.multiplier_a, op.shift_a), (zb, op.multiplier_b, op.shift_b)]
     own, res = sides if conv_is_a else sides[::-1]
-    m_y, e_y = int(op["multiplier_out"]), -int(op["shift_out"])
+    m_y, e_y = op.multiplier_out, -op.shift_out
     f = AddFuse(table=keep(table), conv_is_a=int(conv_is_a), qmin=lo, qmax=hi, ls=ls)
     if not (own[2] <= 0 and res[2] <= 0 and 1 <= e_y <= 23 and ls <= 23):
         return f
@@ -173,16 +184,22 @@ class NativeProgram:
 
     def __init__(self, model, lib) -> None:
         self.lib, self.keep = lib, _Keep()
+        # the native entry point: the whole program is checked again here, right before any geometry goes to C
+        checked = ir.check_program(model, metadata=False)
         self.input_value, self.output_value = model.input["value"], model.output["value"]
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
-        shp = {self.input_value: tuple(model.input_shape)}  # (C, H, W) or (F,), PyTorch order
+        shp = {self.input_value: checked[self.input_value]}  # (C, H, W) or (F,), PyTorch order
         self.steps = []  # (fn(ptrs, n, threads), inputs, output)
+        self.macs = 0  # multiply-adds (and element steps) per sample, for the serial threshold
         self._convs: dict = {}  # output value -> its Conv (groups == 1, and linear layers)
         self._adds: dict = {}  # output value -> the Add's 256 x 256 table
         for op in model.ops:
-            kind, ins, out = op["op"], op["inputs"], op["output"]
-            fn, shp[out] = getattr(self, "_" + kind, self._unknown)(model, op, [shp[i] for i in ins], zp)
-            self.steps.append((fn, ins, out))
+            fn, shp[op.output] = KERNELS.get(op)(self, model, op, [shp[i] for i in op.inputs], zp)
+            if tuple(shp[op.output]) != checked[op.output]:
+                raise ModelError(f"native program: op {op.label} gives shape {shp[op.output]}, the IR "
+                                 f"{checked[op.output]}")
+            self.steps.append((fn, list(op.inputs), op.output))
+            self.macs += int(np.prod(checked[op.output])) * (self._fan_in(model, op) if op.buffers() else 1)
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
@@ -196,13 +213,13 @@ class NativeProgram:
         uses: dict = {}
         made = {self.input_value: -1}
         for i, op in enumerate(model.ops):
-            made[op["output"]] = i
-            for v in op["inputs"]:
+            made[op.output] = i
+            for v in op.inputs:
                 uses[v] = uses.get(v, 0) + 1
         adds: dict = {}  # conv step -> (add step, conv output is the first input)
         for k, op in enumerate(model.ops):
-            ins = op["inputs"]
-            if op["op"] != "add" or op["output"] not in self._adds or ins[0] == ins[1]:
+            ins = op.inputs
+            if not isinstance(op, ir.Add) or op.output not in self._adds or ins[0] == ins[1]:
                 continue
             ok = [j for j in (0, 1) if ins[j] in self._convs and uses[ins[j]] == 1 and ins[j] != self.output_value
                   and made[ins[1 - j]] < made[ins[j]]]
@@ -211,29 +228,34 @@ class NativeProgram:
         fused, skip, i = [], set(), 0
         while i < len(self.steps):
             op, nxt = model.ops[i], model.ops[i + 1] if i + 1 < len(model.ops) else None
-            d = self._convs.get(op["output"])
+            d = self._convs.get(op.output)
             if i in skip:
                 pass
             elif i in adds:
                 k, conv_is_a = adds[i]
                 add = model.ops[k]
-                f = _add_fuse(self.keep, add, self._adds[add["output"]], zp, conv_is_a)
+                f = _add_fuse(self.keep, add, self._adds[add.output], zp, conv_is_a)
                 d2 = Conv.from_buffer_copy(d)
                 d2.add = ctypes.addressof(f)
                 self.keep.arrays += [f, d2]
                 run = (lambda p, n, t, a=ctypes.addressof(d2): self.lib.cnn_conv(a, n, p[0], p[1], p[2], p[-1], t))
-                fused.append((run, op["inputs"] + [add["inputs"][1 if conv_is_a else 0]], add["output"]))
+                fused.append((run, list(op.inputs) + [add.inputs[1 if conv_is_a else 0]], add.output))
                 skip.add(k)
-            elif (d is not None and nxt and nxt["op"] == "max_pool2d" and nxt["inputs"] == [op["output"]]
-                    and uses[op["output"]] == 1 and op["output"] != self.output_value
-                    and [_pair(nxt[k]) for k in ("kernel", "stride", "padding")] == [(2, 2), (2, 2), (0, 0)]):
+            elif (d is not None and isinstance(nxt, ir.MaxPool2d) and nxt.inputs == (op.output,)
+                    and uses[op.output] == 1 and op.output != self.output_value
+                    and (nxt.kernel, nxt.stride, nxt.padding) == ((2, 2), (2, 2), (0, 0))):
                 run = (lambda p, n, t, a=ctypes.addressof(d): self.lib.cnn_conv_pool2(a, n, p[0], p[1], p[-1], t))
-                fused.append((run, op["inputs"], nxt["output"]))
+                fused.append((run, list(op.inputs), nxt.output))
                 i += 1
             else:
                 fused.append(self.steps[i])
             i += 1
         return fused
+
+    @staticmethod
+    def _fan_in(model, op) -> int:
+        w = getattr(model, op.weight)
+        return int(np.prod(w.shape[1:]))
 
     def __deepcopy__(self, memo):
         return self  # read-only after the build (ctypes pointers cannot be copied); arenas are per thread
@@ -246,17 +268,14 @@ class NativeProgram:
         except _Unsupported:
             return None
 
-    def _unknown(self, model, op, shapes, zp):
-        raise _Unsupported(op["op"])
-
     # ----------------------------------------------------------------------------------------------------- ops
     def _weighted(self, model, op, cin: int, kh: int, kw: int, geo: dict, zin: int, z_out: int) -> Conv:
-        w = getattr(model, op["weight"]).numpy()
+        w = getattr(model, op.weight).numpy()
         w4 = w.reshape(w.shape[0], -1, kh, kw)
         o = w4.shape[0]
         if w4.shape[1] * kh * kw * 255 * 127 >= 1 << 31:
             raise _Unsupported("fan-in too large for int32 u8 x s8 accumulation")
-        bias = getattr(model, op["bias"]).numpy().astype(np.int64) - zin * w4.astype(np.int64).sum(axis=(1, 2, 3))
+        bias = getattr(model, op.bias).numpy().astype(np.int64) - zin * w4.astype(np.int64).sum(axis=(1, 2, 3))
         per_pixel = geo["dw"] != 1
         nseg, seglen = (kh * kw, _ceil(cin, 4)) if per_pixel else (kh, _ceil(kw * cin, 4))
         groups = geo.pop("groups", 1)
@@ -264,104 +283,14 @@ class NativeProgram:
             w4.transpose(0, 2, 3, 1).copy())
         w64 = w4.astype(np.int64).reshape(o, -1)  # acc + bias over all uint8 inputs (padding uses Z_in, also uint8)
         vmin, vmax = bias + 255 * np.minimum(w64, 0).sum(1), bias + 255 * np.maximum(w64, 0).sum(1)
-        rq = _requant(self.keep, getattr(model, op["multiplier"]).numpy(), getattr(model, op["shift"]).numpy(), bias,
-                      z_out, op["qmin"], op["qmax"], o, vmin if groups == 1 else None, vmax)
+        rq = _requant(self.keep, getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), bias,
+                      z_out, op.qmin, op.qmax, o, vmin if groups == 1 else None, vmax)
         d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo)
         self.keep.arrays.append(d)
         return d
 
-    def _conv2d(self, model, op, shapes, zp):
-        (c, h, w), (kh, kw) = shapes[0], getattr(model, op["weight"]).shape[2:]
-        (sh, sw), (ph, pw), (dh, dw) = _pair(op["stride"]), _pair(op["padding"]), _pair(op["dilation"])
-        ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        groups = int(op["groups"])
-        d = self._weighted(model, op, c // groups if groups > 1 else c, kh, kw,
-                           dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=groups),
-                           zp[op["inputs"][0]], zp[op["output"]])
-        if groups > 1:
-            d.c = c
-            addr = ctypes.addressof(d)
-            return (lambda p, n, t: self.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
-        self.scratch = max(getattr(self, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
-        self._convs[op["output"]] = d
-        addr = ctypes.addressof(d)
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
-
-    def _linear(self, model, op, shapes, zp):
-        if len(shapes[0]) != 1:
-            raise _Unsupported("linear on a 4-D value")
-        f = shapes[0][0]
-        d = self._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
-                           zp[op["inputs"][0]], zp[op["output"]])
-        addr = ctypes.addressof(d)
-        self._convs[op["output"]] = d
-        return (lambda p, n, t: self.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
-
-    def _max_pool2d(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        (kh, kw), (sh, sw), (ph, pw) = _pair(op["kernel"]), _pair(op["stride"]), _pair(op["padding"])
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        return (lambda p, n, t: self.lib.cnn_maxpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, t)), (
-            c, ho, wo)
-
-    def _avg_pool2d(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        (kh, kw), (sh, sw) = _pair(op["kernel"]), _pair(op["stride"])
-        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ho, wo, t)), (c, ho, wo)
-
-    def _global_avg_pool(self, model, op, shapes, zp):
-        c, h, w = shapes[0]
-        return (lambda p, n, t: self.lib.cnn_avgpool(p[0], p[1], n, h, w, c, h, w, 1, 1, 1, 1, t)), (c, 1, 1)
-
-    def _flatten(self, model, op, shapes, zp):
-        s = shapes[0]
-        if len(s) == 1:
-            return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
-        c, hw = s[0], s[1] * s[2]
-        return (lambda p, n, t: self.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
-
-    def _add(self, model, op, shapes, zp):
-        if shapes[0] != shapes[1]:
-            raise _Unsupported("broadcasting add")
-        codes = np.arange(256, dtype=np.uint8)
-        try:  # the reference kernel on all 256 x 256 code pairs
-            table = ref.add(np.repeat(codes, 256), zp[op["inputs"][0]], op["multiplier_a"], op["shift_a"],
-                            np.tile(codes, 256), zp[op["inputs"][1]], op["multiplier_b"], op["shift_b"],
-                            zp[op["output"]], op["multiplier_out"], op["shift_out"], op["left_shift"], op["qmin"],
-                            op["qmax"])
-        except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
-            raise _Unsupported(str(err)) from None
-        self._adds[op["output"]] = table
-        tp, size = self.keep(table), int(np.prod(shapes[0]))
-        return (lambda p, n, t: self.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
-
-    def _concat(self, model, op, shapes, zp):
-        if int(op["axis"]) != 1 or len({s[1:] for s in shapes}) != 1:
-            raise _Unsupported("concat axis")
-        zy, ls = zp[op["output"]], int(op["left_shift"])
-        lo, hi = int(op.get("qmin", 0)), int(op.get("qmax", 255))
-        codes = np.arange(256, dtype=np.int64)
-        parts, off, total = [], 0, sum(s[0] for s in shapes)
-        inner = int(np.prod(shapes[0][1:]))  # pixels per image (1 for flat values)
-        for name, s, m in zip(op["inputs"], shapes, op["multipliers"]):
-            if m is None:
-                lut = np.clip(codes, lo, hi)
-            else:
-                m0, sh = int(m[0]), int(m[1])
-                L = min(ls, sh + 31)
-                lut = np.clip(multiply_by_quantized_multiplier((codes - zp[name]) << L, m0, sh - L) + zy, lo, hi)
-            parts.append((self.keep(lut.astype(np.uint8)), s[0], off))
-            off += s[0]
-
-        def cat(p, n, t):
-            for i, (lut, c, o) in enumerate(parts):
-                self.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
-
-        return cat, (total,) + tuple(shapes[0][1:])
-
     # ----------------------------------------------------------------------------------------------------- run
-    def _layout(self, n: int, threads: int, all_values: bool):
+    def _layout(self, n: int, threads: int, all_values: bool):  # noqa: C901
         """Byte offsets of the values in the arena: a dead value's block is reused (first fit, smallest block)
         unless every value is kept (``all_values``); then the scratch of the padded images; then the total."""
         key = (n, threads, all_values)
@@ -397,37 +326,199 @@ class NativeProgram:
             self._layouts[key] = (offs, scratch, pos)
         return self._layouts[key]
 
-    def run(self, q: Tensor, all_values: bool = False):
-        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
-        n, threads = int(q.shape[0]), torch.get_num_threads()
-        offs, scratch, total = self._layout(n, threads, all_values)
-        arenas = self._local.__dict__.setdefault("arenas", {})  # one reusable arena per thread and layout
-        arena = arenas.get((n, threads, all_values))
-        if arena is None:
-            if len(arenas) > 4:
-                arenas.clear()
-            arena = arenas[(n, threads, all_values)] = torch.empty(total + 64, dtype=torch.uint8)
-        base = (arena.data_ptr() + 63) // 64 * 64
-        ptr = {k: base + v for k, v in offs.items()}
-        q = q.contiguous()
-        s = self.shapes[self.input_value]
-        if len(s) == 3:
-            self.lib.cnn_nchw_to_nhwc(q.data_ptr(), ptr[self.input_value], n, s[1] * s[2], s[0])
-        else:
-            ctypes.memmove(ptr[self.input_value], q.data_ptr(), n * s[0])
-        sp = base + scratch
-        for fn, ins, out in self.steps if all_values else self.fused:
-            if fn([ptr[i] for i in ins] + [ptr[out], sp], n, threads):
+    def _plan(self, n: int, all_values: bool) -> "_Plan":
+        """This thread's preplanned run for batch ``n``: its arena (allocated once), every step's pointers bound, and
+        the thread count (one thread below :data:`SERIAL_MACS` multiply-adds: OpenMP's fork/join would cost more
+        than the work)."""
+        threads = 1 if n * self.macs < SERIAL_MACS else torch.get_num_threads()
+        key = (n, threads, all_values)
+        plans = self._local.__dict__.setdefault("plans", {})
+        plan = plans.get(key)
+        if plan is None:
+            offs, scratch, total = self._layout(n, threads, all_values)
+            if len(plans) > 4:
+                plans.clear()
+            arena = torch.empty(total + 64, dtype=torch.uint8)
+            base = (arena.data_ptr() + 63) // 64 * 64
+            ptr = {k: base + v for k, v in offs.items()}
+            sp = base + scratch
+            calls = [(fn, [ptr[i] for i in ins] + [ptr[out], sp], out)
+                     for fn, ins, out in (self.steps if all_values else self.fused)]
+            plan = plans[key] = _Plan(arena, ptr, calls, threads)
+        return plan
+
+    def _execute(self, plan: "_Plan", n: int) -> None:
+        t = plan.threads
+        for fn, ptrs, out in plan.calls:
+            if fn(ptrs, n, t):
                 raise ModelError(f"an accumulator of the op producing {out!r} overflows int32 (the reference engine "
                                  "raises here too); reduce the layer's fan-in or the bias")
-        names = list(self.shapes) if all_values else [self.output_value]
-        res = {k: self._value(arena, base - arena.data_ptr() + offs[k], n, self.shapes[k]) for k in names}
-        return res if all_values else res[self.output_value]
 
-    @staticmethod
-    def _value(arena: Tensor, off: int, n: int, s: tuple) -> Tensor:
-        size = n * int(np.prod(s))
-        v = arena[off:off + size]
+    def _put(self, plan: "_Plan", src: int, n: int) -> None:
+        """uint8 input codes at address ``src`` (PyTorch layout) into the arena (NHWC)."""
+        s = self.shapes[self.input_value]
         if len(s) == 3:
-            return v.view(n, s[1], s[2], s[0]).permute(0, 3, 1, 2).contiguous()
-        return v.view(n, s[0]).clone()
+            self.lib.cnn_nchw_to_nhwc(src, plan.ptr[self.input_value], n, s[1] * s[2], s[0])
+        else:
+            ctypes.memmove(plan.ptr[self.input_value], src, n * s[0])
+
+    def _take(self, plan: "_Plan", name: str, n: int) -> Tensor:
+        """A fresh uint8 tensor of value ``name`` in PyTorch layout."""
+        s = self.shapes[name]
+        out = torch.empty((n, *s), dtype=torch.uint8)
+        if len(s) == 3:
+            self.lib.cnn_nhwc_to_nchw(plan.ptr[name], out.data_ptr(), n, s[1] * s[2], s[0])
+        else:
+            ctypes.memmove(out.data_ptr(), plan.ptr[name], n * s[0])
+        return out
+
+    def run(self, q: Tensor, all_values: bool = False):
+        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
+        n = int(q.shape[0])
+        plan = self._plan(n, all_values)
+        q = q.contiguous()
+        self._put(plan, q.data_ptr(), n)
+        self._execute(plan, n)
+        if all_values:
+            return {k: self._take(plan, k, n) for k in self.shapes}
+        return self._take(plan, self.output_value, n)
+
+    def run_float(self, x: Tensor, s_in: float, z_in: int, s_out: float, z_out: int) -> Tensor:
+        """A contiguous float32 CPU batch -> the dequantized float32 output: quantize into the arena, the program,
+        dequantize from it (the C steps of io.c; as ``dequantize(run(quantize(x)))`` bit for bit)."""
+        n = int(x.shape[0])
+        plan = self._plan(n, False)
+        s, so = self.shapes[self.input_value], self.shapes[self.output_value]
+        count = n * int(np.prod(s))
+        if len(s) == 3:  # the codes in NCHW first, then to NHWC
+            if plan.codes is None or plan.codes.numel() < count:
+                plan.codes = torch.empty(count, dtype=torch.uint8)
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.codes.data_ptr(), count, s_in, z_in)
+            self._put(plan, plan.codes.data_ptr(), n)
+        else:
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.ptr[self.input_value], count, s_in, z_in)
+        self._execute(plan, n)
+        y = torch.empty((n, *so), dtype=torch.float32)
+        src = plan.ptr[self.output_value]
+        if len(so) == 3:
+            codes = self._take(plan, self.output_value, n)
+            src = codes.data_ptr()
+        self.lib.cnn_dequantize_u8(src, y.data_ptr(), y.numel(), s_out, z_out)
+        return y
+
+
+class _Plan:
+    """A preplanned run (see :meth:`NativeProgram._plan`)."""
+
+    __slots__ = ("arena", "ptr", "calls", "threads", "codes")
+
+    def __init__(self, arena: Tensor, ptr: dict, calls: list, threads: int) -> None:
+        self.arena, self.ptr, self.calls, self.threads, self.codes = arena, ptr, calls, threads, None
+
+
+# ------------------------------------------------------------------------------------------------------ kernels
+
+
+@KERNELS.register(ir.Conv2d)
+def _conv2d(prog, model, op, shapes, zp):
+    (c, h, w), (kh, kw) = shapes[0], getattr(model, op.weight).shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    groups = op.groups
+    d = prog._weighted(model, op, c // groups if groups > 1 else c, kh, kw,
+                       dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh, dw=dw, groups=groups),
+                       zp[op.inputs[0]], zp[op.output])
+    if groups > 1:
+        d.c = c
+        addr = ctypes.addressof(d)
+        return (lambda p, n, t: prog.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
+    prog.scratch = max(getattr(prog, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
+    prog._convs[op.output] = d
+    addr = ctypes.addressof(d)
+    return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
+
+
+@KERNELS.register(ir.Linear)
+def _linear(prog, model, op, shapes, zp):
+    if len(shapes[0]) != 1:
+        raise _Unsupported("linear on a 4-D value")
+    f = shapes[0][0]
+    d = prog._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
+                       zp[op.inputs[0]], zp[op.output])
+    addr = ctypes.addressof(d)
+    prog._convs[op.output] = d
+    return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
+
+
+@KERNELS.register(ir.MaxPool2d)
+def _max_pool2d(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    return (lambda p, n, t: prog.lib.cnn_maxpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, t)), (
+        c, ho, wo)
+
+
+@KERNELS.register(ir.AvgPool2d)
+def _avg_pool2d(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    (kh, kw), (sh, sw) = op.kernel, op.stride
+    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    return (lambda p, n, t: prog.lib.cnn_avgpool(p[0], p[1], n, h, w, c, kh, kw, sh, sw, ho, wo, t)), (c, ho, wo)
+
+
+@KERNELS.register(ir.GlobalAvgPool)
+def _global_avg_pool(prog, model, op, shapes, zp):
+    c, h, w = shapes[0]
+    return (lambda p, n, t: prog.lib.cnn_avgpool(p[0], p[1], n, h, w, c, h, w, 1, 1, 1, 1, t)), (c, 1, 1)
+
+
+@KERNELS.register(ir.Flatten)
+def _flatten(prog, model, op, shapes, zp):
+    s = shapes[0]
+    if len(s) == 1:
+        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
+    c, hw = s[0], s[1] * s[2]
+    return (lambda p, n, t: prog.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
+
+
+@KERNELS.register(ir.Add)
+def _add(prog, model, op, shapes, zp):
+    if shapes[0] != shapes[1]:
+        raise _Unsupported("broadcasting add")
+    codes = np.arange(256, dtype=np.uint8)
+    try:  # the reference kernel on all 256 x 256 code pairs
+        table = ref.add(np.repeat(codes, 256), zp[op.inputs[0]], op.multiplier_a, op.shift_a,
+                        np.tile(codes, 256), zp[op.inputs[1]], op.multiplier_b, op.shift_b,
+                        zp[op.output], op.multiplier_out, op.shift_out, op.left_shift, op.qmin, op.qmax)
+    except ModelError as err:  # some pair overflows int32: leave the raising to the other engines
+        raise _Unsupported(str(err)) from None
+    prog._adds[op.output] = table
+    tp, size = prog.keep(table), int(np.prod(shapes[0]))
+    return (lambda p, n, t: prog.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), shapes[0]
+
+
+@KERNELS.register(ir.Concat)
+def _concat(prog, model, op, shapes, zp):
+    if op.axis != 1 or len({s[1:] for s in shapes}) != 1:
+        raise _Unsupported("concat axis")
+    zy, ls = zp[op.output], op.left_shift
+    lo, hi = op.qmin, op.qmax
+    codes = np.arange(256, dtype=np.int64)
+    parts, off, total = [], 0, sum(s[0] for s in shapes)
+    inner = int(np.prod(shapes[0][1:]))  # pixels per image (1 for flat values)
+    for name, s, m in zip(op.inputs, shapes, op.multipliers):
+        if m is None:
+            lut = np.clip(codes, lo, hi)
+        else:
+            m0, sh = int(m[0]), int(m[1])
+            L = min(ls, sh + 31)
+            lut = np.clip(multiply_by_quantized_multiplier((codes - zp[name]) << L, m0, sh - L) + zy, lo, hi)
+        parts.append((prog.keep(lut.astype(np.uint8)), s[0], off))
+        off += s[0]
+
+    def cat(p, n, t):
+        for i, (lut, c, o) in enumerate(parts):
+            prog.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
+
+    return cat, (total,) + tuple(shapes[0][1:])
