@@ -94,3 +94,17 @@ def test_load_index_refuses_other_files(tmp_path):
     (tmp_path / "junk.cnz").write_bytes(b"junk")
     with pytest.raises(PackError):
         load_index(tmp_path / "junk.cnz")
+
+
+def test_readers_refuse_fifos_and_folders_without_blocking(tmp_path):
+    import os
+
+    from compactnn.errors import DataError
+    from compactnn.pq.io import read_npy, read_vecs
+
+    fifo = tmp_path / "v.fvecs"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="not a regular file"):
+        read_vecs(fifo)
+    with pytest.raises(DataError, match="is a folder"):
+        read_npy(tmp_path)

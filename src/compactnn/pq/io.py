@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import pack
 from ..errors import DataError, PackError
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, open_regular
 from ..pack.spec import packable
 from .index import IVFPQIndex, PQIndex
 from .quantizer import ProductQuantizer
@@ -54,8 +54,9 @@ def read_vecs(path: str | os.PathLike, kind: str | None = None, limit: int | Non
     path = Path(path)
     kind = _kind(path, kind)
     item = VECS[kind]
+    with open_regular(path, f"{kind} file", DataError) as checked:  # a regular file (never a FIFO), sized
+        size = checked.size
     try:
-        size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(4)
             if len(head) < 4:
@@ -71,10 +72,6 @@ def read_vecs(path: str | os.PathLike, kind: str | None = None, limit: int | Non
             n = size // record if limit is None else min(size // record, max(0, int(limit)))
             fh.seek(0)
             raw = np.frombuffer(fh.read(n * record), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not a {kind} file") from None
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from None
     if raw.size != n * record:
@@ -105,8 +102,9 @@ def write_vecs(path: str | os.PathLike, x: Any, kind: str | None = None) -> Path
 def read_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
     """A numeric ``.npy`` array, with its length checked against the header before reading; never unpickles."""
     path = Path(path)
+    with open_regular(path, ".npy file", DataError) as checked:  # a regular file (never a FIFO), sized
+        size = checked.size
     try:
-        size = path.stat().st_size
         with open(path, "rb") as fh:
             try:
                 version = np.lib.format.read_magic(fh)
@@ -125,10 +123,6 @@ def read_npy(path: str | os.PathLike, what: str = "array") -> np.ndarray:
                 raise DataError(f"{path}: the header says shape {shape} {dtype} ({expected} bytes) but the file "
                                 f"holds {have}; it is truncated or corrupted")
         return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not a .npy file") from None
     except OSError as err:
         raise DataError(f"cannot read {path}: {err.strerror or err}") from None
 
