@@ -19,6 +19,9 @@ What ``prepare`` puts in the model, per method:
   into plain weights.
 - ``integer-only``: BN folding and fake quantization (QAT) with ranges calibrated on ``data``; ``convert`` returns
   the :class:`~compactnn.quantize.intonly.model.IntegerModel`.
+- ``syq``, ``bwn``, ``twn``, ``dorefa``, ``lsq``: the weight quantizers (with their learned scales) and activation
+  quantizers in place, straight-through gradients; ``convert`` hardens the layers into their low-bit modules
+  (codes + scales). INQ, ELQ and TSQ quantize in stages between trainings, so they run only through ``compress``.
 
 Other methods register theirs with :func:`register_prepare`. ``prepare`` works on a copy unless ``inplace=True``;
 build your optimizer on the prepared model's parameters.
@@ -126,6 +129,21 @@ def _load_builtin() -> None:
             return m
 
         return model, finish
+
+    from .api import _HANDLERS
+    from .quantize.lowbit.base import PREPARE_ONLY
+    from .quantize.lowbit.core import harden
+
+    def lowbit(model, config, data, target):
+        token = PREPARE_ONLY.set(True)
+        try:
+            prepared = _HANDLERS[type(config)](model, config, data, target)
+        finally:
+            PREPARE_ONLY.reset(token)
+        return prepared, harden
+
+    for name in ("syq", "bwn", "twn", "dorefa", "lsq"):  # one quantize-then-train pass each (not INQ/ELQ/TSQ)
+        register_prepare(config_class(name))(lowbit)
 
     integer_cls = config_class("integer-only")
 

@@ -199,3 +199,21 @@ def test_integer_only_mixed_converts_the_parts_it_can(digits, tmp_path):
         whole = cn.compress(cn.models.create("lenet5", data=digits, seed=0),
                             IntegerOnly(mode="calibrate", mixed=True, calibration_batches=1), data=digits)
     assert type(whole).__name__ == "IntegerModel"  # a model that converts whole stays one integer model
+
+
+def test_lowbit_prepare_then_your_loop_then_convert(digits):
+    from compactnn.quantize import SYQ
+    from compactnn.quantize.lowbit.core import quantizers
+
+    model = cn.train.fit(cn.models.create("lenet300", data=digits, seed=0), digits, epochs=1, quiet=True)
+    prepared = cn.prepare(model, SYQ(weight_bits=2, act_bits=None))
+    assert set(quantizers(prepared)) == {"fc2"}  # first and last layers stay float
+    before = prepared.fc2.parametrizations.weight.original.detach().clone()
+    _own_loop(prepared, digits, lr=1e-3)
+    assert not torch.equal(before, prepared.fc2.parametrizations.weight.original)  # the latent weights trained
+    out = cn.convert(prepared)
+    assert not quantizers(out) and type(out.fc2).__name__ != "Linear"
+    x = digits.test.x[:8]
+    assert out(x).shape == (8, 10)
+    with pytest.raises(ConfigError, match="inq has no prepare/convert split"):
+        cn.prepare(model, cn.quantize.INQ())

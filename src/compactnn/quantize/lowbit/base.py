@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Any, Callable
 
@@ -44,6 +45,10 @@ class LowBitConfig(MethodConfig):
               f"act_bits must be <= 16 (or null for float activations), got {self.act_bits}")
 
 
+#: Set by :func:`compactnn.prepare`: ``run_lowbit`` stops once the quantizers are in (no training, no hardening).
+PREPARE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("lowbit_prepare_only", default=False)
+
+
 def run_lowbit(model: nn.Module, config: LowBitConfig, data: Any, target: Target,
                make_weight: Callable[[str, nn.Module], WeightQuantizer],
                make_act: Callable[[str], nn.Module] | int | None,
@@ -60,12 +65,16 @@ def run_lowbit(model: nn.Module, config: LowBitConfig, data: Any, target: Target
     check_act_bits(model, config)
     layers = choose_layers(model, config, target)
     finetune = config.finetune if finetune is None else finetune
+    if PREPARE_ONLY.get():
+        finetune = None  # compactnn.prepare: the user trains, then compactnn.convert hardens
     if finetune is not None:
         require_data(data, method)
     attach(layers, make_weight)
     quantize_activations(model, make_act if config.act_bits is not None else None)
     if before is not None:
         before(model, layers)
+    if PREPARE_ONLY.get():
+        return model
     if finetune is not None:
         run_finetune(model, data, finetune, method)
     return harden(model)
