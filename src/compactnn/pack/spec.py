@@ -566,6 +566,8 @@ def rebuild(root, tensors: dict[str, torch.Tensor], requires_grad: dict[str, boo
                 obj._init_flat_weights()
             if hasattr(obj, "__pack_restore__"):
                 obj.__pack_restore__()
+        except PackError:
+            raise  # the class's own check already says what is wrong, in one line
         except Exception as err:  # noqa: BLE001 - a forged module that cannot be restored is a bad file
             msg = " ".join(str(err).split())[:160]
             raise PackError(f"module {where} ({p.cls.__name__}) cannot be rebuilt from the file "
