@@ -146,3 +146,10 @@ def test_idx_gzip_with_trailing_bytes_does_not_spin(tmp_path):
     path = tmp_path / "t.gz"
     path.write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 5) + bytes(5)) + bytes(16))
     fails(idx.read_idx, path, "has bytes after the end of its gzip stream")
+
+
+def test_idx_empty_array_with_huge_other_dims(tmp_path):
+    # found by the fuzzer: a 0 dim made the data size 0 while numpy refused the shape
+    path = tmp_path / "z"
+    path.write_bytes(struct.pack(">BBBBIII", 0, 0, 8, 3, 0, 2**32 - 1, 2**32 - 1))
+    fails(idx.read_idx, path, r"declares shape \(0, 4294967295, 4294967295\)")

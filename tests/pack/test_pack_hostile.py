@@ -338,3 +338,10 @@ def test_registry_api_is_explicit():
         pass
 
     assert pack.spec.lookup(pack.spec.class_key(Custom)) is Custom
+
+
+@pytest.mark.parametrize("value", [{"d": "x"}, {"d": [1]}, {"t": 1.5}, {"t": {"a": 1}}, [{"d": 2.0}]])
+def test_malformed_tuple_and_dict_attributes(saved, value):
+    # found by the fuzzer on integer-only models: {"d": <not an object>} was an AttributeError traceback
+    rewrite_manifest(saved, lambda m: m["root"]["attrs"].update(extra=value))
+    one_line(saved, "malformed attribute value")

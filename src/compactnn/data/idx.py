@@ -101,10 +101,13 @@ def _check_head(path: Path, head: bytes, ndim: int | None, dtype_code: int | Non
 
 
 def _data_size(path: Path, dims: tuple[int, ...], dtype: np.dtype) -> int:
-    need = 1
+    need = span = 1
     for d in dims:  # Python ints: a product that would wrap a fixed-width int (to 0) is seen as the huge number it is
         need *= d
+        span *= max(d, 1)  # an empty array's other dims must still be sane (numpy refuses huge shapes)
     need *= dtype.itemsize
+    if span * dtype.itemsize > MAX_IDX_DATA:
+        need = span * dtype.itemsize
     if need > MAX_IDX_DATA:
         raise DataError(f"{path} declares shape {tuple(dims)} ({need:,} bytes of data), more than the "
                         f"{MAX_IDX_DATA:,} an IDX file may hold here; the file is corrupted")

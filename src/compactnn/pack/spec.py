@@ -186,9 +186,9 @@ def decode_value(value):
     if isinstance(value, list):
         return [decode_value(v) for v in value]
     if isinstance(value, dict):
-        if set(value) == {"t"}:
+        if set(value) == {"t"} and isinstance(value["t"], list):
             return tuple(decode_value(v) for v in value["t"])
-        if set(value) == {"d"}:
+        if set(value) == {"d"} and isinstance(value["d"], dict):
             return {k: decode_value(v) for k, v in value["d"].items()}
         if set(value) == {"f"} and value["f"] in ("inf", "-inf", "nan"):
             return float(value["f"])
