@@ -316,7 +316,10 @@ def report(out: Path, threads: int) -> None:
              f"{json.dumps(OURS)} (rotation learning on a 20,000-vector sample, as faiss OPQ here: {json.dumps(FAISS_OPQ)}). "
              "run = earlier: a cell measured before the current settings and code (ours: 25 final Lloyd steps after "
              "the rotation, and the search before it ran one single-threaded query chunk per thread, whose 2-thread "
-             "timings stalled on the loaded machine: its search_ms is not comparable); kept until rerun.")
+             "timings stalled on the loaded machine: its search_ms is not comparable); kept until rerun. "
+             "For comparison, the issue's reference numbers for faiss at its defaults (FMNIST, not measured by this "
+             "script): R@10 PQ8 0.696, OPQ8 0.792, PQ16 0.853, OPQ16 0.945. Single seed; with 1,000 queries the "
+             "standard error of a recall near 0.75 is about 0.014, near 0.9 about 0.009.")
     wrows = [json.loads(f.read_text()) for f in sorted((cache_dir() / "pq").glob("weights-*.json"))]
     wrows = [r for r in wrows if r.get("setting", "").startswith(f"block {WEIGHTS['block']}, {WEIGHTS['bits']} bits")]
     if wrows:
