@@ -22,7 +22,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -200,7 +200,6 @@ def train(out: str | os.PathLike, cfg: TrainConfig | None = None, *, sources: li
 
     from .. import pack
     from ..models.idn import IDN
-    from .evaluate import evaluate_set
 
     out = ensure_dir(out)
     ckpt_path = out / "checkpoint.pt"
