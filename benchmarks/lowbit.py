@@ -305,7 +305,10 @@ Commands (each under `flock /tmp/cpu.lock`; the CPU was shared by 9 agents, so b
 
     python benchmarks/lowbit.py --models lenet5 --budget-minutes 6                       # e3-sub0 rows
     python benchmarks/lowbit.py --models lenet5 --epochs 1 --train-subset 12000 --budget-minutes 6.5   # e1-sub12000
-    python benchmarks/lowbit.py --report-only --epochs 1
+    python benchmarks/lowbit.py --models lenet5 --epochs 1 --train-subset 12000 --timing --rounds 3   # int timing
+    python benchmarks/lowbit.py --report-only
+
+DoReFa's 1-bit weights are `E|W| sign(W)` per layer, which is BWN: the two W1A32 rows are the same model.
 """
 
 
