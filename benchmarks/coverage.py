@@ -49,7 +49,14 @@ def train(name: str, data, epochs: int, seed: int = 0) -> nn.Module:
     return cn.train.fit(model, data, epochs=epochs, lr=3e-3, optimizer="adam", batch_size=64, seed=seed, quiet=True)
 
 
+#: Extra columns: a registered method under another setting than its registry example.
+VARIANTS = {"integer-only mixed": {"method": "integer-only", "mode": "calibrate", "calibration_batches": 1,
+                                   "mixed": True}}
+
+
 def method_config(method: str):
+    if method in VARIANTS:
+        return from_dict(dict(VARIANTS[method]))
     example = dict(config_class(method).example or {})
     if "finetune" in example and example["finetune"] is not None:
         example["finetune"] = {**example["finetune"], "epochs": 1}
@@ -165,6 +172,8 @@ def summary(rows: dict, methods: list[str]) -> dict:
         "silent_skips": sum(c["status"] == "silent" for c in cells),
         "skeleton_identical": sum(row["pack"]["text"] == "identical" for row in rows.values()),
         "integer_only": sum(row.get("integer-only", {}).get("status") == "ok" for row in rows.values()),
+        "integer_only_full_or_mixed": sum(any(row.get(m, {}).get("status") == "ok" for m in
+                                              ("integer-only", "integer-only mixed")) for row in rows.values()),
         "structured": sum(any(row.get(m, {}).get("status") == "ok" for m in ("nisp", "l1-filter"))
                           for row in rows.values()),
         "models": len(rows),
@@ -182,7 +191,8 @@ def to_markdown(rows: dict, totals: dict, command: str) -> str:
         "",
         f"Totals: {totals['crashes']} crashes, {totals['silent_skips']} silent skips, skeleton round trip identical "
         f"on {totals['skeleton_identical']}/{totals['models']}, integer-only on {totals['integer_only']}/"
-        f"{totals['models']}, structured pruning on {totals['structured']}/{totals['models']}.",
+        f"{totals['models']} whole and {totals['integer_only_full_or_mixed']}/{totals['models']} whole or mixed "
+        f"(IntegerOnly(mixed=True)), structured pruning on {totals['structured']}/{totals['models']}.",
         "",
         "| model | " + " | ".join(columns) + " |",
         "|---|" + "---|" * len(columns),
@@ -200,7 +210,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated methods (default: all registered)")
     parser.add_argument("--out", type=Path, default=HERE.parent / "docs" / "results")
     args = parser.parse_args(argv)
-    methods = args.methods.split(",") if args.methods else cn.list_methods()
+    methods = args.methods.split(",") if args.methods else cn.list_methods() + list(VARIANTS)
     rows = matrix(args.models.split(","), methods, epochs=2 if args.quick else 15)
     totals = summary(rows, methods)
     command = "python benchmarks/coverage.py" + (" --quick" if args.quick else "")

@@ -321,7 +321,7 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
             labels = [("dense", None)]
             for label, mod in facts:
                 mod.eval()
-                cands = list(mod.plan_for(tuple(x.shape) if x.dim() == 4 else b).times)
+                cands = list(mod.plan_for(tuple(x.shape) if x.dim() == 4 else b, "auto").times)
                 for mode in ["train", "auto", *cands]:
                     entries.append((mod, mode, x))
                     labels.append((label, mode))
@@ -334,7 +334,7 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
                          params=nparams(dense), macs=macs_dense, ms_b1=round(res[1][("dense", None)], 4),
                          ms_b256=round(res[256][("dense", None)], 3)))
         for label, mod in facts:
-            choice = {b: mod.plan_for((b, *shape) if len(shape) == 3 else b) for b in (1, 256)}
+            choice = {b: mod.plan_for((b, *shape) if len(shape) == 3 else b, "auto") for b in (1, 256)}
             extra = getattr(mod, "rebuild_macs", getattr(mod, "merge_macs", None))
             before_set = f"input {shape}; old forward" + (f" (+ {extra():,} MACs per call rebuild/merge)" if extra
                                                           else "")
@@ -378,7 +378,8 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
         setting = f"clips {tuple(clip_shape)}"
         if mode == "auto":
             rows_b = {b: b * clip_shape[0] for b in (1, 256)}
-            setting += "; W_ih plan b1: {}, b256: {}".format(*(ih.plan_for(rows_b[b]).plan for b in (1, 256)))
+            setting += "; W_ih plan b1: {}, b256: {}".format(*(ih.plan_for(rows_b[b], "auto").plan
+                                                               for b in (1, 256)))
         rows.append(dict(key=f"c/clip/{name}/{mode or 'dense'}", part="c latency", model="clip model",
                          variant=label, setting=setting, params=nparams(models[name]),
                          ms_b1=round(res[1][k], 3), ms_b256=round(res[256][k], 2)))
@@ -440,7 +441,8 @@ def write_all(out: Path, rows: list[dict], notes: str, plot) -> None:
           markdown_table(table_rows(seeded), COLUMNS), ""]
     if lat:
         md += ["Part c (latency, side by side in one process; `before` = the layer's forward before planning, "
-               "`planned` = the planner's choice, named in `setting`):", "",
+               "`planned` = the planner's choice, named in `setting`; made by "
+               + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "") for r in lat)) + "):", "",
                markdown_table(lat, ["model", "variant", "setting", "params", "macs", "ms_b1", "ms_b256"]), ""]
     if checks:
         md += [plan_check_text(checks), ""]

@@ -215,8 +215,8 @@ def render(results: dict) -> str:
     fig = results.get("figure")
     if fig:
         lines += ["## Picture", "", f"Made by `{fig['command']}`: Set14 `{fig['image']}` x{fig['scale']}, "
-                  "bicubic / IDN float / ground truth (IDN int8 is missing: the integer engine has no grouped "
-                  "conv, LeakyReLU, slice, concat or transposed conv yet).", "", "![idn](idn.png)", ""]
+                  "bicubic / IDN float / ground truth. IDN int8 is missing: the integer engine has grouped conv, "
+                  "add and concat, but no LeakyReLU, channel slice, transposed conv or bicubic resize yet.", "", "![idn](idn.png)", ""]
     return "\n".join(lines)
 
 

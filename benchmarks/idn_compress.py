@@ -89,7 +89,7 @@ def run_variant(args, opts, variant, results):
     row = {"name": variant, "steps": steps, "set5": r5["psnr"], "set14": r14["psnr"], "bytes": nbytes,
            "ratio": float_bytes / nbytes, "seconds": t_set5, "compress_seconds": round(t_compress, 1),
            "conv_zeros": zeros, "finetune": {"patches": opts.patches, "lr": opts.lr, "batch": 16, "epochs": 1,
-                                             "loss": "L2", "optimizer": "adam"}}
+                                             "loss": "L2", "optimizer": "adam"} if loader is not None else None}
     print(row, flush=True)
     comp = results.setdefault("compress", {"rows": []})
     comp["command"] = "python benchmarks/idn.py --part compress --variant NAME"

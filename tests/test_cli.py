@@ -55,7 +55,8 @@ def test_run_writes_everything_and_the_packed_model_is_the_reported_one(tmp_path
     assert cli("run", recipe_file(TINY), "--out", str(out), "--quiet") == 0
     printed = capsys.readouterr().out
     assert "packed bytes" in printed and "accuracy" in printed
-    assert sorted(p.name for p in out.iterdir()) == ["model.cnz", "report.json", "report.md", "report.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".compactnn-output", "model.cnz", "report.json", "report.md",
+                                                     "report.png"]
     report = json.loads((out / "report.json").read_text())
     for key in ("model", "data", "baseline", "compressed", "ratio", "stages", "layers"):
         assert key in report

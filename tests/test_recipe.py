@@ -74,6 +74,9 @@ def test_output_dir_rules(tmp_path):
     (tmp_path / "full" / "x").write_text("x")
     with pytest.raises(OutputError, match="not empty; choose another --out or pass --force"):
         recipe.check_output_dir(tmp_path / "full", force=False)
+    with pytest.raises(OutputError, match="was not written by compactnn"):  # --force replaces only our outputs
+        recipe.check_output_dir(tmp_path / "full", force=True)
+    (tmp_path / "full" / ".compactnn-output").write_text("")
     recipe.check_output_dir(tmp_path / "full", force=True)
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a folder"):

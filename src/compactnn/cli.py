@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import CompactnnError, OutputError
+from .errors import CompactnnError
 
 app = typer.Typer(
     add_completion=False,
@@ -90,10 +90,12 @@ def train(
     from . import models, pack
     from . import train as cn_train
 
-    if out.exists() and not force:
-        raise OutputError(f"{out} exists; choose another --out or pass --force")
+    from .outputs import check_output_file
+    from .recipe import ModelSpec, create_model
+
+    check_output_file(out, force)
     bundle = cn_data.load(data, root=data_root)
-    net = models.create(model, data=bundle)
+    net = create_model(ModelSpec(name=model), bundle, seed)
     cn_train.fit(net, bundle, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, seed=seed,
                  quiet=True if quiet else None)
     acc = cn_train.evaluate(net, bundle)["accuracy"]
@@ -113,7 +115,13 @@ def eval_(
     from . import train as cn_train
 
     net = pack.load(file)
-    metrics = cn_train.evaluate(net, cn_data.load(data, root=data_root))
+    bundle = cn_data.load(data, root=data_root)
+    try:
+        metrics = cn_train.evaluate(net, bundle)
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:  # as `report` does (report.macs.run_forward)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CompactnnError(f"{file} cannot be evaluated on {data} (input shape {tuple(bundle.input_shape)}): "
+                             f"{first}; evaluate it on the data set it was trained for") from None
     console.print(f"{file}: accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}")
 
 
@@ -151,8 +159,9 @@ def export(
     faster QLinearConv/QGemm/QLinearAdd instead."""
     from .quantize.intonly.export import export_file
 
-    if out.exists() and not force:
-        raise OutputError(f"{out} exists; choose another output or pass --force")
+    from .outputs import check_output_file
+
+    check_output_file(out, force)
     export_file(file, out, mode="qlinear" if qlinear else "exact")
     console.print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     if not qlinear:

@@ -134,7 +134,7 @@ def sr_train(
     l1_steps: int = typer.Option(1600, "--l1-steps"),
     l2_steps: int = typer.Option(300, "--l2-steps"),
     batch: int = typer.Option(16, "--batch"),
-    lr: float = typer.Option(5e-4, "--lr"),
+    lr: float = typer.Option(3e-4, "--lr"),
     seed: int = typer.Option(0, "--seed"),
     minutes: Optional[float] = typer.Option(None, "--minutes", help="stop this part after so many minutes "
                                             "(run again to resume)"),

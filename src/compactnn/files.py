@@ -113,6 +113,10 @@ class _Reader:
         self.close()
 
 
+def _a(what: str) -> str:
+    return f"{'an' if what[:1] in 'aeiouAEIOU' or what.startswith(('IDX', 'MNIST')) else 'a'} {what}"
+
+
 def open_regular(path: str | os.PathLike, what: str, error: type[Exception], max_bytes: int | None = None) -> _Reader:
     """Open ``path`` for reading only if it is a regular file, without ever blocking, and check its size.
 
@@ -127,17 +131,17 @@ def open_regular(path: str | os.PathLike, what: str, error: type[Exception], max
     except FileNotFoundError:
         raise error(f"no such file: {path}; check the path") from None
     except IsADirectoryError:
-        raise error(f"{path} is a folder, not a {what}") from None
+        raise error(f"{path} is a folder, not {_a(what)}") from None
     except OSError as err:
         raise error(f"cannot read {path}: {err.strerror or err}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
-            raise error(f"{path} is a folder, not a {what}")
+            raise error(f"{path} is a folder, not {_a(what)}")
         if not stat.S_ISREG(st.st_mode):
-            raise error(f"{path} is not a regular file (a FIFO, socket or device); give a {what}")
+            raise error(f"{path} is not a regular file (a FIFO, socket or device); give {_a(what)}")
         if max_bytes is not None and st.st_size > max_bytes:
-            raise error(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} a {what} may have")
+            raise error(f"{path} is {st.st_size:,} bytes, more than the {max_bytes:,} {_a(what)} may have")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
     except BaseException:

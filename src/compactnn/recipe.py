@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Annotated, Any
 
 import yaml
 
+from . import outputs
 from .api import from_dict
 from .config import Checked, FineTune, MethodConfig, Range, Seed, TeacherSpec, build, check, short
-from .errors import ConfigError, OutputError
-from .files import public_mode
+from .errors import CompactnnError, ConfigError, ModelError, OutputError
+from .files import read_regular
 
 
 @dataclass(frozen=True)
@@ -128,57 +128,159 @@ def parse_recipe(values: Any, where: str = "recipe") -> Recipe:
     return dataclasses.replace(recipe, stages=configs)
 
 
-def load_recipe(path: str | os.PathLike) -> Recipe:
-    """Read and check a recipe file."""
-    path = Path(path)
+MAX_RECIPE_BYTES = 1 << 20
+MAX_YAML_VALUES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def _yaml_size(node) -> int:
+    """Number of values ``node`` stands for once every alias is expanded (shared subtrees counted each time they are
+    used), computed without expanding anything; ConfigError for a recursive alias or too many values."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack = [(node, False)]
+    while stack:
+        n, done = stack.pop()
+        key = id(n)
+        if isinstance(n, yaml.MappingNode):
+            kids = [x for pair in n.value for x in pair]
+        elif isinstance(n, yaml.SequenceNode):
+            kids = n.value
+        else:
+            kids = []
+        if done:
+            active.discard(key)
+            total = 1 + sum(sizes[id(k)] for k in kids)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(f"expands to more than {MAX_YAML_VALUES:,} values through YAML aliases; a recipe "
+                                  f"is a few settings, write it out")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in active:
+            raise ConfigError("holds a recursive YAML alias (a value that contains itself)")
+        active.add(key)
+        stack.append((n, True))
+        stack.extend((x, False) for x in kids)
+    return sizes.get(id(node), 0)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with limits: aliases may not expand the document past :data:`MAX_YAML_VALUES` values
+    (billion laughs; counted on the node graph, nothing is expanded), no recursive aliases, nesting as deep as
+    Python's recursion allows. Errors are one ConfigError line that never shows the (expanded) values."""
+    depth = deepest = 0
+    for ch in text:  # PyYAML's scanner is quadratic in unclosed flow brackets: refuse deep ones before it runs
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    if deepest > MAX_YAML_DEPTH:
+        raise ConfigError(f"{where} nests [ ] / {{ }} more than {MAX_YAML_DEPTH} deep; a recipe is a few levels of "
+                          f"settings")
+    loader = None
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"recipe {path} not found; give the path of a YAML recipe such as recipes/demo.yaml") from None
-    except (IsADirectoryError, UnicodeDecodeError) as err:
-        raise ConfigError(f"recipe {path} cannot be read as text: {err}") from None
-    try:
-        values = yaml.safe_load(text)
+        loader = yaml.SafeLoader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _yaml_size(node)
+        return loader.construct_document(node)
+    except ConfigError as err:
+        raise ConfigError(f"{where} {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"recipe {path} is not valid YAML{at}: {getattr(err, 'problem', err)}") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())[:160]
+        raise ConfigError(f"{where} is not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} nests too deeply; a recipe is a few levels of settings") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Read and check a recipe file (a regular file of at most 1 MiB, parsed by :func:`parse_yaml`)."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise ConfigError(f"recipe {path} not found; give the path of a YAML recipe such as recipes/demo.yaml")
+    raw = read_regular(path, "YAML recipe", ConfigError, MAX_RECIPE_BYTES)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"recipe {path} cannot be read as text: {err}") from None
+    values = parse_yaml(text, f"recipe {path}")
     return parse_recipe(values, where=path.name)
 
 
+MAX_PARAMS = 1 << 28
+
+
+def create_model(spec: ModelSpec, bundle, seed: int):
+    """Build the recipe's model with one-line errors. Its size is first counted on the ``meta`` device (no memory),
+    so huge ``args`` (more than :data:`MAX_PARAMS` parameters) are refused before anything is allocated, and factory
+    errors from bad args (``hidden: abc``) become :class:`ModelError` lines."""
+    import torch
+
+    from . import models
+
+    def build():
+        try:
+            return models.create(spec.name, data=bundle, seed=seed, **dict(spec.args))
+        except CompactnnError:
+            raise
+        except (TypeError, ValueError, RuntimeError, OverflowError, IndexError, KeyError, MemoryError) as err:
+            msg = " ".join(str(err).split())[:160]
+            raise ModelError(f"model {spec.name} cannot be built with args {short(dict(spec.args))}: "
+                             f"{type(err).__name__}: {msg}") from None
+
+    try:
+        with torch.device("meta"):
+            probe = build()
+        count = sum(p.numel() for p in probe.parameters())
+    except ModelError:
+        raise
+    except Exception:  # noqa: BLE001 - a factory that cannot run on the meta device is built for real below
+        count = 0
+    if count > MAX_PARAMS:
+        raise ModelError(f"model {spec.name} with args {short(dict(spec.args))} has {count:,} parameters, more than "
+                         f"{MAX_PARAMS:,}; use smaller args")
+    return build()
+
+
 def check_output_dir(out: str | os.PathLike, force: bool) -> Path:
-    """Refuse a non-empty output folder unless ``force``; done before any work starts."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"output folder {out} exists and is not empty; choose another --out or pass --force")
-    return out
+    """Check the output folder before any work starts (see :func:`compactnn.outputs.check_output_dir`)."""
+    return outputs.check_output_dir(out, force)
 
 
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move the finished temporary folder ``tmp`` to ``out``, replacing what was there."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+def publish_dir(tmp: Path, out: Path, force: bool = True) -> None:
+    """Make the finished folder ``tmp`` the output ``out`` (crash-safe; :func:`compactnn.outputs.publish_dir`)."""
+    outputs.publish_dir(tmp, out, force)
 
 
 def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: bool | None = None) -> dict:
     """Run ``recipe`` and write its outputs to ``out``. Returns the report as a dict (report.json's content)."""
+    out = check_output_dir(out, force)
+    with outputs.output_lock(out):
+        return _run_locked(recipe, out, force, quiet)
+
+
+def _run_locked(recipe: Recipe, out: Path, force: bool, quiet: bool | None) -> dict:
     import torch
 
     from . import data as cn_data
-    from . import models, pack, report, train
+    from . import pack, report, train
     from .api import compress
 
-    out = check_output_dir(out, force)
+    check_output_dir(out, force)  # again, now that this process holds the output's lock
+    if isinstance(recipe.teacher, str):  # a teacher file is checked before anything trains
+        pack.read_manifest(recipe.teacher)
     torch.manual_seed(recipe.seed)
     bundle = cn_data.load(recipe.data.name, root=recipe.data.root)
-    model = models.create(recipe.model.name, data=bundle, seed=recipe.seed, **recipe.model.args)
+    model = create_model(recipe.model, bundle, recipe.seed)
     if recipe.train is not None:
         settings = {k: v for k, v in dataclasses.asdict(recipe.train).items() if v is not None}
         model = train.fit(model, bundle, **{"seed": recipe.seed, **settings}, quiet=quiet)
@@ -205,15 +307,16 @@ def run(recipe: Recipe, out: str | os.PathLike, *, force: bool = False, quiet: b
     after = report.summarize(current, bundle, baseline=before, latency=latency, repeats=repeats,
                              name=recipe.model.name)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    public_mode(tmp, folder=True)
+    tmp = outputs.new_dir_beside(out)
     try:
         meta = {"model": recipe.model.name, "data": recipe.data.name, "input_shape": list(bundle.input_shape)}
         pack.save(current, tmp / "model.cnz", metadata=meta)
         after.totals["packed_bytes"] = os.path.getsize(tmp / "model.cnz")  # the file as written, metadata included
         after.write(tmp, stages=stages, model_name=recipe.model.name, data_name=recipe.data.name)
-        publish_dir(tmp, out)
+        publish_dir(tmp, out, force)
+    except OutputError as err:  # name the output, not the temporary folder beside it
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(str(err).replace(str(tmp), str(out))) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -57,7 +57,7 @@ def test_idx_huge_file_is_not_read_before_the_magic(tmp_path):
         f.write(b"PK\x03\x04")
         f.truncate(1_500_000_000)  # sparse file
     before = rss_mb()
-    fails(idx.read_idx, path, "more than the 1,073,741,824 a IDX file may have")
+    fails(idx.read_idx, path, "more than the 1,073,741,824 an IDX file may have")
     with open(path, "r+b") as f:
         f.truncate(900_000_000)
     fails(idx.read_idx, path, "is not an IDX file: its magic is 0x504B0304")
@@ -139,3 +139,10 @@ def test_no_pickle_machinery_in_the_reader():
 
     source = inspect.getsource(cifar)
     assert "import pickle" not in source and "Unpickler" not in source and "pickle.load" not in source
+
+
+def test_idx_gzip_with_trailing_bytes_does_not_spin(tmp_path):
+    # found by the fuzzer: at the end of the stream zlib keeps an "unconsumed tail" that the old loop fed forever
+    path = tmp_path / "t.gz"
+    path.write_bytes(gzip.compress(struct.pack(">BBBBI", 0, 0, 8, 1, 5) + bytes(5)) + bytes(16))
+    fails(idx.read_idx, path, "has bytes after the end of its gzip stream")

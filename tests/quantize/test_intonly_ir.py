@@ -309,3 +309,84 @@ def test_build_refuses_an_invalid_program():
         IntegerModel(im.input_shape, im.input, im.output, im.values, ops, dict(im.named_buffers()))
     with pytest.raises(ModelError, match="stride must be in"):
         dataclasses.replace(ops[0], stride=(0, 0))
+
+
+# --------------------------------------------------------------------------------------------------- fuzzing
+
+HOSTILE = [0, 1, 2, 3, -1, -500, 4000, 2**31, 2**63, -(2**31), 1.5, float("nan"), True, None, "x", "v1", "v3",
+           "nope", [], [0], [0, 0], [1, 1], [2, 3], [-1, 1], [4000, 1], [1, 2, 3], [[1, 2], None], {"a": 1}]
+
+
+def test_mutated_programs_are_refused_or_run_exactly():
+    """1500 random mutations of one or two fields of a valid program (sizes, strides, names, multipliers, shapes): each is
+    refused with one CompactnnError line at build, or runs and the native kernels equal the reference exactly. A
+    crash (SIGFPE/SIGSEGV) would end the test process."""
+    from compactnn.quantize.intonly.native.program import NativeProgram
+
+    lib = native.load("auto")
+    base = build()
+    tensors = dict(base.named_buffers())
+    rng = np.random.default_rng(17)
+    q = torch.from_numpy(rng.integers(0, 256, (2, 1, 12, 12), dtype=np.uint8))
+    outcomes = {"refused": 0, "ran": 0}
+    for case in range(1500):
+        ops = [op.to_dict() for op in base.ops]
+        for _ in range(1 + int(rng.integers(2))):
+            i = int(rng.integers(len(ops)))
+            keys = [k for k in ops[i] if k != "op"] + ["kernel", "stride", "padding", "groups", "inputs"]
+            key = keys[int(rng.integers(len(keys)))]
+            ops[i][key] = HOSTILE[int(rng.integers(len(HOSTILE)))]
+        try:
+            im = IntegerModel(base.input_shape, base.input, base.output, base.values, ops, tensors)
+        except CompactnnError as err:
+            assert "\n" not in str(err), (case, key)
+            outcomes["refused"] += 1
+            continue
+        outcomes["ran"] += 1
+        want = im.run_int(q, "reference")
+        prog = None if lib is None else NativeProgram.build(im, lib)
+        if prog is not None:
+            assert torch.equal(prog.run(q), want), (case, i, key, ops[i][key])
+        assert torch.equal(im.fast_engine().run(q), want)
+    assert outcomes["refused"] > 500 and outcomes["ran"] > 20, outcomes
+
+
+def test_programs_with_mutated_buffers_are_refused_or_run_exactly():
+    """500 programs whose buffers are swapped for tensors of random shape and dtype: refused with one line, or the
+    native kernels equal the reference (the fan-in / int32 checks then decide between raising and running)."""
+    from compactnn.quantize.intonly.native.program import NativeProgram
+
+    lib = native.load("auto")
+    base = build()
+    ops = [op.to_dict() for op in base.ops]
+    rng = np.random.default_rng(23)
+    q = torch.from_numpy(rng.integers(0, 256, (2, 1, 12, 12), dtype=np.uint8))
+    dtypes = [torch.int8, torch.int32, torch.uint8, torch.float32, torch.float64, torch.int64]
+    ran = 0
+    for case in range(500):
+        tensors = dict(base.named_buffers())
+        name = sorted(tensors)[int(rng.integers(len(tensors)))]
+        old = tensors[name]
+        shape = list(old.shape) if rng.random() < 0.5 else [int(v) for v in rng.integers(0, 40, rng.integers(1, 5))]
+        if shape and rng.random() < 0.5:
+            shape[int(rng.integers(len(shape)))] += int(rng.integers(-2, 3))
+        dt = old.dtype if rng.random() < 0.5 else dtypes[int(rng.integers(len(dtypes)))]
+        shape = [max(v, 0) for v in shape]
+        tensors[name] = torch.from_numpy(rng.integers(-(2**31), 2**31, shape)).to(dt)
+        try:
+            im = IntegerModel(base.input_shape, base.input, base.output, base.values, ops, tensors)
+        except CompactnnError as err:
+            assert "\n" not in str(err), (case, name)
+            continue
+        ran += 1
+        try:
+            want = im.run_int(q, "reference")
+        except CompactnnError:  # e.g. an int32 accumulator overflow: every engine raises it
+            with pytest.raises(CompactnnError):
+                im.fast_engine().run(q)
+            continue
+        prog = None if lib is None else NativeProgram.build(im, lib)  # None: a fan-in the C kernels do not take
+        if prog is not None:
+            assert torch.equal(prog.run(q), want), (case, name, shape, dt)
+        assert torch.equal(im.fast_engine().run(q), want)
+    assert ran > 20

@@ -34,7 +34,7 @@ def test_every_method_on_a_users_model(name, small):
     bad, status = {}, {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for method in cn.list_methods():
+        for method in cn.list_methods() + list(matrix.VARIANTS):
             cell = matrix.run_cell(model, method, small)
             status[method] = cell["status"]
             if cell["status"] in ("crash", "silent"):
@@ -43,5 +43,6 @@ def test_every_method_on_a_users_model(name, small):
                 assert "\n" not in cell["text"] and len(cell["text"]) < 400, cell["text"]
     assert not bad, bad
     assert (status["nisp"] == status["l1-filter"] == "ok") == (name in STRUCTURED_OK)
+    assert status["integer-only mixed"] == "ok"  # every style converts whole or in parts
     assert matrix.pack_cell(name, model)["text"] == "identical"
     assert matrix.report_cell(model, small)["status"] == "ok"

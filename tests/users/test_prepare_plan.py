@@ -164,3 +164,38 @@ def test_report_on_an_integer_model_shows_its_ops(digits):
     assert rep.totals["macs"] == float_report.totals["macs"]
     assert 0 < rep.totals["packed_bytes"] < float_report.totals["packed_bytes"] / 3
     assert all(r["bits_per_weight"] <= 16 for r in rep.layers if r["params"])
+
+
+def test_integer_only_mixed_converts_the_parts_it_can(digits, tmp_path):
+    import warnings
+
+    from .test_weights_everywhere import Lambda
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.shift = Lambda(lambda x: x[:, :, ::2, ::2])  # slicing: no integer kernel
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+
+        def forward(self, x):
+            return self.head(self.shift(self.features(x)))
+
+    model = cn.train.fit(Net(), digits, epochs=2, lr=3e-3, optimizer="adam", quiet=True)
+    with pytest.raises(cn.errors.ModelError, match=r"'getitem'.*\(at test_prepare_plan.py:\d+: self.shift = "):
+        cn.compress(model, IntegerOnly(mode="calibrate"), data=digits)
+    with pytest.warns(UserWarning, match=r"2 integer part\(s\) \(features, head\)"):
+        out = cn.compress(model, IntegerOnly(mode="calibrate", mixed=True), data=digits)
+    assert [type(out.features).__name__, type(out.head).__name__] == ["IntegerModel", "IntegerModel"]
+    assert out.compactnn_integer_parts == ["features", "head"]
+    float_acc = cn.train.evaluate(model, digits)["accuracy"]
+    assert abs(cn.train.evaluate(out, digits)["accuracy"] - float_acc) < 0.02
+    cn.pack.save(out, tmp_path / "m.cnz")
+    back = cn.pack.load(tmp_path / "m.cnz", model=Net())
+    x = digits.test.x[:16]
+    torch.testing.assert_close(back(x), out(x), rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        whole = cn.compress(cn.models.create("lenet5", data=digits, seed=0),
+                            IntegerOnly(mode="calibrate", mixed=True, calibration_batches=1), data=digits)
+    assert type(whole).__name__ == "IntegerModel"  # a model that converts whole stays one integer model

@@ -156,10 +156,10 @@ def _read_gzip(path: Path, reader, ndim: int | None, dtype_code: int | None) -> 
         out = []
         got = 0
         while got < limit:
+            if inflate.eof or (offset >= reader.size and not inflate.unconsumed_tail):
+                break  # (at the end of the stream zlib may keep an unconsumed tail: never feed it again)
             if inflate.unconsumed_tail:
                 chunk = inflate.decompress(inflate.unconsumed_tail, limit - got)
-            elif inflate.eof or offset >= reader.size:
-                break
             else:
                 data = reader.read_at(offset, 1 << 20)
                 offset += len(data)
@@ -198,6 +198,8 @@ def _read_gzip(path: Path, reader, ndim: int | None, dtype_code: int | None) -> 
                         f"{tuple(dims)}")
     if not inflate.eof:
         raise DataError(f"{path} is a corrupt or truncated gzip file (no end of stream); download it again")
+    if inflate.unconsumed_tail or inflate.unused_data or offset < reader.size:
+        raise DataError(f"{path} has bytes after the end of its gzip stream; the file is corrupted")
     return np.frombuffer(bytes(buf), dtype=dtype, count=need // dtype.itemsize).reshape(dims)
 
 

@@ -44,9 +44,18 @@ MAC_RATE = 9e10
 #: Bytes per second moved by a step (operands read, result written).
 BANDWIDTH = 4e10
 #: Seconds of fixed overhead per contraction step (permute, reshape, matmul, reshape: Python and dispatch).
-STEP_OVERHEAD = 7e-6
+STEP_OVERHEAD = 15e-6
 #: Inner / output dimension at which a GEMM reaches half of ``MAC_RATE``.
-HALF_EFF_DIM = 8
+HALF_EFF_DIM = 32
+#: Batched products (``nb > 1``) are modelled with an inner dimension this many times smaller.
+BMM_PENALTY = 8
+#: The same for convolutions (in_channels_per_group * kh * kw, and out channels per group): oneDNN vectorizes over
+#: channels, so convs with few channels run far below peak.
+HALF_EFF_CONV = 8
+#: Plans with fewer MACs per call than this run their steps on one thread (``torch.set_num_threads(1)`` for the call,
+#: restored after): waking a second BLAS / oneDNN thread for a tiny product costs more than it saves, and on a loaded
+#: machine it waits for a scheduler slice (tens of ms measured). The dense plan's ``F.linear`` is left to MKL.
+SINGLE_THREAD_MACS = 1 << 21
 #: Seconds of fixed overhead of the dense plan's single ``F.linear`` (or of one conv).
 DENSE_OVERHEAD = 3e-6
 #: Largest cached tensor (elements) a plan may keep; a dense weight larger than this is never built.
@@ -57,11 +66,12 @@ MODES = ("auto",) + PLANS
 
 
 def step_time(macs: float, elements: float, dims: tuple[int, int] = (1 << 20, 1 << 20),
-              overhead: float = STEP_OVERHEAD) -> float:
+              overhead: float = STEP_OVERHEAD, half: float | None = None) -> float:
     """The time model of one step (seconds): ``max(macs / (MAC_RATE * eff), 4 * elements / BANDWIDTH) + overhead``
     with ``eff = nk / (nk + S) * nc / (nc + S)`` for ``dims = (nk, nc)`` (see the module docstring)."""
     nk, nc = dims
-    eff = nk / (nk + HALF_EFF_DIM) * nc / (nc + HALF_EFF_DIM)
+    half = HALF_EFF_DIM if half is None else half
+    eff = nk / (nk + half) * nc / (nc + half)
     return max(macs / (MAC_RATE * eff), 4.0 * elements / BANDWIDTH) + overhead
 
 
@@ -107,7 +117,12 @@ class _Subsets:
         a, b, c = self.open[m1], self.open[m2], self.open[m1 | m2]
         nk = self.elements((a & b) - c)
         nc = self.elements(b - a)
-        return self.elements(a | b), self.elements(a) + self.elements(b) + self.elements(c), (nk, nc)
+        ea = self.elements(a)
+        copy = 2 * ea if m1 & 1 and m1 != 1 else 0  # the running intermediate, permuted into place (a copy)
+        nb = self.elements(a & b & c)
+        if nb > 1:  # a batched product (a label kept by both sides, e.g. a block-term block index): MKL's batched
+            nk = max(1, nk // BMM_PENALTY)  # small GEMMs run well below a single large one; modelled as a thinner one
+        return self.elements(a | b), ea + self.elements(b) + self.elements(c) + copy, (nk, nc)
 
 
 @dataclasses.dataclass
@@ -459,11 +474,19 @@ class LinearPlanner:
             choice = self.choose(layer, rows, mode)
             what = (self.dense_weight(layer) if choice.plan == "dense"
                     else self.program(layer, rows, choice.plan))
-            fast = self.fast[key] = (version, choice.plan, what)
+            fast = self.fast[key] = (version, choice.plan, what, choice.macs[choice.plan] < SINGLE_THREAD_MACS)
         layer.__dict__["last_plan"] = fast[1]  # not nn.Module.__setattr__: this runs every call
         if fast[1] == "dense":
             return F.linear(x, fast[2], layer.bias)
-        y = run_program(fast[2], x.reshape(rows, *layer.in_modes)).reshape(*x.shape[:-1], layer.out_features)
+        threads = torch.get_num_threads() if fast[3] else 1
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            y = run_program(fast[2], x.reshape(rows, *layer.in_modes))
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+        y = y.reshape(*x.shape[:-1], layer.out_features)
         return y if layer.bias is None else y + layer.bias
 
 
@@ -547,7 +570,7 @@ def conv_cost(x_shape: Sequence[int], steps: Sequence[tuple]) -> tuple[float, in
         wo = (w + 2 * pad[1] - dil[1] * (kw - 1) - 1) // st[1] + 1
         macs = b * ho * wo * o * cg * kh * kw
         elems = b * c * h * w + b * o * ho * wo + o * cg * kh * kw
-        total_t += step_time(macs, elems, (cg * kh * kw, o // g), DENSE_OVERHEAD)
+        total_t += step_time(macs, elems, (cg * kh * kw, o // g), DENSE_OVERHEAD, HALF_EFF_CONV)
         total_macs += macs
         weights += o * cg * kh * kw
         c, h, w = o, ho, wo
@@ -562,6 +585,7 @@ class ConvPlanner:
     def __init__(self) -> None:
         self.choices: dict[tuple, Choice] = {}
         self.programs: dict[str, tuple] = {}
+        self.fast: dict[tuple, tuple] = {}
 
     def choose(self, layer, x_shape: tuple, mode: str = "auto") -> Choice:
         key = (x_shape, mode)
@@ -591,11 +615,27 @@ class ConvPlanner:
         return got[1]
 
     def run(self, layer, x: torch.Tensor, mode: str = "auto") -> torch.Tensor:
-        choice = self.choose(layer, tuple(x.shape), mode)
-        layer.__dict__["last_plan"] = choice.plan
-        steps = self.steps(layer, choice.plan)
-        for s in steps:
-            x = run_conv_step(x, s)
+        key = (x.shape, mode)
+        version = tuple((p.data_ptr(), p._version) for p in layer.version_tensors())
+        fast = self.fast.get(key)
+        if fast is None or fast[0] != version:
+            choice = self.choose(layer, tuple(x.shape), mode)
+            fast = self.fast[key] = (version, choice.plan, self.steps(layer, choice.plan),
+                                     choice.macs[choice.plan] < SINGLE_THREAD_MACS)
+        layer.__dict__["last_plan"] = fast[1]
+        steps = fast[2]
+        if len(steps) == 1:  # the dense plan: one conv, as the dense layer runs it
+            s = steps[0]
+            return F.conv2d(x, s.weight, s.bias, s.stride, s.padding, s.dilation, s.groups)
+        threads = torch.get_num_threads() if fast[3] else 1
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            for s in steps:
+                x = run_conv_step(x, s)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
         return x
 
 

@@ -293,6 +293,10 @@ class TRConv2d(PlannedConv, _RingCores, nn.Module):
     def network_operands(self) -> list[torch.Tensor]:
         return list(self.cores) + ([self.bias] if self.bias is not None else [])
 
+    def version_tensors(self):
+        """The tensors the planner's caches depend on (checked every inference call: kept cheap)."""
+        return [p for p in self._parameters.values() if p is not None]
+
     def conv_plans(self, x_shape: tuple) -> dict[str, list[tuple]]:
         """Plans for :class:`.plan.ConvPlanner`: ``dense`` (the rebuilt kernel, one conv) and ``merged`` (the three
         steps of the forward as convs with the merged ``F_in`` / ``F_out`` kept: a 1x1 conv ``C -> R_0 R_d``, the

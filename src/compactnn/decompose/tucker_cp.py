@@ -116,6 +116,10 @@ class TuckerConv2d(PlannedConv, nn.Module):
     def network_operands(self) -> list[torch.Tensor]:
         return [p for p in self.parameters()]
 
+    def version_tensors(self):
+        """The tensors the planner's caches depend on (checked every inference call: kept cheap)."""
+        return [p for m in (self.reduce, self.core, self.expand) for p in m._parameters.values() if p is not None]
+
     def _merge_side(self) -> str:
         r_out, r_in = self.ranks
         # merging reduce into the core gives a C -> r_out conv; merging the core into expand an r_in -> O conv

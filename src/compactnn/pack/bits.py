@@ -75,9 +75,15 @@ def unpack_bits(data: bytes, bits: int, count: int) -> np.ndarray:
         return np.zeros(count, dtype=np.uint64)
     if bits in _WHOLE:
         return np.frombuffer(data, dtype=_WHOLE[bits]).astype(np.uint64)
-    planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits, bitorder="little")
-    planes = planes.reshape(count, bits)
     out = np.zeros(count, dtype=np.uint64)
-    for j in range(bits):
-        out |= planes[:, j].astype(np.uint64) << np.uint64(j)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    step = 1 << 16  # values per chunk: a multiple of 8, so every chunk starts on a byte boundary
+    for start in range(0, count, step):  # in chunks, so the bit planes never take more than step * bits bytes
+        n = min(step, count - start)
+        first = start * bits // 8
+        planes = np.unpackbits(raw[first:first + (n * bits + 7) // 8], count=n * bits, bitorder="little")
+        planes = planes.reshape(n, bits)
+        chunk = out[start:start + n]
+        for j in range(bits):
+            chunk |= planes[:, j].astype(np.uint64) << np.uint64(j)
     return out

@@ -310,12 +310,17 @@ def _decode_flat(meta: dict, payload: bytes, dtype: torch.dtype, count: int, dep
             real = codes != np.uint64(m)
             if entries and int(codes.max(initial=0, where=real)) >= max(count, 1):
                 raise PackError("sparse gap code skips past the end of the tensor; file is corrupted")
-            steps = np.where(real, codes + np.uint64(1), np.uint64(m))
+            steps = codes  # in place: step = code + 1 for a value, m for a filler
+            np.add(steps, np.uint64(1), out=steps, where=real)
             # every step is >= 1 and the last position must be < count: check the total in float64 first, so the
             # int64 running sum below cannot wrap to negative positions (64-bit codes of a forged file)
             if entries and float(np.sum(steps, dtype=np.float64)) > count:
                 raise PackError("sparse gap codes run past the end of the tensor; file is corrupted")
-            pos = (np.cumsum(steps.astype(np.int64)) - 1)[real]
+            run = steps.view(np.int64)
+            np.cumsum(run, out=run)
+            run -= 1
+            pos = run[real]
+            del steps, run, codes
         elif meta["index"] == "bitmask":
             if len(idx_data) != packed_len(count, 1):
                 raise PackError("sparse bitmask has the wrong length; file is corrupted")

@@ -371,7 +371,7 @@ def _check_attrs(cls: type, attrs: dict, taken: set, where: str) -> dict:
         out[key] = decode_value(raw)
     ref = _reference(cls)
     if ref is not None:
-        for key, want in ref.__dict__.items():
+        for key, want in sorted(ref.__dict__.items(), key=lambda kv: kv[0] == "training"):  # name a real one first
             if key in _skip(cls):
                 continue
             if key not in out:
@@ -480,6 +480,8 @@ def plan(root, entries: dict, skeleton: nn.Module | None = None) -> _Plan:
         if not all(type(n) is str and n in node["buffers"] for n in node["non_persistent"]):
             _bad(where, "non_persistent names a buffer the module does not have")
         p.attrs = _check_attrs(cls, node["attrs"], set(names), where)
+        if type(p.attrs.get("training")) is not bool:  # every module has it; forward and eval read it
+            _bad(where, "attribute training must be true or false")
         missing = [k for k, v in p.attrs.items() if v is _FromSkeleton]
         if missing and p.target is None:
             raise PackError(f"module {where[:120]} ({key[:120]}) was saved without its attribute {missing[0]!r} (a "

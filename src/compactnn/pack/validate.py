@@ -12,12 +12,15 @@ Limits (all fixed; a file that exceeds one is refused, whatever its checksums sa
 * tensors: at most :data:`MAX_TENSORS`, each of at most :data:`MAX_NDIM` dims and :data:`MAX_NUMEL` elements; every
   codec's payload length is computed from its meta and shape and must equal ``payload_bytes`` exactly; the stored
   bytes must lie inside the data area;
-* expansion: a tensor's decoded bytes may exceed :data:`EXPANSION` times its stored bytes by at most
-  :data:`TENSOR_SLACK`, and all tensors together :data:`EXPANSION` times the file size by at most
-  :data:`TOTAL_SLACK`. This bounds every codec (dense: 1x; fp16: 4x; codebook and sparse indices: up to 64x;
-  a 1-value codebook or an all-zero sparse tensor: unbounded, hence the rule) and zstd (1 GiB of zeros is 41 KB)
-  by one fixed ratio, so a small file can never make ``load`` allocate much: an 8 KB file decodes to at most
-  ~72 MiB. Legitimate files sit far below it (a 99.9 %-sparse layer is ~640x).
+* expansion, one fixed ratio for every codec and for zstd: a tensor's working size while decoding (its element
+  count x :data:`WORK_BYTES`, the int64 index arrays the sparse and codebook decoders use) and its codec payload
+  may each exceed :data:`EXPANSION` times its stored bytes by at most :data:`TENSOR_SLACK`; all tensors together
+  may decode to at most :data:`EXPANSION` times the file size plus :data:`TOTAL_SLACK` bytes. Per codec, the
+  inherent expansion is dense 1x, fp16 up to 4x, codebook/sparse indices up to 64x, and unbounded for a 1-value
+  codebook, an all-zero sparse tensor or a zstd frame (1 GiB of zeros is 41 KB): the rule bounds them all, so a
+  small file can never make ``load`` allocate much (an 8 KB file: at most ~16 MiB per tensor, ~40 MiB in all).
+  The price: a float32 tensor more than 128x smaller on disk than dense (beyond the 8 MiB slack), such as a
+  16M-weight layer pruned to 99.9 %, is refused as a bomb.
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ MAX_TENSORS = 100_000
 MAX_NDIM = 8
 MAX_NUMEL = 1 << 34
 EXPANSION = 1024
-TENSOR_SLACK = 16 << 20
-TOTAL_SLACK = 64 << 20
+WORK_BYTES = 8
+TENSOR_SLACK = 8 << 20
+TOTAL_SLACK = 32 << 20
 MAX_META_DEPTH = 3
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -224,7 +228,7 @@ def check_entry(name: str, entry: Any, earlier: dict, data_bytes: int) -> None:
         _fail(f"{what}: shape must be a list of at most {MAX_NDIM} ints >= 0, got {str(shape)[:60]}")
     if numel(shape) > MAX_NUMEL:
         _fail(f"{what}: shape {shape} has more than {MAX_NUMEL:,} elements; the file is corrupted")
-    if dtype not in ITEMSIZE and dtype not in QITEMSIZE:
+    if type(dtype) is not str or (dtype not in ITEMSIZE and dtype not in QITEMSIZE):
         _fail(f"{what}: unsupported dtype {str(dtype)[:30]!r} in manifest; supported: "
               f"{', '.join([*ITEMSIZE, *QITEMSIZE])}")
     if entry["kind"] not in ("parameter", "buffer") or type(entry["persistent"]) is not bool \
@@ -258,10 +262,10 @@ def check_entry(name: str, entry: Any, earlier: dict, data_bytes: int) -> None:
               f"the file is corrupted")
     if not entry["zstd"] and nbytes != pbytes:
         _fail(f"{what}: stores {nbytes} bytes uncompressed but its payload is {pbytes}; the file is corrupted")
-    decoded = numel(shape) * itemsize(dtype)
-    if decoded > EXPANSION * nbytes + TENSOR_SLACK:
-        _fail(f"{what}: {nbytes:,} stored bytes would decode to {decoded:,} bytes, more than {EXPANSION}x plus "
-              f"{TENSOR_SLACK >> 20} MiB; refused as a decompression bomb")
+    work = numel(shape) * WORK_BYTES
+    if work > EXPANSION * nbytes + TENSOR_SLACK or pbytes > EXPANSION * nbytes + TENSOR_SLACK:
+        _fail(f"{what}: {nbytes:,} stored bytes would decode to {numel(shape):,} values ({pbytes:,} payload "
+              f"bytes), more than {EXPANSION}x plus {TENSOR_SLACK >> 20} MiB allows; refused as a decompression bomb")
 
 
 def _parts(meta: dict, n: int) -> list[int]:

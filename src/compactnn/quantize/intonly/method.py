@@ -48,6 +48,9 @@ class IntegerOnly(MethodConfig):
         freeze_bn_after: QAT training steps after which folded BN uses running statistics (None: never).
         finetune: QAT fine-tuning settings; used when ``mode="qat"``; None skips it.
         engine: default engine of the result, ``"fast"`` or ``"reference"``.
+        mixed: convert the parts the integer engine supports and leave the rest in float, with quantize/dequantize
+            at each border (post-training calibration only; see :mod:`.mixed`). False (the default) refuses a model
+            that does not convert whole.
     """
 
     method = "integer-only"
@@ -65,6 +68,7 @@ class IntegerOnly(MethodConfig):
     freeze_bn_after: NonNegativeInt | None = 1000
     finetune: FineTune | None = FineTune(epochs=2)
     engine: Literal["fast", "reference"] = "fast"
+    mixed: bool = False
 
 
 def _input_shape(model: nn.Module, data: Any) -> tuple:
@@ -87,6 +91,10 @@ def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any =
         ConfigError: no data.
         ModelError: the model has a layer the integer model does not support.
     """
+    if config.mixed:
+        from .mixed import integer_mixed
+
+        return integer_mixed(model, config, data)
     batches = calibration_batches(data, config.calibration_batches)  # ConfigError without data, before any work
     shape = _input_shape(model, data)
     prepared = prepare(model, per_channel=config.per_channel, ema_decay=config.ema_decay,

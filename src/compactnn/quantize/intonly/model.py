@@ -69,7 +69,13 @@ class IntegerModel(nn.Module):
     def ops(self, ops) -> None:
         if isinstance(ops, (str, bytes)) or not hasattr(ops, "__iter__"):
             raise ModelError(f"ops must be a list of integer ops, got {type(ops).__name__}")
-        ops = tuple(ir.as_op(op) for op in ops)
+        typed = []
+        for i, op in enumerate(ops):
+            try:
+                typed.append(ir.as_op(op))
+            except ModelError as err:
+                raise ModelError(f"op {i}: {err}") from None
+        ops = tuple(typed)
         self.__dict__["_ops"] = ops
         self.__dict__["ops"] = [op.to_dict() for op in ops]  # the JSON form that pack.save stores
         self.__dict__["_fast"] = None
@@ -87,7 +93,8 @@ class IntegerModel(nn.Module):
             self.ops = self.__dict__.get("ops")
             self.validate()
         except ModelError as err:
-            raise PackError(f"the integer model in this file is invalid: {err}") from None
+            msg = str(err).removeprefix("invalid integer model: ")
+            raise PackError(f"the integer model in this file is invalid: {msg}") from None
 
     def _check_engine(self, engine: str | None) -> str:
         engine = self.engine if engine is None else engine
