@@ -81,7 +81,7 @@ def teacher(args, bundle, train: bool = True):
 
 
 
-STUDENT = {"lenet5": {"epochs": 5, "lr": 0.05}, "resnet20": {"epochs": 8, "lr": 0.1}}
+STUDENT = {"lenet5": {"epochs": 5, "lr": 0.02}, "resnet20": {"epochs": 8, "lr": 0.1}}
 HINTS = {"lenet5": ("conv2", "layer3"), "resnet20": ("layer3", "layer3")}
 QUANT_FT = {"epochs": 2, "lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "nesterov": True, "weight_decay": 2.2e-4}
 DQ_FT = {"epochs": 1, "lr": 1e-3, "optimizer": "adam", "weight_decay": 0.0}
@@ -238,7 +238,12 @@ def run_part(args, bundle, part: str, start: float) -> int:
                 and float_student(args, bundle, st, seed) is None:
             print(f"skip {st} {row} seed {seed}: run --part {st} first", flush=True)
             continue
-        measure(args, bundle, st, row, seed, build, epochs, keep)
+        try:
+            measure(args, bundle, st, row, seed, build, epochs, keep)
+        except cn.errors.CompactnnError as err:  # e.g. a diverged run: recorded, the part goes on
+            print(f"{st} {row} seed {seed}: failed: {err}", flush=True)
+            save_row(args, {"student": st, "row": row, "seed": seed, "accuracy": float("nan"), "bytes": 0,
+                            "seconds": 0.0, "epochs": epochs, "failed": str(err)})
         todo = todo[1:]
     return 0
 
@@ -250,6 +255,8 @@ def report(args) -> None:
     if not any(r["student"] == "teacher" for r in rows):
         raise SystemExit(f"no rows in {rows_path(args)} yet; run --part teacher first")
     teacher_acc = next(r["accuracy"] for r in rows if r["student"] == "teacher")
+    failed = [r for r in rows if r.get("failed")]
+    rows = [r for r in rows if not r.get("failed")]
     for r in rows:
         r["drop"] = 100 * (teacher_acc - r["accuracy"])  # points below the teacher
     order = {"teacher": 0, "lenet5": 1, "resnet20": 2}
@@ -267,7 +274,11 @@ def report(args) -> None:
                                             "resnet20-quant")
                for st, row, seed, *_ in plan(args, None, part, None, None)]
     missing = [f"{st} / {row} / seed {seed}" for st, row, seed in planned if (st, row, seed) not in measured]
+    measured = {(r["student"], r["row"], r["seed"]) for r in rows}
     notes = settings_text() + "\n\n" + claims(mean)
+    if failed:
+        notes += "\n\n## Failed runs\n\n" + "\n".join(f"- {r['student']} / {r['row']} / seed {r['seed']}: "
+                                                       f"{r['failed']}" for r in failed)
     if missing:
         notes += "\n\n## Not run (CPU time ran out)\n\n" + "\n".join(f"- {m}" for m in missing)
     for t in table:
