@@ -165,7 +165,8 @@ def main() -> None:
                 r["command"] = f"{first}; timing columns: `python benchmarks/pruning.py --retime-nisp --seeds {seed}`"
         chosen, rows = [], old
     else:
-        rows = [r for r in old if not (r["section"] in chosen and r.get("seed", 0) in args.seeds)]
+        rows = [r for r in old if not (r["section"] in chosen and (r.get("seed", 0) in args.seeds
+                                                                   or r.get("seed") == "earlier"))]
     for key in chosen:
         for seed in args.seeds:
             start = time.perf_counter()
@@ -182,7 +183,11 @@ def main() -> None:
 
 def write(out, rows: list[dict]) -> None:
     """``pruning.md``, ``.json`` and ``.png`` from all rows so far."""
-    rows.sort(key=lambda r: (list(SECTIONS).index(r["section"]), r.get("seed", 0)))
+    def order(r):  # rows of an earlier unseeded run ("earlier") come before seeded ones
+        seed = r.get("seed", 0)
+        return (list(SECTIONS).index(r["section"]), isinstance(seed, int), seed if isinstance(seed, int) else 0)
+
+    rows.sort(key=order)
     store = out / "pruning.json"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pruning.md", markdown(rows))
