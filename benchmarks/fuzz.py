@@ -568,7 +568,10 @@ def write_report(result: dict, out: Path, command: str) -> None:
     lines = [
         "# Fuzzing campaign over compactnn's readers of untrusted files",
         "",
-        f"Command: `{command}` (parts run under `flock /tmp/cpu.lock`, merged with `--merge`).",
+        f"Command: `{command}`; the parts, merged with `--merge`:",
+        "",
+        *[f"- `python benchmarks/fuzz.py --seed {p['seed']} --cases {p['cases']} --offset {p['offset']} --part ...` "
+          f"({p['seconds']:.0f} s)" for p in result["parts"]],
         "",
         "Each case runs in a worker process with a 10 s deadline; `error` = refused with a one-line compactnn error, "
         "`ok` = accepted and loaded, `traceback` = any other exception or a multi-line message, `crash` = worker killed "
