@@ -478,8 +478,9 @@ def _global_avg_pool(prog, model, op, shapes, zp):
 @KERNELS.register(ir.Flatten)
 def _flatten(prog, model, op, shapes, zp):
     s = shapes[0]
-    if len(s) == 1:
-        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0]) and 0), s
+    if len(s) != 3:  # (F,), (T, F), ...: already in PyTorch order
+        size = int(np.prod(s))
+        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * size) and 0), (size,)
     c, hw = s[0], s[1] * s[2]
     return (lambda p, n, t: prog.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
 
