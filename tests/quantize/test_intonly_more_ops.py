@@ -54,7 +54,6 @@ def all_backends(im: IntegerModel, q: torch.Tensor) -> torch.Tensor:
     ort = pytest.importorskip("onnxruntime")
     from compactnn.quantize.intonly.export import build_onnx
 
-    x = im.dequantize_output  # noqa: F841 (the float path: quantize, program, dequantize)
     xf = ((q.double() - im.input["zero_point"]) * im.input["scale"]).float()
     sess = ort.InferenceSession(build_onnx(im, mode="exact").SerializeToString(), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input": xf.numpy()})[0]

@@ -7,6 +7,12 @@ per channel or per tensor, :func:`.qparams.symmetric_int8`), the folded bias to 
 (:func:`.qparams.relu_range`). Activation scales and zero points come from the observers
 (:func:`.qparams.asymmetric_uint8` of the observed range). Float math happens here, once; the result runs on
 integers only.
+
+Tables (:class:`.lower.QLut`) become ``lut`` ops whose 256 codes are the float function on every input code
+(:func:`.lower.lut_table`); products (:class:`.lower.QMul`) become ``mul`` with ``M = S_a·S_b/S_out`` (an input of
+lower rank is first reshaped with leading 1s, NumPy broadcasting); data movement is lowered by
+:func:`.lower.lower_move` to ``permute``/``reshape``/``slice``/``pad`` (and flatten / global average pool). Shapes
+come from running two zero samples through the prepared model, so a view that folds the batch is refused.
 """
 
 from __future__ import annotations

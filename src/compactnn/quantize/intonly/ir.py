@@ -23,7 +23,10 @@ backend               module                                       kernel signat
 
 ``tests/quantize/test_intonly_ir.py`` fails for every (op type, backend) pair without a kernel.
 
-**Adding an op** (e.g. a LeakyReLU lookup table, a transposed conv, an upsample):
+The ops of this file are the layers (conv2d, linear, pools, flatten, add, concat); :mod:`.ir_more` adds data
+movement (permute, reshape, slice, pad), lookup tables (lut) and the elementwise product (mul), re-exported here.
+
+**Adding an op** (e.g. a transposed conv, an upsample; new ops may live in their own module, as :mod:`.ir_more`):
 
 1. here: a frozen ``@register_op`` dataclass deriving :class:`Op` with ``kind = "..."``, its fields (with types and
    defaults), ``n_inputs``, ``buffer_fields`` (fields that name buffers), a ``check()`` for its field ranges (call
