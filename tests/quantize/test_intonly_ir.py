@@ -59,6 +59,7 @@ EXAMPLES = [
     ir.Pad(inputs=("v0",), output="v1", axis=1, before=2, after=2),
     ir.Lut(inputs=("v0",), output="v1", table="t", function="sigmoid"),
     ir.Mul(inputs=("a", "b"), output="c", multiplier=1 << 30, shift=-7, qmin=0, qmax=255),
+    ir.Softmax(inputs=("v0",), output="v1", table="t", multiplier=65536 * 255),
 ]
 
 

@@ -92,6 +92,19 @@ class OptionA(nn.Module):
         return self.fc(F.relu(y).flatten(1))
 
 
+class SoftGate(nn.Module):
+    """Token gates from a softmax over features (x * softmax(W x)), a classifier ending in a softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.head = nn.Linear(8, 8), nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = x.reshape(-1, 8, 8)
+        x = x * F.softmax(self.gate(x), dim=-1)
+        return self.head(x.flatten(1)).softmax(1)
+
+
 def _int_model(model: nn.Module, seed: int = 0) -> tuple[IntegerModel, torch.Tensor]:
     torch.manual_seed(seed)
     for p in model.parameters():
@@ -129,6 +142,7 @@ def _agree(im: IntegerModel, x: torch.Tensor) -> None:
     (Mixer, {"reshape", "permute", "slice", "lut", "add"}),
     (HardSwishNet, {"lut", "slice", "global_avg_pool"}),
     (OptionA, {"slice", "pad", "add"}),
+    (SoftGate, {"softmax", "mul", "linear"}),
 ])
 def test_models_convert_whole_and_every_engine_agrees(cls, kinds):
     float_model = cls()
@@ -158,13 +172,13 @@ def test_packed_model_round_trips(tmp_path):
 # --------------------------------------------------------------------------------------------------- refusals
 
 
-class Softmaxed(nn.Module):
+class Cumsummed(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = nn.Linear(64, 10)
 
     def forward(self, x):
-        return torch.softmax(self.fc(x.flatten(1)), 1)
+        return torch.cumsum(self.fc(x.flatten(1)), 1)
 
 
 class FoldsBatch(nn.Module):
@@ -177,9 +191,9 @@ class FoldsBatch(nn.Module):
 
 
 def test_integer_only_refuses_an_unsupported_op_with_its_source_line():
-    with pytest.raises(ModelError, match=r"'softmax'.*\(at test_intonly_more_convert.py:\d+: return torch.softmax") \
+    with pytest.raises(ModelError, match=r"'cumsum'.*\(at test_intonly_more_convert.py:\d+: return torch.cumsum") \
             as err:
-        prepare(Softmaxed())
+        prepare(Cumsummed())
     assert "\n" not in str(err.value)
 
 

@@ -304,3 +304,50 @@ def test_lut_table_buffer_must_be_256_uint8_codes():
     for bad, msg in ((torch.zeros(255, dtype=torch.uint8), "shape"), (torch.zeros(256, dtype=torch.int8), "dtype")):
         with pytest.raises(ModelError, match=msg):
             program((4,), [op], {"t": bad})
+
+
+# --------------------------------------------------------------------------------------------------- softmax
+
+
+def _softmax_python(row, table, mult, zo):
+    """The integer softmax of one row in Python integers (independent of the NumPy/torch/C/ONNX kernels)."""
+    mx = max(row)
+    e = [int(table[mx - q]) for q in row]
+    den = sum(e) * 65536
+    return [min(max((v * mult + den // 2) // den + zo, 0), 255) for v in e]
+
+
+@pytest.mark.parametrize("s_in, s_out, zo, shape", [(0.05, 1 / 255, 0, (10,)), (0.2, 0.002, 3, (6, 40)),
+                                                    (0.01, 1 / 256, 0, (3, 256))])
+def test_softmax_is_exact_in_every_backend_and_close_to_float(s_in, s_out, zo, shape):
+    from compactnn.quantize.intonly.lower import softmax_params
+
+    table, mult = softmax_params(s_in, s_out)
+    assert table[0] == 65536 and abs(table[5] - 65536 * math.exp(-5 * s_in)) <= 0.5
+    values = {"v0": {"scale": s_in, "zero_point": 100, "dtype": "uint8"},
+              "r": {"scale": s_in, "zero_point": 100, "dtype": "uint8"},
+              "v1": {"scale": s_out, "zero_point": zo, "dtype": "uint8"}}
+    im = program((math.prod(shape),), [ir.Reshape(inputs=("v0",), output="r", shape=shape),
+                                       ir.Softmax(inputs=("r",), output="v1", table="t", multiplier=mult)],
+                 {"t": torch.from_numpy(table)}, values)
+    q = codes((4, *shape), seed=9)
+    if shape[-1] == 256:  # every code in every row
+        q = torch.stack([torch.randperm(256) for _ in range(4 * 3)]).to(torch.uint8).reshape(4, 3, 256)
+    got = all_backends(im, q.reshape(4, -1)).numpy().reshape(q.shape)
+    rows = q.numpy().reshape(-1, shape[-1]).tolist()
+    want = np.array([_softmax_python(r, table, mult, zo) for r in rows]).reshape(got.shape)
+    assert np.array_equal(got, want)
+    real = torch.softmax(s_in * (q.double() - 100), dim=-1).numpy() / s_out + zo
+    assert np.abs(got - np.clip(real, 0, 255)).max() <= 1.0 + 1e-9  # one code, up to the table's 2^-16
+
+
+def test_softmax_refuses_a_table_that_could_divide_by_zero():
+    table = torch.zeros(256, dtype=torch.int32)  # every row sum would be 0
+    with pytest.raises(ModelError, match="the first >= 1") as err:
+        program((8,), [ir.Softmax(inputs=("v0",), output="v1", table="t", multiplier=1000)], {"t": table})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ModelError, match="last axis"):
+        program((2, 4, 4), [ir.Softmax(inputs=("v0",), output="v1", table="t", multiplier=1000)],
+                {"t": torch.ones(256, dtype=torch.int32)})
+    with pytest.raises(ModelError, match="multiplier must be in"):
+        ir.op_from_dict({"op": "softmax", "inputs": ["a"], "output": "b", "table": "t", "multiplier": 0})

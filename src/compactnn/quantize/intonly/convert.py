@@ -30,7 +30,7 @@ from compactnn.graph import pair, source_line
 from . import ir
 from .fakequant import ActQuant
 from .model import IntegerModel
-from .lower import QLut, QMul, kind_of, lower_move, lut_table
+from .lower import QLut, QMul, QSoftmax, kind_of, lower_move, lut_table, softmax_params
 from .qat import QAdd, QCat, QConv2d, QLinear, QuantInput, _describe
 from .fixedpoint import quantize_multiplier
 from .qparams import add_multipliers, bias_int32, output_multiplier, quantize, relu_range, symmetric_int8
@@ -217,6 +217,16 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             tensors[f"t{i}"] = torch.from_numpy(table)
             ops.append(ir.Lut(inputs=(x,), output=new_value(s_out, z_out, shape), table=f"t{i}",
                               function=mod.function, name=str(node.target)))
+        elif isinstance(mod, QSoftmax):
+            rank = 1 + len(shapes[x])
+            if not isinstance(mod.dim, int) or mod.dim % rank != rank - 1 or len(shapes[x]) not in (1, 2):
+                raise ModelError(f"{where}: only a softmax over the last axis of (N, F) or (N, T, F) values is "
+                                 f"supported (dim={mod.dim!r}, shape {shapes[x]})")
+            s_out, z_out = observed(mod.out_quant, where)
+            table, mult = softmax_params(values[x]["scale"], s_out)
+            tensors[f"t{i}"] = torch.from_numpy(table)
+            ops.append(ir.Softmax(inputs=(x,), output=new_value(s_out, z_out, shape), table=f"t{i}", multiplier=mult,
+                                  name=str(node.target)))
         elif isinstance(mod, QMul):
             a, b = args
             if not isinstance(b, str):

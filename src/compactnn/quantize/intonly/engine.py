@@ -469,3 +469,17 @@ def _mul(engine, model, op: ir.Mul, zp: dict):
     za, zb = zp[op.inputs[0]] - 128, zp[op.inputs[1]] - 128
     rq = Requant(op.multiplier, op.shift, zp[op.output], op.qmin, op.qmax)
     return lambda a, b: rq(torch.mul(a.to(_I64) - za, b.to(_I64) - zb))  # same-rank values broadcast in NHWC too
+
+
+@KERNELS.register(ir.Softmax)
+def _softmax(engine, model, op: ir.Softmax, zp: dict):
+    table, m, zy = getattr(model, op.table).to(_I64), op.multiplier, zp[op.output] - 128
+
+    def softmax(x):
+        x = x.to(_I64)
+        e = table[x.amax(dim=-1, keepdim=True) - x]
+        den = e.sum(dim=-1, keepdim=True).bitwise_left_shift_(16)
+        y = torch.div(e.mul_(m).add_(den >> 1), den, rounding_mode="floor")  # non-negative: floor = trunc
+        return y.add_(zy).clamp_(-128, 127).to(torch.int8)
+
+    return softmax

@@ -163,6 +163,9 @@ def _lut(g: Graph, i: int, op: ir.Lut) -> None:
         exact.emit_lut(g, i, op)
 
 
+KERNELS.register(ir.Softmax)(exact.emit_softmax)  # integer nodes (exact): ORT's QLinearSoftmax rounds its own way
+
+
 @KERNELS.register(ir.Mul)
 def _mul(g: Graph, i: int, op: ir.Mul) -> None:
     (a, b), raw = op.inputs, f"{op.output}_raw"

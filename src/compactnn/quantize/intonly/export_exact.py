@@ -218,3 +218,16 @@ def _mul(g: Graph, i: int, op: ir.Mul) -> None:
     acc = _op(g, "Mul", [_centered(g, op.inputs[0]), _centered(g, op.inputs[1])])
     y = mbqm(g, acc, op.multiplier, op.shift)
     _to_codes(g, y, int(g.model.values[op.output]["zero_point"]), op.qmin, op.qmax, op.output)
+
+
+@KERNELS.register(ir.Softmax)
+def emit_softmax(g: Graph, i: int, op) -> None:
+    """The integer softmax of :class:`.ir_more.Softmax` in int64 ONNX ops (ReduceMax, Gather, ReduceSum, Div on
+    non-negative values, so truncation is the floor)."""
+    x = _op(g, "Cast", [op.inputs[0]], to=_INT64)
+    d = _op(g, "Sub", [_op(g, "ReduceMax", [x], axes=[-1], keepdims=1), x])
+    e = _op(g, "Gather", [g.const(f"op{i}_exp", g.buffer(op.table).astype(np.int64).reshape(256)), d], axis=0)
+    den = _op(g, "Mul", [_op(g, "ReduceSum", [e, _c(g, "axes", [-1])], keepdims=1), _c(g, "two16", 1 << 16)])
+    num = _op(g, "Add", [_op(g, "Mul", [e, _c(g, "mult", op.multiplier)]), _op(g, "Div", [den, _c(g, "two", 2)])])
+    y = _op(g, "Div", [num, den])
+    _to_codes(g, y, int(g.model.values[op.output]["zero_point"]), 0, 255, op.output)

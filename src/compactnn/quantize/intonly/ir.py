@@ -701,6 +701,6 @@ def load_backends() -> dict[str, Kernels]:
 
 
 # the more ops (data movement, lookup tables, mul) register themselves into OPS; re-exported here as ir.<Op>
-from .ir_more import Lut, Mul, Pad, Permute, Reshape, Slice  # noqa: E402
+from .ir_more import Lut, Mul, Pad, Permute, Reshape, Slice, Softmax  # noqa: E402
 
-__all__ += ["Lut", "Mul", "Pad", "Permute", "Reshape", "Slice"]
+__all__ += ["Lut", "Mul", "Pad", "Permute", "Reshape", "Slice", "Softmax"]

@@ -26,7 +26,7 @@ from typing import ClassVar
 from .ir import (ACTIVATIONS, MAX_GEOMETRY, MAX_VALUE_ELEMENTS, Op, _Bad, _code_range, _int, _multiplier, _prod,
                  _show, register_op)
 
-__all__ = ["LUT_FUNCTIONS", "Lut", "MAX_RANK", "Mul", "Pad", "Permute", "Reshape", "Slice"]
+__all__ = ["LUT_FUNCTIONS", "Lut", "MAX_RANK", "Mul", "Pad", "Permute", "Reshape", "Slice", "Softmax"]
 
 #: Largest per-sample rank of a value these ops produce (PyTorch tensors of up to 7 dimensions with the batch).
 MAX_RANK = 6
@@ -200,3 +200,44 @@ class Mul(Op):
             raise _Bad(f"multiplies values of shapes {a} and {b}, which do not broadcast (same rank, each dimension "
                        "equal or 1)")
         return tuple(max(x, y) for x, y in zip(a, b))
+
+
+#: Fixed point of the softmax: its exponential table holds round(2^16·exp(−S_in·d)) and its multiplier
+#: round(2^16/S_out).
+SOFTMAX_BITS = 16
+#: Longest softmax row (keeps Σ table · 2^16 far inside int64).
+MAX_SOFTMAX_ROW = 1 << 24
+
+
+@register_op
+@dataclass(frozen=True, kw_only=True)
+class Softmax(Op):
+    """Softmax over the last axis of a ``(F,)`` or ``(T, F)`` value, in integers only (exact in every backend):
+
+    ``d = max_row(q) − q`` (0..255), ``e = table[d]`` (an int32 buffer of 256 entries, ``round(2^16·exp(−S_in·d))``
+    built at conversion), ``s = Σ_row e``, ``y = clamp(Z_out + (e·multiplier + s·2^15) // (s·2^16), 0, 255)`` with
+    ``multiplier = round(2^16 / S_out)``: ``y`` is ``e/(s·S_out) + Z_out`` rounded half up, so within one code of
+    the float softmax up to the table's 2^-16 precision. Every term is a non-negative int64, so floor and C
+    truncation agree."""
+
+    kind: ClassVar[str] = "softmax"
+    buffer_fields: ClassVar[tuple[str, ...]] = ("table",)
+
+    table: str
+    multiplier: int
+
+    def check(self) -> None:
+        self._set("multiplier", _int(self.multiplier, "multiplier", 1, (1 << 40) - 1))
+
+    def infer(self, shapes, buffers):
+        s = shapes[0]
+        if len(s) not in (1, 2):
+            raise _Bad(f"softmax runs over the last axis of a (F,) or (T, F) value, got shape {s}")
+        if s[-1] > MAX_SOFTMAX_ROW:
+            raise _Bad(f"softmax rows of {s[-1]} > {MAX_SOFTMAX_ROW} entries are not supported")
+        buffers.expect(self.table, "int32", (256,), "table")
+        t = buffers.values(self.table)
+        if t.min() < 0 or t.max() > 1 << SOFTMAX_BITS or t[0] < 1:
+            raise _Bad(f"softmax table entries must be in [0, 2^{SOFTMAX_BITS}], the first >= 1 (every row's sum "
+                       "is then >= 1)")
+        return s

@@ -33,7 +33,8 @@ from compactnn.errors import ModelError
 from . import ir
 from .fakequant import ActQuant
 
-__all__ = ["QLut", "QMul", "kind_of", "lut_from_node", "lut_table", "lower_move"]
+__all__ = ["QLut", "QMul", "QSoftmax", "kind_of", "lut_from_node", "lut_table", "lower_move", "softmax_dim",
+           "softmax_params"]
 
 LUT_MODULES = ((nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.Hardswish, "hardswish"),
                (nn.Hardsigmoid, "hardsigmoid"), (nn.SiLU, "silu"), (nn.GELU, "gelu"), (nn.LeakyReLU, "leaky_relu"))
@@ -52,8 +53,15 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+SOFTMAX_FUNCTIONS = (F.softmax, torch.softmax)
+
+
 def kind_of(node: fx.Node, modules: dict) -> str | None:
-    """``"lut"``, ``"mul"``, ``"move"`` for the patterns of the module docstring, else None."""
+    """``"lut"``, ``"mul"``, ``"softmax"``, ``"move"`` for the patterns of the module docstring, else None."""
+    if (node.op == "call_module" and isinstance(modules[node.target], nn.Softmax)) or (
+            node.op == "call_function" and node.target in SOFTMAX_FUNCTIONS) or (
+            node.op == "call_method" and node.target == "softmax"):
+        return "softmax"
     if node.op == "call_module":
         m = modules[node.target]
         if any(isinstance(m, cls) for cls, _ in LUT_MODULES):
@@ -125,6 +133,40 @@ class QMul(nn.Module):
         y = a * b
         y = F.relu(y) if self.activation == "relu" else F.relu6(y) if self.activation == "relu6" else y
         return self.out_quant(y)
+
+
+class QSoftmax(nn.Module):
+    """Softmax over ``dim`` with a fake-quantized output; the integer softmax of :class:`.ir_more.Softmax` at
+    conversion (the last axis only)."""
+
+    def __init__(self, dim, ema_decay: float = 0.999, act_delay: int = 0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.out_quant = ActQuant(ema_decay, act_delay)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out_quant(torch.softmax(x, self.dim))
+
+
+def softmax_dim(node: fx.Node, modules: dict):
+    """The ``dim`` of a softmax node (None when not given: an error at conversion)."""
+    if node.op == "call_module":
+        return modules[node.target].dim
+    return node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+
+
+@torch.no_grad()
+def softmax_params(s_in: float, s_out: float) -> tuple[np.ndarray, int]:
+    """The exponential table ``round(2^16·exp(−S_in·d))``, d = 0..255 (int32) and the multiplier
+    ``round(2^16/S_out)`` of the integer softmax (float64, rounding half away from zero)."""
+    from .ir_more import SOFTMAX_BITS
+    from .qparams import round_half_away
+
+    table = round_half_away(np.exp(-float(s_in) * np.arange(256, dtype=np.float64)) * (1 << SOFTMAX_BITS))
+    mult = int(round_half_away((1 << SOFTMAX_BITS) / float(s_out)))
+    if not 1 <= mult < 1 << 40:
+        raise ModelError(f"softmax output scale {s_out} is out of range for the integer softmax")
+    return table.astype(np.int32), mult
 
 
 class _Scale(nn.Module):

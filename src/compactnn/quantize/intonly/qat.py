@@ -36,7 +36,7 @@ from compactnn.errors import ModelError
 from compactnn.graph import Add, Concat, source_line, trace
 
 from .fakequant import ActQuant, fake_quant_weight
-from .lower import QLut, QMul, kind_of, lut_from_node
+from .lower import QLut, QMul, QSoftmax, kind_of, lut_from_node, softmax_dim
 
 __all__ = ["QAdd", "QCat", "QConv2d", "QLinear", "QuantInput", "prepare", "qmodules", "set_fake_quant"]
 
@@ -350,6 +350,12 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
             else:
                 path, fn_count = f"lut_{fn_count}", fn_count + 1
             install(node, node, path, QLut(fn, fname, **kw), (x,))
+        elif kind == "softmax":
+            if node.op == "call_module":
+                path = node.target
+            else:
+                path, fn_count = f"softmax_{fn_count}", fn_count + 1
+            install(node, node, path, QSoftmax(softmax_dim(node, modules), **kw), (node.args[0],))
         elif kind == "mul":
             last, act = act_after(node)
             path, fn_count = f"mul_{fn_count}", fn_count + 1
@@ -360,7 +366,8 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
                              "integer-only conversion; supported: Conv2d(+BatchNorm2d)(+ReLU/ReLU6), "
                              "Linear(+ReLU/ReLU6), Add, cat, mul, max/avg pools, sigmoid/tanh/hardswish/"
                              "hardsigmoid/silu/gelu/leaky_relu, permute/transpose, reshape/view/flatten/squeeze, "
-                             "slicing, constant zero pad; IntegerOnly(mixed=True) leaves the rest in float")
+                             "slicing, constant zero pad, softmax (last axis); IntegerOnly(mixed=True) leaves the rest "
+                             "in float")
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -490,3 +490,30 @@ def run_program(model, q: np.ndarray) -> dict[str, np.ndarray]:
             raise ModelError(f"op {op.label} produced {y.dtype}, expected uint8")
         env[op.output] = y
     return env
+
+
+def softmax(q, table, multiplier: int, z_y: int) -> np.ndarray:
+    """Integer softmax over the last axis (the definition of :class:`.ir_more.Softmax`).
+
+    Args:
+        q: uint8 codes.
+        table: int32 ``(256,)``: ``round(2^16·exp(−S_in·d))`` for ``d = 0..255``, ``table[0] >= 1``.
+        multiplier: ``round(2^16 / S_out)``.
+        z_y: output zero point.
+
+    Returns:
+        uint8 array of the input's shape.
+    """
+    x = _arr(q, "q", np.uint8).astype(np.int64)
+    t = _arr(table, "table", np.int32, 1).astype(np.int64)
+    if t.shape != (256,) or t[0] < 1 or t.min() < 0:
+        raise ModelError("the softmax table must hold 256 non-negative entries, the first >= 1")
+    e = t[x.max(axis=-1, keepdims=True) - x]
+    den = e.sum(axis=-1, keepdims=True) << 16
+    y = (e * int(multiplier) + (den >> 1)) // den + _code(z_y, "z_y")
+    return np.clip(y, 0, 255).astype(np.uint8)
+
+
+@KERNELS.register(ir.Softmax)
+def _softmax(model, op: ir.Softmax, env: dict, zp: dict) -> np.ndarray:
+    return softmax(env[op.inputs[0]], _buf(model, op.table), op.multiplier, zp[op.output])

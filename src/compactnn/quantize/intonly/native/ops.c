@@ -133,3 +133,25 @@ void cnn_gather2_table(const uint8_t *a, const uint8_t *c, uint8_t *y, int64_t n
         for (int64_t i = 0; i < ysize; i++) yb[i] = table[((int64_t)ab[ia[i]] << 8) | cb[ic[i]]];
     }
 }
+
+/* Integer softmax over rows of len codes (ir_more.Softmax): d = max - x, e = table[d], s = sum e,
+   y = clamp(zout + (e * mult + (s << 16) / 2) / (s << 16), 0, 255). The caller checks table[0] >= 1 (so s >= 1),
+   entries in [0, 2^16], mult < 2^40 and len <= 2^24: every term is a non-negative int64. */
+void cnn_softmax(const uint8_t *x, uint8_t *y, int64_t rows, int64_t len, const int64_t *table, int64_t mult,
+                 int64_t zout, int nthreads) {
+    if (rows * len < 100000) nthreads = 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *xr = x + r * len;
+        uint8_t *yr = y + r * len;
+        uint8_t mx = 0;
+        for (int64_t k = 0; k < len; k++) mx = xr[k] > mx ? xr[k] : mx;
+        int64_t s = 0;
+        for (int64_t k = 0; k < len; k++) s += table[mx - xr[k]];
+        const int64_t den = s << 16;
+        for (int64_t k = 0; k < len; k++) {
+            int64_t v = (table[mx - xr[k]] * mult + (den >> 1)) / den + zout;
+            yr[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    }
+}

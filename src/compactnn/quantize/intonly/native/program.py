@@ -593,3 +593,14 @@ def _mul(prog, model, op, shapes, zp):
     ib = prog.keep(_index(_arena_order(np.broadcast_to(_positions(b), out)), 0, int(np.prod(b)), size))
     na, nb = int(np.prod(a)), int(np.prod(b))
     return (lambda p, n, t: prog.lib.cnn_gather2_table(p[0], p[1], p[2], n, na, nb, size, ia, ib, tp, t)), out
+
+
+@KERNELS.register(ir.Softmax)
+def _softmax(prog, model, op, shapes, zp):
+    (s,) = shapes
+    table = getattr(model, op.table).numpy().astype(np.int64)
+    if len(s) not in (1, 2) or table.shape != (256,) or table[0] < 1 or table.min() < 0:
+        raise ModelError(f"native program: softmax {op.label} has a malformed table or shape")  # checked by ir too
+    tp, rows, row = prog.keep(table), int(np.prod(s[:-1])), int(s[-1])
+    m, zy = int(op.multiplier), zp[op.output]
+    return (lambda p, n, t: prog.lib.cnn_softmax(p[0], p[1], n * rows, row, tp, m, zy, t)), tuple(s)
