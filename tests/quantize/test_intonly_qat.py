@@ -119,12 +119,12 @@ def test_unsupported_layer_is_named():
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3)
-            self.act = nn.Softmax(dim=1)
+            self.act = nn.LogSoftmax(dim=1)
 
         def forward(self, x):
             return self.act(self.conv(x))
 
-    with pytest.raises(ModelError, match=r"'act' of type Softmax"):
+    with pytest.raises(ModelError, match=r"'act' of type LogSoftmax"):
         prepare(Bad())
 
     class Lonely(nn.Module):
