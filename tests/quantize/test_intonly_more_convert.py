@@ -155,6 +155,37 @@ def test_models_convert_whole_and_every_engine_agrees(cls, kinds):
     assert err < 0.15, f"integer model far from the float one: relative error {err:.3f}"
 
 
+def test_a_table_of_a_table_is_one_table():
+    class Chain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 16)
+
+        def forward(self, x):
+            return F.hardsigmoid(torch.tanh(self.fc(x.flatten(1))) * 0.5)
+
+    model = Chain()
+    im, x = _int_model(model)
+    assert [op.kind for op in im.ops] == ["flatten", "linear", "lut"]
+    gm = prepare(model)
+    calibrate(gm, [x[:64]])
+    from compactnn.quantize.intonly.lower import lut_table
+
+    q = im.quantize_input(x)
+    codes = im.run_values(q, "reference")
+    lin, lut = im.ops[1], im.ops[2]
+    # the composed table equals applying the three tables one after the other (each from its own observer)
+    qs = [m for m in gm.modules() if type(m).__name__ == "QLut"]
+    v = [(im.values[lin.output]["scale"], im.values[lin.output]["zero_point"])]
+    v += [m.out_quant.qparams() for m in qs]
+    table = np.arange(256)
+    for m, (si, zi), (so, zo) in zip(qs, v[:-1], v[1:]):
+        table = lut_table(m.fn, si, zi, so, zo)[table]
+    assert np.array_equal(getattr(im, lut.table).numpy(), table)
+    assert torch.equal(codes[lut.output], torch.from_numpy(table[codes[lin.output].numpy()].astype(np.uint8)))
+    _agree(im, x)
+
+
 def test_se_gate_multiplies_with_broadcast():
     im, _ = _int_model(SE())
     shapes = im.validate()

@@ -214,9 +214,16 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
         elif isinstance(mod, QLut):
             s_out, z_out = observed(mod.out_quant, where)
             table = lut_table(mod.fn, values[x]["scale"], values[x]["zero_point"], s_out, z_out)
-            tensors[f"t{i}"] = torch.from_numpy(table)
+            function = mod.function
+            prev = ops[-1] if ops else None
+            if isinstance(prev, ir.Lut) and prev.output == x and len(node.args[0].users) == 1:
+                # a table of a table (tanh(x) * 0.5, then hardsigmoid, ...): one table, the same codes
+                table, function = table[tensors.pop(prev.table).numpy()], "custom"
+                ops.pop()  # (x keeps its entry in values, unused)
+                x, i = prev.inputs[0], i - 1
+            tensors[f"t{i}"] = torch.from_numpy(np.ascontiguousarray(table))
             ops.append(ir.Lut(inputs=(x,), output=new_value(s_out, z_out, shape), table=f"t{i}",
-                              function=mod.function, name=str(node.target)))
+                              function=function, name=str(node.target)))
         elif isinstance(mod, QSoftmax):
             rank = 1 + len(shapes[x])
             if not isinstance(mod.dim, int) or mod.dim % rank != rank - 1 or len(shapes[x]) not in (1, 2):
