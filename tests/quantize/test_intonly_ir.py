@@ -53,6 +53,12 @@ EXAMPLES = [
     ir.Add(inputs=("a", "b"), output="c", multiplier_a=1 << 30, shift_a=0, multiplier_b=1 << 30, shift_b=-1,
            multiplier_out=(1 << 31) - 1, shift_out=-19, left_shift=20, qmin=0, qmax=200),
     ir.Concat(inputs=("a", "b"), output="c", multipliers=(None, (1 << 30, -2))),
+    ir.Permute(inputs=("v0",), output="v1", dims=(0, 2, 3, 1)),
+    ir.Reshape(inputs=("v0",), output="v1", shape=(4, 9)),
+    ir.Slice(inputs=("v0",), output="v1", axis=1, start=2, stop=9, step=3),
+    ir.Pad(inputs=("v0",), output="v1", axis=1, before=2, after=2),
+    ir.Lut(inputs=("v0",), output="v1", table="t", function="sigmoid"),
+    ir.Mul(inputs=("a", "b"), output="c", multiplier=1 << 30, shift=-7, qmin=0, qmax=255),
 ]
 
 

@@ -119,24 +119,24 @@ def test_unsupported_layer_is_named():
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3)
-            self.act = nn.Sigmoid()
+            self.act = nn.Softmax(dim=1)
 
         def forward(self, x):
             return self.act(self.conv(x))
 
-    with pytest.raises(ModelError, match=r"'act' of type Sigmoid"):
+    with pytest.raises(ModelError, match=r"'act' of type Softmax"):
         prepare(Bad())
 
     class Lonely(nn.Module):
         def __init__(self):
             super().__init__()
             self.pool = nn.MaxPool2d(2)
-            self.relu = nn.ReLU()
+            self.bn = nn.BatchNorm2d(1)
 
         def forward(self, x):
-            return self.relu(self.pool(x))
+            return self.bn(self.pool(x))
 
-    with pytest.raises(ModelError, match="'relu' of type ReLU"):
+    with pytest.raises(ModelError, match="'bn' of type BatchNorm2d does not follow a Conv2d"):
         prepare(Lonely())
 
 

@@ -11,17 +11,20 @@ integers only.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
 from compactnn.errors import ModelError
-from compactnn.graph import pair
+from compactnn.graph import pair, source_line
 
 from . import ir
 from .fakequant import ActQuant
 from .model import IntegerModel
+from .lower import QLut, QMul, kind_of, lower_move, lut_table
 from .qat import QAdd, QCat, QConv2d, QLinear, QuantInput, _describe
 from .fixedpoint import quantize_multiplier
 from .qparams import add_multipliers, bias_int32, output_multiplier, quantize, relu_range, symmetric_int8
@@ -60,26 +63,42 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
     def pass_value(src: str, shape: tuple) -> str:
         return new_value(values[src]["scale"], values[src]["zero_point"], shape)
 
+    def emit(node: fx.Node, where: str, cls, src: str, **fields) -> str:
+        """Append a data-movement op reading ``src`` (output: the input's scale and zero point); its value."""
+        out = pass_value(src, ())
+        try:
+            op = cls(inputs=(src,), output=out, name=_layer_name(node), **fields)
+            shapes[out] = tuple(op.infer([shapes[src]], None))
+        except (ir._Bad, ModelError) as err:
+            raise ModelError(f"{where}: {str(err).removeprefix('integer op ')}") from None
+        ops.append(op)
+        return out
+
     def observed(aq: ActQuant, what: str) -> tuple[float, int]:
         if not aq.observed:
             raise ModelError(f"{what}: its output range was never observed; calibrate or train before converting")
         return aq.qparams()
 
-    # shapes by running one zero sample through the prepared model
+    # shapes by running two zero samples through the prepared model (two: a view that folds the batch shows)
     shape_of: dict[fx.Node, tuple] = {}
+    batch_of: dict[fx.Node, int] = {}
+    const_of: dict[fx.Node, object] = {}
 
     class _Shapes(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
             if isinstance(out, torch.Tensor):
                 shape_of[n] = tuple(out.shape[1:])
+                batch_of[n] = int(out.shape[0]) if out.dim() else 0
+            elif isinstance(out, (int, tuple)):  # sizes: x.size()[3] as a pooling kernel is a constant
+                const_of[n] = out
             return out
 
     saved = [(m, m.enabled, m.calibrating) for m in modules.values() if isinstance(m, ActQuant)]
     try:
         for m, _, _ in saved:
             m.enabled, m.calibrating = False, False
-        _Shapes(prepared).run(torch.zeros((1, *input_shape)))
+        _Shapes(prepared).run(torch.zeros((2, *input_shape)))
     finally:
         for m, en, cal in saved:
             m.enabled, m.calibrating = en, cal
@@ -98,6 +117,8 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
         args = [env.get(a) if isinstance(a, fx.Node) else a for a in node.args]
         mod = modules.get(node.target) if node.op == "call_module" else None
         where = _describe(node, modules)
+        line = source_line(node) if node.op != "placeholder" else None
+        where = f"{where} (at {line})" if line else where
         if isinstance(mod, QuantInput):
             s, z = observed(mod, where)
             env[node] = new_value(s, z, shape)
@@ -106,6 +127,21 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
         if node.op == "call_method" and node.target == "size":
             env[node] = None
             continue
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(env.get(node.args[0]),
+                                                                                        tuple):
+            _, src, axis, bounds = env[node.args[0]]  # a part of chunk/split
+            start, stop = bounds[node.args[1]]
+            env[node] = emit(node, where, ir.Slice, src, axis=axis, start=start, stop=stop)
+            continue
+        if node not in shape_of:  # not a tensor: sizes and shapes (their users take them as constants), parts
+            is_parts = kind_of(node, modules) == "move" and isinstance(args[0] if args else None, str)
+            env[node] = lower_move(node, modules, args[0], shapes[args[0]], None, lambda *a, **k: None, where) \
+                if is_parts and (node.target in ("chunk", "split") or node.target in (torch.chunk, torch.split)) \
+                else None
+            continue
+        if batch_of.get(node) != 2:
+            raise ModelError(f"{where} changes the batch dimension (a view or reshape that folds it); the integer "
+                             "model keeps whole samples")
         x = args[0] if args else None
         if node.op != "call_function" or node.target is not torch.cat:
             if not isinstance(x, str):
@@ -158,7 +194,7 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             continue
         elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)) or (
                 node.op == "call_function" and node.target in (F.max_pool2d, F.avg_pool2d)):
-            ops.append(_pool_op(node, mod, x, pass_value(x, shape), where))
+            ops.append(_pool_op(node, mod, x, pass_value(x, shape), where, const_of))
         elif isinstance(mod, nn.AdaptiveAvgPool2d) or (
                 node.op == "call_function" and node.target is F.adaptive_avg_pool2d):
             if shape[1:] != (1, 1):
@@ -169,6 +205,35 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
                 env[node] = x
                 continue
             ops.append(ir.Flatten(inputs=(x,), output=pass_value(x, shape), name=_layer_name(node)))
+        elif isinstance(mod, QLut):
+            s_out, z_out = observed(mod.out_quant, where)
+            table = lut_table(mod.fn, values[x]["scale"], values[x]["zero_point"], s_out, z_out)
+            tensors[f"t{i}"] = torch.from_numpy(table)
+            ops.append(ir.Lut(inputs=(x,), output=new_value(s_out, z_out, shape), table=f"t{i}",
+                              function=mod.function, name=str(node.target)))
+        elif isinstance(mod, QMul):
+            a, b = args
+            if not isinstance(b, str):
+                raise ModelError(f"{where} multiplies something that is not a quantized tensor")
+            if len(shapes[a]) != len(shapes[b]):  # NumPy broadcasting: leading 1s on the shorter one
+                lo, hi = (a, b) if len(shapes[a]) < len(shapes[b]) else (b, a)
+                lo2 = emit(node, where, ir.Reshape, lo,
+                           shape=(1,) * (len(shapes[hi]) - len(shapes[lo])) + tuple(shapes[lo]))
+                a, b = (lo2, hi) if lo == a else (hi, lo2)
+            s_out, z_out = observed(mod.out_quant, where)
+            m0, sh = quantize_multiplier(values[a]["scale"] * values[b]["scale"] / s_out)
+            qmin, qmax = relu_range(z_out, s_out, mod.activation)
+            ops.append(ir.Mul(inputs=(a, b), output=new_value(s_out, z_out, shape), multiplier=m0, shift=sh,
+                              activation=mod.activation, qmin=int(qmin), qmax=int(qmax), name=str(node.target)))
+        elif kind_of(node, modules) == "move" or isinstance(mod, nn.Flatten) or (
+                node.op == "call_method" and node.target in ("view", "reshape", "flatten")) or (
+                node.op == "call_function" and node.target is torch.flatten):
+            v = lower_move(node, modules, x, shapes[x], shape,
+                           lambda cls, src, **f: emit(node, where, cls, src, **f), where)
+            if v != x and shapes[v] != shape:
+                raise ModelError(f"{where}: lowered to shape {shapes[v]}, but the float model gives {shape}")
+            env[node] = v
+            continue
         else:
             kind = type(mod).__name__ if mod is not None else None
             msg = where if kind is None else f"layer {node.target!r} of type {kind}"
@@ -189,7 +254,7 @@ def _layer_name(node: fx.Node) -> str:
     return str(node.target) if node.op == "call_module" else node.name
 
 
-def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> ir.Op:
+def _pool_op(node: fx.Node, mod, x: str, out: str, where: str, const_of: dict) -> ir.Op:
     if mod is not None:
         k, s, p = mod.kernel_size, mod.stride, mod.padding
         ceil = mod.ceil_mode
@@ -200,6 +265,7 @@ def _pool_op(node: fx.Node, mod, x: str, out: str, where: str) -> ir.Op:
         names = ["kernel_size", "stride", "padding"]
         vals = dict(zip(names, node.args[1:]))
         vals.update({k: v for k, v in node.kwargs.items() if k in names})
+        vals = {k: const_of.get(v, v) if isinstance(v, fx.Node) else v for k, v in vals.items()}
         k, s, p = vals["kernel_size"], vals.get("stride") or vals["kernel_size"], vals.get("padding", 0)
         ceil, dil = node.kwargs.get("ceil_mode", False), node.kwargs.get("dilation", 1)
     s = k if s is None or s == [] else s

@@ -334,7 +334,14 @@ def _linear(engine, model, op: ir.Linear, zp: dict):
     rq = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), zp[op.output], op.qmin,
                  op.qmax, bias=bias)
     wtt = w.contiguous().t()
-    return lambda x: rq(torch._int_mm(x, wtt))
+    o = w.shape[0]
+
+    def linear(x):
+        if x.dim() == 2:
+            return rq(torch._int_mm(x, wtt))
+        return rq(torch._int_mm(x.reshape(-1, x.shape[-1]), wtt)).view(*x.shape[:-1], o)  # (N, T, F): row by row
+
+    return linear
 
 
 @KERNELS.register(ir.MaxPool2d)
@@ -406,3 +413,59 @@ def _concat(engine, model, op: ir.Concat, zp: dict):
         return torch.cat([one(x, part) for x, part in zip(xs, parts)], dim=-1)  # NHWC channels / (N, F)
 
     return cat
+
+
+# ------------------------------------------------------------------------------------------ data movement, lut, mul
+# Values of rank 3 are NHWC here (4-D tensors); data movement works on the PyTorch layout and converts back.
+
+
+def _pt(x: Tensor) -> Tensor:
+    return x.permute(0, 3, 1, 2) if x.dim() == 4 else x
+
+
+def _internal(y: Tensor) -> Tensor:
+    return y.permute(0, 2, 3, 1).contiguous() if y.dim() == 4 else y.contiguous()
+
+
+@KERNELS.register(ir.Permute)
+def _permute(engine, model, op: ir.Permute, zp: dict):
+    dims = op.dims
+    return lambda x: _internal(_pt(x).permute(dims))
+
+
+@KERNELS.register(ir.Reshape)
+def _reshape(engine, model, op: ir.Reshape, zp: dict):
+    shape = op.shape
+    return lambda x: _internal(_pt(x).reshape(x.shape[0], *shape))
+
+
+@KERNELS.register(ir.Slice)
+def _slice(engine, model, op: ir.Slice, zp: dict):
+    index = (slice(None),) * op.axis + (slice(op.start, op.stop, op.step),)
+    return lambda x: _internal(_pt(x)[index])
+
+
+@KERNELS.register(ir.Pad)
+def _pad_op(engine, model, op: ir.Pad, zp: dict):
+    fill, axis, widths = zp[op.inputs[0]] - 128, op.axis, [op.before, op.after]
+
+    def pad(x):
+        t = _pt(x)
+        return _internal(torch.nn.functional.pad(t, [0, 0] * (t.dim() - 1 - axis) + widths, value=fill))
+
+    return pad
+
+
+@KERNELS.register(ir.Lut)
+def _lut(engine, model, op: ir.Lut, zp: dict):
+    table = getattr(model, op.table).to(torch.int64)
+    # internal byte b = q ^ 128 (read as uint8) -> internal byte of table[q]
+    t2 = ((table[torch.arange(256) ^ 128] ^ 128).to(torch.uint8)).view(torch.int8)
+    return lambda x: t2[x.view(torch.uint8).to(_I64)]
+
+
+@KERNELS.register(ir.Mul)
+def _mul(engine, model, op: ir.Mul, zp: dict):
+    za, zb = zp[op.inputs[0]] - 128, zp[op.inputs[1]] - 128
+    rq = Requant(op.multiplier, op.shift, zp[op.output], op.qmin, op.qmax)
+    return lambda a, b: rq(torch.mul(a.to(_I64) - za, b.to(_I64) - zb))  # same-rank values broadcast in NHWC too

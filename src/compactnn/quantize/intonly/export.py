@@ -102,8 +102,18 @@ def _linear(g: Graph, i: int, op: ir.Linear) -> None:
     ws, wz = _weight_scale(g, op, w.shape[0], name)
     xs, xz = g.qparams(op.inputs[0])
     ys, yz = g.qparams(op.output)
-    g.node("QGemm", [op.inputs[0], xs, xz, g.const(f"{name}_w", w), ws, wz, _bias(g, op, w.shape[0], name), ys, yz],
+    x = op.inputs[0]
+    tokens = len(g.shapes[x]) == 2  # (N, T, F): QGemm takes matrices, so (N·T, F) and back
+    if tokens:
+        x = f"{op.output}_rows_in"
+        g.node("Reshape", [op.inputs[0], g.const(f"{name}_rows", np.array([-1, w.shape[1]], dtype=np.int64))], [x])
+    g.node("QGemm", [x, xs, xz, g.const(f"{name}_w", w), ws, wz, _bias(g, op, w.shape[0], name), ys, yz],
            [raw], domain=MS, transA=0, transB=1, alpha=1.0)
+    if tokens:
+        back = f"{op.output}_rows_out"
+        g.node("Reshape", [raw, g.const(f"{name}_back", np.array([-1, *g.shapes[op.output]], dtype=np.int64))],
+               [back])
+        raw = back
     g.clamp(op, raw, op.output)
 
 
@@ -137,6 +147,27 @@ def _global_avg_pool(g: Graph, i: int, op: ir.GlobalAvgPool) -> None:
 
 KERNELS.register(ir.MaxPool2d)(emit_max_pool)
 KERNELS.register(ir.Flatten)(emit_flatten)
+for _t, _fn in ((ir.Permute, exact.emit_permute), (ir.Reshape, exact.emit_reshape), (ir.Slice, exact.emit_slice),
+                (ir.Pad, exact.emit_pad)):  # codes move unchanged: the same nodes as the exact export
+    KERNELS.register(_t)(_fn)
+
+
+@KERNELS.register(ir.Lut)
+def _lut(g: Graph, i: int, op: ir.Lut) -> None:
+    """sigmoid: ORT's ``QLinearSigmoid`` (its own float rounding, so a code may differ); every other table:
+    ``Gather`` of the table (exact; ORT has no QLinear kernel for tanh, hardswish, GELU, SiLU, ...)."""
+    if op.function == "sigmoid":
+        x = op.inputs[0]
+        g.node("QLinearSigmoid", [x, *g.qparams(x), *g.qparams(op.output)], [op.output], domain=MS)
+    else:
+        exact.emit_lut(g, i, op)
+
+
+@KERNELS.register(ir.Mul)
+def _mul(g: Graph, i: int, op: ir.Mul) -> None:
+    (a, b), raw = op.inputs, f"{op.output}_raw"
+    g.node("QLinearMul", [a, *g.qparams(a), b, *g.qparams(b), *g.qparams(op.output)], [raw], domain=MS)
+    g.clamp(op, raw, op.output)
 
 
 def _check_mode(mode: str) -> None:
@@ -170,6 +201,7 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     _check_mode(mode)
     shapes = ir.check_program(model)
     g = Graph(model)
+    g.shapes = shapes
     v_in, v_out = model.input["value"], model.output["value"]
     if mode == "exact":
         exact.quantize_input(g, v_in)
@@ -254,6 +286,7 @@ def build_op_onnx(model, index: int, opset: int = DEFAULT_OPSET, mode: str = "ex
     shapes = ir.check_program(model)
     op = model.ops[int(index)]
     g = Graph(model)
+    g.shapes = shapes
     (exact.KERNELS if mode == "exact" else KERNELS).get(op)(g, int(index), op)
     ins = [helper.make_tensor_value_info(v, TensorProto.UINT8, [f"{v}_d{d}" for d in range(1 + len(shapes[v]))])
            for v in dict.fromkeys(op.inputs)]

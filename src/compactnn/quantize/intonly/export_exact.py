@@ -175,3 +175,46 @@ def dequantize_output(g: Graph, v_out: str) -> None:
     d = _op(g, "Sub", [_op(g, "Cast", [v_out], to=_DOUBLE),
                        _c(g, "out_zp", float(g.model.output["zero_point"]), np.float64)])
     g.node("Cast", [_op(g, "Mul", [d, _c(g, "out_scale", g.model.output["scale"], np.float64)])], ["output"], to=_FLOAT)
+
+
+# ------------------------------------------------------------------------------------------ data movement, lut, mul
+
+
+def emit_permute(g: Graph, i: int, op) -> None:
+    g.node("Transpose", [op.inputs[0]], [op.output], perm=list(op.dims))
+
+
+def emit_reshape(g: Graph, i: int, op) -> None:
+    g.node("Reshape", [op.inputs[0], _c(g, "shape", [0, *op.shape])], [op.output])  # 0: keep the batch size
+
+
+def emit_slice(g: Graph, i: int, op) -> None:
+    g.node("Slice", [op.inputs[0], _c(g, "start", [op.start]), _c(g, "stop", [op.stop]), _c(g, "axes", [op.axis]),
+                     _c(g, "step", [op.step])], [op.output])
+
+
+def emit_pad(g: Graph, i: int, op) -> None:
+    rank = 1 + len(g.shapes[op.inputs[0]])  # the value shapes of ir.check_program (set by the exporter)
+    pads = [0] * (2 * rank)
+    pads[op.axis], pads[rank + op.axis] = op.before, op.after
+    fill = _c(g, "pad_fill", g.model.values[op.inputs[0]]["zero_point"], np.uint8)  # real 0
+    g.node("Pad", [op.inputs[0], _c(g, "pads", pads), fill], [op.output], mode="constant")
+
+
+def emit_lut(g: Graph, i: int, op) -> None:
+    """The table lookup: ``Gather`` of the 256 codes at the input codes (exact in any ONNX runtime)."""
+    table = g.const(f"op{i}_table", g.buffer(op.table).astype(np.uint8).reshape(256))
+    g.node("Gather", [table, _op(g, "Cast", [op.inputs[0]], to=_INT64)], [op.output], axis=0)
+
+
+for _t, _fn in ((ir.Permute, emit_permute), (ir.Reshape, emit_reshape), (ir.Slice, emit_slice), (ir.Pad, emit_pad),
+                (ir.Lut, emit_lut)):
+    KERNELS.register(_t)(_fn)
+
+
+@KERNELS.register(ir.Mul)
+def _mul(g: Graph, i: int, op: ir.Mul) -> None:
+    """``(q_a − Z_a)·(q_b − Z_b)`` in int64 (ONNX broadcasting = the IR's), then the requantization of Add/Conv."""
+    acc = _op(g, "Mul", [_centered(g, op.inputs[0]), _centered(g, op.inputs[1])])
+    y = mbqm(g, acc, op.multiplier, op.shift)
+    _to_codes(g, y, int(g.model.values[op.output]["zero_point"]), op.qmin, op.qmax, op.output)

@@ -143,6 +143,8 @@ class Op:
     optional_buffers: ClassVar[tuple[str, ...]] = ()
     #: fields of files written by earlier versions that are accepted and dropped (never read)
     legacy_fields: ClassVar[frozenset[str]] = frozenset()
+    #: the output keeps the input's scale and zero point (codes pass through: pools, data movement)
+    passes_qparams: ClassVar[bool] = False
 
     inputs: tuple[str, ...]
     output: str
@@ -303,7 +305,8 @@ class Conv2d(_Weighted):
 @dataclass(frozen=True, kw_only=True)
 class Linear(_Weighted):
     """Fully connected layer with fused requantization: int8 weight ``(O, F)`` for an input of ``F`` features
-    (exactly; a narrower or wider weight is an error), buffers and clamp as :class:`Conv2d`."""
+    (exactly; a narrower or wider weight is an error), buffers and clamp as :class:`Conv2d`. The input is ``(F,)``
+    or ``(T, F)`` (applied to each of the ``T`` rows, as ``nn.Linear`` on a token sequence)."""
 
     kind: ClassVar[str] = "linear"
 
@@ -320,14 +323,14 @@ class Linear(_Weighted):
         self._check_weighted()
 
     def infer(self, shapes, buffers):
-        if len(shapes[0]) != 1:
-            raise _Bad(f"linear needs a flat (F,) input, got shape {shapes[0]}; flatten it first")
-        f = shapes[0][0]
+        if len(shapes[0]) not in (1, 2):
+            raise _Bad(f"linear needs a flat (F,) or token (T, F) input, got shape {shapes[0]}; flatten it first")
+        f = shapes[0][-1]
         wt = buffers.expect(self.weight, "int8", None, "weight")
         if len(wt.shape) != 2 or wt.shape[0] < 1 or wt.shape[1] != f:
             raise _Bad(f"weight must have shape (O, {f}) for an input of {f} features, got {wt.shape}")
         self._check_buffers(buffers, wt.shape[0])
-        return (wt.shape[0],)
+        return (*shapes[0][:-1], wt.shape[0])
 
 
 @register_op
@@ -470,6 +473,8 @@ class Concat(Op):
 
     def infer(self, shapes, buffers):
         first = shapes[0]
+        if len(first) not in (1, 3):
+            raise _Bad(f"concatenates channels of (F,) or (C, H, W) values only, got shape {first}")
         for s in shapes[1:]:
             if len(s) != len(first) or s[1:] != first[1:]:
                 raise _Bad(f"inputs of shapes {shapes} do not fit along the channel axis")
@@ -633,7 +638,8 @@ def _check_program(model, metadata: bool) -> dict[str, tuple[int, ...]]:
                     if m is None and qp[v][1] != qp[op.output][1]:
                         raise _Bad(f"input {v!r} passes through (no multiplier) but its zero point differs from "
                                    "the output's")
-            if type(op) in (MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten) and qp[op.inputs[0]] != qp[op.output]:
+            if (op.passes_qparams or type(op) in (MaxPool2d, AvgPool2d, GlobalAvgPool, Flatten)) and \
+                    qp[op.inputs[0]] != qp[op.output]:
                 raise _Bad("must keep its input's scale and zero point")
             out = tuple(int(s) for s in op.infer([shapes[v] for v in op.inputs], buffers))
             if min(out, default=1) < 1 or _prod(out) > MAX_VALUE_ELEMENTS:
@@ -689,3 +695,9 @@ def load_backends() -> dict[str, Kernels]:
     for mod in BACKEND_MODULES:
         importlib.import_module(f"{__package__}.{mod}")
     return BACKENDS
+
+
+# the more ops (data movement, lookup tables, mul) register themselves into OPS; re-exported here as ir.<Op>
+from .ir_more import Lut, Mul, Pad, Permute, Reshape, Slice  # noqa: E402
+
+__all__ += ["Lut", "Mul", "Pad", "Permute", "Reshape", "Slice"]

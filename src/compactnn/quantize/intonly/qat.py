@@ -8,9 +8,12 @@ and replaces, in a ``GraphModule``:
 - ``Add`` (the marker :class:`compactnn.graph.Add`, ``operator.add``, ``torch.add``) ``[→ ReLU/ReLU6]`` by
   :class:`QAdd`;
 - ``torch.cat`` and the marker :class:`compactnn.graph.Concat` (channels) by :class:`QCat`;
-- and puts an :class:`.fakequant.ActQuant` on the input. Pools, flatten (``nn.Flatten``, ``torch.flatten``,
-  ``x.view(x.size(0), -1)``), ``Identity`` and ``Dropout`` stay as they are. Anything else is a ModelError naming the
-  layer and its type.
+- sigmoid, tanh, hardswish, hardsigmoid, SiLU, GELU, LeakyReLU, a ReLU that cannot be fused and ``x * number`` by
+  :class:`.lower.QLut` (a table of codes at conversion), the product of two tensors ``[→ ReLU/ReLU6]`` by
+  :class:`.lower.QMul` (see :mod:`.lower`);
+- and puts an :class:`.fakequant.ActQuant` on the input. Pools, data movement (flatten, view/reshape, permute/
+  transpose, squeeze/unsqueeze, slicing, chunk/split, constant zero pad), ``Identity`` and ``Dropout`` stay as they
+  are. Anything else is a ModelError naming the layer, its type and its source line.
 
 **BN folding (the paper's Figure C.8).** With ``σ = sqrt(var + eps)``, the folded layer computes
 ``conv(x, fq(w·γ/σ)) + (β − γ·(μ − b)/σ)`` where ``b`` is the conv's own bias (0 if none). While training and before
@@ -33,6 +36,7 @@ from compactnn.errors import ModelError
 from compactnn.graph import Add, Concat, source_line, trace
 
 from .fakequant import ActQuant, fake_quant_weight
+from .lower import QLut, QMul, kind_of, lut_from_node
 
 __all__ = ["QAdd", "QCat", "QConv2d", "QLinear", "QuantInput", "prepare", "qmodules", "set_fake_quant"]
 
@@ -206,7 +210,10 @@ PASS_METHODS = ("view", "reshape", "flatten", "size")
 
 
 def _kind(node: fx.Node, modules: dict) -> str:
-    """Classify a graph node: conv, bn, linear, relu, relu6, add, cat, pass, or other."""
+    """Classify a graph node: conv, bn, linear, relu, relu6, add, cat, pass, lut, mul, move, or other."""
+    more = kind_of(node, modules)  # tables, products, data movement (see .lower)
+    if more is not None:
+        return more
     if node.op == "call_module":
         m = modules[node.target]
         for cls, k in ((nn.Conv2d, "conv"), (nn.BatchNorm2d, "bn"), (nn.Linear, "linear"), (nn.ReLU6, "relu6"),
@@ -336,14 +343,24 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
         elif kind == "bn":
             raise ModelError(f"{_describe(node, modules)} does not follow a Conv2d; integer-only folds BN into the "
                              "conv before it")
-        elif kind in ("relu", "relu6"):
-            raise ModelError(f"{_describe(node, modules)} does not follow a conv, linear or add it can be fused "
-                             "into; integer-only only supports fused activations")
+        elif kind in ("relu", "relu6", "lut"):  # a ReLU that cannot be fused, or a function: a table of codes
+            fn, fname, x = lut_from_node(node, modules)
+            if node.op == "call_module":
+                path = node.target
+            else:
+                path, fn_count = f"lut_{fn_count}", fn_count + 1
+            install(node, node, path, QLut(fn, fname, **kw), (x,))
+        elif kind == "mul":
+            last, act = act_after(node)
+            path, fn_count = f"mul_{fn_count}", fn_count + 1
+            install(last, node, path, QMul(act, **kw), tuple(node.args))
         elif kind == "other":
             where = source_line(node)
             raise ModelError(f"{_describe(node, modules)}{f' (at {where})' if where else ''} is not supported by "
                              "integer-only conversion; supported: Conv2d(+BatchNorm2d)(+ReLU/ReLU6), "
-                             "Linear(+ReLU/ReLU6), Add, cat, max/avg pools, flatten")
+                             "Linear(+ReLU/ReLU6), Add, cat, mul, max/avg pools, sigmoid/tanh/hardswish/"
+                             "hardsigmoid/silu/gelu/leaky_relu, permute/transpose, reshape/view/flatten/squeeze, "
+                             "slicing, constant zero pad; IntegerOnly(mixed=True) leaves the rest in float")
     graph.eliminate_dead_code()
     gm.delete_all_unused_submodules()
     gm.recompile()

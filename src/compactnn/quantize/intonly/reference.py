@@ -20,7 +20,7 @@ from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
 
 __all__ = ["KERNELS", "add", "avg_pool2d", "clamp", "concat", "conv2d", "conv2d_acc", "linear", "linear_acc", "max_pool2d",
-           "run_program"]
+           "mul", "run_program"]
 
 
 # ------------------------------------------------------------------------------------------------------------- checks
@@ -368,7 +368,9 @@ def _conv2d(model, op: ir.Conv2d, env: dict, zp: dict) -> np.ndarray:
 @KERNELS.register(ir.Linear)
 def _linear(model, op: ir.Linear, env: dict, zp: dict) -> np.ndarray:
     x = op.inputs[0]
-    return linear(env[x], zp[x], _buf(model, op.weight), **_weighted_args(model, op, zp))
+    q = env[x]
+    y = linear(q.reshape(-1, q.shape[-1]), zp[x], _buf(model, op.weight), **_weighted_args(model, op, zp))
+    return y.reshape(*q.shape[:-1], y.shape[-1])  # (N, F) or (N, T, F): every row alike
 
 
 @KERNELS.register(ir.MaxPool2d)
@@ -404,6 +406,67 @@ def _add(model, op: ir.Add, env: dict, zp: dict) -> np.ndarray:
 def _concat(model, op: ir.Concat, env: dict, zp: dict) -> np.ndarray:
     return concat([env[i] for i in op.inputs], [zp[i] for i in op.inputs], op.multipliers, zp[op.output], op.axis,
                   op.left_shift, op.qmin, op.qmax)
+
+
+@KERNELS.register(ir.Permute)
+def _permute(model, op: ir.Permute, env: dict, zp: dict) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(env[op.inputs[0]], op.dims))
+
+
+@KERNELS.register(ir.Reshape)
+def _reshape(model, op: ir.Reshape, env: dict, zp: dict) -> np.ndarray:
+    x = env[op.inputs[0]]
+    return x.reshape(x.shape[0], *op.shape)
+
+
+@KERNELS.register(ir.Slice)
+def _slice(model, op: ir.Slice, env: dict, zp: dict) -> np.ndarray:
+    x = env[op.inputs[0]]
+    return np.ascontiguousarray(x[(slice(None),) * op.axis + (slice(op.start, op.stop, op.step),)])
+
+
+@KERNELS.register(ir.Pad)
+def _pad(model, op: ir.Pad, env: dict, zp: dict) -> np.ndarray:
+    x = env[op.inputs[0]]
+    widths = [(0, 0)] * x.ndim
+    widths[op.axis] = (op.before, op.after)
+    return np.pad(x, widths, constant_values=zp[op.inputs[0]])  # real 0 is the zero point
+
+
+@KERNELS.register(ir.Lut)
+def _lut(model, op: ir.Lut, env: dict, zp: dict) -> np.ndarray:
+    return _buf(model, op.table)[env[op.inputs[0]]]
+
+
+def mul(q1, z1: int, q2, z2: int, M0: int, shift: int, z_y: int, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Quantized elementwise product, as TFLite's uint8 ``Mul``:
+    ``clamp(MBQM((q1 − Z1)·(q2 − Z2), M0, shift) + Z_y, qmin, qmax)`` (``|acc| <= 255² fits int32``); inputs
+    broadcast as NumPy does.
+
+    Args:
+        q1: uint8 first input.
+        z1: its zero point.
+        q2: uint8 second input.
+        z2: its zero point.
+        M0: multiplier of ``s1·s2/s_y``.
+        shift: its shift (positive = left).
+        z_y: output zero point.
+        qmin: lowest output code (fused activation).
+        qmax: highest output code.
+
+    Returns:
+        uint8 array of the broadcast shape.
+    """
+    a, b = _arr(q1, "q1", np.uint8), _arr(q2, "q2", np.uint8)
+    qmin, qmax = _range(qmin, qmax)
+    acc = (a.astype(np.int64) - _code(z1, "z1")) * (b.astype(np.int64) - _code(z2, "z2"))
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax).astype(np.uint8)
+
+
+@KERNELS.register(ir.Mul)
+def _mul(model, op: ir.Mul, env: dict, zp: dict) -> np.ndarray:
+    a, b = op.inputs
+    return mul(env[a], zp[a], env[b], zp[b], op.multiplier, op.shift, zp[op.output], op.qmin, op.qmax)
 
 
 def run_program(model, q: np.ndarray) -> dict[str, np.ndarray]:

@@ -320,6 +320,8 @@ def _declare(lib) -> None:
         "cnn_avgpool": (None, [p, p] + [i64] * 10 + [i]),
         "cnn_add": (None, [p, p, p, i64, p, i]),
         "cnn_lut_copy": (None, [p, p, i64, i64, i64, i64, p]),
+        "cnn_gather": (None, [p, p, i64, i64, i64, p, i64, i]),
+        "cnn_gather2_table": (None, [p, p, p, i64, i64, i64, i64, p, p, p, i]),
         "cnn_nhwc_to_nchw": (None, [p, p, i64, i64, i64]),
         "cnn_nchw_to_nhwc": (None, [p, p, i64, i64, i64]),
         "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64]),

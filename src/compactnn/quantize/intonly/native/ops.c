@@ -107,3 +107,29 @@ void cnn_nchw_to_nhwc(const uint8_t *x, uint8_t *y, int64_t n, int64_t hw, int64
         for (int64_t k = 0; k < c; k++)
             for (int64_t p = 0; p < hw; p++) y[(b * hw + p) * c + k] = x[(b * c + k) * hw + p];
 }
+
+/* Data movement per sample (permute, reshape, slice, pad, in the arena's layouts): y[b, i] = x[b, idx[i]], or
+   fill where idx[i] < 0. The caller builds idx and checks every entry is in [-1, xsize). */
+void cnn_gather(const uint8_t *x, uint8_t *y, int64_t n, int64_t xsize, int64_t ysize, const int32_t *idx,
+                int64_t fill, int nthreads) {
+    if (n * ysize < 200000) nthreads = 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t b = 0; b < n; b++) {
+        const uint8_t *xb = x + b * xsize;
+        uint8_t *yb = y + b * ysize;
+        for (int64_t i = 0; i < ysize; i++) yb[i] = idx[i] >= 0 ? xb[idx[i]] : (uint8_t)fill;
+    }
+}
+
+/* A broadcasting binary op through its 256x256 table of output codes (built by the caller with the reference):
+   y[b, i] = table[a[b, ia[i]] * 256 + c[b, ic[i]]]; the caller checks ia < asize and ic < csize. */
+void cnn_gather2_table(const uint8_t *a, const uint8_t *c, uint8_t *y, int64_t n, int64_t asize, int64_t csize,
+                       int64_t ysize, const int32_t *ia, const int32_t *ic, const uint8_t *table, int nthreads) {
+    if (n * ysize < 200000) nthreads = 1;
+#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+    for (int64_t b = 0; b < n; b++) {
+        const uint8_t *ab = a + b * asize, *cb = c + b * csize;
+        uint8_t *yb = y + b * ysize;
+        for (int64_t i = 0; i < ysize; i++) yb[i] = table[((int64_t)ab[ia[i]] << 8) | cb[ic[i]]];
+    }
+}

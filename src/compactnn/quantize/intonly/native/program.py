@@ -199,7 +199,8 @@ class NativeProgram:
                 raise ModelError(f"native program: op {op.label} gives shape {shp[op.output]}, the IR "
                                  f"{checked[op.output]}")
             self.steps.append((fn, list(op.inputs), op.output))
-            self.macs += int(np.prod(checked[op.output])) * (self._fan_in(model, op) if op.buffers() else 1)
+            self.macs += int(np.prod(checked[op.output])) * (
+                self._fan_in(model, op) if isinstance(op, (ir.Conv2d, ir.Linear)) else 1)
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
@@ -360,7 +361,7 @@ class NativeProgram:
         if len(s) == 3:
             self.lib.cnn_nchw_to_nhwc(src, plan.ptr[self.input_value], n, s[1] * s[2], s[0])
         else:
-            ctypes.memmove(plan.ptr[self.input_value], src, n * s[0])
+            ctypes.memmove(plan.ptr[self.input_value], src, n * self.nbytes[self.input_value])
 
     def _take(self, plan: "_Plan", name: str, n: int) -> Tensor:
         """A fresh uint8 tensor of value ``name`` in PyTorch layout."""
@@ -368,8 +369,8 @@ class NativeProgram:
         out = torch.empty((n, *s), dtype=torch.uint8)
         if len(s) == 3:
             self.lib.cnn_nhwc_to_nchw(plan.ptr[name], out.data_ptr(), n, s[1] * s[2], s[0])
-        else:
-            ctypes.memmove(out.data_ptr(), plan.ptr[name], n * s[0])
+        else:  # (F,), (T, F), ...: stored in PyTorch order
+            ctypes.memmove(out.data_ptr(), plan.ptr[name], n * self.nbytes[name])
         return out
 
     def run(self, q: Tensor, all_values: bool = False):
@@ -440,14 +441,15 @@ def _conv2d(prog, model, op, shapes, zp):
 
 @KERNELS.register(ir.Linear)
 def _linear(prog, model, op, shapes, zp):
-    if len(shapes[0]) != 1:
+    if len(shapes[0]) not in (1, 2):
         raise _Unsupported("linear on a 4-D value")
-    f = shapes[0][0]
+    f, rows = shapes[0][-1], int(np.prod(shapes[0][:-1]))  # (T, F): T rows of F features per sample
     d = prog._weighted(model, op, f, 1, 1, dict(h=1, w=1, ho=1, wo=1, sh=1, sw=1, ph=0, pw=0, dh=1, dw=1),
                        zp[op.inputs[0]], zp[op.output])
     addr = ctypes.addressof(d)
-    prog._convs[op.output] = d
-    return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], 0, t)), (d.o,)
+    if rows == 1:
+        prog._convs[op.output] = d  # (a conv -> Add fusion reads the value as n pixels)
+    return (lambda p, n, t: prog.lib.cnn_conv(addr, n * rows, p[0], None, p[1], 0, t)), (*shapes[0][:-1], d.o)
 
 
 @KERNELS.register(ir.MaxPool2d)
@@ -476,8 +478,9 @@ def _global_avg_pool(prog, model, op, shapes, zp):
 @KERNELS.register(ir.Flatten)
 def _flatten(prog, model, op, shapes, zp):
     s = shapes[0]
-    if len(s) == 1:
-        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * s[0])), s
+    if len(s) != 3:  # (F,), (T, F), ...: already in PyTorch order
+        size = int(np.prod(s))
+        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * size) and 0), (size,)
     c, hw = s[0], s[1] * s[2]
     return (lambda p, n, t: prog.lib.cnn_nhwc_to_nchw(p[0], p[1], n, hw, c)), (c * hw,)
 
@@ -522,3 +525,71 @@ def _concat(prog, model, op, shapes, zp):
             prog.lib.cnn_lut_copy(p[i], p[-2], n * inner, c, total, o, lut)
 
     return cat, (total,) + tuple(shapes[0][1:])
+
+
+# ------------------------------------------------------------------------------------------ data movement, lut, mul
+
+
+def _positions(shape: tuple) -> np.ndarray:
+    """Per sample, the arena offset of every element, viewed in PyTorch layout (rank-3 values are NHWC)."""
+    n = int(np.prod(shape))
+    if len(shape) == 3:
+        c, h, w = shape
+        return np.arange(n, dtype=np.int64).reshape(h, w, c).transpose(2, 0, 1)
+    return np.arange(n, dtype=np.int64).reshape(shape)
+
+
+def _arena_order(y: np.ndarray) -> np.ndarray:
+    """A per-sample PyTorch-layout array flattened in arena order."""
+    return (y.transpose(1, 2, 0) if y.ndim == 3 else y).reshape(-1)
+
+
+def _index(idx: np.ndarray, lo: int, size: int, count: int) -> np.ndarray:
+    """The int32 gather index, checked in range before it reaches C."""
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
+    if idx.size != count or (idx.size and (idx.min() < lo or idx.max() >= size)):
+        raise ModelError("native program: a data-movement index is out of range (a malformed op)")
+    return idx.astype(np.int32)
+
+
+def _gather(prog, model, op, shapes, zp):
+    """permute / reshape / slice / pad: the reference kernel run on the arena offsets gives the gather index."""
+    (shape,) = shapes
+    pos = _positions(shape)[None]
+    y = ref.KERNELS.get(op)(model, op, {op.inputs[0]: pos}, {op.inputs[0]: -1, op.output: -1})[0]  # pad fill: -1
+    n_in, n_out = int(np.prod(shape)), int(y.size)
+    idx = _index(_arena_order(y), -1, n_in, n_out)
+    fill = zp[op.inputs[0]]
+    if n_in == n_out and np.array_equal(idx, np.arange(n_out)):  # same bytes in the same order
+        return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * n_out) and 0), tuple(y.shape)  # 0: no overflow
+    ip = prog.keep(idx)
+    return (lambda p, n, t: prog.lib.cnn_gather(p[0], p[1], n, n_in, n_out, ip, fill, t)), tuple(y.shape)
+
+
+KERNELS.register(ir.Permute, ir.Reshape, ir.Slice, ir.Pad)(_gather)
+
+
+@KERNELS.register(ir.Lut)
+def _lut(prog, model, op, shapes, zp):
+    table = getattr(model, op.table).numpy()
+    if table.dtype != np.uint8 or table.shape != (256,):
+        raise ModelError(f"native program: lut {op.label} needs a uint8 table of 256 codes")
+    tp, size = prog.keep(table), int(np.prod(shapes[0]))
+    return (lambda p, n, t: prog.lib.cnn_lut_copy(p[0], p[1], n, size, size, 0, tp)), tuple(shapes[0])
+
+
+@KERNELS.register(ir.Mul)
+def _mul(prog, model, op, shapes, zp):
+    a, b = shapes
+    codes = np.arange(256, dtype=np.uint8)
+    table = ref.mul(np.repeat(codes, 256), zp[op.inputs[0]], np.tile(codes, 256), zp[op.inputs[1]], op.multiplier,
+                    op.shift, zp[op.output], op.qmin, op.qmax)  # the reference on all 65536 code pairs
+    tp = prog.keep(table)
+    out = tuple(max(x, y) for x, y in zip(a, b))
+    size = int(np.prod(out))
+    if a == b:
+        return (lambda p, n, t: prog.lib.cnn_add(p[0], p[1], p[2], n * size, tp, t)), out
+    ia = prog.keep(_index(_arena_order(np.broadcast_to(_positions(a), out)), 0, int(np.prod(a)), size))
+    ib = prog.keep(_index(_arena_order(np.broadcast_to(_positions(b), out)), 0, int(np.prod(b)), size))
+    na, nb = int(np.prod(a)), int(np.prod(b))
+    return (lambda p, n, t: prog.lib.cnn_gather2_table(p[0], p[1], p[2], n, na, nb, size, ia, ib, tp, t)), out
