@@ -419,8 +419,13 @@ class _Plan:
 # ------------------------------------------------------------------------------------------------------ kernels
 
 
+KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic)(unsupported)
+
+
 @KERNELS.register(ir.Conv2d)
 def _conv2d(prog, model, op, shapes, zp):
+    if op.activation == "leaky_relu":
+        raise _Unsupported("leaky_relu")
     (c, h, w), (kh, kw) = shapes[0], getattr(model, op.weight).shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
     ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
