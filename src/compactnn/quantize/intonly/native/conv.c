@@ -159,8 +159,18 @@ int cnn_conv_grouped(const Conv *d, int64_t n, int64_t groups, const int8_t *w, 
                         }
                     }
                 }
-                y[((b * d->ho + oh) * d->wo + ow) * d->o + oc] = requant1(acc, oc, &d->rq, &ovf);
+                y[((b * d->ho + oh) * d->wo + ow) * d->o + oc] = requant1c(d, acc, oc, &ovf);
             }
     }
     return ovf;
+}
+
+/* y[r, k] = x[r * xstride + off + k] for r < rows, k < c: one group's input channels, contiguous. */
+void cnn_gather_channels(const uint8_t *x, uint8_t *y, int64_t rows, int64_t xstride, int64_t off, int64_t c) {
+    for (int64_t r = 0; r < rows; r++) memcpy(y + r * c, x + r * xstride + off, c);
+}
+
+/* y[r, off + k] = x[r, k] for r < rows, k < c: one group's output channels into the full output. */
+void cnn_scatter_channels(const uint8_t *x, uint8_t *y, int64_t rows, int64_t ystride, int64_t off, int64_t c) {
+    for (int64_t r = 0; r < rows; r++) memcpy(y + r * ystride + off, x + r * c, c);
 }

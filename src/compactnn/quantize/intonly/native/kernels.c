@@ -87,6 +87,31 @@ static inline __attribute__((always_inline)) void epilogue_fast(const int NEG, c
 static __attribute__((noinline)) void epilogue(const Conv *d, const __m512i *acc, int MR, int NB, int64_t b0,
                                                uint8_t *const *outs, const uint8_t *const *ress, __mmask8 *ovf) {
     const int add = d->add != 0;
+    if (d->leaky) {
+        for (int j = 0; j < NB; j++) {
+            const int64_t blk = b0 + j;
+            if (d->rq.fast) {  /* both sides folded (the caller sets rq.fast only then); acc includes the bias */
+                const RqVec vp = rq_vec(&d->rq, blk), vn = rq_vec(&d->rqn, blk);
+                for (int i = 0; i < MR; i++) {
+                    const __m512i a = acc[i * 4 + j];
+                    const __m512i y = _mm512_mask_blend_epi32(_mm512_movepi32_mask(a), rq_apply(1, a, &vp),
+                                                              rq_apply(1, a, &vn));
+                    emit16(d, y, blk, outs[i], 0);
+                }
+            } else {  /* the definition, lane by lane */
+                for (int i = 0; i < MR; i++) {
+                    int32_t t[16];
+                    uint8_t u[16];
+                    _mm512_storeu_si512(t, acc[i * 4 + j]);
+                    int ov = 0;
+                    for (int l = 0; l < 16; l++) u[l] = blk * 16 + l < d->o ? requant1c(d, t[l], blk * 16 + l, &ov) : 0;
+                    if (ov) *ovf |= 1;
+                    emit16(d, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)u)), blk, outs[i], 0);
+                }
+            }
+        }
+        return;
+    }
     if (d->rq.fast && (b0 + NB) * 16 <= d->o && (!add || d->add->fast)) {
         if (d->rq.fneg) {
             if (add) epilogue_fast(1, 1, d, acc, MR, NB, b0, outs, ress);
@@ -222,7 +247,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     __mmask8 ov = 0;
     const int64_t nb = (d->o + 15) / 16;
     int64_t done = 0;
-    if (d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
+    if (!d->leaky && d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
             && (!d->add || d->add->fast) && m >= PT && m <= 4096) {
         int64_t starts[4096 / PT + 1];
         const int64_t nt = row16_tiles(d, rows, outs, ress, m, segoff, starts, &ov);
@@ -234,7 +259,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
             else pipe_row16(0, 0, d, rows, outs, ress, starts, nt, segoff);
         }
         done = m;
-    } else if (d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
+    } else if (!d->leaky && d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
         const int64_t tiles = m / 12;
         if (d->rq.fneg) {
             if (d->add) pipe12(1, 1, d, rows, outs, ress, tiles, segoff);
@@ -328,7 +353,7 @@ static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const
 static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
                              int *ovf) {
     for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
-        const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+        const uint8_t y = requant1c(d, acc[l], c, ovf);
         out[c] = d->add ? add1(d->add, y, res[c]) : y;
     }
 }
@@ -407,7 +432,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     const int64_t nb = (d->o + 15) / 16;
     int32_t acc[4][16];
     for (int64_t b = 0; b < nb; b++) {
-        const int fast = d->rq.fast && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
+        const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
         int64_t i = 0;
         for (; i + 3 <= m; i += 3) {
             acc16_avx2(3, d, rows + i, b, segoff, acc);
@@ -459,7 +484,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
             int32_t acc[16];
             dot16(d, rows[i], b, segoff, acc);
             for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
-                const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+                const uint8_t y = requant1c(d, acc[l], c, ovf);
                 outs[i][c] = d->add ? add1(d->add, y, ress[i][c]) : y;
             }
         }
