@@ -53,6 +53,9 @@ EXAMPLES = [
     ir.Add(inputs=("a", "b"), output="c", multiplier_a=1 << 30, shift_a=0, multiplier_b=1 << 30, shift_b=-1,
            multiplier_out=(1 << 31) - 1, shift_out=-19, left_shift=20, qmin=0, qmax=200),
     ir.Concat(inputs=("a", "b"), output="c", multipliers=(None, (1 << 30, -2))),
+    ir.ConvTranspose2d(inputs=("v0",), output="v1", weight="w", bias="b", multiplier="m", shift="s", stride=(2, 3),
+                       padding=(1, 2), padding_end=(0, 1)),
+    ir.ResizeBicubic(inputs=("v0",), output="v1", scale=3, multiplier=1 << 30, shift=-21),
 ]
 
 

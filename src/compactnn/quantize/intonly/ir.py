@@ -286,8 +286,9 @@ class Conv2d(_Weighted):
         self._set("padding", _pair(self.padding, "padding", 0))
         self._set("dilation", _pair(self.dilation, "dilation", 1))
         self._set("groups", _int(self.groups, "groups", 1, MAX_GEOMETRY))
-        leaky = self.activation == "leaky_relu"
-        if leaky:
+        if self.activation not in ACTIVATIONS + ("leaky_relu",):
+            raise _Bad(f"activation must be one of {ACTIVATIONS + ('leaky_relu',)}, got {_show(self.activation)}")
+        if self.activation == "leaky_relu":
             if self.multiplier_neg is None or self.shift_neg is None:
                 raise _Bad("activation 'leaky_relu' needs the buffers multiplier_neg and shift_neg")
             self._set("qmin", _int(self.qmin, "qmin", 0, 255))
