@@ -322,6 +322,7 @@ def _declare(lib) -> None:
         "cnn_add": (None, [p, p, p, i64, p, i]),
         "cnn_lut_copy": (None, [p, p, i64, i64, i64, i64, p]),
         "cnn_gather_channels": (None, [p, p, i64, i64, i64, i64]),
+        "cnn_conv_groups": (i, [p, i64, i64, i64, i64, p, p, p, i]),
         "cnn_scatter_channels": (None, [p, p, i64, i64, i64, i64]),
         "cnn_nhwc_to_nchw": (None, [p, p, i64, i64, i64]),
         "cnn_nchw_to_nhwc": (None, [p, p, i64, i64, i64]),

@@ -98,15 +98,19 @@ static __attribute__((noinline)) void epilogue(const Conv *d, const __m512i *acc
                                                               rq_apply(1, a, &vn));
                     emit16(d, y, blk, outs[i], 0);
                 }
-            } else {  /* the definition, lane by lane */
+            } else {  /* the definition in int64 lanes, both sides, chosen by the sign of acc + bias */
+                const __m512i b0v = _mm512_loadu_si512(d->rq.bias + blk * 16);
+                const __m512i b1v = _mm512_loadu_si512(d->rq.bias + blk * 16 + 8);
+                const __m512i zero = _mm512_setzero_si512();
                 for (int i = 0; i < MR; i++) {
-                    int32_t t[16];
-                    uint8_t u[16];
-                    _mm512_storeu_si512(t, acc[i * 4 + j]);
-                    int ov = 0;
-                    for (int l = 0; l < 16; l++) u[l] = blk * 16 + l < d->o ? requant1c(d, t[l], blk * 16 + l, &ov) : 0;
-                    if (ov) *ovf |= 1;
-                    emit16(d, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)u)), blk, outs[i], 0);
+                    const __m512i a = acc[i * 4 + j];
+                    const __m512i yp = requant16_wide(a, &d->rq, blk * 16, ovf);
+                    const __m512i yn = requant16_wide(a, &d->rqn, blk * 16, ovf);
+                    const __mmask8 m0 = _mm512_cmplt_epi64_mask(
+                        _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)), b0v), zero);
+                    const __mmask8 m1 = _mm512_cmplt_epi64_mask(
+                        _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)), b1v), zero);
+                    emit16(d, _mm512_mask_blend_epi32((__mmask16)(m0 | ((unsigned)m1 << 8)), yp, yn), blk, outs[i], 0);
                 }
             }
         }

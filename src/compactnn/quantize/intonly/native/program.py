@@ -478,8 +478,9 @@ def _sub_conv(prog, model, op, sl, shape, zin: int, zout: int, padding=None) -> 
 
 
 def _grouped(prog, model, op, shapes, zp):
-    """A grouped conv as one dense VNNI conv per group: the group's input channels gathered into a contiguous
-    image, the dense kernel, its output channels scattered into place (exact: the same accumulators)."""
+    """A grouped conv as one dense conv per group (``cnn_conv_groups``: one parallel region; each work item gathers
+    its group's input channels into a padded scratch image and writes the group's output channels in place; exact:
+    the same accumulators and requantization per channel)."""
     c, h, w = shapes[0]
     g = op.groups
     o = getattr(model, op.weight).shape[0]
@@ -487,20 +488,9 @@ def _grouped(prog, model, op, shapes, zp):
     subs = [_sub_conv(prog, model, op, slice(k * og, (k + 1) * og), (cg, h, w), zp[op.inputs[0]], zp[op.output])
             for k in range(g)]
     ho, wo = subs[0].ho, subs[0].wo
-    addrs = [ctypes.addressof(d) for d in subs]
+    table = prog.keep(np.array([ctypes.addressof(d) for d in subs], dtype=np.uint64))
     lib = prog.lib
-
-    def run(p, n, t):
-        xin = _TEMP.get(("gin", id(prog)), n * h * w * cg)
-        yout = _TEMP.get(("gout", id(prog)), n * ho * wo * og)
-        ovf = 0
-        for k, a in enumerate(addrs):
-            lib.cnn_gather_channels(p[0], xin.ctypes.data, n * h * w, c, k * cg, cg)
-            ovf |= lib.cnn_conv(a, n, xin.ctypes.data, None, yout.ctypes.data, p[-1], t)
-            lib.cnn_scatter_channels(yout.ctypes.data, p[1], n * ho * wo, o, k * og, og)
-        return ovf
-
-    return run, (o, ho, wo)
+    return (lambda p, n, t: lib.cnn_conv_groups(table, g, c, o, n, p[0], p[1], p[-1], t)), (o, ho, wo)
 
 
 @KERNELS.register(ir.ConvTranspose2d)
