@@ -130,21 +130,25 @@ def _program(h=7, w=9, s=3, groups=4, seed=0) -> IntegerModel:
 
     ten["tw"] = _t(rng.integers(-127, 128, (2 * c, 1, 17, 17)), np.int8)
     ten["tb"], ten["tm"], ten["ts"] = _t([77], np.int32), _t([1 << 30], np.int32), _t([-9], np.int32)
+    ten["tm2"], ten["ts2"] = _t([1 << 30], np.int32), _t([-9 + 8], np.int32)  # the same, times 2^frac_bits
     ops = [ir.Conv2d(inputs=("x",), output="a", **conv("c1", 1, c)),
            ir.Conv2d(inputs=("a",), output="g", **conv("c2", c, c, groups, (-9, -6))),
            ir.Conv2d(inputs=("a",), output="big", **conv("c3", c, 20, 1, (1, 2), (1 << 19, 1 << 20))),  # unfolded requantization
            ir.Concat(inputs=("a", "g"), output="cat", multipliers=((1 << 30, 0), (1 << 30, -1))),
            ir.ConvTranspose2d(inputs=("cat",), output="r", weight="tw", bias="tb", multiplier="tm", shift="ts",
                               stride=(s, s), padding=(9 - s, 9 - s), padding_end=(8, 8)),
-           ir.ResizeBicubic(inputs=("x",), output="u", scale=s, multiplier=1 << 30, shift=-21)]
+           ir.ResizeBicubic(inputs=("x",), output="u", scale=s, multiplier=1 << 30, shift=-21),
+           ir.ConvTransposeResizeAdd(inputs=("cat", "x"), output="y2", weight="tw", bias="tb", multiplier="tm2",
+                                     shift="ts2", stride=(s, s), padding=(9 - s, 9 - s), padding_end=(8, 8), scale=s,
+                                     resize_multiplier=1 << 30, resize_shift=-21 + 8, frac_bits=8)]
     m = {k: v for k, v in zip(("M0_1", "shift_1", "M0_2", "shift_2", "M0_y", "shift_y"),
                                (1 << 30, 0, 1 << 30, -1, 1 << 30, -19))}
     ops.append(ir.Add(inputs=("r", "u"), output="y", multiplier_a=m["M0_1"], shift_a=m["shift_1"],
                       multiplier_b=m["M0_2"], shift_b=m["shift_2"], multiplier_out=m["M0_y"], shift_out=m["shift_y"]))
-    zps = dict(x=0, a=40, g=90, big=128, cat=60, r=128, u=20, y=0)
+    zps = dict(x=0, a=40, g=90, big=128, cat=60, r=128, u=20, y=0, y2=5)
     vals = {k: {"scale": 0.01, "zero_point": z, "dtype": "uint8"} for k, z in zps.items()}
     return IntegerModel((1, h, w), {"value": "x", "scale": 0.01, "zero_point": 0},
-                        {"value": "y", "scale": 0.01, "zero_point": 0}, vals, ops, ten)
+                        {"value": "y2", "scale": 0.01, "zero_point": 5}, vals, ops, ten)
 
 
 @pytest.fixture
@@ -174,8 +178,14 @@ def test_reference_equals_fast_and_native_bit_for_bit(s, kind, native_mode):
     a, b = model.run_values(q, "reference"), model.run_values(q, "fast")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert torch.equal(model.run_int(q, "fast"), a["y"])
-    for k in ("a", "g", "big", "r", "u", "y"):  # not degenerate: codes spread over the range
+    assert torch.equal(model.run_int(q, "fast"), a["y2"])
+    # the fused output layer is the transposed conv plus the bicubic, rounded once (within one code of the sum of
+    # the separately rounded branches, which carry two roundings)
+    tr = a["r"].int() - 128
+    inside = (a["r"] % 255 != 0) & (a["u"] % 255 != 0) & (a["y2"] % 255 != 0)  # no branch saturated
+    assert inside.float().mean() > 0.5
+    assert (a["y2"].int() - 5 - (tr + a["u"].int() - 20))[inside].abs().max() <= 1
+    for k in ("a", "g", "big", "r", "u", "y", "y2"):  # not degenerate: codes spread over the range
         assert len(torch.unique(a[k])) > 8, k
     assert (a["a"] < 40).any() and (a["a"] > 40).any()  # both sides of the leaky requantization are used
 
@@ -251,6 +261,21 @@ def tiny_idn():
     return model, convert_idn(model, cal, nominal=(12, 12)), cal
 
 
+def test_tiny_idn_unfused_output_layer_runs_bit_exactly(tiny_idn):
+    from compactnn.sr.int8 import convert_idn
+
+    model, q, tiny_cal = tiny_idn
+    q2 = convert_idn(model, tiny_cal, nominal=(12, 12), fused=False)
+    assert [op.kind for op in q2.core.ops][-3:] == ["conv_transpose2d", "resize_bicubic", "add"]
+    codes = q2.program(10, 13).quantize_input(torch.rand(2, 1, 10, 13))
+    assert torch.equal(q2.run_int(codes, "reference"), q2.run_int(codes, "fast"))
+    x = tiny_cal[:3, :, 1:11, :]
+    with torch.no_grad():  # both output layers approximate the float model; the fused one is not worse
+        yf = model(x).clamp(0, 1)
+        e1, e2 = (q(x) - yf).pow(2).mean(), (q2(x) - yf).pow(2).mean()
+    assert e1 <= e2 * 1.05
+
+
 def test_tiny_idn_converts_and_runs_bit_exactly(tiny_idn, tmp_path):
     model, q, tiny_cal = tiny_idn
     x = torch.rand(2, 1, 10, 13)
@@ -259,13 +284,12 @@ def test_tiny_idn_converts_and_runs_bit_exactly(tiny_idn, tmp_path):
     assert a.shape == (2, 1, 30, 39) and torch.equal(a, b)
     x = tiny_cal[:3, :, 1:11, :]  # inside the calibrated ranges (a fresh random image may leave them)
     kinds = [op.kind for op in q.core.ops]
-    assert {"conv2d", "concat", "add", "conv_transpose2d", "resize_bicubic"} <= set(kinds)
+    assert {"conv2d", "concat", "add", "conv_transpose2d_resize_add"} <= set(kinds)
     assert sum(op.activation == "leaky_relu" for op in q.core.ops if op.kind == "conv2d") == 2 + 7 + 1
     with torch.no_grad():
         yf, yq = model(x), q(x)
     err = (yf.clamp(0, 1) - yq).abs()
-    s_res = q.core.values["res"]["scale"]
-    assert 0.02 < yf.std() and err.mean() < s_res + 1 / 255 and err.max() < 4 * s_res + 2 / 255
+    assert 0.02 < yf.std() and err.mean() < 2 / 255 and err.max() < 8 / 255
     path = tmp_path / "tiny.cnz"
     pack.save(q, path)
     back = pack.load(path)
@@ -280,7 +304,7 @@ def test_tiny_idn_file_with_a_forged_program_is_one_line(tiny_idn, tmp_path):
 
     def forge(m):
         ops = m["root"]["children"]["core"]["attrs"]["ops"]
-        ops[-3]["d"].update(padding=[99, 99])  # the transposed conv
+        ops[-1]["d"].update(padding=[99, 99])  # the output layer
     rewrite_manifest(path, forge)
     with pytest.raises(PackError, match="remove the whole") as err:
         pack.load(path)

@@ -475,7 +475,7 @@ def _phase_model(model, op, z_in: int):
     tile = (lambda t: t.repeat(rep)) if m.shape[0] > 1 else (lambda t: t)
     fake = _Buffers(weight=torch.from_numpy(pc["weight"]), bias=getattr(model, op.bias).repeat(rep),
                     multiplier=tile(m), shift=tile(sft))
-    conv = ir.Conv2d(inputs=op.inputs, output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+    conv = ir.Conv2d(inputs=op.inputs[:1], output=op.output, weight="weight", bias="bias", multiplier="multiplier",
                      shift="shift", padding=pc["pad"], activation=op.activation, qmin=op.qmin, qmax=op.qmax,
                      name=op.name)
     return fake, conv, pc
@@ -496,23 +496,59 @@ def _conv_transpose2d(engine, model, op: ir.ConvTranspose2d, zp: dict):
     return run
 
 
-@KERNELS.register(ir.ResizeBicubic)
-def _resize_bicubic(engine, model, op: ir.ResizeBicubic, zp: dict):
+def _resize_acc(x: Tensor, z: int, scale: int, bits: int, e: int) -> Tensor:
+    """int64 accumulators of resize_bicubic (reference.resize_bicubic_acc) on NHWC ``q − 128`` codes."""
     from .reference import bicubic_taps
 
+    n, h, w, c = x.shape
+    ir_, wr = (torch.from_numpy(a) for a in bicubic_taps(h, scale, bits))
+    ic, wc = (torch.from_numpy(a) for a in bicubic_taps(w, scale, bits))
+    xc = x.to(_I64) - z  # q - Z
+    t = (xc[:, ir_] * wr[None, :, :, None, None]).sum(dim=2)  # rows: (N, Ho, W, C)
+    if e:
+        t = (t + ((1 << (e - 1)) - (t < 0).to(_I64))).bitwise_right_shift_(e)  # RDBPOT: halves away from zero
+    return (t[:, :, ic] * wc[None, None, :, :, None]).sum(dim=3)  # columns: (N, Ho, Wo, C)
+
+
+@KERNELS.register(ir.ResizeBicubic)
+def _resize_bicubic(engine, model, op: ir.ResizeBicubic, zp: dict):
     z = zp[op.inputs[0]] - 128
     rq = Requant(op.multiplier, op.shift, zp[op.output], op.qmin, op.qmax)
-    e = op.mid_shift
+    return lambda x: rq(_resize_acc(x, z, op.scale, op.weight_bits, op.mid_shift))
 
-    def run(x):
-        n, h, w, c = x.shape
-        ir_, wr = (torch.from_numpy(a) for a in bicubic_taps(h, op.scale, op.weight_bits))
-        ic, wc = (torch.from_numpy(a) for a in bicubic_taps(w, op.scale, op.weight_bits))
-        xc = x.to(_I64) - z  # q - Z
-        t = (xc[:, ir_] * wr[None, :, :, None, None]).sum(dim=2)  # rows: (N, Ho, W, C)
-        if e:
-            t = (t + ((1 << (e - 1)) - (t < 0).to(_I64))).bitwise_right_shift_(e)  # RDBPOT: halves away from zero
-        acc = (t[:, :, ic] * wc[None, None, :, :, None]).sum(dim=3)  # columns: (N, Ho, Wo, C)
-        return rq(acc)
+
+def combine_fraction_torch(acc_t: Tensor, m_t, s_t, acc_b: Tensor, m_b: int, s_b: int, frac: int, z_y: int,
+                           qmin: int, qmax: int) -> Tensor:
+    """:func:`.reference.combine_fraction` on NHWC int64 tensors (per-channel multipliers along the last axis);
+    returns int8 ``q − 128``."""
+    from .fixedpoint import multiply_by_quantized_multiplier_torch as mbqm
+
+    u = mbqm(acc_t, m_t, s_t, axis=-1) + mbqm(acc_b, m_b, s_b)
+    u.clamp_(INT32_MIN, INT32_MAX)
+    if frac:
+        u = (u + ((1 << (frac - 1)) - (u < 0).to(_I64))).bitwise_right_shift_(frac)
+    return u.add_(z_y).clamp_(qmin, qmax).sub_(128).to(torch.int8)
+
+
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(engine, model, op: ir.ConvTransposeResizeAdd, zp: dict):
+    f_name, x_name = op.inputs
+    fake, conv, pc = _phase_model(model, op, zp[f_name])
+    step = _Conv(fake, conv, zp[f_name], zp[op.output])
+    kh, kw = getattr(model, op.weight).shape[2:]
+    m_t = getattr(model, op.multiplier).to(_I64)
+    s_t = getattr(model, op.shift).to(_I64)
+    zx = zp[x_name] - 128
+
+    def run(f, x):
+        h, w = f.shape[1:3]
+        ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+        wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+        acc = step.acc(f).to(_I64) + step.bias  # with the bias and the zero-point fold: the definition's acc_t
+        acc_t = depth_to_space_crop(acc, op.stride, pc["out_channels"], pc["crop"], (ho, wo))
+        acc_b = _resize_acc(x, zx, op.scale, op.weight_bits, op.mid_shift)
+        return combine_fraction_torch(acc_t, m_t if m_t.numel() > 1 else int(m_t[0]), s_t if s_t.numel() > 1
+                                      else int(s_t[0]), acc_b, op.resize_multiplier, op.resize_shift,
+                                      op.frac_bits, zp[op.output], op.qmin, op.qmax)
 
     return run

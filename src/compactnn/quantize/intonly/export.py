@@ -80,7 +80,7 @@ def _bias(g: Graph, op, n_out: int, name: str) -> str:
     return g.const(f"{name}_bias", g.buffer(op.bias).astype(np.int32).reshape(n_out))
 
 
-@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic)
+@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic, ir.ConvTransposeResizeAdd)
 def _not_exported(g: Graph, i: int, op) -> None:
     raise ModelError(f"op {i} ({op.label}): ONNX QLinear export does not support integer op {op.kind!r} (run the "
                      "model with compactnn's engines)")

@@ -107,7 +107,7 @@ def _weighted(g: Graph, i: int, op) -> None:
 KERNELS.register(ir.Conv2d, ir.Linear)(_weighted)
 
 
-@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic)
+@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic, ir.ConvTransposeResizeAdd)
 def _not_exported(g, i: int, op) -> None:
     raise ModelError(f"op {i} ({op.label}): the bit-exact ONNX export does not support integer op {op.kind!r} (run "
                      "the model with compactnn's engines)")

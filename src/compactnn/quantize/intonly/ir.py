@@ -49,7 +49,7 @@ import numpy as np
 
 from compactnn.errors import ModelError
 
-__all__ = ["Add", "AvgPool2d", "BACKENDS", "Concat", "Conv2d", "ConvTranspose2d", "Flatten", "GlobalAvgPool", "Kernels", "Linear",
+__all__ = ["Add", "AvgPool2d", "BACKENDS", "Concat", "Conv2d", "ConvTranspose2d", "ConvTransposeResizeAdd", "Flatten", "GlobalAvgPool", "Kernels", "Linear",
            "MAX_VALUE_ELEMENTS", "MaxPool2d", "OPS", "Op", "ResizeBicubic", "as_op", "check_program", "load_backends", "op_from_dict",
            "register_op"]
 
@@ -429,6 +429,55 @@ class ResizeBicubic(Op):
     def infer(self, shapes, buffers):
         c, h, w = _image(shapes[0], "resize_bicubic")
         return (c, h * self.scale, w * self.scale)
+
+
+@register_op
+@dataclass(frozen=True, kw_only=True)
+class ConvTransposeResizeAdd(ConvTranspose2d):
+    """A super-resolution output layer: ``conv_transpose2d`` of input 0 (the features) plus ``resize_bicubic`` of
+    input 1 (the low-resolution image), added before the one rounding to output codes.
+
+    Reading (the definition, :func:`.reference.conv_transpose_resize_add`): ``acc_t`` = the transposed conv's int32
+    accumulators (with the bias, as :class:`ConvTranspose2d`), ``acc_b`` = the bicubic's int32 accumulators (as
+    :class:`ResizeBicubic`, before its requantization); ``u = sat32(MBQM(acc_t, multiplier, shift) +
+    MBQM(acc_b, resize_multiplier, resize_shift))``, both multipliers scaled to output codes times ``2^frac_bits``;
+    ``y = clamp(RDBPOT(u, frac_bits) + Z_out, qmin, qmax)``. So neither branch is rounded to uint8 on its own (two
+    uint8 intermediates, each with its own rounding, would add up to one output code of error); the only 8-bit
+    rounding is the output's, which the super-resolution protocol applies to its float output anyway. The
+    transposed conv's output must have the bicubic's shape (``O`` = the image's channels, ``h·scale`` rows)."""
+
+    kind: ClassVar[str] = "conv_transpose2d_resize_add"
+    n_inputs: ClassVar[int | None] = 2
+
+    scale: int = 2
+    resize_multiplier: int = 0
+    resize_shift: int = 0
+    weight_bits: int = 14
+    mid_shift: int = 6
+    frac_bits: int = 8
+
+    def check(self) -> None:
+        super().check()
+        self._set("scale", _int(self.scale, "scale", 1, 16))
+        m, s = _multiplier(self.resize_multiplier, self.resize_shift, "resize")
+        self._set("resize_multiplier", m)
+        self._set("resize_shift", s)
+        self._set("weight_bits", _int(self.weight_bits, "weight_bits", 1, 16))
+        self._set("mid_shift", _int(self.mid_shift, "mid_shift", 0, 31))
+        self._set("frac_bits", _int(self.frac_bits, "frac_bits", 0, 16))
+        if 2 * self.weight_bits - self.mid_shift > RESIZE_MAX_GAIN_BITS or self.mid_shift > self.weight_bits:
+            raise _Bad(f"needs mid_shift <= weight_bits and 2*weight_bits - mid_shift <= {RESIZE_MAX_GAIN_BITS} (int32 "
+                       f"intermediates), got weight_bits={self.weight_bits}, mid_shift={self.mid_shift}")
+        if self.activation != "none":
+            raise _Bad(f"activation must be 'none' here, got {_show(self.activation)}")
+
+    def infer(self, shapes, buffers):
+        out = super().infer(shapes[:1], buffers)
+        c, h, w = _image(shapes[1], "the image input")
+        if out != (c, h * self.scale, w * self.scale):
+            raise _Bad(f"the transposed conv gives {out} but the x{self.scale} bicubic of {shapes[1]} gives "
+                       f"{(c, h * self.scale, w * self.scale)}")
+        return out
 
 
 @register_op

@@ -20,7 +20,7 @@ from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, rdbpot, requantize
 
 __all__ = ["KERNELS", "add", "avg_pool2d", "bicubic_taps", "clamp", "concat", "conv2d", "conv2d_acc",
-           "conv_transpose2d", "conv_transpose2d_acc", "leaky_requantize", "linear", "linear_acc", "max_pool2d",
+           "conv_transpose2d", "conv_transpose2d_acc", "conv_transpose_resize_add", "leaky_requantize", "linear", "linear_acc", "max_pool2d",
            "resize_bicubic", "run_program"]
 
 
@@ -443,16 +443,50 @@ def resize_bicubic(q_x, z_x: int, scale: int, M0: int, shift: int, z_y: int, wei
     Returns:
         uint8 ``(N, C, H·scale, W·scale)``.
     """
-    x = _arr(q_x, "q_x", np.uint8, 4)
     qmin, qmax = _range(qmin, qmax)
+    acc = resize_bicubic_acc(q_x, z_x, scale, weight_bits, mid_shift)
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax).astype(np.uint8)
+
+
+def resize_bicubic_acc(q_x, z_x: int, scale: int, weight_bits: int = 14, mid_shift: int = 6) -> np.ndarray:
+    """The int32 accumulators of :func:`resize_bicubic` (before its requantization), int64 ``(N, C, Hs, Ws)``."""
+    x = _arr(q_x, "q_x", np.uint8, 4)
     ir_, wr = bicubic_taps(x.shape[2], scale, weight_bits)
     ic, wc = bicubic_taps(x.shape[3], scale, weight_bits)
     xc = x.astype(np.int64) - _code(z_x, "z_x")
     t = np.einsum("nchpw,hp->nchw", xc[:, :, ir_, :], wr)  # rows: (N, C, Ho, W)
     t = rdbpot(_int32(t, "the resize rows pass"), mid_shift) if mid_shift else t
     acc = np.einsum("nchwp,wp->nchw", t[:, :, :, ic], wc)  # columns: (N, C, Ho, Wo)
-    acc = _int32(acc, "the resize columns pass")
-    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax).astype(np.uint8)
+    return _int32(acc, "the resize columns pass")
+
+
+def combine_fraction(acc_t, M_t, shift_t, acc_b, M_b, shift_b, frac_bits: int, z_y: int, qmin: int, qmax: int,
+                     axis: int | None = 1) -> np.ndarray:
+    """``clamp(RDBPOT(sat32(MBQM(acc_t) + MBQM(acc_b)), frac_bits) + Z_y, qmin, qmax)`` (see
+    :class:`.ir.ConvTransposeResizeAdd`)."""
+    u = multiply_by_quantized_multiplier(acc_t, M_t, shift_t, axis) + multiply_by_quantized_multiplier(
+        acc_b, M_b, shift_b)
+    u = np.clip(u, INT32_MIN, INT32_MAX)
+    y = rdbpot(u, frac_bits) if frac_bits else u
+    return np.clip(y + int(z_y), qmin, qmax)
+
+
+def conv_transpose_resize_add(q_f, z_f: int, q_w, q_b, M0, shift, q_x, z_x: int, scale: int, M0_b: int,
+                              shift_b: int, z_y: int, stride=1, padding=0, padding_end=None, weight_bits: int = 14,
+                              mid_shift: int = 6, frac_bits: int = 8, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """The definition of :class:`.ir.ConvTransposeResizeAdd`: the transposed conv of ``q_f`` plus the bicubic of
+    ``q_x``, summed at ``2^-frac_bits`` output codes, rounded once.
+
+    Returns:
+        uint8 ``(N, O, Ho, Wo)``.
+    """
+    qmin, qmax = _range(qmin, qmax)
+    acc_t = conv_transpose2d_acc(q_f, z_f, q_w, q_b, stride, padding, padding_end)
+    acc_b = resize_bicubic_acc(q_x, z_x, scale, weight_bits, mid_shift)
+    if acc_t.shape != acc_b.shape:
+        raise ModelError(f"the transposed conv gives {acc_t.shape[1:]}, the bicubic {acc_b.shape[1:]}")
+    return combine_fraction(acc_t, M0, shift, acc_b, M0_b, shift_b, frac_bits, _code(z_y, "z_y"), qmin,
+                            qmax).astype(np.uint8)
 
 
 def clamp(q, qmin: int, qmax: int) -> np.ndarray:
@@ -505,6 +539,16 @@ def _conv_transpose2d(model, op: ir.ConvTranspose2d, env: dict, zp: dict) -> np.
     x = op.inputs[0]
     return conv_transpose2d(env[x], zp[x], _buf(model, op.weight), stride=op.stride, padding=op.padding,
                             padding_end=op.padding_end, **_weighted_args(model, op, zp))
+
+
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(model, op: ir.ConvTransposeResizeAdd, env: dict, zp: dict) -> np.ndarray:
+    f, x = op.inputs
+    a = _weighted_args(model, op, zp)
+    return conv_transpose_resize_add(env[f], zp[f], _buf(model, op.weight), a["q_b"], a["M0"], a["shift"], env[x],
+                                     zp[x], op.scale, op.resize_multiplier, op.resize_shift, zp[op.output],
+                                     op.stride, op.padding, op.padding_end, op.weight_bits, op.mid_shift,
+                                     op.frac_bits, op.qmin, op.qmax)
 
 
 @KERNELS.register(ir.ResizeBicubic)

@@ -91,7 +91,7 @@ int cnn_conv(const Conv *d, int64_t n, const uint8_t *x, const uint8_t *res, uin
                 int64_t m = p1 - p < chunk ? p1 - p : chunk;
                 for (int64_t i = 0; i < m; i++) {
                     rows[i] = (pad ? img : x + b * imgsz) + (oh * d->sh * wpd + ow * d->sw) * c;
-                    outs[i] = y + (p + i) * d->o;
+                    outs[i] = y + (p + i) * d->o * (d->raw ? 4 : 1);
                     ress[i] = res ? res + (p + i) * d->o : 0;
                     if (++ow == d->wo) { ow = 0; if (++oh == d->ho) { oh = 0; b++; } }
                 }

@@ -87,6 +87,14 @@ static inline __attribute__((always_inline)) void epilogue_fast(const int NEG, c
 static __attribute__((noinline)) void epilogue(const Conv *d, const __m512i *acc, int MR, int NB, int64_t b0,
                                                uint8_t *const *outs, const uint8_t *const *ress, __mmask8 *ovf) {
     const int add = d->add != 0;
+    if (d->raw) {  /* the accumulators themselves (the caller requantizes) */
+        for (int j = 0; j < NB; j++) {
+            const int64_t rem = d->o - (b0 + j) * 16;
+            const __mmask16 mk = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+            for (int i = 0; i < MR; i++) _mm512_mask_storeu_epi32((int32_t *)outs[i] + (b0 + j) * 16, mk, acc[i * 4 + j]);
+        }
+        return;
+    }
     if (d->leaky) {
         for (int j = 0; j < NB; j++) {
             const int64_t blk = b0 + j;
@@ -251,7 +259,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     __mmask8 ov = 0;
     const int64_t nb = (d->o + 15) / 16;
     int64_t done = 0;
-    if (!d->leaky && d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
+    if (!d->leaky && !d->raw && d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
             && (!d->add || d->add->fast) && m >= PT && m <= 4096) {
         int64_t starts[4096 / PT + 1];
         const int64_t nt = row16_tiles(d, rows, outs, ress, m, segoff, starts, &ov);
@@ -263,7 +271,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
             else pipe_row16(0, 0, d, rows, outs, ress, starts, nt, segoff);
         }
         done = m;
-    } else if (!d->leaky && d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
+    } else if (!d->leaky && !d->raw && d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
         const int64_t tiles = m / 12;
         if (d->rq.fneg) {
             if (d->add) pipe12(1, 1, d, rows, outs, ress, tiles, segoff);
@@ -438,6 +446,14 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     for (int64_t b = 0; b < nb; b++) {
         const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
         int64_t i = 0;
+        if (d->raw) {
+            const int64_t cnt = d->o - b * 16 < 16 ? d->o - b * 16 : 16;
+            for (; i < m; i++) {
+                acc16_avx2(1, d, rows + i, b, segoff, acc);
+                memcpy((int32_t *)outs[i] + b * 16, acc[0], 4 * cnt);
+            }
+            continue;
+        }
         for (; i + 3 <= m; i += 3) {
             acc16_avx2(3, d, rows + i, b, segoff, acc);
             if (fast) emit_fast_avx2(3, d, acc, b, outs + i, ress ? ress + i : 0);
@@ -487,6 +503,10 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
         for (int64_t b = 0; b < nb; b++) {
             int32_t acc[16];
             dot16(d, rows[i], b, segoff, acc);
+            if (d->raw) {
+                for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) ((int32_t *)outs[i])[c] = acc[l];
+                continue;
+            }
             for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
                 const uint8_t y = requant1c(d, acc[l], c, ovf);
                 outs[i][c] = d->add ? add1(d->add, y, ress[i][c]) : y;

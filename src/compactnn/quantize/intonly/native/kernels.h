@@ -73,6 +73,7 @@ typedef struct {
     const AddFuse *add;              /* NULL, or the Add whose output this conv writes instead of its own */
     Requant rqn;                     /* leaky: the negative side's constants (same bias arrays as rq) */
     int64_t leaky;                   /* 1: fused LeakyReLU: rqn where acc + bias < 0, else rq (never with add) */
+    int64_t raw;                     /* 1: write the int32 accumulators (no bias; rq.fast = 0), 4*o bytes a pixel */
 } Conv;
 
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }

@@ -528,6 +528,57 @@ def _conv_transpose2d(prog, model, op, shapes, zp):
     return run, (o, ho, wo)
 
 
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(prog, model, op, shapes, zp):
+    """The phase conv's raw int32 accumulators from C (``Conv.raw``), then in NumPy int64 on the arena: the bias
+    (with the zero-point fold), the depth-to-space and crop, the bicubic accumulators (the reference's), and
+    :func:`..reference.combine_fraction`: the definition's arithmetic."""
+    from ..engine import phase_conv
+
+    (c, h, w), (ci, hi, wi) = shapes
+    wt = getattr(model, op.weight)
+    _, o, kh, kw = wt.shape
+    pc = phase_conv(wt.numpy(), op.stride, op.padding, op.padding_end)
+    rep = op.stride[0] * op.stride[1]
+    zf, zx = zp[op.inputs[0]], zp[op.inputs[1]]
+    bias = getattr(model, op.bias).numpy().astype(np.int64)
+    sub = _Sub(weight=torch.from_numpy(pc["weight"]), bias=torch.from_numpy(np.tile(bias, rep).astype(np.int32)),
+               multiplier=torch.ones(1, dtype=torch.int32), shift=torch.zeros(1, dtype=torch.int32))
+    sop = ir.Conv2d(inputs=op.inputs[:1], output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+                    shift="shift", padding=pc["pad"])
+    d = _sub_conv(prog, sub, sop, slice(None), (c, h, w), zf, 0)
+    d.raw, d.rq.fast = 1, 0
+    folded = np.tile(bias, rep) - zf * pc["weight"].astype(np.int64).sum(axis=(1, 2, 3))  # b - Z·Σw per channel
+    addr, lib = ctypes.addressof(d), prog.lib
+    ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+    wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+    (sh, sw), (pt, pl) = op.stride, op.padding
+    hp, wp_, co = d.ho, d.wo, d.o
+    m_t, s_t = getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy()
+    m_t, s_t = (m_t[0], s_t[0]) if m_t.shape == (1,) else (m_t, s_t)
+
+    def run(p, n, t):
+        tmp = _TEMP.get(("deconv_raw", id(prog)), n * hp * wp_ * co * 4)
+        if lib.cnn_conv(addr, n, p[0], None, tmp.ctypes.data, p[-1], t):
+            return 1
+        acc = tmp[:n * hp * wp_ * co * 4].view(np.int32).reshape(n, hp, wp_, co).astype(np.int64) + folded
+        acc_t = acc.reshape(n, hp, wp_, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp * sh, wp_ * sw, o)[
+            :, pt:pt + ho, pl:pl + wo]
+        img = _arena(p[1], n * hi * wi * ci).reshape(n, hi, wi, ci).transpose(0, 3, 1, 2)
+        try:
+            ref._int32(acc_t, "the conv_transpose2d accumulator")
+            acc_b = ref.resize_bicubic_acc(np.ascontiguousarray(img), zx, op.scale, op.weight_bits,
+                                           op.mid_shift).transpose(0, 2, 3, 1)
+        except ModelError:
+            return 1
+        y = ref.combine_fraction(acc_t, m_t, s_t, acc_b, op.resize_multiplier, op.resize_shift, op.frac_bits,
+                                 zp[op.output], op.qmin, op.qmax, axis=-1)
+        _arena(p[2], n * ho * wo * o).reshape(n, ho, wo, o)[:] = y
+        return 0
+
+    return run, (o, ho, wo)
+
+
 @KERNELS.register(ir.ResizeBicubic)
 def _resize_bicubic(prog, model, op, shapes, zp):
     """The reference kernel (NumPy int64) on the arena's codes: a small op (one channel in IDN)."""
