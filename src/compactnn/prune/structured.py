@@ -29,7 +29,9 @@ from ..errors import ModelError
 from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune
 from .graph import DependencyGraph
 from ..report import count_macs
+from .layer_rules import rule_for
 from .surgery import keep_count, prune_channels, removed_roots
+from .units import PrunedMultiheadAttention, PrunedSelfAttention, rnn_macs_factor
 
 Importance = Callable[[nn.Module, DependencyGraph, Any], dict[str, Tensor]]
 
@@ -46,13 +48,14 @@ class Structured(MethodConfig):
         budget: what ``sparsity`` measures: ``"channels"`` or ``"macs"`` (batch-1 MACs of the whole model).
         round_to: every pruned group keeps a multiple of this many channels (1 = exact; 8 suits CPU convolutions),
             as Torch-Pruning's ``round_to``.
-        layers: ``fnmatch`` patterns naming the Conv/Linear producers whose channel groups may be pruned; ``None``
-            = every group (the groups feeding the model output are never pruned).
+        layers: ``fnmatch`` patterns naming the producers whose channel groups may be pruned: Conv/Linear layers,
+            recurrent layers (their hidden units), attention modules (their heads; a hand-written attention by its
+            ``qkv`` Linear); ``None`` = every group (the groups feeding the model output are never pruned).
         exclude: patterns of producers whose groups are left alone.
         finetune: fine-tuning after the channels are removed (``None`` = prune only).
     """
 
-    kinds = WEIGHT_LAYERS
+    kinds = WEIGHT_LAYERS + (nn.RNNBase, nn.MultiheadAttention, PrunedMultiheadAttention, PrunedSelfAttention)
     renamed = {"ratio": "use sparsity (the fraction of channels removed)"}
 
     sparsity: PerLayer[Sparsity]
@@ -71,9 +74,19 @@ class Structured(MethodConfig):
 def l1_importance(model: nn.Module, graph: DependencyGraph, data: Any = None) -> dict[str, Tensor]:
     """Li et al.'s filter norms: ``{group: sum over the group's producers of sum|W| per output channel}``."""
     modules = dict(model.named_modules())
-    per_layer = {name: modules[name].weight.detach().abs().flatten(1).sum(1)
-                 for g in graph.prunable().values() for name in g.producers}
+    per_layer = {name: unit_l1(graph, modules, name) for g in graph.prunable().values() for name in g.producers}
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
+
+
+def unit_l1(graph: DependencyGraph, modules: Mapping[str, nn.Module], name: str) -> Tensor:
+    """``sum |w|`` per output unit of producer ``name``: a filter's weights, or the layer rule's own ``l1`` (a
+    recurrent layer's hidden units, an attention's heads: see :mod:`.units`)."""
+    layer = graph.layers[name]
+    mod = modules[layer.target]
+    rule = layer.rule or rule_for(mod)
+    if rule is not None and rule.l1 is not None:
+        return rule.l1(mod)
+    return mod.weight.detach().abs().flatten(1).sum(1)
 
 
 def selected_groups(graph: DependencyGraph, target: Target, where: str) -> dict[str, Any]:
@@ -110,24 +123,38 @@ class MacsModel:
 
     def __init__(self, model: nn.Module, graph: DependencyGraph) -> None:
         self.graph = graph
+        self.modules = dict(model.named_modules())
         self.dense = count_macs(model, graph.input_shape)
         self.roots = {n: graph.root(layer.out_ids) for n, layer in graph.layers.items()}
         self.in_roots = {n: None if layer.in_ids is None else graph.root(layer.in_ids)
                          for n, layer in graph.layers.items()}
+        # a module holding units (hidden units, heads) owns the MACs counted below it too
+        self.owner: dict[str, str] = {}
+        for name, layer in graph.layers.items():
+            if layer.kind in ("rnn", "heads"):
+                for key in self.dense:
+                    if key == layer.target or key.startswith(layer.target + "."):
+                        self.owner[key] = name
 
     def __call__(self, counts: Mapping[str, int]) -> int:
         removed = removed_roots(self.graph, {n: list(range(c)) for n, c in counts.items()})
         total = 0.0
-        for name, macs in self.dense.items():
+        for key, macs in self.dense.items():
+            name = self.owner.get(key, key)
             layer = self.graph.layers.get(name)
             if layer is None or not macs:
                 total += macs
                 continue
             out = self.roots[name]
-            factor = sum(int(r) not in removed for r in out) / max(len(out), 1)
+            kept_out = sum(int(r) not in removed for r in out)
             ins = self.in_roots[name]
+            kept_in = None if ins is None else sum(int(r) not in removed for r in ins)
+            if layer.kind == "rnn":
+                total += macs * rnn_macs_factor(self.modules[layer.target], kept_in, kept_out)
+                continue
+            factor = kept_out / max(len(out), 1)
             if ins is not None and layer.kind != "depthwise":
-                factor *= sum(int(r) not in removed for r in ins) / max(len(ins), 1)
+                factor *= kept_in / max(len(ins), 1)
             total += macs * factor
         return int(round(total))
 

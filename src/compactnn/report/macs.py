@@ -193,6 +193,14 @@ def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCount
     def inclusive(name: str) -> int:
         return flops.get(f"{root}.{name}" if name else root, 0)
 
+    def covered(name: str, module: nn.Module) -> int:
+        """Flops under ``name``: its inclusive count, or, for a container that never ran itself (a ModuleList),
+        its children's (else a TransformerEncoder's layers would count again as its own)."""
+        key = f"{root}.{name}" if name else root
+        if key in flops:
+            return flops[key]
+        return sum(covered(f"{name}.{c}", m) for c, m in module.named_children())
+
     folded: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(f + ".") for f in folded):
@@ -200,7 +208,7 @@ def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCount
         if _formula(module):
             folded.append(name)
             continue
-        children = sum(inclusive(f"{name}.{c}" if name else c) for c, _ in module.named_children())
+        children = sum(covered(f"{name}.{c}" if name else c, m) for c, m in module.named_children())
         own = (inclusive(name) - children) // 2  # flops are 2 per multiply-accumulate
         if own > 0:
             counts[name] = counts.get(name, 0) + own
