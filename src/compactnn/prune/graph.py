@@ -279,6 +279,8 @@ class DependencyGraph:
             return  # x.size(0), x.shape: no channels
         if node.op == "get_attr":
             raise _unsupported(f"tensor attribute {node.target!r} used in the forward pass", "get_attr")
+        if not inputs:
+            raise _unsupported(f"node {node.name!r} making a tensor from parameters or constants only", node.op)
         ids = self._propagate(node, inputs, shape)
         self.node_ids[node.name] = ids
 

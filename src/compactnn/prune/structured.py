@@ -66,6 +66,30 @@ class Structured(MethodConfig):
     exclude: Patterns = None
     finetune: FineTune | None = FineTune()
 
+    @classmethod
+    def plan_details(cls, model: nn.Module, target: Target, rows: list[dict], skipped: dict[str, str]
+                     ) -> tuple[list[dict], dict[str, str]]:
+        """For :func:`compactnn.plan`: when the model has an ``input_shape``, each row says which units its group
+        prunes (channels, hidden units, heads) or that it feeds the output; ops kept whole are listed with their
+        reasons. Without ``input_shape`` (the data gives it at run time) the rows stay as they are."""
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            return rows, skipped
+        try:
+            graph = DependencyGraph.build(model, shape)
+        except ModelError as err:
+            return rows, {**skipped, "<graph>": str(err)}
+        units = {"conv": "channels", "linear": "features", "rnn": "hidden units", "heads": "heads"}
+        group_of = {p: g for g in graph.groups.values() for p in g.producers}
+        by_name = {row["layer"]: row for row in rows}
+        for name, layer in graph.layers.items():
+            row, group = by_name.get(name), group_of.get(name)
+            if row is None or group is None:
+                continue
+            what = f"{group.size} {units.get(layer.kind, 'channels')}"
+            row["settings"] = {**row["settings"], "units": f"{what} (output: kept)" if group.pinned else what}
+        return rows, {**skipped, **{k: f"kept whole: {v}" for k, v in graph.kept_whole.items()}}
+
     def validate(self) -> None:
         check(not isinstance(self.sparsity, Mapping) or (self.scope == "layer" and self.budget == "channels"),
               "a per-layer sparsity mapping needs scope 'layer' and budget 'channels'; give one number otherwise")

@@ -174,7 +174,7 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
             counts[_name] += module_macs(mod, inputs, output)
 
         handles.append(module.register_forward_hook(hook))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     try:
         with eval_mode(model), torch.inference_mode(), counter:
             run_forward(model, x)
@@ -183,6 +183,22 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
             h.remove()
     _add_functional(model, counts, counter)
     return counts
+
+
+def _extra_formulas() -> dict:
+    """Ops torch's flop counter has no formula for: CPU's fused attention (``F.scaled_dot_product_attention`` on
+    CPU), counted as its two products like the GPU kernels (``torch.utils.flop_counter.sdpa_flop``)."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    count = getattr(flop_counter, "sdpa_flop_count", None)
+    if op is None or count is None:
+        return {}
+
+    def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return count(query_shape, key_shape, value_shape)
+
+    return {op: formula}
 
 
 def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCounterMode) -> None:
