@@ -15,9 +15,15 @@ output are pinned (never pruned), so the classifier's outputs are never removed.
 Design after Torch-Pruning (Fang et al. 2023, github.com/VainF/Torch-Pruning): a dependency graph plus low-level
 per-layer pruning (:mod:`.surgery`) kept separate from the pruners that choose channels (:mod:`.nisp`,
 :mod:`.l1filter`). Written from scratch; supports Conv1d/2d, Linear, BatchNorm1d/2d, elementwise activations,
-dropout, pooling, flatten, add and cat. Any other op (a user layer, ``mul``, slicing, an LSTM, attention) is kept
-whole: the channels that reach it and that it makes are pinned, pruning goes on around it, and ``kept_whole`` names
-it (as Torch-Pruning leaves unknown ops out).
+dropout, pooling, flatten, add, cat, elementwise ``mul`` (SE gates: the factors' channels are tied), indexing and
+mean/sum that leave the channel (or feature) dim whole (``out[:, -1]``, ``x.mean((2, 3))``), and units inside
+modules (:mod:`.units`): the hidden units of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (their tuple outputs and ``h_n``
+followed through ``getitem``), whole heads of ``nn.MultiheadAttention``, of each layer of torch's
+``TransformerEncoder`` (with its MLP hidden units) and of a hand-written attention recognized by
+:mod:`.attention_match`; attention keeps its inputs and outputs (the embedding dim) whole. Any other op (a user
+layer, slicing into the channels, a product with a parameter) is kept whole: the channels that reach it and that it
+makes are pinned, pruning goes on around it, and ``kept_whole`` names it with its source line (as Torch-Pruning
+leaves unknown ops out).
 """
 
 from __future__ import annotations
@@ -142,7 +148,8 @@ class Opaque(ModelError):
 def _unsupported(what: str, kind: str) -> Opaque:
     return Opaque(
         f"structured pruning does not support {what} ({kind}); supported: Conv1d/2d (groups 1 or depthwise), "
-        "Linear, BatchNorm1d/2d, activations, dropout, pooling, flatten, add, cat; replace it or prune other layers"
+        "Linear, BatchNorm1d/2d, LSTM/GRU/RNN, MultiheadAttention, activations, dropout, pooling, flatten, add, cat, "
+        "mul, indexing; replace it or prune other layers"
     )
 
 
@@ -541,6 +548,10 @@ class DependencyGraph:
 
     def _add(self, node: fx.Node, inputs: list[fx.Node], where: str) -> np.ndarray:
         out_shape = self.shape(node)
+        for a in (*node.args, *node.kwargs.values()):
+            if isinstance(a, fx.Node) and self.shape(a) is not None and a.name not in self.node_ids:
+                raise _unsupported(f"{where} of a tensor the graph does not track ({a.name!r}, a parameter read "
+                                   "in forward?)", "add")
         for arg in inputs:
             if self.shape(arg) != out_shape:
                 raise _unsupported(f"{where} broadcasting {self.shape(arg)} to {out_shape}", "add")

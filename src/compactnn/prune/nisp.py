@@ -11,7 +11,16 @@
    by ``|gamma / sqrt(var + eps)|`` (**our choice**, the paper does not say); activations and dropout pass; average
    pooling is linear (its adjoint); max pooling spreads each score uniformly over its window (**unverified**: the
    adjoint of the matching average pool); flatten reshapes; an add gives its score to both inputs (so a shared input
-   sums both paths); cat splits.
+   sums both paths); cat splits; indexing and mean/sum use their adjoints (the score goes back where it was read);
+   an elementwise product (an SE gate) gives its score to both factors, summed over the dims each is broadcast along
+   (**our choice**, as an add: the product is not linear in both). Units inside a module (:mod:`.units`): a
+   recurrent layer's hidden unit scores the sum of its positions in the outputs it makes (every step, both
+   directions, ``h_n``), and the score it receives spreads evenly to its input (a recurrence has no ``|W|^T``);
+   an attention head scores ``|W_o|^T s`` summed over its ``head_dim`` features, ``s`` the score of the attention's
+   output and ``W_o`` its output projection (NISP's rule through the last linear map of the head); in torch's
+   TransformerEncoder the stream's score at the encoder output is used for every layer (**our choice**: the
+   residual stream carries it; LayerNorm is treated as passing it), through ``out_proj`` for heads and ``linear2``
+   for MLP units.
 3. **Pruning.** A channel's score is its producer's output score map summed over positions; groups tied by residual
    adds sum their producers' scores. These scores are an importance measure (:class:`NISPImportance`) of the one
    structured pruner, :func:`.structured.prune_structured`, which removes the lowest at a per-group ratio or within
