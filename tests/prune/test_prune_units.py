@@ -393,3 +393,11 @@ def test_global_macs_budget_spreads_over_heads_units_and_channels():
     dense = total_macs(model, model.input_shape)
     out = cn.compress(model, L1Filter(sparsity=0.4, scope="global", budget="macs", finetune=None))
     assert abs(1 - total_macs(out, model.input_shape) / dense - 0.4) < 0.08
+
+
+def test_round_to_counts_units():
+    torch.manual_seed(0)
+    out = cn.compress(Encoder(), L1Filter(sparsity=0.3, round_to=4, finetune=None))
+    layer = out.encoder.layers[0]
+    assert layer.linear1.out_features == 12  # 16 * 0.7 = 11.2 -> 11 -> snapped to 12
+    assert isinstance(layer.self_attn, nn.MultiheadAttention)  # 4 heads: round_to 4 keeps them all
