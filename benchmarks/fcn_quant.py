@@ -81,8 +81,8 @@ SMALL = "12.5%"
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(pool=24, test=12, size=48, width=8, steps=40, models=2, inq_steps=10, first=4,
-                    budgets=(("50%", 12), ("25%", 6), (SMALL, 4)))
+        return dict(pool=24, test=12, size=48, width=8, steps=40, models=2, inq_steps=10, first=2,
+                    budgets=(("50%", 12), ("25%", 6), (SMALL, 3)))
     return dict(pool=64, test=48, size=64, width=16, steps=240, models=4, inq_steps=60, first=4,
                 budgets=(("50%", 32), ("25%", 16), (SMALL, 8)))
 
@@ -161,10 +161,19 @@ class Run:
         s, sets = self.s, self.state["sets"]
         labelled = sets.get(f"{how} progress") or [int(i) for i in np.random.default_rng(self.seed).choice(
             len(self.x), size=s["first"], replace=False)]
-        largest = max(b for _, b in s["budgets"])
-        round_ = (len(labelled) - s["first"]) // s["first"]
-        while len(labelled) < largest and not self.late():
-            batch = min(s["first"], largest - len(labelled))
+        budgets = sorted(b for _, b in s["budgets"])
+        round_ = int(sets.get(f"{how} rounds", 0))
+
+        def record() -> None:
+            sets[f"{how} progress"], sets[f"{how} rounds"] = labelled, round_
+            for share, budget in s["budgets"]:
+                if len(labelled) == budget:
+                    sets[f"{share} {how}"] = sorted(labelled)
+            self.save()
+
+        record()
+        while len(labelled) < budgets[-1] and not self.late():
+            batch = min(s["first"], min(b for b in budgets if b > len(labelled)) - len(labelled))
             if how == "random":
                 labelled += random_selection(len(self.x), labelled, batch, seed=self.seed * 100 + round_)
             else:
@@ -172,11 +181,7 @@ class Run:
                                     epochs=epochs(s["steps"] // 2, len(labelled)), width=max(4, s["width"] // 2),
                                     seed=self.seed * 100 + round_)
             round_ += 1
-            sets[f"{how} progress"] = labelled
-            for share, budget in s["budgets"]:
-                if len(labelled) == budget:
-                    sets[f"{share} {how}"] = sorted(labelled)
-            self.save()
+            record()
 
     def run(self) -> bool:
         """Every row not done yet, until the deadline; True when the seed is complete."""

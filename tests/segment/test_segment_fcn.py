@@ -75,6 +75,30 @@ def test_suggest_and_random_pick_distinct_unlabelled_images(tiles):
         train_fcn(x[:3], y[:2])
 
 
+@pytest.mark.parametrize("call, words", [
+    # a mask that does not match its image: count, or spatial size
+    (lambda x, y: train_fcn(x[:3], y[:2]), "must match"),
+    (lambda x, y: train_fcn(x[:3], y[:3, :, :30]), "must match"),
+    (lambda x, y: evaluate_fcn(GlandFCN(4), x[:2], y[:2, :30]), "must match"),
+    (lambda x, y: suggest(x, y[:, :30], labelled=[0], batch=1), "must match"),
+    (lambda x, y: suggest(x, y[:10], labelled=[0], batch=1), "must match"),
+    # an empty labelled set
+    (lambda x, y: train_fcn(x[:0], y[:0]), "labelled set is empty"),
+    (lambda x, y: suggest(x, y, labelled=[], batch=1), "non-empty labelled set"),
+    (lambda x, y: random_selection(16, [], 2), "non-empty labelled set"),
+    # a budget larger than the pool (or than what is left of it)
+    (lambda x, y: suggest(x, y, labelled=[0, 1], batch=15), "cannot choose 15 images: 14 of the pool's 16"),
+    (lambda x, y: random_selection(16, [0, 1], 20), "cannot choose 20 images: 14 of the pool's 16"),
+    (lambda x, y: random_selection(16, [0, 1], 0), "cannot choose 0 images"),
+    (lambda x, y: random_selection(16, [0, 16], 2), "labelled index 16 is outside the pool of 16"),
+])
+def test_bad_input_is_one_line(tiles, call, words):
+    (x, y), _ = tiles
+    with pytest.raises(ConfigError) as err:
+        call(x, y)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
 def test_inq_quantized_fcn_trains_with_the_segmentation_loss_and_packs_smaller(tiles, tmp_path):
     (x, y), (xt, yt) = tiles
     model = train_fcn(x, y, epochs=20, width=8, seed=0)
