@@ -14,12 +14,15 @@ the suggestive-vs-random or quantized-vs-float results. The pilot's table and th
 Per seed (tiles, model init, bootstraps and selections are seeded): a pool of 64 tiles, a test set of 48. Rows:
 
 - float FCN on every pool tile;
-- float FCN on nested 12.5% / 25% / 50% budgets chosen at random or by suggestive annotation; both start from the
-  same random 4 tiles (1/16 of the pool) and add 4 per round (suggestive: 4 bootstrap FCNs per round);
+- float FCN on nested 12.5% and 25% budgets (8 and 16 tiles) chosen at random or by suggestive annotation; both
+  start from the same random 4 tiles (1/16 of the pool) and add 4 per round (suggestive: 4 bootstrap FCNs per
+  round). The issue's 50% budget is left out: the brief asked for fewer labels, and the CPU time (two cores shared,
+  parts of <= 8 minutes under a lock) did not allow a third budget;
 - INQ FCNs fine-tuned from the float FCN of a set: on the 12.5% suggestive set at power-of-two weight widths 6, 5,
   4 and 3 bits with float activations, and 5-bit weights with fixed-point activations of 8 and 4 bits (INQ's
-  ``act_bits``: every ReLU becomes a [0, 1]-clipped uniform quantizer); on the other sets (all labels, 25% and 50%
-  suggestive) 5-bit weights, to see how the effect of quantization changes with the number of labels;
+  ``act_bits``: every ReLU becomes a [0, 1]-clipped uniform quantizer); on the other sets (all labels, 25%
+  suggestive) 5-bit weights, to see how the effect of quantization changes with the number of labels. INQ takes
+  2-6 bits, so the paper's 7-bit end is not run (the paper's "6.4x less memory" is 32/5, i.e. 5-bit weights);
 - a control for each quantized set: the float FCN fine-tuned with exactly the INQ schedule (same steps, optimizer,
   lr) but no quantization, so that "quantized >= float" is not "trained longer >= trained less".
 
@@ -75,7 +78,7 @@ CANDIDATES = {
     "hard + decoys + touching glands, 1-8 per tile": {**HARD, "decoys": 3, "gap": 0, "glands": (1, 8)},
 }
 #: The candidate the pilot's rule chose (see the module docstring and docs/results/fcn_quant.md).
-CHOSEN = "hard + up to 3 decoy spaces"
+CHOSEN = "hard + decoys + touching glands, 1-8 per tile"
 PILOT_BUDGETS = (1.0, 0.125)  # the rule reads only these two
 SMALL = "12.5%"
 
@@ -83,9 +86,9 @@ SMALL = "12.5%"
 def settings(quick: bool) -> dict:
     if quick:
         return dict(pool=24, test=12, size=48, width=8, steps=40, models=2, inq_steps=10, first=2,
-                    budgets=(("50%", 12), ("25%", 6), (SMALL, 3)))
-    return dict(pool=64, test=48, size=64, width=16, steps=240, models=4, inq_steps=60, first=4,
-                budgets=(("50%", 32), ("25%", 16), (SMALL, 8)))
+                    budgets=(("25%", 6), (SMALL, 3)))
+    return dict(pool=64, test=48, size=64, width=16, steps=240, models=4, inq_steps=40, first=4,
+                budgets=(("25%", 16), (SMALL, 8)))
 
 
 def data(seed: int, s: dict, setting: dict) -> tuple:
@@ -337,7 +340,7 @@ def pilot_lines(out: Path) -> list[str]:
     if not path.exists():
         return []
     rows = json.loads(path.read_text())
-    lines = ["## Pilot (seed 0, float FCNs on random nested subsets, same optimizer steps)", "",
+    lines = ["## Pilot (seed 0, float FCNs on all pool tiles and on a random 12.5%, same optimizer steps)", "",
              "Made by `python benchmarks/fcn_quant.py --pilot`. Rule (fixed before the pilot): the first candidate, "
              "easiest first, whose all-labels FCN has object F1 in [0.6, 0.95] and whose 12.5% FCN is at least 0.05 "
              "below it.", "", "| candidate | labels | f1 | dice | hausdorff |", "|---|---|---|---|---|"]
