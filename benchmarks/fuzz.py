@@ -26,6 +26,12 @@ Usage::
     python benchmarks/fuzz.py --cases 2500 --offset 0 --part docs/results/fuzz_parts/p0.json   # one part
     python benchmarks/fuzz.py --merge docs/results/fuzz_parts                                  # fuzz.{md,json}
     python benchmarks/fuzz.py --quick                                                           # ~20 s smoke run
+    python benchmarks/fuzz.py --engine hypothesis --cases 10000 --part docs/results/fuzz_parts/h.json
+
+``--engine hypothesis`` lets hypothesis pick every mutation (``@given(st.data())``; the mutators draw through
+:class:`DrawRng`), derandomized and without an example database, so a run is repeatable; a failing case is shrunk by
+hypothesis before it is reported. The seeded engine is cheaper per case (no hypothesis bookkeeping) and lets any
+slice of a campaign be rerun alone.
 """
 
 from __future__ import annotations
@@ -411,7 +417,37 @@ def mutate_cifar(rng: random.Random, raw: bytes) -> bytes:
 
 
 def make_case(seed: int, i: int, bases) -> tuple[str, bytes]:
-    rng = random.Random(seed * 1_000_003 + i)
+    return case_from(random.Random(seed * 1_000_003 + i), bases)
+
+
+class DrawRng:
+    """The ``random.Random`` methods the mutators use, each value drawn from hypothesis's ``data`` strategy, so that
+    hypothesis chooses the mutations (and shrinks a failing case to a small one) while the mutators stay the same."""
+
+    def __init__(self, data):
+        from hypothesis import strategies as st
+
+        self.data, self.st = data, st
+
+    def randrange(self, a: int, b: int | None = None) -> int:
+        lo, hi = (0, a) if b is None else (a, b)
+        return self.data.draw(self.st.integers(lo, hi - 1))
+
+    def randint(self, a: int, b: int) -> int:
+        return self.data.draw(self.st.integers(a, b))
+
+    def random(self) -> float:
+        return self.data.draw(self.st.floats(0.0, 1.0, exclude_max=True))
+
+    def choice(self, seq):
+        return seq[self.randrange(len(seq))]
+
+    def choices(self, population, weights):
+        return [population[self.data.draw(self.st.sampled_from(
+            [i for i, w in enumerate(weights) for _ in range(w)]))]]
+
+
+def case_from(rng, bases) -> tuple[str, bytes]:
     targets = [t for t in TARGETS if bases[t]]
     weights = {"pack": 4, "intonly": 2, "recipe": 2, "idx": 1, "cifar": 1}
     target = rng.choices(targets, [weights[t] for t in targets])[0]
@@ -560,6 +596,12 @@ def merge(parts: list[dict]) -> dict:
             "intonly_base": all(p.get("intonly_base", False) for p in parts)}
 
 
+def _part_args(part: dict) -> str:
+    if part["seed"] == "hypothesis":
+        return f"--engine hypothesis --cases {part['cases']}"
+    return f"--seed {part['seed']} --cases {part['cases']} --offset {part['offset']}"
+
+
 def write_report(result: dict, out: Path, command: str) -> None:
     t = result["total"]
     rows = [{"target": name, **c} for name, c in result["counts"].items()]
@@ -570,8 +612,7 @@ def write_report(result: dict, out: Path, command: str) -> None:
         "",
         f"Command: `{command}`; the parts, merged with `--merge`:",
         "",
-        *[f"- `python benchmarks/fuzz.py --seed {p['seed']} --cases {p['cases']} --offset {p['offset']} --part ...` "
-          f"({p['seconds']:.0f} s)" for p in result["parts"]],
+        *[f"- `python benchmarks/fuzz.py {_part_args(p)} --part ...` ({p['seconds']:.0f} s)" for p in result["parts"]],
         "",
         "Each case runs in a worker process with a 10 s deadline; `error` = refused with a one-line compactnn error, "
         "`ok` = accepted and loaded, `traceback` = any other exception or a multi-line message, `crash` = worker killed "
@@ -594,6 +635,44 @@ def write_report(result: dict, out: Path, command: str) -> None:
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def hypothesis_campaign(cases: int, quiet: bool = False) -> dict:
+    """The same mutators and worker, driven by hypothesis (``@given(st.data())``, derandomized, no example database):
+    every case must end ``ok`` or ``error``; a failing case is shrunk by hypothesis and recorded as the finding."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from tqdm import tqdm
+
+    bases = base_files()
+    pool = Pool(as_limit=4 << 30)
+    counts = {t: {"cases": 0, "ok": 0, "error": 0, "traceback": 0, "crash": 0, "hang": 0} for t in TARGETS}
+    peak, start, bar = {"kb": 0, "slowest": 0.0}, time.perf_counter(), tqdm(total=cases, disable=quiet, desc="fuzz")
+
+    @settings(max_examples=cases, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(st.data())
+    def one(data):
+        target, blob = case_from(DrawRng(data), bases)
+        status, detail, seconds, hwm = pool.run(target, blob)
+        counts[target]["cases"] += 1
+        counts[target][status] += 1
+        peak["kb"], peak["slowest"] = max(peak["kb"], hwm), max(peak["slowest"], seconds)
+        bar.update()
+        assert status in ("ok", "error"), f"{target} {status}: {detail[-600:]}"
+
+    findings = []
+    try:
+        one()
+    except AssertionError as err:  # hypothesis re-raises the shrunk failing case
+        findings.append({"case": "shrunk", "target": str(err).split()[0], "status": str(err).split()[1].rstrip(":"),
+                         "detail": str(err)})
+    bar.close()
+    pool.close()
+    return {"seed": "hypothesis", "offset": 0, "cases": sum(c["cases"] for c in counts.values()),
+            "seconds": round(time.perf_counter() - start, 1), "counts": counts,
+            "peak_rss_mb": round(peak["kb"] / 1024, 1), "baseline_rss_mb": round(pool.baseline_kb / 1024, 1),
+            "slowest_case_s": round(peak["slowest"], 3), "findings": findings, "intonly_base": bool(bases["intonly"])}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -604,17 +683,23 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "fuzz")
     ap.add_argument("--quick", action="store_true", help="a short smoke run (200 cases); prints the summary")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--engine", choices=("random", "hypothesis"), default="random",
+                    help="who picks the mutations: seeded random (parts can be rerun alone) or hypothesis (shrinks a "
+                         "failing case)")
     args = ap.parse_args(argv)
     if args.merge:
         parts = [json.loads(p.read_text()) for p in sorted(args.merge.glob("*.json"))]
         result = merge(parts)
-        cmd = "python benchmarks/fuzz.py --seed {} --cases N --offset K --part ... ; --merge {}".format(
-            parts[0]["seed"], args.merge.relative_to(ROOT) if args.merge.is_absolute() else args.merge)
+        cmd = "python benchmarks/fuzz.py --merge {}".format(
+            args.merge.relative_to(ROOT) if args.merge.is_absolute() else args.merge)
         write_report(result, args.out, cmd)
         print(json.dumps(result["total"]), f"peak RSS {result['peak_rss_mb']} MB")
         return 0
     cases = 200 if args.quick else args.cases
-    result = campaign(args.seed, args.offset, cases, quiet=args.quiet)
+    if args.engine == "hypothesis":
+        result = hypothesis_campaign(cases, quiet=args.quiet)
+    else:
+        result = campaign(args.seed, args.offset, cases, quiet=args.quiet)
     if args.part:
         args.part.parent.mkdir(parents=True, exist_ok=True)
         args.part.write_text(json.dumps(result, indent=1) + "\n")

@@ -9,6 +9,8 @@ every part rewrites idn.md (and ``--part figure`` idn.png) from the JSON:
     python benchmarks/idn.py --part figure           # crop of a Set14 image: bicubic / IDN / ground truth
     python benchmarks/idn.py --part train --run DIR  # the curve of a `compactnn sr train` run folder
     python benchmarks/idn.py --part compress ...     # pruning and k-means weight sharing (see --help)
+    python benchmarks/idn.py --part int8 --scales 2,4        # integer-only int8: PSNR vs float, packed bytes
+    python benchmarks/idn.py --part int8-time --scales 2     # 256x256 LR: float torch vs int8 side by side
 
 Data: --data (default $COMPACTNN_SR_DATA, then ../shared/data), holding sr/ and idn/.
 """
@@ -151,8 +153,10 @@ def part_figure(args, results: dict) -> None:
 
 
 def extra_models(args, s: int) -> list:
-    """IDN int8 would go here once the integer engine has IDN's ops (see the note)."""
-    return []
+    """The int8 IDN of --part int8 (converted now if --int8-dir does not hold it)."""
+    from idn_int8 import int8_model  # noqa: PLC0415
+
+    return [("IDN int8 (integer-only)", int8_model(args, s, official)[0])]
 
 
 def part_train(args, results: dict) -> None:
@@ -218,17 +222,21 @@ def render(results: dict) -> str:
             lines.append(f"| {r['name']} | {fmt(r.get('set5'), 3)} | {fmt(r.get('set14'), 3)} | "
                          f"{r['bytes']:,} | {r['ratio']:.2f}x | {fmt(r.get('seconds'), 1)} |")
         lines += ["", comp.get("notes", ""), ""]
+    from idn_int8 import render as render_int8  # noqa: PLC0415
+
+    lines += render_int8(results)
     fig = results.get("figure")
     if fig:
         lines += ["## Picture", "", f"Made by `{fig['command']}`: Set14 `{fig['image']}` x{fig['scale']}, "
-                  "bicubic / IDN float / ground truth. IDN int8 is missing: the integer engine has grouped conv, "
-                  "add and concat, but no LeakyReLU, channel slice, transposed conv or bicubic resize yet.", "", "![idn](idn.png)", ""]
+                  "bicubic / IDN float / IDN int8 (integer-only) / ground truth"
+                  + ("." if len(fig["panels"]) > 3 else " (IDN int8 not in this run)."), "", "![idn](idn.png)", ""]
     return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", required=True, choices=["table", "b100", "figure", "train", "compress", "render"])
+    p.add_argument("--part", required=True, choices=["table", "b100", "figure", "train", "compress", "int8",
+                                                     "int8-time", "render"])
     p.add_argument("--data", type=Path, default=None)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--threads", type=int, default=2)
@@ -238,13 +246,20 @@ def main() -> None:
     p.add_argument("--fig-crop", type=lambda t: [int(v) for v in t.split(",")], default=[100, 180, 120])
     p.add_argument("--budget", type=float, default=420.0, help="seconds for --part b100 before it stops")
     p.add_argument("--run", default=None, help="run folder of `compactnn sr train` (--part train)")
-    args, rest = p.parse_known_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from idn_int8 import add_args  # noqa: PLC0415
+
+    add_args(p)
+    args, rest = p.parse_known_args()
     args.data = data_root(args.data)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     results = load_json(args.out)
-    if args.part == "compress":
+    if args.part in ("int8", "int8-time"):
+        from idn_int8 import part_int8, part_int8_time  # noqa: PLC0415
+
+        (part_int8 if args.part == "int8" else part_int8_time)(args, results, official, command, env)
+    elif args.part == "compress":
         from idn_compress import part_compress  # noqa: PLC0415
 
         part_compress(args, rest, results)

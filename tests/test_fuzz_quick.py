@@ -25,3 +25,21 @@ def test_short_fuzz_run_is_clean():
     assert (total["traceback"], total["crash"], total["hang"]) == (0, 0, 0), result["findings"][:3]
     assert result["peak_rss_mb"] <= 512
     assert all(result["counts"][t]["cases"] > 0 for t in ("pack", "recipe", "idx", "cifar"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hypothesis_engine_runs_clean_and_reports_a_shrunk_failure(monkeypatch):
+    fuzz = load_fuzz()
+    clean = fuzz.hypothesis_campaign(60, quiet=True)
+    assert clean["cases"] == 60 and not clean["findings"]
+    assert sum(c["error"] + c["ok"] for c in clean["counts"].values()) == 60
+    real = fuzz.Pool.run
+
+    def run(self, target, data):  # a pretend bug: every recipe "crashes the reader"
+        result = real(self, target, data)
+        return ("traceback", f"fake failure at {len(data)} bytes", 0.0, 0) if target == "recipe" else result
+
+    monkeypatch.setattr(fuzz.Pool, "run", run)
+    found = fuzz.hypothesis_campaign(40, quiet=True)
+    assert [(f["target"], f["status"]) for f in found["findings"]] == [("recipe", "traceback")]
+    assert "fake failure" in found["findings"][0]["detail"]

@@ -80,11 +80,16 @@ def plan(model: nn.Module, configs: MethodConfig | Iterable[MethodConfig]) -> Pl
         rows = []
         for name, layer in target.layers.items():
             owner, param = slot_of(layer)
-            weight = getattr(owner, param)
+            weight = getattr(owner, param, None)  # an LSTM or an attention module has no single weight
+            params = int(weight.numel()) if weight is not None else sum(p.numel() for p in owner.parameters())
             settings = {f: target.value(f, name) for f in per_layer_fields(cls)}
             rows.append({"layer": name, "kind": type(owner).__name__ + ("" if param == "weight" else f".{param}"),
-                         "params": int(weight.numel()), "settings": settings})
-        stages.append(StagePlan(cls.method, to_dict(config), rows, dict(target.skipped)))
+                         "params": params, "settings": settings})
+        skipped = dict(target.skipped)
+        details = getattr(cls, "plan_details", None)  # a method that knows more about what it touches
+        if details is not None:
+            rows, skipped = details(model, target, rows, skipped)
+        stages.append(StagePlan(cls.method, to_dict(config), rows, skipped))
     return Plan(stages)
 
 

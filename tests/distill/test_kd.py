@@ -201,3 +201,25 @@ def test_attention_map_and_attention_transfer_on_conv_nets(digits):
                   finetune=FineTune(epochs=1, lr=0.01, optimizer="sgd", batch_size=64))
     out = cn.compress(student, cfg, data=data)
     assert math.isfinite(cn.train.evaluate(out, data)["loss"])
+
+
+def test_a_spec_teacher_is_not_reused_for_other_data_that_took_a_freed_data_sets_place(small, monkeypatch):
+    """The trained-spec cache is keyed by the training set's id; CPython gives a freed set's id to new objects, so
+    a new data set may arrive with the id of a set whose teacher is cached. Simulated here by making every id equal:
+    each data set must still get a teacher trained on itself."""
+    from compactnn.distill import kd
+
+    trained_on = []
+
+    def fake_fit(model, data, **kwargs):  # records which training set each teacher was trained on
+        trained_on.append(data.train)
+        return model
+
+    monkeypatch.setattr(cn.train, "fit", fake_fit)
+    monkeypatch.setattr(kd, "id", lambda obj: 7, raising=False)  # every data set looks like the same address
+    spec = TeacherSpec(model="lenet300", train=FineTune(epochs=1, lr=0.1))
+    for i in range(3):
+        data = dataclasses.replace(small, train=small.train.subset(50 + i, seed=i))
+        teacher = load_teacher(spec, data)
+        assert len(trained_on) == i + 1 and trained_on[-1] is data.train, f"data set {i} got another set's teacher"
+        assert load_teacher(spec, data) is teacher  # the same data set still reuses its teacher

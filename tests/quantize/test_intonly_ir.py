@@ -60,6 +60,12 @@ EXAMPLES = [
     ir.Lut(inputs=("v0",), output="v1", table="t", function="sigmoid"),
     ir.Mul(inputs=("a", "b"), output="c", multiplier=1 << 30, shift=-7, qmin=0, qmax=255),
     ir.Softmax(inputs=("v0",), output="v1", table="t", multiplier=65536 * 255),
+    ir.ConvTranspose2d(inputs=("v0",), output="v1", weight="w", bias="b", multiplier="m", shift="s", stride=(2, 3),
+                       padding=(1, 2), padding_end=(0, 1)),
+    ir.ResizeBicubic(inputs=("v0",), output="v1", scale=3, multiplier=1 << 30, shift=-21),
+    ir.ConvTransposeResizeAdd(inputs=("f", "x"), output="y", weight="w", bias="b", multiplier="m", shift="s",
+                              stride=(2, 2), padding=(7, 7), padding_end=(8, 8), scale=2, resize_multiplier=1 << 30,
+                              resize_shift=-13, frac_bits=8),
 ]
 
 

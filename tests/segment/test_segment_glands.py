@@ -30,6 +30,37 @@ def test_synthetic_glands_are_seeded_separate_instances():
 def test_bad_generator_settings():
     with pytest.raises(ConfigError, match="size >= 32"):
         synthetic_glands(2, size=16)
+    for bad in (dict(contrast=(0.8, 0.2)), dict(stain=1.0), dict(gap=-1), dict(decoys=-1), dict(noise=-0.1)):
+        with pytest.raises(ConfigError, match="0 <= contrast min <= max <= 1"):
+            synthetic_glands(2, size=32, **bad)
+
+
+def test_defaults_are_the_original_generator():
+    # digests of the arrays the generator gave before the difficulty parameters existed (commit 7ae4af2's parent)
+    import hashlib
+    x, y = synthetic_glands(4, 64, seed=3)
+    assert hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest().startswith("14b4a09e0a5fa68e")
+
+
+def test_harder_settings_change_the_tiles_as_documented():
+    easy, masks = synthetic_glands(8, size=64, seed=2)
+    hard, masks_hard = synthetic_glands(8, size=64, seed=2, contrast=(0.0, 0.0), stain=0.4, noise=0.2)
+    assert np.array_equal(masks, masks_hard)  # same glands: the masks are drawn before the colours
+    stroma = np.array([[hard[t, c][masks[t] == 0].mean() for c in range(3)] for t in range(8)])
+    assert stroma.std(axis=0).max() > 0.05  # stronger stain variation
+    # decoys: pale lumen-coloured spaces outside the glands (label 0); the first tile's glands are the same
+    plain, m1 = synthetic_glands(6, size=64, seed=5, decoys=0)
+    decoy, m2 = synthetic_glands(6, size=64, seed=5, decoys=3)
+    assert np.array_equal(m1[0], m2[0])
+    pale = lambda im, m: np.mean([(im[t].min(0)[m[t] == 0] > 0.85).mean() for t in range(len(im))])  # noqa: E731
+    assert pale(decoy, m2) > pale(plain, m1)
+    # gap 0 lets glands touch: some tile has two instances 4-adjacent
+    _, touching = synthetic_glands(30, size=48, seed=1, gap=0, glands=(6, 8))
+    adjacent = any(((m[:, 1:] != m[:, :-1]) & (m[:, 1:] > 0) & (m[:, :-1] > 0)).any() or
+                   ((m[1:] != m[:-1]) & (m[1:] > 0) & (m[:-1] > 0)).any() for m in touching)
+    assert adjacent
+    _, apart = synthetic_glands(30, size=48, seed=1, glands=(6, 8))
+    assert not any(((m[:, 1:] != m[:, :-1]) & (m[:, 1:] > 0) & (m[:, :-1] > 0)).any() for m in apart)
 
 
 def _write(root, name, image, labels):

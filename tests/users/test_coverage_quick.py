@@ -23,8 +23,7 @@ def small():
     return dataclasses.replace(data, train=data.train.subset(160), test=data.test.subset(80))
 
 
-STRUCTURED_OK = {"mobilenetv2", "vgg-bn", "resnet-option-a", "resnet-identity", "vit-timm", "se-swish-custom",
-                 "custom-container"}  # 7 of 9: torch's TransformerEncoder and the LSTM keep every channel whole
+STRUCTURED_OK = set(MODELS)  # 9 of 9: LSTM hidden units, attention heads (torch's TransformerEncoder, timm-style)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -40,7 +39,7 @@ def test_every_method_on_a_users_model(name, small):
             if cell["status"] in ("crash", "silent"):
                 bad[method] = cell["text"]
             elif cell["status"] == "unsupported":
-                assert "\n" not in cell["text"] and len(cell["text"]) < 400, cell["text"]
+                assert "\n" not in cell["text"] and len(cell["text"]) < 600, cell["text"]
     assert not bad, bad
     assert (status["nisp"] == status["l1-filter"] == "ok") == (name in STRUCTURED_OK)
     assert status["integer-only mixed"] == "ok"  # every style converts whole or in parts

@@ -71,7 +71,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temp
 
 
 # ---------------------------------------------------------------------------------------------------- teachers
-_TRAINED: dict[tuple, nn.Module] = {}
+_TRAINED: dict[tuple, tuple[Any, nn.Module]] = {}  # (spec, id(train set)) -> (train set, teacher)
 
 
 def _train_set(data: Any) -> Any:
@@ -106,8 +106,12 @@ def load_teacher(teacher: Any, data: Any = None) -> nn.Module:
                           f"got {type(teacher).__name__}")
     if data is None:
         raise ConfigError(f"teacher {{model: {teacher.model}}} is trained on the data being compressed; pass data")
-    key = (teacher, id(_train_set(data)))
-    if key not in _TRAINED:
+    train_set = _train_set(data)
+    key = (teacher, id(train_set))
+    cached = _TRAINED.get(key)
+    # The entry keeps its training set alive and is only used for that very object: an id is an address, and a
+    # freed set's address may be given to another set, which must not get this teacher.
+    if cached is None or cached[0] is not train_set:
         from .. import models, train
 
         model = models.create(teacher.model, data=data, seed=teacher.seed, **dict(teacher.args))
@@ -120,10 +124,11 @@ def load_teacher(teacher: Any, data: Any = None) -> nn.Module:
                 settings["epochs"] = DEFAULT_TEACHER_TRAIN["epochs"]
         settings.setdefault("seed", teacher.seed)
         train.fit(model, data, **settings)
+        _TRAINED.pop(key, None)
         if len(_TRAINED) >= 4:
             _TRAINED.pop(next(iter(_TRAINED)))
-        _TRAINED[key] = model
-    return _TRAINED[key]
+        _TRAINED[key] = (train_set, model)
+    return _TRAINED[key][1]
 
 
 def cacheable(data: Any) -> bool:

@@ -170,3 +170,77 @@ class IDN(nn.Module):
 def idn(scale: int = 2, input_shape: Sequence[int] = (1, 32, 32), num_classes: int | None = None,
         blocks: int = 4) -> IDN:
     return IDN(scale=scale, input_shape=input_shape, num_classes=num_classes, blocks=blocks)
+
+
+@packable
+class IntegerIDN(nn.Module):
+    """An integer-only IDN: the program of :func:`compactnn.sr.int8.convert_idn` (uint8 activations, int8 weights,
+    the bicubic branch and the final add included), runnable on any input size.
+
+    The program is an :class:`compactnn.quantize.intonly.IntegerModel` (``core``, built for one nominal input
+    size); every op is size-generic (convs, the transposed conv, ``resize_bicubic`` whose taps are geometry), so an
+    input of another size runs the same ops and buffers under an IntegerModel of that input shape (cached per
+    size). Input (N, 1, h, w) Y in [0, 1] (quantized with scale 1/255, zero point 0: the uint8 Y codes of the
+    protocol exactly); output (N, 1, hs, ws) dequantized from uint8 codes at scale 1/255, i.e. the protocol's uint8
+    image / 255.
+
+    Args:
+        scale: the upscaling factor.
+        core: the integer program.
+        engine: ``"fast"`` or ``"reference"`` (:class:`IntegerModel`'s engines; they agree bit for bit).
+    """
+
+    __pack_skip__ = frozenset({"_programs"})
+
+    def __init__(self, scale: int, core: nn.Module, engine: str = "fast") -> None:
+        super().__init__()
+        self.scale = int(scale)
+        self.core = core
+        self.engine = engine
+        self._programs: dict = {}
+
+    def __pack_restore__(self) -> None:
+        self._programs = {}
+        if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale not in SCALES:
+            from ..errors import PackError
+
+            raise PackError(f"the integer IDN in this file has scale {self.scale!r}; expected 2, 3 or 4")
+
+    def program(self, h: int, w: int):
+        """The integer program for (h, w) inputs (shares ``core``'s buffers)."""
+        from ..quantize.intonly.model import IntegerModel
+
+        core = self.core
+        if tuple(core.input_shape) == (1, h, w):
+            return core
+        key = (h, w)
+        if key not in self._programs:
+            if len(self._programs) > 8:
+                self._programs.clear()
+            m = IntegerModel((1, h, w), core.input, core.output, core.values, list(core.ops),
+                             dict(core.named_buffers()), engine=self.engine)
+            self._programs[key] = m
+        prog = self._programs[key]
+        prog.engine = self.engine
+        return prog
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != 1:
+            raise ModelError(f"IDN takes (N, 1, h, w) Y images, got shape {tuple(x.shape)}")
+        return self.program(int(x.shape[2]), int(x.shape[3]))(x.float())
+
+    def run_int(self, q: torch.Tensor, engine: str | None = None) -> torch.Tensor:
+        """uint8 Y codes (N, 1, h, w) -> uint8 output codes (N, 1, hs, ws)."""
+        return self.program(int(q.shape[2]), int(q.shape[3])).run_int(q, engine)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The output minus the float bicubic upsampling of ``x`` (for callers that add the bicubic image back, as
+        the evaluation and upscaling code does: the sum is the integer output again, up to float32 rounding far
+        below the protocol's uint8 rounding)."""
+        h, w = x.shape[-2:]
+        r, c = bicubic_matrices(int(h), int(w), self.scale)
+        bic = torch.as_tensor(r, dtype=torch.float32) @ x.float() @ torch.as_tensor(c, dtype=torch.float32).T
+        return self.forward(x) - bic
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, ops={len(self.core.ops)}, engine={self.engine!r}"

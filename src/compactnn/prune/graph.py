@@ -15,9 +15,15 @@ output are pinned (never pruned), so the classifier's outputs are never removed.
 Design after Torch-Pruning (Fang et al. 2023, github.com/VainF/Torch-Pruning): a dependency graph plus low-level
 per-layer pruning (:mod:`.surgery`) kept separate from the pruners that choose channels (:mod:`.nisp`,
 :mod:`.l1filter`). Written from scratch; supports Conv1d/2d, Linear, BatchNorm1d/2d, elementwise activations,
-dropout, pooling, flatten, add and cat. Any other op (a user layer, ``mul``, slicing, an LSTM, attention) is kept
-whole: the channels that reach it and that it makes are pinned, pruning goes on around it, and ``kept_whole`` names
-it (as Torch-Pruning leaves unknown ops out).
+dropout, pooling, flatten, add, cat, elementwise ``mul`` (SE gates: the factors' channels are tied), indexing and
+mean/sum that leave the channel (or feature) dim whole (``out[:, -1]``, ``x.mean((2, 3))``), and units inside
+modules (:mod:`.units`): the hidden units of ``nn.LSTM``/``nn.GRU``/``nn.RNN`` (their tuple outputs and ``h_n``
+followed through ``getitem``), whole heads of ``nn.MultiheadAttention``, of each layer of torch's
+``TransformerEncoder`` (with its MLP hidden units) and of a hand-written attention recognized by
+:mod:`.attention_match`; attention keeps its inputs and outputs (the embedding dim) whole. Any other op (a user
+layer, slicing into the channels, a product with a parameter) is kept whole: the channels that reach it and that it
+makes are pinned, pruning goes on around it, and ``kept_whole`` names it with its source line (as Torch-Pruning
+leaves unknown ops out).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch import fx, nn
 from ..errors import ModelError
 from ..graph import Add, record_shapes, source_line, trace
 from .layer_rules import rule_for
+from .units import PrunedMultiheadAttention, PrunedSelfAttention
 
 CONV = (nn.Conv1d, nn.Conv2d)
 NORM = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -54,6 +61,9 @@ ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 CAT_FUNCTIONS = {torch.cat, torch.concat}
 RESHAPE_METHODS = {"view", "reshape", "flatten"}
 META_METHODS = {"size", "dim", "numel"}
+MUL_FUNCTIONS = {operator.mul, operator.imul, torch.mul}
+REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
+REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
 
 
 class _UnionFind:
@@ -86,15 +96,26 @@ class Layer:
 
     Attributes:
         name: module name in ``model.named_modules()``.
-        kind: ``"conv"``, ``"depthwise"``, ``"linear"`` or ``"norm"``.
-        in_ids: channel id of each input channel/feature (``None`` for norms: same as ``out_ids``).
-        out_ids: channel id of each output channel/feature.
+        kind: ``"conv"``, ``"depthwise"``, ``"linear"``, ``"norm"``, ``"rnn"`` (hidden units) or ``"heads"``.
+        in_ids: channel id of each input channel/feature (``None`` for norms: same as ``out_ids``; ``None`` for
+            attention heads, whose inputs stay whole).
+        out_ids: channel id of each output channel/feature (each hidden unit; each head).
+        module: the module to rebuild when it is not ``name`` (see :attr:`target`).
+        rule: the :class:`~.layer_rules.LayerRule` when it is not the one registered for the module's class.
     """
 
     name: str
     kind: str
     in_ids: np.ndarray | None
     out_ids: np.ndarray
+    module: str | None = None
+    rule: Any = None
+
+    @property
+    def target(self) -> str:
+        """The module surgery rebuilds (``module``; else ``name``). A recognized hand-written attention is named by
+        its ``qkv`` Linear (so ``layers``/``exclude`` select it) but rebuilt as the block that holds it."""
+        return self.module or self.name
 
 
 @dataclasses.dataclass
@@ -127,7 +148,8 @@ class Opaque(ModelError):
 def _unsupported(what: str, kind: str) -> Opaque:
     return Opaque(
         f"structured pruning does not support {what} ({kind}); supported: Conv1d/2d (groups 1 or depthwise), "
-        "Linear, BatchNorm1d/2d, activations, dropout, pooling, flatten, add, cat; replace it or prune other layers"
+        "Linear, BatchNorm1d/2d, LSTM/GRU/RNN, MultiheadAttention, activations, dropout, pooling, flatten, add, cat, "
+        "mul, indexing; replace it or prune other layers"
     )
 
 
@@ -151,6 +173,13 @@ class DependencyGraph:
         self._pinned: list[np.ndarray] = []
         self.kept_whole: dict[str, str] = {}
         self.last_dim: set[str] = set()  # nodes whose ids run along the last dim (a Linear's output on N-D input)
+        self.tuples: dict[str, tuple] = {}  # tuple-valued nodes (an LSTM's (out, (h, c))): per item ids or a tuple
+        self.tuple_owner: dict[str, str] = {}  # tuple node -> layer name that made it
+        #: ``{layer: {"nodes": [...], "via": module or None, "units": "first"|"last"}}``: where NISP reads the
+        #: score of units inside a module (hidden units, heads; see :func:`.nisp.nisp_scores`).
+        self.unit_scores: dict[str, dict[str, Any]] = {}
+        self._region: dict[str, str] = {}  # fx node inside a recognized attention -> its layer name
+        self._attention: dict[str, dict[str, Any]] = {}  # qkv node name -> recognized attention
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -172,6 +201,12 @@ class DependencyGraph:
         self.gm = trace(model, "structured pruning")
         record_shapes(self.gm, self.input_shape)
         self._modules = dict(self.gm.named_modules())
+        from .attention_match import find_attention
+
+        for found in find_attention(self):
+            self._attention[found["qkv_node"]] = found
+            for n in found["region"]:
+                self._region[n] = found["name"]
         for node in self.gm.graph.nodes:
             try:
                 self._visit(node)
@@ -238,6 +273,8 @@ class DependencyGraph:
                 self._pinned.append(self.node_ids[arg.name])
             return
         inputs = self._tensor_args(node)
+        if self._units(node, inputs):
+            return
         if shape is None or len(shape) < 2:
             if inputs and not (node.target in META_METHODS or node.target is getattr):
                 if node.op == "call_module":  # e.g. an LSTM returning a tuple
@@ -249,10 +286,179 @@ class DependencyGraph:
             return  # x.size(0), x.shape: no channels
         if node.op == "get_attr":
             raise _unsupported(f"tensor attribute {node.target!r} used in the forward pass", "get_attr")
+        if not inputs:
+            raise _unsupported(f"node {node.name!r} making a tensor from parameters or constants only", node.op)
         ids = self._propagate(node, inputs, shape)
         self.node_ids[node.name] = ids
 
+    # ---------------------------------------------------------------- units inside modules, tuples
+    def _units(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """Nodes handled here: a recognized hand-written attention, recurrent layers, attention modules, torch's
+        Transformer encoder (layers), and items of the tuples they return. True when ``node`` was handled."""
+        if node.name in self._region:  # inside a recognized attention: kept as it is, only its heads change
+            self._fresh(node, pinned=True)
+            return True
+        if node.name in self._attention:
+            self._attention_entry(node, inputs)
+            return True
+        if any(node.name == a["proj_node"] for a in self._attention.values()):
+            self._fresh(node, pinned=True)
+            return True
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node) \
+                and node.args[0].name in self.tuples:
+            self._tuple_item(node)
+            return True
+        if node.op != "call_module":
+            return False
+        mod = self._modules[node.target]
+        if isinstance(mod, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+            self._encoder(node, mod, inputs)
+            return True
+        rule = rule_for(mod)
+        if rule is None or not isinstance(mod, (nn.RNNBase, nn.MultiheadAttention, PrunedMultiheadAttention,
+                                                PrunedSelfAttention)):
+            return False
+        try:
+            kind = rule.kind(mod)
+        except ModelError as err:
+            raise Opaque(str(err)) from None
+        if kind == "rnn":
+            self._rnn(node, mod, inputs)
+        else:
+            self._heads(node, mod, inputs)
+        return True
+
+    def _fresh(self, node: fx.Node, pinned: bool) -> None:
+        """New ids for ``node``'s tensor: along the last dim for a tensor of > 2 dims (features), else dim 1."""
+        shape = self.shape(node)
+        if shape is None or len(shape) < 2:
+            return
+        ids = self.uf.new(shape[-1])
+        if pinned:
+            self._pinned.append(ids)
+        self.node_ids[node.name] = ids
+        if len(shape) > 2:
+            self.last_dim.add(node.name)
+
+    def _pin_inputs(self, inputs: list[fx.Node]) -> None:
+        for arg in inputs:
+            self._pinned.append(self.node_ids[arg.name])
+
+    def _features_in(self, arg: fx.Node, size: int) -> np.ndarray:
+        """The ids of ``arg``'s last-dim features when the graph tracks them; else new ids, pinned (with arg's)."""
+        ids, shape = self.node_ids.get(arg.name), self.shape(arg)
+        if ids is not None and len(ids) == size and (arg.name in self.last_dim or len(shape) == 2):
+            return ids
+        new = self.uf.new(size)
+        self._pinned.append(new)
+        if ids is not None:
+            self._pinned.append(ids)
+        return new
+
+    def _rnn(self, node: fx.Node, mod: nn.RNNBase, inputs: list[fx.Node]) -> None:
+        name, kind = str(node.target), type(mod).__name__
+        if len(node.args) != 1 or node.kwargs or len(inputs) != 1:
+            raise _unsupported(f"{kind} {name!r} given an initial state or a non-tensor input", kind)
+        hidden = self._layer(name, "rnn", self._features_in(inputs[0], mod.input_size), self.uf.new(mod.hidden_size))
+        out = np.concatenate([hidden] * (2 if mod.bidirectional else 1))
+        self.tuples[node.name] = (out, (hidden, hidden)) if isinstance(mod, nn.LSTM) else (out, hidden)
+        self.tuple_owner[node.name] = name
+        self.unit_scores.setdefault(name, {"nodes": [], "via": None, "units": "last"})
+
+    def _heads(self, node: fx.Node, mod: nn.Module, inputs: list[fx.Node]) -> None:
+        name, kind = str(node.target), type(mod).__name__
+        self._pin_inputs(inputs)
+        if isinstance(mod, PrunedSelfAttention):
+            self._layer(name, "heads", None, self.uf.new(mod.num_heads))
+            self._fresh(node, pinned=True)
+            self.unit_scores[name] = {"nodes": [node.name], "via": f"{name}.proj", "units": "first"}
+            return
+        for user in node.users:
+            ok = user.op == "call_function" and user.target is operator.getitem and user.args[1] in (0, 1)
+            if not ok or (user.args[1] == 1 and user.users):
+                raise _unsupported(f"{kind} {name!r} whose attention weights (output 1) are used", kind)
+        mask = node.kwargs.get("attn_mask", node.args[5] if len(node.args) > 5 else None)
+        if isinstance(mask, fx.Node) and self.shape(mask) is not None and len(self.shape(mask)) == 3:
+            raise _unsupported(f"{kind} {name!r} given a per-head attn_mask", kind)
+        self._layer(name, "heads", None, self.uf.new(mod.num_heads))
+        out = self.uf.new(mod.embed_dim)
+        self._pinned.append(out)
+        self.tuples[node.name] = (out, None)
+        self.tuple_owner[node.name] = name
+        self.unit_scores[name] = {"nodes": [], "via": f"{name}.out_proj", "units": "first"}
+
+    def _tuple_item(self, node: fx.Node) -> None:
+        arg, index = node.args[0], node.args[1]
+        items = self.tuples[arg.name]
+        if not isinstance(index, int) or not -len(items) <= index < len(items):
+            raise _unsupported(f"getitem {index!r} of the outputs of node {arg.name!r}", "getitem")
+        item, owner = items[index], self.tuple_owner.get(arg.name)
+        if item is None:
+            raise _unsupported(f"output {index} of node {arg.name!r} (attention weights)", "getitem")
+        if isinstance(item, tuple):
+            self.tuples[node.name] = item
+            if owner:
+                self.tuple_owner[node.name] = owner
+            return
+        shape = self.shape(node)
+        if shape is None or len(shape) < 2 or shape[-1] != len(item):
+            raise _unsupported(f"output {index} of node {arg.name!r} of shape {shape}", "getitem")
+        self.node_ids[node.name] = item
+        if len(shape) > 2:
+            self.last_dim.add(node.name)
+        if owner and owner in self.unit_scores:
+            self.unit_scores[owner]["nodes"].append(node.name)
+
+    def _encoder(self, node: fx.Node, mod: nn.Module, inputs: list[fx.Node]) -> None:
+        """torch's TransformerEncoder(Layer), which the tracer cannot enter: its input and output (the residual
+        stream) stay whole; each layer's heads and MLP hidden units (``linear1`` -> ``linear2``) are units of their
+        own. NISP reads their scores from the stream's score at the encoder's output."""
+        name = str(node.target)
+        self._pin_inputs(inputs)
+        layers = [(name, mod)] if isinstance(mod, nn.TransformerEncoderLayer) else \
+            [(f"{name}.layers.{i}" if name else f"layers.{i}", layer) for i, layer in enumerate(mod.layers)]
+        for prefix, layer in layers:
+            attn = getattr(layer, "self_attn", None)
+            rule = rule_for(attn) if isinstance(attn, nn.Module) else None
+            try:
+                if rule is None or rule.kind(attn) != "heads":
+                    raise ModelError(f"its self_attn is a {type(attn).__name__}")
+                self._layer(f"{prefix}.self_attn", "heads", None, self.uf.new(attn.num_heads))
+                self.unit_scores[f"{prefix}.self_attn"] = {"nodes": [node.name], "via": f"{prefix}.self_attn.out_proj",
+                                                           "units": "first"}
+            except ModelError as err:
+                self.kept_whole[f"{prefix}.self_attn"] = f"heads kept whole: {err}"
+            l1, l2 = getattr(layer, "linear1", None), getattr(layer, "linear2", None)
+            if all(isinstance(m, nn.Module) and rule_for(m) is not None and rule_for(m).kind(m) == "linear"
+                   for m in (l1, l2)):
+                stream_in, stream_out = self.uf.new(l1.in_features), self.uf.new(l2.out_features)
+                self._pinned += [stream_in, stream_out]
+                hidden = self._layer(f"{prefix}.linear1", "linear", stream_in, self.uf.new(l1.out_features))
+                self._layer(f"{prefix}.linear2", "linear", hidden, stream_out)
+                self.unit_scores[f"{prefix}.linear1"] = {"nodes": [node.name], "via": f"{prefix}.linear2",
+                                                         "units": "first"}
+        self._fresh(node, pinned=True)
+
+    def _attention_entry(self, node: fx.Node, inputs: list[fx.Node]) -> None:
+        found = self._attention[node.name]
+        spec, owner = found["spec"], found["owner"]
+        self._pin_inputs(inputs)
+        self._layer(found["name"], "heads", None, self.uf.new(spec.num_heads))
+        layer = self.layers[found["name"]]
+        layer.module, layer.rule = owner, spec.rule(type(self.model.get_submodule(owner)))
+        self._fresh(node, pinned=True)
+        proj = next(n for n in self.gm.graph.nodes if n.name == found["proj_node"])
+        self.unit_scores[found["name"]] = {"nodes": [proj.name], "via": str(proj.target), "units": "first"}
+
+    # ---------------------------------------------------------------- channel maps
     def _propagate(self, node: fx.Node, inputs: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray:
+        if node.op == "call_function" and node.target is operator.getitem and inputs and node.args[0] is inputs[0]:
+            return self._getitem(node, inputs[0])
+        if node.target in MUL_FUNCTIONS or (node.op == "call_method" and node.target in ("mul", "mul_")):
+            return self._mul(node, inputs)
+        if (node.op == "call_method" and node.target in REDUCE_METHODS) or (
+                node.op == "call_function" and node.target in REDUCE_FUNCTIONS):
+            return self._reduce(node, inputs)
         if any(a.name in self.last_dim for a in inputs) or self._linear_on_nd(node, inputs):
             return self._last_dim(node, inputs)
         first = self.node_ids[inputs[0].name] if inputs else None
@@ -342,12 +548,122 @@ class DependencyGraph:
 
     def _add(self, node: fx.Node, inputs: list[fx.Node], where: str) -> np.ndarray:
         out_shape = self.shape(node)
+        for a in (*node.args, *node.kwargs.values()):
+            if isinstance(a, fx.Node) and self.shape(a) is not None and a.name not in self.node_ids:
+                raise _unsupported(f"{where} of a tensor the graph does not track ({a.name!r}, a parameter read "
+                                   "in forward?)", "add")
         for arg in inputs:
             if self.shape(arg) != out_shape:
                 raise _unsupported(f"{where} broadcasting {self.shape(arg)} to {out_shape}", "add")
         for arg in inputs[1:]:
             self._tie(self.node_ids[inputs[0].name], self.node_ids[arg.name], where)
         return self.node_ids[inputs[0].name]
+
+    def _place(self, node: fx.Node, pos: int, ids: np.ndarray, from_last: bool, where: str) -> np.ndarray:
+        """``ids`` now at dim ``pos`` of ``node``'s tensor: a channel map (dim 1, or a 2-D tensor's features) or
+        features along the last dim; anything else is kept whole."""
+        nd = len(self.shape(node))
+        if pos == 1 and (nd == 2 or not from_last):
+            return ids
+        if from_last and nd > 2 and pos == nd - 1:
+            self.last_dim.add(node.name)
+            return ids
+        raise _unsupported(f"{where} moving the {'features' if from_last else 'channels'} to dim {pos} of a "
+                           f"{nd}-D tensor", node.op)
+
+    def _tracked(self, arg: fx.Node) -> tuple[int, bool]:
+        from_last = arg.name in self.last_dim
+        return (len(self.shape(arg)) - 1 if from_last else 1), from_last
+
+    def _getitem(self, node: fx.Node, arg: fx.Node) -> np.ndarray:
+        """Indexing that keeps the tracked dim whole (``out[:, -1]``, ``x[..., ::2, ::2]``, ``h[-1]``) moves its
+        ids; indexing into the tracked dim, or by a tensor, is kept whole."""
+        where = f"getitem (node {node.name!r})"
+        index = node.args[1]
+        idx = list(index) if isinstance(index, tuple) else [index]
+        if any(isinstance(i, (list, torch.Tensor)) or (isinstance(i, fx.Node) and self.shape(i) is not None)
+               for i in idx):
+            raise _unsupported(f"{where} indexing with a tensor or list", "getitem")
+        nd = len(self.shape(arg))
+        d_in, from_last = self._tracked(arg)
+        used = sum(1 for i in idx if i is not None and i is not Ellipsis)
+        full: list[Any] = []
+        for i in idx:
+            full += [slice(None)] * (nd - used) if i is Ellipsis else [i]
+        if not any(i is Ellipsis for i in idx):
+            full += [slice(None)] * (nd - used)
+        pos_out = pos_in = 0
+        target = None
+        for i in full:
+            if i is None:
+                pos_out += 1
+                continue
+            if pos_in == d_in:
+                if not (isinstance(i, slice) and i.start is None and i.stop is None and i.step is None):
+                    raise _unsupported(f"{where} selecting part of the {'features' if from_last else 'channels'}",
+                                       "getitem")
+                target = pos_out
+            if isinstance(i, slice):
+                pos_out += 1
+            pos_in += 1
+        if target is None:
+            raise _unsupported(f"{where} with index {index!r}", "getitem")
+        return self._place(node, target, self.node_ids[arg.name], from_last, where)
+
+    def _reduce(self, node: fx.Node, inputs: list[fx.Node]) -> np.ndarray:
+        """A mean/sum/amax over dims other than the tracked one (``x.mean((2, 3))``, ``out.mean(1)``)."""
+        label = node.target if isinstance(node.target, str) else node.target.__name__
+        where = f"{label} (node {node.name!r})"
+        arg = node.args[0]
+        if not inputs or arg is not inputs[0] or len(inputs) != 1:
+            raise _unsupported(where, node.op)
+        dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
+        dims = [dims] if isinstance(dims, int) else dims
+        if not isinstance(dims, (list, tuple)) or not dims or not all(isinstance(d, int) for d in dims) \
+                or not isinstance(keepdim, bool):
+            raise _unsupported(f"{where} over dims {dims!r}", node.op)
+        nd = len(self.shape(arg))
+        dims = {d % nd for d in dims}
+        d_in, from_last = self._tracked(arg)
+        if d_in in dims:
+            raise _unsupported(f"{where} over the {'features' if from_last else 'channels'}", node.op)
+        pos = d_in if keepdim else d_in - sum(d < d_in for d in dims)
+        return self._place(node, pos, self.node_ids[arg.name], from_last, where)
+
+    def _mul(self, node: fx.Node, inputs: list[fx.Node]) -> np.ndarray:
+        """An elementwise product (an SE gate ``x * sigmoid(s)``, a gated MLP): the factors' channels are tied
+        position by position (broadcasting over other dims is fine; a factor of one channel broadcast over all is
+        pinned). A product with a scalar passes the channels; with a tensor the graph does not track (a parameter
+        read in ``forward``) it is kept whole."""
+        where = f"mul (node {node.name!r})"
+        for a in (*node.args, *node.kwargs.values()):
+            if isinstance(a, fx.Node) and self.shape(a) is not None and a.name not in self.node_ids:
+                raise _unsupported(f"{where} by a tensor the graph does not track ({a.name!r})", "mul")
+        if not inputs:
+            raise _unsupported(where, "mul")
+        out_shape = self.shape(node)
+        nd = len(out_shape)
+        from_last = any(a.name in self.last_dim for a in inputs) and nd > 2
+        d_out = nd - 1 if from_last else 1
+        full, ones = [], []
+        for a in inputs:
+            sa = self.shape(a)
+            d_a, _ = self._tracked(a)
+            if (len(sa) > 2 and (a.name in self.last_dim) != from_last) or d_a + nd - len(sa) != d_out:
+                raise _unsupported(f"{where} of tensors whose channels/features do not line up", "mul")
+            if sa[d_a] == out_shape[d_out]:
+                full.append(self.node_ids[a.name])
+            elif sa[d_a] == 1:
+                ones.append(self.node_ids[a.name])
+            else:
+                raise _unsupported(f"{where} broadcasting {sa} to {out_shape}", "mul")
+        self._pinned += ones
+        for other in full[1:]:
+            self._tie(full[0], other, where)
+        if from_last:
+            self.last_dim.add(node.name)
+        return full[0]
 
     def _cat(self, node: fx.Node, inputs: list[fx.Node], shape: tuple[int, ...]) -> np.ndarray:
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
@@ -386,7 +702,7 @@ class DependencyGraph:
 
     def _make_groups(self) -> None:
         pinned = {self.uf.find(int(i)) for ids in self._pinned for i in ids}
-        producers = [name for name, layer in self.layers.items() if layer.kind in ("conv", "linear")]
+        producers = [name for name, layer in self.layers.items() if layer.kind in ("conv", "linear", "rnn", "heads")]
         link = {name: name for name in producers}  # union-find over producers that share a channel
 
         def top(name: str) -> str:

@@ -5,7 +5,8 @@ Each rule says how a layer's channels relate (its ``kind``) and how to rebuild i
 - ``"conv"`` / ``"linear"``: a producer: its output channels (dim 0 of ``weight``) are new channels, its input
   channels (dim 1) are the incoming tensor's;
 - ``"depthwise"``: output channel ``i`` is input channel ``i`` (a depthwise conv);
-- ``"norm"``: per-channel parameters on the incoming channels (BatchNorm).
+- ``"norm"``: per-channel parameters on the incoming channels (BatchNorm);
+- ``"rnn"`` / ``"heads"``: recurrent hidden units / whole attention heads inside one module (:mod:`.units`).
 
 ``rebuild(module, keep_in, keep_out)`` returns the smaller module (``keep_in`` is None for norms). A user's layer
 with a ``(out, in, ...)`` weight registers with :func:`register_layer`; rules registered later win over earlier
@@ -21,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 Rebuild = Callable[[nn.Module, "Tensor | None", Tensor], nn.Module]
-KINDS = ("conv", "linear", "depthwise", "norm")
+KINDS = ("conv", "linear", "depthwise", "norm", "rnn", "heads")
+Zero = Callable[[nn.Module, "list[int]", "list[int]"], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +33,15 @@ class LayerRule:
     cls: type
     kind: Callable[[nn.Module], str]
     rebuild: Rebuild
+    zero: "Zero | None" = None
+    l1: "Callable[[nn.Module], Tensor] | None" = None
 
 
 _RULES: list[LayerRule] = []
 
 
-def register_layer(cls: type, kind: str | Callable[[nn.Module], str], rebuild: Rebuild) -> None:
+def register_layer(cls: type, kind: str | Callable[[nn.Module], str], rebuild: Rebuild, *, zero: Zero | None = None,
+                   l1: Callable[[nn.Module], Tensor] | None = None) -> None:
     """Let structured pruning shrink modules of class ``cls``.
 
     Args:
@@ -44,6 +49,9 @@ def register_layer(cls: type, kind: str | Callable[[nn.Module], str], rebuild: R
         kind: ``"conv"``, ``"linear"``, ``"depthwise"`` or ``"norm"``, or a function of the module returning one
             (or raising :class:`compactnn.errors.ModelError` for a configuration it cannot prune).
         rebuild: ``rebuild(module, keep_in, keep_out) -> new module`` with only those channels (index tensors).
+        zero: ``zero(module, gone_in, gone_out)``: the masked reference (removed units' weights zeroed in place);
+            needed for a layer whose weight is not one ``(out, in, ...)`` tensor (``"rnn"``, ``"heads"``).
+        l1: ``l1(module) -> one score per output unit`` for ``l1-filter`` (default: ``sum |weight|`` per row).
     """
     if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
         raise TypeError(f"register_layer needs an nn.Module subclass, got {cls!r}")
@@ -52,7 +60,7 @@ def register_layer(cls: type, kind: str | Callable[[nn.Module], str], rebuild: R
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         fixed = kind
         kind = lambda m: fixed  # noqa: E731
-    _RULES.append(LayerRule(cls, kind, rebuild))
+    _RULES.append(LayerRule(cls, kind, rebuild, zero, l1))
 
 
 def rule_for(module: nn.Module) -> LayerRule | None:

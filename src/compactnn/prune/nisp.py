@@ -11,7 +11,16 @@
    by ``|gamma / sqrt(var + eps)|`` (**our choice**, the paper does not say); activations and dropout pass; average
    pooling is linear (its adjoint); max pooling spreads each score uniformly over its window (**unverified**: the
    adjoint of the matching average pool); flatten reshapes; an add gives its score to both inputs (so a shared input
-   sums both paths); cat splits.
+   sums both paths); cat splits; indexing and mean/sum use their adjoints (the score goes back where it was read);
+   an elementwise product (an SE gate) gives its score to both factors, summed over the dims each is broadcast along
+   (**our choice**, as an add: the product is not linear in both). Units inside a module (:mod:`.units`): a
+   recurrent layer's hidden unit scores the sum of its positions in the outputs it makes (every step, both
+   directions, ``h_n``), and the score it receives spreads evenly to its input (a recurrence has no ``|W|^T``);
+   an attention head scores ``|W_o|^T s`` summed over its ``head_dim`` features, ``s`` the score of the attention's
+   output and ``W_o`` its output projection (NISP's rule through the last linear map of the head); in torch's
+   TransformerEncoder the stream's score at the encoder output is used for every layer (**our choice**: the
+   residual stream carries it; LayerNorm is treated as passing it), through ``out_proj`` for heads and ``linear2``
+   for MLP units.
 3. **Pruning.** A channel's score is its producer's output score map summed over positions; groups tied by residual
    adds sum their producers' scores. These scores are an importance measure (:class:`NISPImportance`) of the one
    structured pruner, :func:`.structured.prune_structured`, which removes the lowest at a per-group ratio or within
@@ -21,6 +30,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from typing import Annotated, Any
 
 import numpy as np
@@ -34,8 +44,8 @@ from ..config import Range
 from ..errors import ModelError
 from ..graph import Add, eval_mode
 from ..layers import Target, require_data
-from .graph import (ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, NORM, PASS_FUNCTIONS, PASS_METHODS, PASS_MODULES,
-                    DependencyGraph)
+from .graph import (ADD_FUNCTIONS, CAT_FUNCTIONS, CONV, MUL_FUNCTIONS, NORM, PASS_FUNCTIONS, PASS_METHODS,
+                    PASS_MODULES, REDUCE_FUNCTIONS, REDUCE_METHODS, DependencyGraph)
 from .structured import Structured, prune_structured
 
 
@@ -155,6 +165,8 @@ def _module_rule(mod: nn.Module, in_shape, s: Tensor) -> Tensor:
         return s.reshape(in_shape)
     if isinstance(mod, PASS_MODULES):
         return s  # activations, dropout, identity
+    if isinstance(mod, (nn.TransformerEncoder, nn.TransformerEncoderLayer)) and tuple(s.shape) == tuple(in_shape):
+        return s  # the residual stream carries the score through (our choice; its units are scored inside)
     return _spread(s, in_shape)
 
 
@@ -183,6 +195,10 @@ def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str
         s = scores.get(node.name)
         if s is None or node.op in ("placeholder", "get_attr"):
             continue
+        if node.target is operator.getitem and isinstance(node.args[0], fx.Node) and node.args[0].name in graph.tuples:
+            tup = node.args[0].name  # an item of an LSTM's / attention's outputs: its total goes to the module
+            scores[tup] = scores.get(tup, 0.0) + s.sum()
+            continue
         args = [a for a in node.all_input_nodes if a.name in graph.node_ids]
         if not args:
             continue
@@ -196,6 +212,17 @@ def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str
         elif target in CAT_FUNCTIONS:
             dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0) % s.dim()
             outs = list(torch.split(s, [sh[dim] for sh in shapes], dim=dim))
+        elif node.op == "call_function" and target is operator.getitem and len(args) == 1 and node.args[0] is args[0] \
+                and not _has_nodes(node.args[1:]):
+            outs = [_adjoint(lambda x: x[node.args[1]], shapes[0], s)]  # scattered back where it was read
+        elif (target in REDUCE_METHODS and node.op == "call_method" or target in REDUCE_FUNCTIONS) \
+                and len(args) == 1 and not _has_nodes((node.args[1:], node.kwargs)):
+            outs = [_adjoint(lambda x: getattr(torch, target if isinstance(target, str) else target.__name__)(
+                x, *node.args[1:], **node.kwargs), shapes[0], s)]
+        elif (target in MUL_FUNCTIONS or target in ("mul", "mul_")) and len(s.shape) == len(shapes[0]):
+            # an elementwise product (an SE gate): each factor gets the product's score, summed over the dims it
+            # is broadcast along (our choice, as an add; the product is not linear in both factors)
+            outs = [s.sum_to_size(sh) if len(sh) == s.dim() else _spread(s, sh) for sh in shapes]
         elif target in (torch.flatten, "view", "reshape", "flatten"):
             outs = [s.reshape(shapes[0])]
         elif target in (F.max_pool1d, F.max_pool2d):
@@ -215,6 +242,36 @@ def propagate(graph: DependencyGraph, start: fx.Node, score: Tensor) -> dict[str
             out = out.reshape(graph.shape(arg))
             scores[arg.name] = scores[arg.name] + out if arg.name in scores else out
     return scores
+
+
+def _has_nodes(value: Any) -> bool:
+    found = []
+    fx.node.map_arg(value, lambda n: found.append(n))
+    return bool(found)
+
+
+def unit_scores(graph: DependencyGraph, node_scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Scores of units inside modules (:attr:`.graph.DependencyGraph.unit_scores`): the score map of the tensors
+    the units make, summed over positions, mapped back through the module's output Linear when there is one
+    (``s_units = |W|^T s``, NISP's rule: an attention's ``out_proj``/``proj`` for its heads, an encoder layer's
+    ``linear2`` for its MLP units), then summed per unit (a head's ``head_dim`` features; a hidden unit's
+    directions and its entries in ``h_n``)."""
+    modules = dict(graph.gm.named_modules())
+    modules.update(dict(graph.model.named_modules()))
+    out: dict[str, Tensor] = {}
+    for name, where in graph.unit_scores.items():
+        units = len(graph.layers[name].out_ids) if name in graph.layers else 0
+        total = torch.zeros(units, dtype=torch.float64)
+        for node in where["nodes"]:
+            s = node_scores.get(node)
+            if s is None or not units:
+                continue
+            vec = s.reshape(-1, s.shape[-1]).sum(0)
+            if where["via"] is not None:
+                vec = vec @ modules[where["via"]].weight.detach().abs().double()
+            total += vec.reshape(-1, units).sum(0) if where["units"] == "last" else vec.reshape(units, -1).sum(1)
+        out[name] = total
+    return out
 
 
 def final_response_node(graph: DependencyGraph) -> tuple[str, fx.Node]:
@@ -257,7 +314,8 @@ def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: floa
     node_scores = propagate(graph, frl, frl_score)
     per_layer: dict[str, Tensor] = {}
     for node in graph.gm.graph.nodes:
-        if node.op == "call_module" and node.name in node_scores and str(node.target) in graph.layers:
+        if node.op == "call_module" and node.name in node_scores and str(node.target) in graph.layers \
+                and str(node.target) not in graph.unit_scores:
             s = node_scores[node.name]
             if node.name in graph.last_dim:  # features along the last dim (a Linear on tokens x features)
                 ch = s.reshape(-1, s.shape[-1]).sum(0)
@@ -265,6 +323,7 @@ def nisp_scores(model: nn.Module, graph: DependencyGraph, x: Tensor, alpha: floa
                 ch = s.reshape(s.shape[0], s.shape[1], -1).sum((0, 2))
             name = str(node.target)
             per_layer[name] = per_layer[name] + ch if name in per_layer else ch
+    per_layer.update(unit_scores(graph, node_scores))
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
 
 

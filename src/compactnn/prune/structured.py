@@ -29,7 +29,9 @@ from ..errors import ModelError
 from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune
 from .graph import DependencyGraph
 from ..report import count_macs
+from .layer_rules import rule_for
 from .surgery import keep_count, prune_channels, removed_roots
+from .units import PrunedMultiheadAttention, PrunedSelfAttention, rnn_macs_factor
 
 Importance = Callable[[nn.Module, DependencyGraph, Any], dict[str, Tensor]]
 
@@ -46,13 +48,14 @@ class Structured(MethodConfig):
         budget: what ``sparsity`` measures: ``"channels"`` or ``"macs"`` (batch-1 MACs of the whole model).
         round_to: every pruned group keeps a multiple of this many channels (1 = exact; 8 suits CPU convolutions),
             as Torch-Pruning's ``round_to``.
-        layers: ``fnmatch`` patterns naming the Conv/Linear producers whose channel groups may be pruned; ``None``
-            = every group (the groups feeding the model output are never pruned).
+        layers: ``fnmatch`` patterns naming the producers whose channel groups may be pruned: Conv/Linear layers,
+            recurrent layers (their hidden units), attention modules (their heads; a hand-written attention by its
+            ``qkv`` Linear); ``None`` = every group (the groups feeding the model output are never pruned).
         exclude: patterns of producers whose groups are left alone.
         finetune: fine-tuning after the channels are removed (``None`` = prune only).
     """
 
-    kinds = WEIGHT_LAYERS
+    kinds = WEIGHT_LAYERS + (nn.RNNBase, nn.MultiheadAttention, PrunedMultiheadAttention, PrunedSelfAttention)
     renamed = {"ratio": "use sparsity (the fraction of channels removed)"}
 
     sparsity: PerLayer[Sparsity]
@@ -63,6 +66,30 @@ class Structured(MethodConfig):
     exclude: Patterns = None
     finetune: FineTune | None = FineTune()
 
+    @classmethod
+    def plan_details(cls, model: nn.Module, target: Target, rows: list[dict], skipped: dict[str, str]
+                     ) -> tuple[list[dict], dict[str, str]]:
+        """For :func:`compactnn.plan`: when the model has an ``input_shape``, each row says which units its group
+        prunes (channels, hidden units, heads) or that it feeds the output; ops kept whole are listed with their
+        reasons. Without ``input_shape`` (the data gives it at run time) the rows stay as they are."""
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            return rows, skipped
+        try:
+            graph = DependencyGraph.build(model, shape)
+        except ModelError as err:
+            return rows, {**skipped, "<graph>": str(err)}
+        units = {"conv": "channels", "linear": "features", "rnn": "hidden units", "heads": "heads"}
+        group_of = {p: g for g in graph.groups.values() for p in g.producers}
+        by_name = {row["layer"]: row for row in rows}
+        for name, layer in graph.layers.items():
+            row, group = by_name.get(name), group_of.get(name)
+            if row is None or group is None:
+                continue
+            what = f"{group.size} {units.get(layer.kind, 'channels')}"
+            row["settings"] = {**row["settings"], "units": f"{what} (output: kept)" if group.pinned else what}
+        return rows, {**skipped, **{k: f"kept whole: {v}" for k, v in graph.kept_whole.items()}}
+
     def validate(self) -> None:
         check(not isinstance(self.sparsity, Mapping) or (self.scope == "layer" and self.budget == "channels"),
               "a per-layer sparsity mapping needs scope 'layer' and budget 'channels'; give one number otherwise")
@@ -71,9 +98,19 @@ class Structured(MethodConfig):
 def l1_importance(model: nn.Module, graph: DependencyGraph, data: Any = None) -> dict[str, Tensor]:
     """Li et al.'s filter norms: ``{group: sum over the group's producers of sum|W| per output channel}``."""
     modules = dict(model.named_modules())
-    per_layer = {name: modules[name].weight.detach().abs().flatten(1).sum(1)
-                 for g in graph.prunable().values() for name in g.producers}
+    per_layer = {name: unit_l1(graph, modules, name) for g in graph.prunable().values() for name in g.producers}
     return {name: graph.group_sum(g, per_layer) for name, g in graph.prunable().items()}
+
+
+def unit_l1(graph: DependencyGraph, modules: Mapping[str, nn.Module], name: str) -> Tensor:
+    """``sum |w|`` per output unit of producer ``name``: a filter's weights, or the layer rule's own ``l1`` (a
+    recurrent layer's hidden units, an attention's heads: see :mod:`.units`)."""
+    layer = graph.layers[name]
+    mod = modules[layer.target]
+    rule = layer.rule or rule_for(mod)
+    if rule is not None and rule.l1 is not None:
+        return rule.l1(mod)
+    return mod.weight.detach().abs().flatten(1).sum(1)
 
 
 def selected_groups(graph: DependencyGraph, target: Target, where: str) -> dict[str, Any]:
@@ -110,24 +147,38 @@ class MacsModel:
 
     def __init__(self, model: nn.Module, graph: DependencyGraph) -> None:
         self.graph = graph
+        self.modules = dict(model.named_modules())
         self.dense = count_macs(model, graph.input_shape)
         self.roots = {n: graph.root(layer.out_ids) for n, layer in graph.layers.items()}
         self.in_roots = {n: None if layer.in_ids is None else graph.root(layer.in_ids)
                          for n, layer in graph.layers.items()}
+        # a module holding units (hidden units, heads) owns the MACs counted below it too
+        self.owner: dict[str, str] = {}
+        for name, layer in graph.layers.items():
+            if layer.kind in ("rnn", "heads"):
+                for key in self.dense:
+                    if key == layer.target or key.startswith(layer.target + "."):
+                        self.owner[key] = name
 
     def __call__(self, counts: Mapping[str, int]) -> int:
         removed = removed_roots(self.graph, {n: list(range(c)) for n, c in counts.items()})
         total = 0.0
-        for name, macs in self.dense.items():
+        for key, macs in self.dense.items():
+            name = self.owner.get(key, key)
             layer = self.graph.layers.get(name)
             if layer is None or not macs:
                 total += macs
                 continue
             out = self.roots[name]
-            factor = sum(int(r) not in removed for r in out) / max(len(out), 1)
+            kept_out = sum(int(r) not in removed for r in out)
             ins = self.in_roots[name]
+            kept_in = None if ins is None else sum(int(r) not in removed for r in ins)
+            if layer.kind == "rnn":
+                total += macs * rnn_macs_factor(self.modules[layer.target], kept_in, kept_out)
+                continue
+            factor = kept_out / max(len(out), 1)
             if ins is not None and layer.kind != "depthwise":
-                factor *= sum(int(r) not in removed for r in ins) / max(len(ins), 1)
+                factor *= kept_in / max(len(ins), 1)
             total += macs * factor
         return int(round(total))
 

@@ -61,8 +61,8 @@ def _positions(graph: DependencyGraph, ids, removed: set[int]) -> Tensor:
     return torch.tensor([i for i, r in enumerate(graph.root(ids).tolist()) if r not in removed], dtype=torch.long)
 
 
-def _rebuild(mod: nn.Module, keep_in: Tensor | None, keep_out: Tensor) -> nn.Module:
-    rule = rule_for(mod)
+def _rebuild(mod: nn.Module, keep_in: Tensor | None, keep_out: Tensor, rule=None) -> nn.Module:
+    rule = rule or rule_for(mod)
     if rule is None:
         raise ModelError(f"no structured-pruning rule for {type(mod).__name__}; register one with "
                          "compactnn.prune.register_layer")
@@ -87,14 +87,14 @@ def prune_channels(model: nn.Module, graph: DependencyGraph, keep: Mapping[str, 
         return model
     modules = dict(model.named_modules())
     for layer in graph.layers.values():
-        mod = modules.get(layer.name)
+        mod = modules.get(layer.target)
         if mod is None:
-            raise ModelError(f"module {layer.name!r} of the graph is missing from the model; rebuild the graph")
+            raise ModelError(f"module {layer.target!r} of the graph is missing from the model; rebuild the graph")
         keep_out = _positions(graph, layer.out_ids, removed)
         keep_in = None if layer.in_ids is None else _positions(graph, layer.in_ids, removed)
         if len(keep_out) == len(layer.out_ids) and (keep_in is None or len(keep_in) == len(layer.in_ids)):
             continue
-        set_module(model, mod, _rebuild(mod, keep_in, keep_out))
+        set_module(model, mod, _rebuild(mod, keep_in, keep_out, layer.rule))
     return model
 
 
@@ -108,8 +108,15 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, keep: Mapping[str, S
     modules = dict(model.named_modules())
     with torch.no_grad():
         for layer in graph.layers.values():
-            mod = modules[layer.name]
+            mod = modules[layer.target]
             gone_out = [i for i, r in enumerate(graph.root(layer.out_ids).tolist()) if r in removed]
+            rule = layer.rule or rule_for(mod)
+            if rule is not None and rule.zero is not None:
+                gone_in = [] if layer.in_ids is None else [
+                    i for i, r in enumerate(graph.root(layer.in_ids).tolist()) if r in removed]
+                if gone_in or gone_out:
+                    rule.zero(mod, gone_in, gone_out)
+                continue
             if gone_out:
                 if getattr(mod, "weight", None) is not None:
                     mod.weight[gone_out] = 0.0

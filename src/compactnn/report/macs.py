@@ -174,7 +174,7 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
             counts[_name] += module_macs(mod, inputs, output)
 
         handles.append(module.register_forward_hook(hook))
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_extra_formulas())
     try:
         with eval_mode(model), torch.inference_mode(), counter:
             run_forward(model, x)
@@ -185,6 +185,22 @@ def count_macs(model: nn.Module, input_shape) -> dict[str, int]:
     return counts
 
 
+def _extra_formulas() -> dict:
+    """Ops torch's flop counter has no formula for: CPU's fused attention (``F.scaled_dot_product_attention`` on
+    CPU), counted as its two products like the GPU kernels (``torch.utils.flop_counter.sdpa_flop``)."""
+    from torch.utils import flop_counter
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    count = getattr(flop_counter, "sdpa_flop_count", None)
+    if op is None or count is None:
+        return {}
+
+    def formula(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return count(query_shape, key_shape, value_shape)
+
+    return {op: formula}
+
+
 def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCounterMode) -> None:
     """Give the products the formulas did not count to the innermost module that ran them (see the docstring)."""
     root = type(model).__name__
@@ -193,6 +209,14 @@ def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCount
     def inclusive(name: str) -> int:
         return flops.get(f"{root}.{name}" if name else root, 0)
 
+    def covered(name: str, module: nn.Module) -> int:
+        """Flops under ``name``: its inclusive count, or, for a container that never ran itself (a ModuleList),
+        its children's (else a TransformerEncoder's layers would count again as its own)."""
+        key = f"{root}.{name}" if name else root
+        if key in flops:
+            return flops[key]
+        return sum(covered(f"{name}.{c}", m) for c, m in module.named_children())
+
     folded: list[str] = []
     for name, module in model.named_modules():
         if any(name.startswith(f + ".") for f in folded):
@@ -200,7 +224,7 @@ def _add_functional(model: nn.Module, counts: dict[str, int], counter: FlopCount
         if _formula(module):
             folded.append(name)
             continue
-        children = sum(inclusive(f"{name}.{c}" if name else c) for c, _ in module.named_children())
+        children = sum(covered(f"{name}.{c}" if name else c, m) for c, m in module.named_children())
         own = (inclusive(name) - children) // 2  # flops are 2 per multiply-accumulate
         if own > 0:
             counts[name] = counts.get(name, 0) + own

@@ -44,9 +44,13 @@ def _gland(shape, rng, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), seed: int = 0,
-                     noise: float = 0.06) -> tuple[np.ndarray, np.ndarray]:
+                     noise: float = 0.06, *, contrast: tuple[float, float] = (0.4, 1.0), stain: float = 0.15,
+                     gap: int = 1, decoys: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` synthetic tiles: images ``(n, 3, size, size)`` float32 in [0, 1] and instance masks ``(n, size, size)``
     int32 (0 = stroma, 1..k = glands).
+
+    The defaults are the original (easy) setting, unchanged draw for draw; the keyword-only arguments make the task
+    harder (see ``benchmarks/fcn_quant.py`` for the setting its pilot chose).
 
     Args:
         n: number of tiles.
@@ -54,10 +58,22 @@ def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), s
         glands: inclusive range of glands per tile (fewer when they do not fit apart).
         seed: the random seed.
         noise: std of the additive pixel noise.
+        contrast: range of the per-tile epithelium contrast, 0 (epithelium coloured as stroma) to 1 (full H&E
+            epithelium colour); lower is harder.
+        stain: per-tile, per-channel stain factor drawn from ``[1 - stain, 1 + stain]``.
+        gap: minimum gap in pixels between two glands (0: glands may touch, so one connected component can hold two
+            instances, as in real GlaS tiles).
+        decoys: up to this many pale lumen-like spaces in the stroma per tile (vessels, fat), with no epithelium
+            around them: not glands (label 0).
     """
     if n < 1 or size < 32 or not (1 <= glands[0] <= glands[1]):
         raise ConfigError(f"synthetic_glands needs n >= 1, size >= 32 and 1 <= min <= max glands; got n={n}, "
                           f"size={size}, glands={glands}")
+    if not (0.0 <= contrast[0] <= contrast[1] <= 1.0) or not 0.0 <= stain < 1.0 or gap < 0 or decoys < 0 \
+            or noise < 0:
+        raise ConfigError(f"synthetic_glands needs 0 <= contrast min <= max <= 1, 0 <= stain < 1, gap >= 0, "
+                          f"decoys >= 0 and noise >= 0; got contrast={contrast}, stain={stain}, gap={gap}, "
+                          f"decoys={decoys}, noise={noise}")
     rng = np.random.default_rng(seed)
     images = np.empty((n, 3, size, size), dtype=np.float32)
     masks = np.zeros((n, size, size), dtype=np.int32)
@@ -68,8 +84,9 @@ def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), s
             if label.max() >= want:
                 break
             gland, lumen = _gland((size, size), rng, size)
-            if gland.sum() < 30 or (ndimage.binary_dilation(gland, iterations=1) & (label > 0)).any():
-                continue  # too small, or touching another gland (a one-pixel gap at least, as in GlaS)
+            grown = ndimage.binary_dilation(gland, iterations=gap) if gap else gland
+            if gland.sum() < 30 or (grown & (label > 0)).any():
+                continue  # too small, or closer than ``gap`` pixels to another gland
             label[gland] = label.max() + 1
             lumen_all |= lumen
         fibres = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma=(0.8, 3.0))
@@ -80,14 +97,25 @@ def synthetic_glands(n: int, size: int = 96, glands: tuple[int, int] = (2, 5), s
         spots = ndimage.gaussian_filter(rng.random((size, size)), 0.7)
         nuclei = epithelium & (spots > 0.53)
         stroma_nuclei = (label == 0) & (spots > rng.uniform(0.56, 0.6))  # fibroblasts and lymphocytes
-        contrast = rng.uniform(0.4, 1.0)  # how far the epithelium's stain is from the stroma's, per tile
-        epi = tuple(STROMA[c] + contrast * (EPITHELIUM[c] - STROMA[c]) for c in range(3))
+        strength = rng.uniform(*contrast)  # how far the epithelium's stain is from the stroma's, per tile
+        epi = tuple(STROMA[c] + strength * (EPITHELIUM[c] - STROMA[c]) for c in range(3))
         for region, colour in ((epithelium, epi), (nuclei, NUCLEUS), (stroma_nuclei, NUCLEUS),
                                (lumen_all & (label > 0), LUMEN)):
             for c in range(3):
                 image[c][region] = colour[c]
-        stain = rng.uniform(0.85, 1.15, size=(3, 1, 1))
-        image = ndimage.gaussian_filter(image * stain, sigma=(0, 0.6, 0.6))
+        factor = rng.uniform(1.0 - stain, 1.0 + stain, size=(3, 1, 1))
+        if decoys:  # drawn last, so that decoys=0 keeps the original draws
+            want, placed = int(rng.integers(0, decoys + 1)), 0
+            for _ in range(want * 8):
+                if placed >= want:
+                    break
+                space, _ = _gland((size, size), rng, size // 2)
+                if space.sum() < 6 or (ndimage.binary_dilation(space, iterations=2) & (label > 0)).any():
+                    continue
+                placed += 1
+                for c in range(3):
+                    image[c][space] = LUMEN[c]
+        image = ndimage.gaussian_filter(image * factor, sigma=(0, 0.6, 0.6))
         image += rng.normal(0.0, noise, size=image.shape)
         images[t] = np.clip(image, 0.0, 1.0)
     return images, masks

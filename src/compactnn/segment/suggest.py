@@ -23,9 +23,12 @@ from .fcn import predict, train_fcn
 
 
 def _check(pool_size: int, labelled: list[int], batch: int) -> list[int]:
-    unlabelled = sorted(set(range(pool_size)) - set(labelled))
     if not labelled:
         raise ConfigError("suggestive annotation needs a non-empty labelled set to train its FCNs")
+    bad = [i for i in labelled if not 0 <= int(i) < pool_size]
+    if bad:
+        raise ConfigError(f"labelled index {bad[0]} is outside the pool of {pool_size} images")
+    unlabelled = sorted(set(range(pool_size)) - {int(i) for i in labelled})
     if batch < 1 or batch > len(unlabelled):
         raise ConfigError(f"cannot choose {batch} images: {len(unlabelled)} of the pool's {pool_size} are unlabelled")
     return unlabelled
@@ -58,6 +61,9 @@ def suggest(images: np.ndarray, masks: np.ndarray, labelled: list[int], batch: i
     Returns:
         ``batch`` pool indices to annotate next, in the order chosen.
     """
+    if masks.shape[:1] + masks.shape[1:] != images.shape[:1] + images.shape[2:] or images.ndim != 4:
+        raise ConfigError(f"pool images (N, C, H, W) and masks (N, H, W) must match; got {images.shape} and "
+                          f"{masks.shape}")
     unlabelled = _check(len(images), labelled, batch)
     rng = np.random.default_rng(seed)
     probs, descriptors = [], []

@@ -190,8 +190,15 @@ class _Conv:
             self.wd = wt.reshape(self.out_ch, kh, kw).permute(1, 2, 0).to(torch.int32).contiguous()  # (kh, kw, C)
         else:
             self.wg = [wt[g * og:(g + 1) * og].reshape(og, -1).contiguous() for g in range(self.groups)]
-        self.requant = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(),
-                               z_out, op.qmin, op.qmax, bias=self.bias)
+        self.leaky = getattr(op, "activation", "none") == "leaky_relu"
+        if self.leaky:  # both sides without the bias (added once in finish, where its sign picks the side)
+            self.rq_pos = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), z_out,
+                                  op.qmin, op.qmax)
+            self.rq_neg = Requant(getattr(model, op.multiplier_neg).numpy(), getattr(model, op.shift_neg).numpy(),
+                                  z_out, op.qmin, op.qmax)
+        else:
+            self.requant = Requant(getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(),
+                                   z_out, op.qmin, op.qmax, bias=self.bias)
 
     def acc(self, x: Tensor) -> Tensor:
         """int32 ``Σ (q − 128)·w`` as ``(N, Ho, Wo, O)`` (the bias and zero-point term are added later)."""
@@ -221,6 +228,10 @@ class _Conv:
         return torch.cat(parts, dim=1).view(n, ho, wo, self.out_ch)
 
     def finish(self, acc: Tensor) -> Tensor:
+        if self.leaky:  # reference.leaky_requantize: the side is chosen by the sign of acc + bias
+            v = torch.add(acc, self.bias)
+            neg = v < 0
+            return torch.where(neg, self.rq_neg(v.clone()), self.rq_pos(v))
         return self.requant(acc)
 
 
@@ -483,3 +494,138 @@ def _softmax(engine, model, op: ir.Softmax, zp: dict):
         return y.add_(zy).clamp_(-128, 127).to(torch.int8)
 
     return softmax
+
+
+class _Buffers:
+    """A stand-in model holding named tensors (for building a conv from derived weights)."""
+
+    def __init__(self, **tensors) -> None:
+        self.__dict__.update(tensors)
+
+
+def phase_conv(w: np.ndarray, stride, padding, padding_end) -> dict:
+    """A transposed conv (groups 1) as a stride-1 conv with ``s_h·s_w·O`` output channels and a depth-to-space.
+
+    Per axis (kernel K, stride s): ``T = ceil(K / s)``; full output row ``F = m·s + a`` (phase ``a``) is
+    ``Σ_t x[m − t]·w[a + t·s]``, i.e. a correlation of the input padded by ``T − 1`` with the flipped sub-kernel
+    ``v_a[j] = w[a + (T − 1 − j)·s]`` (0 past K). The conv's padding uses the input zero point, so positions no
+    input reaches contribute 0 in the ``(q − Z)`` domain, as the definition. Channel ``(a·s_w + b)·O + o`` holds
+    phase (a, b) of output channel o; the op's output pixel (Y, X) is conv pixel ``((Y + pt) // s_h,
+    (X + pl) // s_w)``, channel of phase ``((Y + pt) % s_h, (X + pl) % s_w)``. The accumulators are the
+    definition's exactly (the same products, summed in another order, in exact integer arithmetic).
+
+    Returns:
+        ``{"weight": int8 (s_h·s_w·O, C, T_h, T_w), "pad": (T_h − 1, T_w − 1), "stride", "crop": (pt, pl),
+        "out_channels": O}``.
+    """
+    ci, o, kh, kw = w.shape
+    sh, sw = stride
+    th, tw = -(-kh // sh), -(-kw // sw)
+    wp = np.zeros((sh * sw * o, ci, th, tw), dtype=np.int8)
+    for a in range(sh):
+        for b in range(sw):
+            for j in range(th):
+                ki = a + (th - 1 - j) * sh
+                if ki >= kh:
+                    continue
+                for l_ in range(tw):
+                    kj = b + (tw - 1 - l_) * sw
+                    if kj >= kw:
+                        continue
+                    wp[(a * sw + b) * o:(a * sw + b + 1) * o, :, j, l_] = w[:, :, ki, kj].T
+    return {"weight": wp, "pad": (th - 1, tw - 1), "stride": (sh, sw), "crop": tuple(padding), "out_channels": o}
+
+
+def depth_to_space_crop(y: Tensor, s, o: int, crop, out_hw) -> Tensor:
+    """NHWC ``(N, H', W', s_h·s_w·O)`` phase-conv output -> ``(N, Ho, Wo, O)`` (see :func:`phase_conv`)."""
+    n, hp, wp_, _ = y.shape
+    sh, sw = s
+    full = y.view(n, hp, wp_, sh, sw, o).permute(0, 1, 3, 2, 4, 5).reshape(n, hp * sh, wp_ * sw, o)
+    return full[:, crop[0]:crop[0] + out_hw[0], crop[1]:crop[1] + out_hw[1]].contiguous()
+
+
+def _phase_model(model, op, z_in: int):
+    """(stand-in model, conv2d op, phase dict) of a conv_transpose2d op."""
+    pc = phase_conv(getattr(model, op.weight).numpy(), op.stride, op.padding, op.padding_end)
+    rep = op.stride[0] * op.stride[1]
+    m, sft = getattr(model, op.multiplier), getattr(model, op.shift)
+    tile = (lambda t: t.repeat(rep)) if m.shape[0] > 1 else (lambda t: t)
+    fake = _Buffers(weight=torch.from_numpy(pc["weight"]), bias=getattr(model, op.bias).repeat(rep),
+                    multiplier=tile(m), shift=tile(sft))
+    conv = ir.Conv2d(inputs=op.inputs[:1], output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+                     shift="shift", padding=pc["pad"], activation=op.activation, qmin=op.qmin, qmax=op.qmax,
+                     name=op.name)
+    return fake, conv, pc
+
+
+@KERNELS.register(ir.ConvTranspose2d)
+def _conv_transpose2d(engine, model, op: ir.ConvTranspose2d, zp: dict):
+    fake, conv, pc = _phase_model(model, op, zp[op.inputs[0]])
+    step = _Conv(fake, conv, zp[op.inputs[0]], zp[op.output])
+    kh, kw = getattr(model, op.weight).shape[2:]
+
+    def run(x):
+        h, w = x.shape[1:3]
+        ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+        wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+        return depth_to_space_crop(step.finish(step.acc(x)), op.stride, pc["out_channels"], pc["crop"], (ho, wo))
+
+    return run
+
+
+def _resize_acc(x: Tensor, z: int, scale: int, bits: int, e: int) -> Tensor:
+    """int64 accumulators of resize_bicubic (reference.resize_bicubic_acc) on NHWC ``q − 128`` codes."""
+    from .reference import bicubic_taps
+
+    n, h, w, c = x.shape
+    ir_, wr = (torch.from_numpy(a) for a in bicubic_taps(h, scale, bits))
+    ic, wc = (torch.from_numpy(a) for a in bicubic_taps(w, scale, bits))
+    xc = x.to(_I64) - z  # q - Z
+    t = (xc[:, ir_] * wr[None, :, :, None, None]).sum(dim=2)  # rows: (N, Ho, W, C)
+    if e:
+        t = (t + ((1 << (e - 1)) - (t < 0).to(_I64))).bitwise_right_shift_(e)  # RDBPOT: halves away from zero
+    return (t[:, :, ic] * wc[None, None, :, :, None]).sum(dim=3)  # columns: (N, Ho, Wo, C)
+
+
+@KERNELS.register(ir.ResizeBicubic)
+def _resize_bicubic(engine, model, op: ir.ResizeBicubic, zp: dict):
+    z = zp[op.inputs[0]] - 128
+    rq = Requant(op.multiplier, op.shift, zp[op.output], op.qmin, op.qmax)
+    return lambda x: rq(_resize_acc(x, z, op.scale, op.weight_bits, op.mid_shift))
+
+
+def combine_fraction_torch(acc_t: Tensor, m_t, s_t, acc_b: Tensor, m_b: int, s_b: int, frac: int, z_y: int,
+                           qmin: int, qmax: int) -> Tensor:
+    """:func:`.reference.combine_fraction` on NHWC int64 tensors (per-channel multipliers along the last axis);
+    returns int8 ``q − 128``."""
+    from .fixedpoint import multiply_by_quantized_multiplier_torch as mbqm
+
+    u = mbqm(acc_t, m_t, s_t, axis=-1) + mbqm(acc_b, m_b, s_b)
+    u.clamp_(INT32_MIN, INT32_MAX)
+    if frac:
+        u = (u + ((1 << (frac - 1)) - (u < 0).to(_I64))).bitwise_right_shift_(frac)
+    return u.add_(z_y).clamp_(qmin, qmax).sub_(128).to(torch.int8)
+
+
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(engine, model, op: ir.ConvTransposeResizeAdd, zp: dict):
+    f_name, x_name = op.inputs
+    fake, conv, pc = _phase_model(model, op, zp[f_name])
+    step = _Conv(fake, conv, zp[f_name], zp[op.output])
+    kh, kw = getattr(model, op.weight).shape[2:]
+    m_t = getattr(model, op.multiplier).to(_I64)
+    s_t = getattr(model, op.shift).to(_I64)
+    zx = zp[x_name] - 128
+
+    def run(f, x):
+        h, w = f.shape[1:3]
+        ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+        wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+        acc = step.acc(f).to(_I64) + step.bias  # with the bias and the zero-point fold: the definition's acc_t
+        acc_t = depth_to_space_crop(acc, op.stride, pc["out_channels"], pc["crop"], (ho, wo))
+        acc_b = _resize_acc(x, zx, op.scale, op.weight_bits, op.mid_shift)
+        return combine_fraction_torch(acc_t, m_t if m_t.numel() > 1 else int(m_t[0]), s_t if s_t.numel() > 1
+                                      else int(s_t[0]), acc_b, op.resize_multiplier, op.resize_shift,
+                                      op.frac_bits, zp[op.output], op.qmin, op.qmax)
+
+    return run

@@ -80,8 +80,17 @@ def _bias(g: Graph, op, n_out: int, name: str) -> str:
     return g.const(f"{name}_bias", g.buffer(op.bias).astype(np.int32).reshape(n_out))
 
 
+@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic, ir.ConvTransposeResizeAdd)
+def _not_exported(g: Graph, i: int, op) -> None:
+    raise ModelError(f"op {i} ({op.label}): ONNX QLinear export does not support integer op {op.kind!r} (run the "
+                     "model with compactnn's engines)")
+
+
 @KERNELS.register(ir.Conv2d)
 def _conv2d(g: Graph, i: int, op: ir.Conv2d) -> None:
+    if op.activation == "leaky_relu":
+        raise ModelError(f"op {i} ({op.label}): ONNX QLinear export does not support the fused leaky_relu "
+                         "requantization")
     name, raw = f"op{i}_{op.kind}", f"{op.output}_raw"
     w = g.buffer(op.weight).astype(np.int8)
     ws, wz = _weight_scale(g, op, w.shape[0], name)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from compactnn.errors import ModelError
+
 from . import ir
 from .onnx_graph import Graph, emit_flatten, emit_max_pool
 
@@ -79,6 +81,9 @@ def _centered(g: Graph, v: str) -> str:
 
 def _weighted(g: Graph, i: int, op) -> None:
     ins = op.inputs
+    if getattr(op, "activation", "none") == "leaky_relu":
+        raise ModelError(f"op {i} ({op.label}): the bit-exact ONNX export does not support the fused leaky_relu "
+                         "requantization")
     z = g.model.values
     w = g.buffer(op.weight).astype(np.int8)
     xz = g.const(f"{ins[0]}_zero_point", np.array(z[ins[0]]["zero_point"], dtype=np.uint8))
@@ -100,6 +105,12 @@ def _weighted(g: Graph, i: int, op) -> None:
 
 
 KERNELS.register(ir.Conv2d, ir.Linear)(_weighted)
+
+
+@KERNELS.register(ir.ConvTranspose2d, ir.ResizeBicubic, ir.ConvTransposeResizeAdd)
+def _not_exported(g, i: int, op) -> None:
+    raise ModelError(f"op {i} ({op.label}): the bit-exact ONNX export does not support integer op {op.kind!r} (run "
+                     "the model with compactnn's engines)")
 KERNELS.register(ir.MaxPool2d)(emit_max_pool)  # max pool and flatten on uint8 are exact as they are
 KERNELS.register(ir.Flatten)(emit_flatten)
 

@@ -52,8 +52,8 @@ import numpy as np
 
 from compactnn.errors import ModelError
 
-__all__ = ["Add", "AvgPool2d", "BACKENDS", "Concat", "Conv2d", "Flatten", "GlobalAvgPool", "Kernels", "Linear",
-           "MAX_VALUE_ELEMENTS", "MaxPool2d", "OPS", "Op", "as_op", "check_program", "load_backends", "op_from_dict",
+__all__ = ["Add", "AvgPool2d", "BACKENDS", "Concat", "Conv2d", "ConvTranspose2d", "ConvTransposeResizeAdd", "Flatten", "GlobalAvgPool", "Kernels", "Linear",
+           "MAX_VALUE_ELEMENTS", "MaxPool2d", "OPS", "Op", "ResizeBicubic", "as_op", "check_program", "load_backends", "op_from_dict",
            "register_op"]
 
 #: Largest value (per sample) a program may have: 2^28 elements (a 256 MB uint8 activation per image).
@@ -267,6 +267,9 @@ class Conv2d(_Weighted):
     (metadata: the integer program does not read them)."""
 
     kind: ClassVar[str] = "conv2d"
+    buffer_fields: ClassVar[tuple[str, ...]] = ("weight", "bias", "multiplier", "shift", "weight_scale",
+                                                "multiplier_neg", "shift_neg")
+    optional_buffers: ClassVar[tuple[str, ...]] = ("weight_scale", "multiplier_neg", "shift_neg")
 
     weight: str
     bias: str
@@ -280,12 +283,25 @@ class Conv2d(_Weighted):
     qmin: int = 0
     qmax: int = 255
     weight_scale: str | None = None
+    multiplier_neg: str | None = None
+    shift_neg: str | None = None
 
     def check(self) -> None:
         self._set("stride", _pair(self.stride, "stride", 1))
         self._set("padding", _pair(self.padding, "padding", 0))
         self._set("dilation", _pair(self.dilation, "dilation", 1))
         self._set("groups", _int(self.groups, "groups", 1, MAX_GEOMETRY))
+        if self.activation not in ACTIVATIONS + ("leaky_relu",):
+            raise _Bad(f"activation must be one of {ACTIVATIONS + ('leaky_relu',)}, got {_show(self.activation)}")
+        if self.activation == "leaky_relu":
+            if self.multiplier_neg is None or self.shift_neg is None:
+                raise _Bad("activation 'leaky_relu' needs the buffers multiplier_neg and shift_neg")
+            self._set("qmin", _int(self.qmin, "qmin", 0, 255))
+            self._set("qmax", _int(self.qmax, "qmax", 0, 255))
+            _code_range(self.qmin, self.qmax)
+            return
+        if self.multiplier_neg is not None or self.shift_neg is not None:
+            raise _Bad("multiplier_neg/shift_neg are only read by activation 'leaky_relu'")
         self._check_weighted()
 
     def infer(self, shapes, buffers):
@@ -301,7 +317,172 @@ class Conv2d(_Weighted):
             raise _Bad(f"kernel {kh}x{kw} is too large")
         ho, wo = _geometry(h, w, (kh, kw), self.stride, self.padding, self.dilation)
         self._check_buffers(buffers, o)
+        if self.activation == "leaky_relu":
+            _check_neg_multiplier(buffers, self.multiplier, self.multiplier_neg, self.shift_neg)
         return (o, ho, wo)
+
+
+def _check_neg_multiplier(buffers: "_Buffers", positive: str, m_name: str, s_name: str) -> None:
+    m = buffers.expect(m_name, "int32", None, "multiplier_neg")
+    s = buffers.expect(s_name, "int32", None, "shift_neg")
+    shape = buffers.expect(positive, "int32", None, "multiplier").shape
+    if m.shape != shape or s.shape != shape:
+        raise _Bad(f"multiplier_neg and shift_neg must have the multiplier's shape {shape}, got {m.shape} and "
+                   f"{s.shape}")
+    m, s = buffers.values(m_name), buffers.values(s_name)
+    if m.size and (m.min() < 0 or s.min() < -31 or s.max() > 31):
+        raise _Bad("multipliers must be in [0, 2^31) and shifts in [-31, 31]")
+
+
+@register_op
+@dataclass(frozen=True, kw_only=True)
+class ConvTranspose2d(_Weighted):
+    """2-D transposed convolution (groups 1) with fused requantization: int8 weight ``(C, O, kh, kw)`` (PyTorch's
+    and Caffe's layout), int32 bias ``(O,)``, multiplier/shift ``(1,)`` or ``(O,)``.
+
+    Reading (the definition, :func:`.reference.conv_transpose2d_acc`): the full output has ``(h − 1)·s + kh`` rows;
+    input pixel ``i`` adds ``(q[i] − Z_in)·w[k]`` to full row ``i·s + k``. Rows that no input pixel reaches get 0
+    (plus the bias): out-of-range contributions are 0 in the ``(q − Z)`` domain, never the code 0. The op's
+    output is the full output without ``padding`` rows/columns at the top/left and ``padding_end`` at the
+    bottom/right: ``Ho = (h − 1)·s + kh − pt − pb`` (PyTorch's ``padding=p`` is ``padding = padding_end = p``;
+    IDN's ``padding = 9 − s`` then cut to ``h·s`` rows is ``padding_end = 8``). ``activation`` as conv2d's
+    (``none``/``relu``/``relu6`` clamp ranges; no leaky form here)."""
+
+    kind: ClassVar[str] = "conv_transpose2d"
+
+    weight: str
+    bias: str
+    multiplier: str
+    shift: str
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    padding_end: tuple[int, int] = (0, 0)
+    activation: str = "none"
+    qmin: int = 0
+    qmax: int = 255
+    weight_scale: str | None = None
+
+    def check(self) -> None:
+        self._set("stride", _pair(self.stride, "stride", 1))
+        self._set("padding", _pair(self.padding, "padding", 0))
+        self._set("padding_end", _pair(self.padding_end, "padding_end", 0))
+        self._check_weighted()
+
+    def infer(self, shapes, buffers):
+        c, h, w = _image(shapes[0], "conv_transpose2d")
+        wt = buffers.expect(self.weight, "int8", None, "weight")
+        if len(wt.shape) != 4 or min(wt.shape) < 1:
+            raise _Bad(f"weight must be a non-empty 4-D (C, O, kh, kw) tensor, got shape {wt.shape}")
+        ci, o, kh, kw = wt.shape
+        if ci != c:
+            raise _Bad(f"weight shape {wt.shape} does not fit {c} input channels")
+        if max(kh, kw) > MAX_GEOMETRY:
+            raise _Bad(f"kernel {kh}x{kw} is too large")
+        ho = (h - 1) * self.stride[0] + kh - self.padding[0] - self.padding_end[0]
+        wo = (w - 1) * self.stride[1] + kw - self.padding[1] - self.padding_end[1]
+        if ho < 1 or wo < 1:
+            raise _Bad(f"the paddings {self.padding}/{self.padding_end} remove the whole {h}x{w} -> "
+                       f"{(h - 1) * self.stride[0] + kh}x{(w - 1) * self.stride[1] + kw} output")
+        self._check_buffers(buffers, o)
+        return (o, ho, wo)
+
+
+#: Largest ``2·weight_bits − mid_shift`` of resize_bicubic: 255 · 1.25² · 2^22 < 2^31 (bicubic taps with
+#: a = −0.5 have Σ|w| <= 1.1875 per output sample, so every intermediate fits int32).
+RESIZE_MAX_GAIN_BITS = 22
+
+
+@register_op
+@dataclass(frozen=True, kw_only=True)
+class ResizeBicubic(Op):
+    """MATLAB ``imresize(x, scale, 'bicubic')`` upscaling (integer ``scale``; a = −0.5, symmetric padding) on integer
+    codes, separable, rows first, with fixed-point weights.
+
+    Reading (the definition, :func:`.reference.resize_bicubic`): the taps and weights of each output row/column are
+    MATLAB's (:func:`compactnn.sr.matlab.contributions`, weights of mirrored indices summed), the weights rounded to
+    ``weight_bits`` fractional bits (half away from zero; then the largest weight of each output sample is corrected
+    so that each row of weights sums to exactly ``2^weight_bits``, so flat images stay flat);
+    ``t = RDBPOT(Σ W_r·(q − Z_in), mid_shift)`` (rows), ``acc = Σ W_c·t`` (columns), then
+    ``clamp(MBQM(acc, multiplier, shift) + Z_out, qmin, qmax)`` with ``multiplier ≈ S_in / (S_out ·
+    2^(2·weight_bits − mid_shift))``. The tables depend only on the input size and ``scale`` (geometry, like a
+    conv's padding), so one op serves every image size."""
+
+    kind: ClassVar[str] = "resize_bicubic"
+
+    scale: int
+    multiplier: int
+    shift: int
+    weight_bits: int = 14
+    mid_shift: int = 6
+    qmin: int = 0
+    qmax: int = 255
+
+    def check(self) -> None:
+        self._set("scale", _int(self.scale, "scale", 1, 16))
+        m, s = _multiplier(self.multiplier, self.shift, "output")
+        self._set("multiplier", m)
+        self._set("shift", s)
+        self._set("weight_bits", _int(self.weight_bits, "weight_bits", 1, 16))
+        self._set("mid_shift", _int(self.mid_shift, "mid_shift", 0, 31))
+        if 2 * self.weight_bits - self.mid_shift > RESIZE_MAX_GAIN_BITS or self.mid_shift > self.weight_bits:
+            raise _Bad(f"needs mid_shift <= weight_bits and 2*weight_bits - mid_shift <= {RESIZE_MAX_GAIN_BITS} (int32 "
+                       f"intermediates), got weight_bits={self.weight_bits}, mid_shift={self.mid_shift}")
+        self._set("qmin", _int(self.qmin, "qmin", 0, 255))
+        self._set("qmax", _int(self.qmax, "qmax", 0, 255))
+        _code_range(self.qmin, self.qmax)
+
+    def infer(self, shapes, buffers):
+        c, h, w = _image(shapes[0], "resize_bicubic")
+        return (c, h * self.scale, w * self.scale)
+
+
+@register_op
+@dataclass(frozen=True, kw_only=True)
+class ConvTransposeResizeAdd(ConvTranspose2d):
+    """A super-resolution output layer: ``conv_transpose2d`` of input 0 (the features) plus ``resize_bicubic`` of
+    input 1 (the low-resolution image), added before the one rounding to output codes.
+
+    Reading (the definition, :func:`.reference.conv_transpose_resize_add`): ``acc_t`` = the transposed conv's int32
+    accumulators (with the bias, as :class:`ConvTranspose2d`), ``acc_b`` = the bicubic's int32 accumulators (as
+    :class:`ResizeBicubic`, before its requantization); ``u = sat32(MBQM(acc_t, multiplier, shift) +
+    MBQM(acc_b, resize_multiplier, resize_shift))``, both multipliers scaled to output codes times ``2^frac_bits``;
+    ``y = clamp(RDBPOT(u, frac_bits) + Z_out, qmin, qmax)``. So neither branch is rounded to uint8 on its own (two
+    uint8 intermediates, each with its own rounding, would add up to one output code of error); the only 8-bit
+    rounding is the output's, which the super-resolution protocol applies to its float output anyway. The
+    transposed conv's output must have the bicubic's shape (``O`` = the image's channels, ``h·scale`` rows)."""
+
+    kind: ClassVar[str] = "conv_transpose2d_resize_add"
+    n_inputs: ClassVar[int | None] = 2
+
+    scale: int = 2
+    resize_multiplier: int = 0
+    resize_shift: int = 0
+    weight_bits: int = 14
+    mid_shift: int = 6
+    frac_bits: int = 8
+
+    def check(self) -> None:
+        super().check()
+        self._set("scale", _int(self.scale, "scale", 1, 16))
+        m, s = _multiplier(self.resize_multiplier, self.resize_shift, "resize")
+        self._set("resize_multiplier", m)
+        self._set("resize_shift", s)
+        self._set("weight_bits", _int(self.weight_bits, "weight_bits", 1, 16))
+        self._set("mid_shift", _int(self.mid_shift, "mid_shift", 0, 31))
+        self._set("frac_bits", _int(self.frac_bits, "frac_bits", 0, 16))
+        if 2 * self.weight_bits - self.mid_shift > RESIZE_MAX_GAIN_BITS or self.mid_shift > self.weight_bits:
+            raise _Bad(f"needs mid_shift <= weight_bits and 2*weight_bits - mid_shift <= {RESIZE_MAX_GAIN_BITS} (int32 "
+                       f"intermediates), got weight_bits={self.weight_bits}, mid_shift={self.mid_shift}")
+        if self.activation != "none":
+            raise _Bad(f"activation must be 'none' here, got {_show(self.activation)}")
+
+    def infer(self, shapes, buffers):
+        out = super().infer(shapes[:1], buffers)
+        c, h, w = _image(shapes[1], "the image input")
+        if out != (c, h * self.scale, w * self.scale):
+            raise _Bad(f"the transposed conv gives {out} but the x{self.scale} bicubic of {shapes[1]} gives "
+                       f"{(c, h * self.scale, w * self.scale)}")
+        return out
 
 
 @register_op

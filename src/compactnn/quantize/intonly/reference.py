@@ -17,10 +17,11 @@ from compactnn.errors import ModelError
 from compactnn.graph import pair
 
 from . import ir
-from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, requantize
+from .fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier, rdbpot, requantize
 
-__all__ = ["KERNELS", "add", "avg_pool2d", "clamp", "concat", "conv2d", "conv2d_acc", "linear", "linear_acc", "max_pool2d",
-           "mul", "run_program"]
+__all__ = ["KERNELS", "add", "avg_pool2d", "bicubic_taps", "clamp", "concat", "conv2d", "conv2d_acc",
+           "conv_transpose2d", "conv_transpose2d_acc", "conv_transpose_resize_add", "leaky_requantize", "linear",
+           "linear_acc", "max_pool2d", "mul", "resize_bicubic", "run_program"]
 
 
 # ------------------------------------------------------------------------------------------------------------- checks
@@ -327,6 +328,167 @@ def concat(inputs, zero_points, multipliers, z_y: int, axis: int = 1, left_shift
         raise ModelError(f"concat inputs do not fit along axis {axis}: {err}") from None
 
 
+def leaky_requantize(acc, M0, shift, M0_neg, shift_neg, z_y: int, qmin: int = 0, qmax: int = 255,
+                     axis: int | None = 1) -> np.ndarray:
+    """Requantization with a fused LeakyReLU: ``acc >= 0`` uses ``(M0, shift)`` (of ``s_in·s_w/s_out``), ``acc < 0``
+    uses ``(M0_neg, shift_neg)`` (of ``slope·s_in·s_w/s_out``), then ``+ Z_out`` and the clamp. ``acc`` is the int32
+    accumulator with the bias (the sign test is on it, before any rounding), so the negative side keeps the
+    resolution of the output scale (a LeakyReLU after an unclamped requantization would need the output scale to
+    cover the negative range at full slope). Both sides are TFLite's MultiplyByQuantizedMultiplier; at ``acc = 0``
+    both give 0, so the map is non-decreasing in ``acc`` when both multipliers are >= 0.
+
+    Returns:
+        int64 array in ``[qmin, qmax]``.
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    pos = requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax, axis=axis)
+    neg = requantize(acc, M0_neg, shift_neg, z_y, qmin, qmax, axis=axis)
+    return np.where(acc < 0, neg, pos)
+
+
+def conv_transpose2d_acc(q_x, z_x: int, q_w, q_b=None, stride=1, padding=0, padding_end=None) -> np.ndarray:
+    """int32 accumulators of a quantized transposed convolution (groups 1), by scatter-adding every input pixel's
+    contribution into the full output, then cropping (see :class:`.ir.ConvTranspose2d`).
+
+    Args:
+        q_x: uint8 input ``(N, C, H, W)``.
+        z_x: input zero point (contributions are ``(q − Z_x)·w``; positions no input reaches get 0).
+        q_w: int8 weight ``(C, O, kh, kw)``.
+        q_b: int32 bias ``(O,)`` or None.
+        stride: int or pair.
+        padding: rows/columns removed at the top/left (int or pair).
+        padding_end: removed at the bottom/right (default: ``padding``).
+
+    Returns:
+        int64 array ``(N, O, Ho, Wo)`` of int32 values.
+    """
+    x, w = _arr(q_x, "q_x", np.uint8, 4), _arr(q_w, "q_w", np.int8, 4)
+    n, c, h, wd = x.shape
+    ci, o, kh, kw = w.shape
+    if ci != c:
+        raise ModelError(f"q_w {w.shape} does not fit {c} input channels")
+    sh, sw = pair(stride, "stride", 1)
+    pt, pl = pair(padding, "padding", 0)
+    pb, pr = (pt, pl) if padding_end is None else pair(padding_end, "padding_end", 0)
+    full = np.zeros((n, o, (h - 1) * sh + kh, (wd - 1) * sw + kw), dtype=np.int64)
+    xc = x.astype(np.int64) - _code(z_x, "z_x")
+    # (N, H, W, O, kh, kw): each input pixel's contribution, summed over input channels
+    contrib = np.tensordot(xc, w.astype(np.int64), axes=([1], [0]))  # (N, H, W, O, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i: i + (h - 1) * sh + 1: sh, j: j + (wd - 1) * sw + 1: sw] += contrib[..., i, j].transpose(
+                0, 3, 1, 2)
+    ho, wo = full.shape[2] - pt - pb, full.shape[3] - pl - pr
+    if ho < 1 or wo < 1:
+        raise ModelError(f"the paddings remove the whole {full.shape[2]}x{full.shape[3]} output")
+    acc = full[:, :, pt: pt + ho, pl: pl + wo] + _bias(q_b, o).reshape(1, o, 1, 1)
+    return _int32(np.ascontiguousarray(acc), "the conv_transpose2d accumulator")
+
+
+def conv_transpose2d(q_x, z_x: int, q_w, q_b, M0, shift, z_y: int, stride=1, padding=0, padding_end=None,
+                     qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Quantized transposed convolution: :func:`conv_transpose2d_acc`, then requantize (per output channel) to uint8."""
+    qmin, qmax = _range(qmin, qmax)
+    acc = conv_transpose2d_acc(q_x, z_x, q_w, q_b, stride, padding, padding_end)
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax, axis=1).astype(np.uint8)
+
+
+_TAPS: dict = {}
+
+
+def bicubic_taps(n_in: int, scale: int, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed-point taps of MATLAB's bicubic upscaling by an integer ``scale`` along one axis of length ``n_in``:
+    ``(index, weight)`` int64 arrays ``(n_in·scale, P)``.
+
+    From :func:`compactnn.sr.matlab.contributions` (a = −0.5, mirrored indices): weights of equal indices are summed,
+    each weight is rounded to ``bits`` fractional bits (half away from zero), and the largest weight of each output
+    sample absorbs the rounding so that every row sums to exactly ``2^bits``. Cached (geometry only)."""
+    key = (int(n_in), int(scale), int(bits))
+    if key not in _TAPS:
+        from compactnn.sr.matlab import contributions
+
+        idx, wt = contributions(int(n_in), int(n_in) * int(scale), float(scale))
+        # merge the weights of repeated (mirrored) indices onto the first occurrence
+        merged = np.zeros_like(wt)
+        for p in range(idx.shape[1]):
+            first = np.argmax(idx == idx[:, p:p + 1], axis=1)
+            np.add.at(merged, (np.arange(idx.shape[0]), first), wt[:, p])
+        q = np.sign(merged) * np.floor(np.abs(merged) * (1 << bits) + 0.5)
+        q = q.astype(np.int64)
+        rows = np.arange(q.shape[0])
+        q[rows, np.argmax(np.abs(q), axis=1)] += (1 << bits) - q.sum(axis=1)
+        if len(_TAPS) > 64:
+            _TAPS.clear()
+        _TAPS[key] = (idx.astype(np.int64), q)
+    return _TAPS[key]
+
+
+def resize_bicubic(q_x, z_x: int, scale: int, M0: int, shift: int, z_y: int, weight_bits: int = 14,
+                   mid_shift: int = 6, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """Integer MATLAB bicubic upscaling (see :class:`.ir.ResizeBicubic`): rows pass with a rounding right shift by
+    ``mid_shift`` (RDBPOT: halves away from zero), columns pass, then requantize.
+
+    Args:
+        q_x: uint8 ``(N, C, H, W)``.
+        z_x: input zero point.
+        scale: integer upscaling factor.
+        M0: output multiplier (of ``S_in / (S_out·2^(2·weight_bits − mid_shift))``).
+        shift: its shift.
+        z_y: output zero point.
+        weight_bits: fractional bits of the weights.
+        mid_shift: right shift after the rows pass.
+        qmin: lowest output code.
+        qmax: highest output code.
+
+    Returns:
+        uint8 ``(N, C, H·scale, W·scale)``.
+    """
+    qmin, qmax = _range(qmin, qmax)
+    acc = resize_bicubic_acc(q_x, z_x, scale, weight_bits, mid_shift)
+    return requantize(acc, M0, shift, _code(z_y, "z_y"), qmin, qmax).astype(np.uint8)
+
+
+def resize_bicubic_acc(q_x, z_x: int, scale: int, weight_bits: int = 14, mid_shift: int = 6) -> np.ndarray:
+    """The int32 accumulators of :func:`resize_bicubic` (before its requantization), int64 ``(N, C, Hs, Ws)``."""
+    x = _arr(q_x, "q_x", np.uint8, 4)
+    ir_, wr = bicubic_taps(x.shape[2], scale, weight_bits)
+    ic, wc = bicubic_taps(x.shape[3], scale, weight_bits)
+    xc = x.astype(np.int64) - _code(z_x, "z_x")
+    t = np.einsum("nchpw,hp->nchw", xc[:, :, ir_, :], wr)  # rows: (N, C, Ho, W)
+    t = rdbpot(_int32(t, "the resize rows pass"), mid_shift) if mid_shift else t
+    acc = np.einsum("nchwp,wp->nchw", t[:, :, :, ic], wc)  # columns: (N, C, Ho, Wo)
+    return _int32(acc, "the resize columns pass")
+
+
+def combine_fraction(acc_t, M_t, shift_t, acc_b, M_b, shift_b, frac_bits: int, z_y: int, qmin: int, qmax: int,
+                     axis: int | None = 1) -> np.ndarray:
+    """``clamp(RDBPOT(sat32(MBQM(acc_t) + MBQM(acc_b)), frac_bits) + Z_y, qmin, qmax)`` (see
+    :class:`.ir.ConvTransposeResizeAdd`)."""
+    u = multiply_by_quantized_multiplier(acc_t, M_t, shift_t, axis) + multiply_by_quantized_multiplier(
+        acc_b, M_b, shift_b)
+    u = np.clip(u, INT32_MIN, INT32_MAX)
+    y = rdbpot(u, frac_bits) if frac_bits else u
+    return np.clip(y + int(z_y), qmin, qmax)
+
+
+def conv_transpose_resize_add(q_f, z_f: int, q_w, q_b, M0, shift, q_x, z_x: int, scale: int, M0_b: int,
+                              shift_b: int, z_y: int, stride=1, padding=0, padding_end=None, weight_bits: int = 14,
+                              mid_shift: int = 6, frac_bits: int = 8, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+    """The definition of :class:`.ir.ConvTransposeResizeAdd`: the transposed conv of ``q_f`` plus the bicubic of
+    ``q_x``, summed at ``2^-frac_bits`` output codes, rounded once.
+
+    Returns:
+        uint8 ``(N, O, Ho, Wo)``.
+    """
+    qmin, qmax = _range(qmin, qmax)
+    acc_t = conv_transpose2d_acc(q_f, z_f, q_w, q_b, stride, padding, padding_end)
+    acc_b = resize_bicubic_acc(q_x, z_x, scale, weight_bits, mid_shift)
+    if acc_t.shape != acc_b.shape:
+        raise ModelError(f"the transposed conv gives {acc_t.shape[1:]}, the bicubic {acc_b.shape[1:]}")
+    return combine_fraction(acc_t, M0, shift, acc_b, M0_b, shift_b, frac_bits, _code(z_y, "z_y"), qmin,
+                            qmax).astype(np.uint8)
+
+
 def clamp(q, qmin: int, qmax: int) -> np.ndarray:
     """Clamp codes to a fused-activation range (see :func:`.qparams.relu_range`); keeps the dtype.
 
@@ -361,8 +523,39 @@ def _weighted_args(model, op, zp: dict) -> dict:
 @KERNELS.register(ir.Conv2d)
 def _conv2d(model, op: ir.Conv2d, env: dict, zp: dict) -> np.ndarray:
     x = op.inputs[0]
+    if op.activation == "leaky_relu":
+        a = _weighted_args(model, op, zp)
+        acc = conv2d_acc(env[x], zp[x], _buf(model, op.weight), a["q_b"], op.stride, op.padding, op.dilation,
+                         op.groups)
+        mn, sn = _buf(model, op.multiplier_neg), _buf(model, op.shift_neg)
+        mn, sn = (mn[0], sn[0]) if mn.shape == (1,) else (mn, sn)
+        return leaky_requantize(acc, a["M0"], a["shift"], mn, sn, a["z_y"], op.qmin, op.qmax).astype(np.uint8)
     return conv2d(env[x], zp[x], _buf(model, op.weight), stride=op.stride, padding=op.padding,
                   dilation=op.dilation, groups=op.groups, **_weighted_args(model, op, zp))
+
+
+@KERNELS.register(ir.ConvTranspose2d)
+def _conv_transpose2d(model, op: ir.ConvTranspose2d, env: dict, zp: dict) -> np.ndarray:
+    x = op.inputs[0]
+    return conv_transpose2d(env[x], zp[x], _buf(model, op.weight), stride=op.stride, padding=op.padding,
+                            padding_end=op.padding_end, **_weighted_args(model, op, zp))
+
+
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(model, op: ir.ConvTransposeResizeAdd, env: dict, zp: dict) -> np.ndarray:
+    f, x = op.inputs
+    a = _weighted_args(model, op, zp)
+    return conv_transpose_resize_add(env[f], zp[f], _buf(model, op.weight), a["q_b"], a["M0"], a["shift"], env[x],
+                                     zp[x], op.scale, op.resize_multiplier, op.resize_shift, zp[op.output],
+                                     op.stride, op.padding, op.padding_end, op.weight_bits, op.mid_shift,
+                                     op.frac_bits, op.qmin, op.qmax)
+
+
+@KERNELS.register(ir.ResizeBicubic)
+def _resize_bicubic(model, op: ir.ResizeBicubic, env: dict, zp: dict) -> np.ndarray:
+    x = op.inputs[0]
+    return resize_bicubic(env[x], zp[x], op.scale, op.multiplier, op.shift, zp[op.output], op.weight_bits,
+                          op.mid_shift, op.qmin, op.qmax)
 
 
 @KERNELS.register(ir.Linear)

@@ -31,15 +31,15 @@ KINDS: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
 def choose_layers(model: nn.Module, config: Any, target: Target) -> dict[str, nn.Module]:
-    """The layers to quantize: ``target.layers`` minus the first and last Conv/Linear layer of the model when
-    ``config.layers`` is None and ``config.float_first_last`` is True.
+    """The layers to quantize: ``target.layers`` minus the first and last layer of the config's ``kinds`` (default
+    Conv/Linear) of the model when ``config.layers`` is None and ``config.float_first_last`` is True.
 
     Raises:
         ModelError: nothing is left to quantize (e.g. a two-layer model with first and last kept float).
     """
     chosen = dict(target.layers)
     if getattr(config, "layers", None) is None and getattr(config, "float_first_last", True):
-        names = list(weight_layers(model, KINDS))
+        names = list(weight_layers(model, getattr(type(config), "kinds", None) or KINDS))
         for name in {names[0], names[-1]} if names else set():
             chosen.pop(name, None)
     if not chosen:

@@ -8,6 +8,9 @@ values in ``{0, +-2^n2, ..., +-2^n1}`` (one of the ``b`` bits stands for zero, s
 Incremental: the accumulated portions (0.5, 0.75, 0.875, 1.0) of each layer's weights, largest ``|w|`` first, are
 frozen at their power-of-two values; after each portion below 1.0 the remaining float weights are retrained
 (``finetune``). The exponent range is fixed from the float weights at the start.
+
+Layers: Conv2d, ConvTranspose2d (stored as :class:`.modules.LowBitConvTranspose2d`) and Linear; the first and last
+of them stay float by default. The integer engine (``to_integer``) does not take transposed convs.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class INQ(LowBitConfig):
     """
 
     method = "inq"
+    #: INQ's power-of-two codes work for any weight tensor; transposed convs (FCN decoders) are quantized too.
+    kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
     description = "Incremental power-of-two weight quantization, 5 bits by default (INQ, Zhou et al. 2017)"
     example = {"weight_bits": 3, "portions": [0.5, 1.0], "finetune": {"epochs": 1}}
 

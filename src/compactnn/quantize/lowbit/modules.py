@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ...pack.spec import packable
 from .quantizers import decode
 
-__all__ = ["LowBitConv2d", "LowBitLinear", "lowbit_from"]
+__all__ = ["LowBitConv2d", "LowBitConvTranspose2d", "LowBitLinear", "lowbit_from"]
 
 _SKIP = ("_parameters", "_buffers", "_modules", "_non_persistent_buffers_set")
 
@@ -68,10 +68,20 @@ class LowBitLinear(_LowBit, nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+@packable
+class LowBitConvTranspose2d(_LowBit, nn.ConvTranspose2d):
+    """A ConvTranspose2d whose weight is ``decode(codes, scale)`` (INQ quantizes transposed convs too)."""
+
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        return nn.ConvTranspose2d.forward(self, x, output_size)
+
+
 def lowbit_from(layer: nn.Module, codes: Tensor, scale: Tensor, decode_mode: str = "linear",
                 bits: int = 2) -> nn.Module:
-    """The low-bit version of a plain ``nn.Conv2d`` / ``nn.Linear`` (its hyper-parameters and bias kept)."""
-    cls = LowBitConv2d if isinstance(layer, nn.Conv2d) else LowBitLinear
+    """The low-bit version of a plain ``nn.Conv2d`` / ``nn.ConvTranspose2d`` / ``nn.Linear`` (its
+    hyper-parameters and bias kept)."""
+    cls = (LowBitConv2d if isinstance(layer, nn.Conv2d) else
+           LowBitConvTranspose2d if isinstance(layer, nn.ConvTranspose2d) else LowBitLinear)
     obj = cls.__new__(cls)
     obj._fill(layer, codes, scale, decode_mode, bits)
     return obj

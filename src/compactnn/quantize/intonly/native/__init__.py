@@ -77,7 +77,8 @@ class Conv(ctypes.Structure):
     """Geometry, packed weights and requantization of a conv (or linear) layer; see ``kernels.c``."""
 
     _fields_ = [(k, _I64) for k in ("h", "w", "c", "o", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
-                                    "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P)]
+                                    "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P),
+                                                                  ("rqn", Requant), ("leaky", _I64), ("raw", _I64)]
 
 
 KINDS = ("auto", "vnni", "avx2", "generic")
@@ -323,6 +324,9 @@ def _declare(lib) -> None:
         "cnn_gather": (None, [p, p, i64, i64, i64, p, i64, i]),
         "cnn_softmax": (None, [p, p, i64, i64, p, i64, i64, i]),
         "cnn_gather2_table": (None, [p, p, p, i64, i64, i64, i64, p, p, p, i]),
+        "cnn_gather_channels": (None, [p, p, i64, i64, i64, i64]),
+        "cnn_conv_groups": (i, [p, i64, i64, i64, i64, p, p, p, i]),
+        "cnn_scatter_channels": (None, [p, p, i64, i64, i64, i64]),
         "cnn_nhwc_to_nchw": (None, [p, p, i64, i64, i64]),
         "cnn_nchw_to_nhwc": (None, [p, p, i64, i64, i64]),
         "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64]),

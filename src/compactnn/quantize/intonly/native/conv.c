@@ -91,7 +91,7 @@ int cnn_conv(const Conv *d, int64_t n, const uint8_t *x, const uint8_t *res, uin
                 int64_t m = p1 - p < chunk ? p1 - p : chunk;
                 for (int64_t i = 0; i < m; i++) {
                     rows[i] = (pad ? img : x + b * imgsz) + (oh * d->sh * wpd + ow * d->sw) * c;
-                    outs[i] = y + (p + i) * d->o;
+                    outs[i] = y + (p + i) * d->o * (d->raw ? 4 : 1);
                     ress[i] = res ? res + (p + i) * d->o : 0;
                     if (++ow == d->wo) { ow = 0; if (++oh == d->ho) { oh = 0; b++; } }
                 }
@@ -159,8 +159,71 @@ int cnn_conv_grouped(const Conv *d, int64_t n, int64_t groups, const int8_t *w, 
                         }
                     }
                 }
-                y[((b * d->ho + oh) * d->wo + ow) * d->o + oc] = requant1(acc, oc, &d->rq, &ovf);
+                y[((b * d->ho + oh) * d->wo + ow) * d->o + oc] = requant1c(d, acc, oc, &ovf);
             }
+    }
+    return ovf;
+}
+
+/* y[r, k] = x[r * xstride + off + k] for r < rows, k < c: one group's input channels, contiguous. */
+void cnn_gather_channels(const uint8_t *x, uint8_t *y, int64_t rows, int64_t xstride, int64_t off, int64_t c) {
+    for (int64_t r = 0; r < rows; r++) memcpy(y + r * c, x + r * xstride + off, c);
+}
+
+/* y[r, off + k] = x[r, k] for r < rows, k < c: one group's output channels into the full output. */
+void cnn_scatter_channels(const uint8_t *x, uint8_t *y, int64_t rows, int64_t ystride, int64_t off, int64_t c) {
+    for (int64_t r = 0; r < rows; r++) memcpy(y + r * ystride + off, x + r * c, c);
+}
+
+/* Grouped convolution as one dense conv per group (ds[g]: groups 1, cg input and og output channels each), all in
+   one parallel region: work items are (image, group, band of output pixels); each thread gathers its group's
+   channels of its image into its padded scratch image (cg channels per pixel, border = the input zero point) and
+   runs the dense micro-kernels on it, writing the group's og channels of each output pixel in place (pixel stride
+   otot; a partial block of 16 channels is written with a masked store, so neighbouring groups are untouched).
+   scratch: nthreads * (hp*wp*cg + 64) bytes. */
+int cnn_conv_groups(const Conv *const *ds, int64_t groups, int64_t ctot, int64_t otot, int64_t n, const uint8_t *x,
+                    uint8_t *y, uint8_t *scratch, int nthreads) {
+    const Conv *d = ds[0];
+    const int64_t cg = d->c, og = d->o, wpd = d->w + 2 * d->pw, hp = d->h + 2 * d->ph, pix = d->ho * d->wo;
+    int64_t segoff[4096];
+    if (seg_offsets(d, wpd, segoff)) return -1;
+    if (n * pix * otot * d->nseg * d->seglen < 300000) nthreads = 1;
+    int64_t bands = 1;
+    if (n * groups < 2 * nthreads) bands = (2 * nthreads + n * groups - 1) / (n * groups);
+    if (bands > pix) bands = pix;
+    const int64_t items = n * groups * bands;
+    int ovf = 0;
+#pragma omp parallel num_threads(nthreads) reduction(| : ovf) if (nthreads > 1)
+    {
+        int64_t cached = -1;
+        uint8_t *sp = scratch + thread_id() * (hp * wpd * cg + 64);
+#pragma omp for schedule(static)
+        for (int64_t it = 0; it < items; it++) {
+            const int64_t gb = it / bands, band = it % bands, b = gb / groups, g = gb % groups;
+            if (cached != gb) {
+                if (cached < 0) memset(sp, (int)d->zin, hp * wpd * cg);
+                for (int64_t r = 0; r < d->h; r++) {
+                    const uint8_t *src = x + (b * d->h + r) * d->w * ctot + g * cg;
+                    uint8_t *dst = sp + ((r + d->ph) * wpd + d->pw) * cg;
+                    for (int64_t col = 0; col < d->w; col++) memcpy(dst + col * cg, src + col * ctot, cg);
+                }
+                cached = gb;
+            }
+            const int64_t p0 = pix * band / bands, p1 = pix * (band + 1) / bands;
+            const uint8_t *rows[MR_TILE];
+            uint8_t *outs[MR_TILE];
+            int64_t oh = p0 / d->wo, ow = p0 % d->wo;
+            const int64_t chunk = d->wo <= MR_TILE ? MR_TILE / d->wo * d->wo : MR_TILE;
+            for (int64_t p = p0; p < p1; p += chunk) {
+                const int64_t m = p1 - p < chunk ? p1 - p : chunk;
+                for (int64_t i = 0; i < m; i++) {
+                    rows[i] = sp + (oh * d->sh * wpd + ow * d->sw) * cg;
+                    outs[i] = y + (b * pix + p + i) * otot + g * og;
+                    if (++ow == d->wo) { ow = 0; oh++; }
+                }
+                cnn_rows_block(ds[g], rows, outs, 0, m, segoff, &ovf);
+            }
+        }
     }
     return ovf;
 }

@@ -87,6 +87,43 @@ static inline __attribute__((always_inline)) void epilogue_fast(const int NEG, c
 static __attribute__((noinline)) void epilogue(const Conv *d, const __m512i *acc, int MR, int NB, int64_t b0,
                                                uint8_t *const *outs, const uint8_t *const *ress, __mmask8 *ovf) {
     const int add = d->add != 0;
+    if (d->raw) {  /* the accumulators themselves (the caller requantizes) */
+        for (int j = 0; j < NB; j++) {
+            const int64_t rem = d->o - (b0 + j) * 16;
+            const __mmask16 mk = rem >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << rem) - 1);
+            for (int i = 0; i < MR; i++) _mm512_mask_storeu_epi32((int32_t *)outs[i] + (b0 + j) * 16, mk, acc[i * 4 + j]);
+        }
+        return;
+    }
+    if (d->leaky) {
+        for (int j = 0; j < NB; j++) {
+            const int64_t blk = b0 + j;
+            if (d->rq.fast) {  /* both sides folded (the caller sets rq.fast only then); acc includes the bias */
+                const RqVec vp = rq_vec(&d->rq, blk), vn = rq_vec(&d->rqn, blk);
+                for (int i = 0; i < MR; i++) {
+                    const __m512i a = acc[i * 4 + j];
+                    const __m512i y = _mm512_mask_blend_epi32(_mm512_movepi32_mask(a), rq_apply(1, a, &vp),
+                                                              rq_apply(1, a, &vn));
+                    emit16(d, y, blk, outs[i], 0);
+                }
+            } else {  /* the definition in int64 lanes, both sides, chosen by the sign of acc + bias */
+                const __m512i b0v = _mm512_loadu_si512(d->rq.bias + blk * 16);
+                const __m512i b1v = _mm512_loadu_si512(d->rq.bias + blk * 16 + 8);
+                const __m512i zero = _mm512_setzero_si512();
+                for (int i = 0; i < MR; i++) {
+                    const __m512i a = acc[i * 4 + j];
+                    const __m512i yp = requant16_wide(a, &d->rq, blk * 16, ovf);
+                    const __m512i yn = requant16_wide(a, &d->rqn, blk * 16, ovf);
+                    const __mmask8 m0 = _mm512_cmplt_epi64_mask(
+                        _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(a)), b0v), zero);
+                    const __mmask8 m1 = _mm512_cmplt_epi64_mask(
+                        _mm512_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1)), b1v), zero);
+                    emit16(d, _mm512_mask_blend_epi32((__mmask16)(m0 | ((unsigned)m1 << 8)), yp, yn), blk, outs[i], 0);
+                }
+            }
+        }
+        return;
+    }
     if (d->rq.fast && (b0 + NB) * 16 <= d->o && (!add || d->add->fast)) {
         if (d->rq.fneg) {
             if (add) epilogue_fast(1, 1, d, acc, MR, NB, b0, outs, ress);
@@ -222,7 +259,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     __mmask8 ov = 0;
     const int64_t nb = (d->o + 15) / 16;
     int64_t done = 0;
-    if (d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
+    if (!d->leaky && !d->raw && d->o == 16 && d->c == 16 && d->sw == 1 && d->nseg * d->seglen > 16 && d->rq.fast
             && (!d->add || d->add->fast) && m >= PT && m <= 4096) {
         int64_t starts[4096 / PT + 1];
         const int64_t nt = row16_tiles(d, rows, outs, ress, m, segoff, starts, &ov);
@@ -234,7 +271,7 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
             else pipe_row16(0, 0, d, rows, outs, ress, starts, nt, segoff);
         }
         done = m;
-    } else if (d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
+    } else if (!d->leaky && !d->raw && d->o == 16 && d->nseg * d->seglen <= 16 && d->rq.fast && (!d->add || d->add->fast) && m >= 24) {
         const int64_t tiles = m / 12;
         if (d->rq.fneg) {
             if (d->add) pipe12(1, 1, d, rows, outs, ress, tiles, segoff);
@@ -328,7 +365,7 @@ static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const
 static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
                              int *ovf) {
     for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
-        const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+        const uint8_t y = requant1c(d, acc[l], c, ovf);
         out[c] = d->add ? add1(d->add, y, res[c]) : y;
     }
 }
@@ -407,8 +444,16 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     const int64_t nb = (d->o + 15) / 16;
     int32_t acc[4][16];
     for (int64_t b = 0; b < nb; b++) {
-        const int fast = d->rq.fast && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
+        const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
         int64_t i = 0;
+        if (d->raw) {
+            const int64_t cnt = d->o - b * 16 < 16 ? d->o - b * 16 : 16;
+            for (; i < m; i++) {
+                acc16_avx2(1, d, rows + i, b, segoff, acc);
+                memcpy((int32_t *)outs[i] + b * 16, acc[0], 4 * cnt);
+            }
+            continue;
+        }
         for (; i + 3 <= m; i += 3) {
             acc16_avx2(3, d, rows + i, b, segoff, acc);
             if (fast) emit_fast_avx2(3, d, acc, b, outs + i, ress ? ress + i : 0);
@@ -458,8 +503,12 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
         for (int64_t b = 0; b < nb; b++) {
             int32_t acc[16];
             dot16(d, rows[i], b, segoff, acc);
+            if (d->raw) {
+                for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) ((int32_t *)outs[i])[c] = acc[l];
+                continue;
+            }
             for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
-                const uint8_t y = requant1(acc[l], c, &d->rq, ovf);
+                const uint8_t y = requant1c(d, acc[l], c, ovf);
                 outs[i][c] = d->add ? add1(d->add, y, ress[i][c]) : y;
             }
         }

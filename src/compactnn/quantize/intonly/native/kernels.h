@@ -71,6 +71,9 @@ typedef struct {
     const int8_t *wp;                /* packed weights: [ceil(o/16)][nseg*seglen/4][16][4] */
     Requant rq;
     const AddFuse *add;              /* NULL, or the Add whose output this conv writes instead of its own */
+    Requant rqn;                     /* leaky: the negative side's constants (same bias arrays as rq) */
+    int64_t leaky;                   /* 1: fused LeakyReLU: rqn where acc + bias < 0, else rq (never with add) */
+    int64_t raw;                     /* 1: write the int32 accumulators (no bias; rq.fast = 0), 4*o bytes a pixel */
 } Conv;
 
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
@@ -83,6 +86,13 @@ static inline uint8_t requant1(int64_t acc, int64_t c, const Requant *r, int *ov
     int64_t p = (x * r->m0[c] + ((int64_t)1 << 30)) >> 31;
     p = (p + r->half[c] - (p < 0 ? r->neg[c] : 0)) >> r->right[c];
     return (uint8_t)clamp64(p + r->zp, r->qmin, r->qmax);
+}
+
+/* The conv's requantization of one accumulator (no bias in acc): with a fused LeakyReLU, the negative side's
+   constants where acc + bias < 0 (the reference's leaky_requantize). */
+static inline uint8_t requant1c(const Conv *d, int64_t acc, int64_t c, int *ovf) {
+    if (d->leaky && acc + d->rq.bias[c] < 0) return requant1(acc, c, &d->rqn, ovf);
+    return requant1(acc, c, &d->rq, ovf);
 }
 
 /* The fused Add on one code pair through its table. */

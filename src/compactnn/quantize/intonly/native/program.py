@@ -286,7 +286,14 @@ class NativeProgram:
         vmin, vmax = bias + 255 * np.minimum(w64, 0).sum(1), bias + 255 * np.maximum(w64, 0).sum(1)
         rq = _requant(self.keep, getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), bias,
                       z_out, op.qmin, op.qmax, o, vmin if groups == 1 else None, vmax)
-        d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo)
+        extra = {}
+        if getattr(op, "activation", "none") == "leaky_relu":  # kernels.h requant1c; both sides folded or neither
+            rqn = _requant(self.keep, getattr(model, op.multiplier_neg).numpy(), getattr(model, op.shift_neg).numpy(),
+                           bias, z_out, op.qmin, op.qmax, o, vmin if groups == 1 else None, vmax)
+            if not (rq.fast and rqn.fast):
+                rq.fast = rqn.fast = 0
+            extra = dict(rqn=rqn, leaky=1)
+        d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo, **extra)
         self.keep.arrays.append(d)
         return d
 
@@ -420,8 +427,184 @@ class _Plan:
 # ------------------------------------------------------------------------------------------------------ kernels
 
 
+def _arena(ptr: int, count: int) -> np.ndarray:
+    """A uint8 NumPy view of ``count`` bytes of the arena at ``ptr``."""
+    return np.ctypeslib.as_array((ctypes.c_uint8 * count).from_address(ptr))
+
+
+class _Temp(threading.local):
+    """Per-thread temporary buffers of the ops that run in pieces (grouped convs, the transposed conv)."""
+
+    def get(self, key, size: int) -> np.ndarray:
+        bufs = self.__dict__.setdefault("bufs", {})
+        b = bufs.get(key)
+        if b is None or b.size < size:
+            b = bufs[key] = np.empty(size + 64, dtype=np.uint8)
+        return b
+
+
+_TEMP = _Temp()
+
+
+class _Sub:
+    """A stand-in model holding derived tensors (a group's slice of a conv, a transposed conv's phase conv)."""
+
+    def __init__(self, **tensors) -> None:
+        self.__dict__.update(tensors)
+
+
+def _sub_conv(prog, model, op, sl, shape, zin: int, zout: int, padding=None) -> Conv:
+    """A dense (groups 1) Conv of output channels ``sl`` of ``op`` over an input of ``shape`` (C, H, W)."""
+    def pick(name):
+        t = getattr(model, name)
+        return t[sl] if t.shape[0] > 1 else t
+
+    fields = dict(weight=getattr(model, op.weight)[sl], bias=getattr(model, op.bias)[sl],
+                  multiplier=pick(op.multiplier), shift=pick(op.shift))
+    leaky = op.activation == "leaky_relu"
+    if leaky:
+        fields.update(multiplier_neg=pick(op.multiplier_neg), shift_neg=pick(op.shift_neg))
+    sub = _Sub(**fields)
+    sop = ir.Conv2d(inputs=op.inputs, output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+                    shift="shift", stride=op.stride, padding=op.padding if padding is None else padding,
+                    dilation=op.dilation, activation=op.activation, qmin=op.qmin, qmax=op.qmax,
+                    **(dict(multiplier_neg="multiplier_neg", shift_neg="shift_neg") if leaky else {}))
+    c, h, w = shape
+    kh, kw = fields["weight"].shape[2:]
+    (sh, sw), (ph, pw), (dh, dw) = sop.stride, sop.padding, sop.dilation
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    prog.scratch = max(getattr(prog, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
+    return prog._weighted(sub, sop, c, kh, kw, dict(h=h, w=w, ho=ho, wo=wo, sh=sh, sw=sw, ph=ph, pw=pw, dh=dh,
+                                                     dw=dw), zin, zout)
+
+
+def _grouped(prog, model, op, shapes, zp):
+    """A grouped conv as one dense conv per group (``cnn_conv_groups``: one parallel region; each work item gathers
+    its group's input channels into a padded scratch image and writes the group's output channels in place; exact:
+    the same accumulators and requantization per channel)."""
+    c, h, w = shapes[0]
+    g = op.groups
+    o = getattr(model, op.weight).shape[0]
+    cg, og = c // g, o // g
+    subs = [_sub_conv(prog, model, op, slice(k * og, (k + 1) * og), (cg, h, w), zp[op.inputs[0]], zp[op.output])
+            for k in range(g)]
+    ho, wo = subs[0].ho, subs[0].wo
+    table = prog.keep(np.array([ctypes.addressof(d) for d in subs], dtype=np.uint64))
+    lib = prog.lib
+    return (lambda p, n, t: lib.cnn_conv_groups(table, g, c, o, n, p[0], p[1], p[-1], t)), (o, ho, wo)
+
+
+@KERNELS.register(ir.ConvTranspose2d)
+def _conv_transpose2d(prog, model, op, shapes, zp):
+    """The phase conv of :func:`..engine.phase_conv` (a dense VNNI conv with s_h·s_w·O output channels), then the
+    depth-to-space and crop on the arena (NumPy strided copy)."""
+    from ..engine import phase_conv
+
+    c, h, w = shapes[0]
+    wt = getattr(model, op.weight)
+    ci, o, kh, kw = wt.shape
+    pc = phase_conv(wt.numpy(), op.stride, op.padding, op.padding_end)
+    rep = op.stride[0] * op.stride[1]
+    m, sft = getattr(model, op.multiplier), getattr(model, op.shift)
+    tile = (lambda t_: t_.repeat(rep)) if m.shape[0] > 1 else (lambda t_: t_)
+    sub = _Sub(weight=torch.from_numpy(pc["weight"]), bias=getattr(model, op.bias).repeat(rep),
+               multiplier=tile(m), shift=tile(sft))
+    sop = ir.Conv2d(inputs=op.inputs, output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+                    shift="shift", padding=pc["pad"], activation=op.activation, qmin=op.qmin, qmax=op.qmax)
+    d = _sub_conv(prog, sub, sop, slice(None), (c, h, w), zp[op.inputs[0]], zp[op.output])
+    addr, lib = ctypes.addressof(d), prog.lib
+    ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+    wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+    (sh, sw), (pt, pl) = op.stride, op.padding
+    hp, wp_, co = d.ho, d.wo, d.o
+
+    def run(p, n, t):
+        tmp = _TEMP.get(("deconv", id(prog)), n * hp * wp_ * co)
+        ovf = lib.cnn_conv(addr, n, p[0], None, tmp.ctypes.data, p[-1], t)
+        full = tmp[:n * hp * wp_ * co].reshape(n, hp, wp_, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(
+            n, hp * sh, wp_ * sw, o)
+        _arena(p[1], n * ho * wo * o).reshape(n, ho, wo, o)[:] = full[:, pt:pt + ho, pl:pl + wo]
+        return ovf
+
+    return run, (o, ho, wo)
+
+
+@KERNELS.register(ir.ConvTransposeResizeAdd)
+def _conv_transpose_resize_add(prog, model, op, shapes, zp):
+    """The phase conv's raw int32 accumulators from C (``Conv.raw``), then in NumPy int64 on the arena: the bias
+    (with the zero-point fold), the depth-to-space and crop, the bicubic accumulators (the reference's), and
+    :func:`..reference.combine_fraction`: the definition's arithmetic."""
+    from ..engine import phase_conv
+
+    (c, h, w), (ci, hi, wi) = shapes
+    wt = getattr(model, op.weight)
+    _, o, kh, kw = wt.shape
+    pc = phase_conv(wt.numpy(), op.stride, op.padding, op.padding_end)
+    rep = op.stride[0] * op.stride[1]
+    zf, zx = zp[op.inputs[0]], zp[op.inputs[1]]
+    bias = getattr(model, op.bias).numpy().astype(np.int64)
+    sub = _Sub(weight=torch.from_numpy(pc["weight"]), bias=torch.from_numpy(np.tile(bias, rep).astype(np.int32)),
+               multiplier=torch.ones(1, dtype=torch.int32), shift=torch.zeros(1, dtype=torch.int32))
+    sop = ir.Conv2d(inputs=op.inputs[:1], output=op.output, weight="weight", bias="bias", multiplier="multiplier",
+                    shift="shift", padding=pc["pad"])
+    d = _sub_conv(prog, sub, sop, slice(None), (c, h, w), zf, 0)
+    d.raw, d.rq.fast = 1, 0
+    folded = np.tile(bias, rep) - zf * pc["weight"].astype(np.int64).sum(axis=(1, 2, 3))  # b - Z·Σw per channel
+    addr, lib = ctypes.addressof(d), prog.lib
+    ho = (h - 1) * op.stride[0] + kh - op.padding[0] - op.padding_end[0]
+    wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
+    (sh, sw), (pt, pl) = op.stride, op.padding
+    hp, wp_, co = d.ho, d.wo, d.o
+    m_t, s_t = getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy()
+    m_t, s_t = (m_t[0], s_t[0]) if m_t.shape == (1,) else (m_t, s_t)
+
+    def run(p, n, t):
+        tmp = _TEMP.get(("deconv_raw", id(prog)), n * hp * wp_ * co * 4)
+        if lib.cnn_conv(addr, n, p[0], None, tmp.ctypes.data, p[-1], t):
+            return 1
+        acc = tmp[:n * hp * wp_ * co * 4].view(np.int32).reshape(n, hp, wp_, co).astype(np.int64) + folded
+        acc_t = acc.reshape(n, hp, wp_, sh, sw, o).transpose(0, 1, 3, 2, 4, 5).reshape(n, hp * sh, wp_ * sw, o)[
+            :, pt:pt + ho, pl:pl + wo]
+        img = _arena(p[1], n * hi * wi * ci).reshape(n, hi, wi, ci).transpose(0, 3, 1, 2)
+        try:
+            ref._int32(acc_t, "the conv_transpose2d accumulator")
+            acc_b = ref.resize_bicubic_acc(np.ascontiguousarray(img), zx, op.scale, op.weight_bits,
+                                           op.mid_shift).transpose(0, 2, 3, 1)
+        except ModelError:
+            return 1
+        y = ref.combine_fraction(acc_t, m_t, s_t, acc_b, op.resize_multiplier, op.resize_shift, op.frac_bits,
+                                 zp[op.output], op.qmin, op.qmax, axis=-1)
+        _arena(p[2], n * ho * wo * o).reshape(n, ho, wo, o)[:] = y
+        return 0
+
+    return run, (o, ho, wo)
+
+
+@KERNELS.register(ir.ResizeBicubic)
+def _resize_bicubic(prog, model, op, shapes, zp):
+    """The reference kernel (NumPy int64) on the arena's codes: a small op (one channel in IDN)."""
+    c, h, w = shapes[0]
+    s = op.scale
+    zi, zo = zp[op.inputs[0]], zp[op.output]
+
+    def run(p, n, t):
+        x = _arena(p[0], n * h * w * c).reshape(n, h, w, c).transpose(0, 3, 1, 2)
+        try:
+            y = ref.resize_bicubic(np.ascontiguousarray(x), zi, s, op.multiplier, op.shift, zo, op.weight_bits,
+                                   op.mid_shift, op.qmin, op.qmax)
+        except ModelError:
+            return 1
+        _arena(p[1], n * h * s * w * s * c).reshape(n, h * s, w * s, c)[:] = y.transpose(0, 2, 3, 1)
+        return 0
+
+    return run, (c, h * s, w * s)
+
+
 @KERNELS.register(ir.Conv2d)
 def _conv2d(prog, model, op, shapes, zp):
+    if op.groups > 1 and not (op.groups == shapes[0][0] and getattr(model, op.weight).shape[0] == op.groups
+                              and op.activation != "leaky_relu"):
+        return _grouped(prog, model, op, shapes, zp)
     (c, h, w), (kh, kw) = shapes[0], getattr(model, op.weight).shape[2:]
     (sh, sw), (ph, pw), (dh, dw) = op.stride, op.padding, op.dilation
     ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
@@ -434,7 +617,8 @@ def _conv2d(prog, model, op, shapes, zp):
         addr = ctypes.addressof(d)
         return (lambda p, n, t: prog.lib.cnn_conv_grouped(addr, n, groups, d.wp, p[0], p[1], t)), (d.o, ho, wo)
     prog.scratch = max(getattr(prog, "scratch", 0), (h + 2 * ph) * (w + 2 * pw) * c + 64)
-    prog._convs[op.output] = d
+    if not d.leaky:  # the fused Add / max pool epilogues do not take the leaky form
+        prog._convs[op.output] = d
     addr = ctypes.addressof(d)
     return (lambda p, n, t: prog.lib.cnn_conv(addr, n, p[0], None, p[1], p[-1], t)), (d.o, ho, wo)
 
