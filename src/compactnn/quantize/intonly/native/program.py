@@ -716,11 +716,11 @@ def _concat(prog, model, op, shapes, zp):
 
 def _positions(shape: tuple) -> np.ndarray:
     """Per sample, the arena offset of every element, viewed in PyTorch layout (rank-3 values are NHWC)."""
-    n = int(np.prod(shape))
+    n = int(np.prod(shape))  # <= ir.MAX_VALUE_ELEMENTS = 2^28: int32 offsets (4 bytes per element, as the index)
     if len(shape) == 3:
         c, h, w = shape
-        return np.arange(n, dtype=np.int64).reshape(h, w, c).transpose(2, 0, 1)
-    return np.arange(n, dtype=np.int64).reshape(shape)
+        return np.arange(n, dtype=np.int32).reshape(h, w, c).transpose(2, 0, 1)
+    return np.arange(n, dtype=np.int32).reshape(shape)
 
 
 def _arena_order(y: np.ndarray) -> np.ndarray:
@@ -730,10 +730,10 @@ def _arena_order(y: np.ndarray) -> np.ndarray:
 
 def _index(idx: np.ndarray, lo: int, size: int, count: int) -> np.ndarray:
     """The int32 gather index, checked in range before it reaches C."""
-    idx = np.ascontiguousarray(idx, dtype=np.int64)
-    if idx.size != count or (idx.size and (idx.min() < lo or idx.max() >= size)):
+    idx = np.ascontiguousarray(idx, dtype=np.int32)
+    if idx.size != count or (idx.size and (int(idx.min()) < lo or int(idx.max()) >= size)):
         raise ModelError("native program: a data-movement index is out of range (a malformed op)")
-    return idx.astype(np.int32)
+    return idx
 
 
 def _gather(prog, model, op, shapes, zp):
@@ -744,7 +744,7 @@ def _gather(prog, model, op, shapes, zp):
     n_in, n_out = int(np.prod(shape)), int(y.size)
     idx = _index(_arena_order(y), -1, n_in, n_out)
     fill = zp[op.inputs[0]]
-    if n_in == n_out and np.array_equal(idx, np.arange(n_out)):  # same bytes in the same order
+    if n_in == n_out and np.array_equal(idx, np.arange(n_out, dtype=np.int32)):  # same bytes in the same order
         return (lambda p, n, t: ctypes.memmove(p[1], p[0], n * n_out) and 0), tuple(y.shape)  # 0: no overflow
     ip = prog.keep(idx)
     return (lambda p, n, t: prog.lib.cnn_gather(p[0], p[1], n, n_in, n_out, ip, fill, t)), tuple(y.shape)
