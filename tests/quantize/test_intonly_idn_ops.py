@@ -140,15 +140,20 @@ def _program(h=7, w=9, s=3, groups=4, seed=0) -> IntegerModel:
            ir.ResizeBicubic(inputs=("x",), output="u", scale=s, multiplier=1 << 30, shift=-21),
            ir.ConvTransposeResizeAdd(inputs=("cat", "x"), output="y2", weight="tw", bias="tb", multiplier="tm2",
                                      shift="ts2", stride=(s, s), padding=(9 - s, 9 - s), padding_end=(8, 8), scale=s,
-                                     resize_multiplier=1 << 30, resize_shift=-21 + 8, frac_bits=8)]
+                                     resize_multiplier=1 << 30, resize_shift=-21 + 8, frac_bits=8),
+           ir.Concat(inputs=("x", "x"), output="xx", multipliers=(None, (1 << 30, 0))),
+           ir.ConvTransposeResizeAdd(inputs=("cat", "xx"), output="y3", weight="tw", bias="tb", multiplier="tm2",
+                                     shift="ts2", stride=(s, s), padding=(9 - s, 9 - s), padding_end=(8, 8), scale=s,
+                                     resize_multiplier=1 << 30, resize_shift=-21 + 8, frac_bits=8, planes=2,
+                                     fine_multiplier=1 << 30, fine_shift=-21, fine_zero_point=128)]
     m = {k: v for k, v in zip(("M0_1", "shift_1", "M0_2", "shift_2", "M0_y", "shift_y"),
                                (1 << 30, 0, 1 << 30, -1, 1 << 30, -19))}
     ops.append(ir.Add(inputs=("r", "u"), output="y", multiplier_a=m["M0_1"], shift_a=m["shift_1"],
                       multiplier_b=m["M0_2"], shift_b=m["shift_2"], multiplier_out=m["M0_y"], shift_out=m["shift_y"]))
-    zps = dict(x=0, a=40, g=90, big=128, cat=60, r=128, u=20, y=0, y2=5)
+    zps = dict(x=0, a=40, g=90, big=128, cat=60, r=128, u=20, y=0, y2=5, xx=0, y3=5)
     vals = {k: {"scale": 0.01, "zero_point": z, "dtype": "uint8"} for k, z in zps.items()}
     return IntegerModel((1, h, w), {"value": "x", "scale": 0.01, "zero_point": 0},
-                        {"value": "y2", "scale": 0.01, "zero_point": 5}, vals, ops, ten)
+                        {"value": "y3", "scale": 0.01, "zero_point": 5}, vals, ops, ten)
 
 
 @pytest.fixture
@@ -178,14 +183,15 @@ def test_reference_equals_fast_and_native_bit_for_bit(s, kind, native_mode):
     a, b = model.run_values(q, "reference"), model.run_values(q, "fast")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert torch.equal(model.run_int(q, "fast"), a["y2"])
+    assert torch.equal(model.run_int(q, "fast"), a["y3"])
+    assert not torch.equal(a["y2"], a["y3"])
     # the fused output layer is the transposed conv plus the bicubic, rounded once (within one code of the sum of
     # the separately rounded branches, which carry two roundings)
     tr = a["r"].int() - 128
     inside = (a["r"] % 255 != 0) & (a["u"] % 255 != 0) & (a["y2"] % 255 != 0)  # no branch saturated
     assert inside.float().mean() > 0.5
     assert (a["y2"].int() - 5 - (tr + a["u"].int() - 20))[inside].abs().max() <= 1
-    for k in ("a", "g", "big", "r", "u", "y", "y2"):  # not degenerate: codes spread over the range
+    for k in ("a", "g", "big", "r", "u", "y", "y2", "y3"):  # not degenerate: codes spread over the range
         assert len(torch.unique(a[k])) > 8, k
     assert (a["a"] < 40).any() and (a["a"] > 40).any()  # both sides of the leaky requantization are used
 
@@ -279,9 +285,15 @@ def test_tiny_idn_unfused_output_layer_runs_bit_exactly(tiny_idn):
 def test_tiny_idn_converts_and_runs_bit_exactly(tiny_idn, tmp_path):
     model, q, tiny_cal = tiny_idn
     x = torch.rand(2, 1, 10, 13)
-    codes = q.program(10, 13).quantize_input(x)
+    codes = q.split(x)
+    assert codes.shape == (2, 2, 10, 13) and q.planes == 2
+    # the two planes hold 255·x to 1/510 of a code
+    t = codes[:, :1].double() + (codes[:, 1:].double() - 128) / 255
+    assert (t - 255 * x.double()).abs().max() <= 0.5 / 255 + 1e-9
     a, b = q.run_int(codes, "reference"), q.run_int(codes, "fast")
     assert a.shape == (2, 1, 30, 39) and torch.equal(a, b)
+    x8 = torch.round(x * 255) / 255  # an uint8 image: the fine plane is flat
+    assert (q.split(x8)[:, 1] == 128).all()
     x = tiny_cal[:3, :, 1:11, :]  # inside the calibrated ranges (a fresh random image may leave them)
     kinds = [op.kind for op in q.core.ops]
     assert {"conv2d", "concat", "add", "conv_transpose2d_resize_add"} <= set(kinds)

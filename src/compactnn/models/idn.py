@@ -180,9 +180,9 @@ class IntegerIDN(nn.Module):
     The program is an :class:`compactnn.quantize.intonly.IntegerModel` (``core``, built for one nominal input
     size); every op is size-generic (convs, the transposed conv, ``resize_bicubic`` whose taps are geometry), so an
     input of another size runs the same ops and buffers under an IntegerModel of that input shape (cached per
-    size). Input (N, 1, h, w) Y in [0, 1] (quantized with scale 1/255, zero point 0: the uint8 Y codes of the
-    protocol exactly); output (N, 1, hs, ws) dequantized from uint8 codes at scale 1/255, i.e. the protocol's uint8
-    image / 255.
+    size). Input (N, 1, h, w) Y in [0, 1], turned into ``planes`` uint8 planes by :meth:`split` (one: the code at
+    1/255; two: the code and its fraction, a 16-bit input); output (N, 1, hs, ws) dequantized from uint8 codes at
+    scale 1/255, i.e. the protocol's uint8 image / 255.
 
     Args:
         scale: the upscaling factor.
@@ -192,15 +192,21 @@ class IntegerIDN(nn.Module):
 
     __pack_skip__ = frozenset({"_programs"})
 
-    def __init__(self, scale: int, core: nn.Module, engine: str = "fast") -> None:
+    def __init__(self, scale: int, core: nn.Module, engine: str = "fast", planes: int = 1) -> None:
         super().__init__()
         self.scale = int(scale)
         self.core = core
         self.engine = engine
+        self.planes = int(planes)
         self._programs: dict = {}
 
     def __pack_restore__(self) -> None:
         self._programs = {}
+        if self.__dict__.get("planes", 1) not in (1, 2):
+            from ..errors import PackError
+
+            raise PackError(f"the integer IDN in this file has {self.__dict__.get('planes')!r} input planes; "
+                            "expected 1 or 2")
         if isinstance(self.scale, bool) or not isinstance(self.scale, int) or self.scale not in SCALES:
             from ..errors import PackError
 
@@ -211,26 +217,45 @@ class IntegerIDN(nn.Module):
         from ..quantize.intonly.model import IntegerModel
 
         core = self.core
-        if tuple(core.input_shape) == (1, h, w):
+        if tuple(core.input_shape) == (self.planes, h, w):
             return core
         key = (h, w)
         if key not in self._programs:
             if len(self._programs) > 8:
                 self._programs.clear()
-            m = IntegerModel((1, h, w), core.input, core.output, core.values, list(core.ops),
+            m = IntegerModel((self.planes, h, w), core.input, core.output, core.values, list(core.ops),
                              dict(core.named_buffers()), engine=self.engine)
             self._programs[key] = m
         prog = self._programs[key]
         prog.engine = self.engine
         return prog
 
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """The program's uint8 input codes of float Y ``x`` (N, 1, h, w): with one plane, ``clamp(round(255 x))``
+        (the IntegerModel's input quantization); with two, ``(c, f)`` where ``t = clamp(255 x, 0, 255)``,
+        ``c = round(t)`` and ``f = clamp(round((t − c)·255) + 128, 0, 255)`` (so ``t ≈ c + (f − 128)/255`` to 1/510
+        of a code), both rounded half away from zero. A uint8 image (x = k/255) has ``f = 128`` everywhere."""
+        t = (x.detach().double() * 255.0).clamp_(0.0, 255.0)
+
+        def rnd(v):
+            return torch.copysign(torch.floor(v.abs() + 0.5), v)
+
+        c = rnd(t)
+        if self.planes == 1:
+            return c.to(torch.uint8)
+        f = (rnd((t - c) * 255.0) + 128).clamp_(0, 255)
+        return torch.cat([c, f], dim=1).to(torch.uint8)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 1:
             raise ModelError(f"IDN takes (N, 1, h, w) Y images, got shape {tuple(x.shape)}")
-        return self.program(int(x.shape[2]), int(x.shape[3]))(x.float())
+        prog = self.program(int(x.shape[2]), int(x.shape[3]))
+        if self.planes == 1:
+            return prog(x.float())
+        return prog.dequantize_output(prog.run_int(self.split(x)))
 
     def run_int(self, q: torch.Tensor, engine: str | None = None) -> torch.Tensor:
-        """uint8 Y codes (N, 1, h, w) -> uint8 output codes (N, 1, hs, ws)."""
+        """uint8 input codes (N, planes, h, w) (:meth:`split`) -> uint8 output codes (N, 1, hs, ws)."""
         return self.program(int(q.shape[2]), int(q.shape[3])).run_int(q, engine)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,11 @@ module is its conversion hook):
   scale; the add of the 80-channel tensors is TFLite's ``add``;
 - the 17x17 stride-s transposed conv is ``conv_transpose2d`` with ``padding = 9 − s`` at the top/left and
   ``17 − s − (9 − s) = 8`` at the bottom/right (our float model's padding and cut to ``h·s``);
+- the input: by default 16-bit, two uint8 planes (:meth:`compactnn.models.idn.IntegerIDN.split`: the uint8 code
+  of the Y value at 1/255 and the remaining fraction of a code at 1/255 of a code); the protocol's low-resolution
+  image is MATLAB's float ``imresize`` output, and rounding it to uint8 costs even the float IDN 0.09 dB on Set5 x2
+  (0.04 dB at x4), nearly all through the bicubic branch. The network branch reads the first plane only (the first
+  conv has zero weights on the second); the output layer's bicubic reads both;
 - the bicubic branch and the final add: by default one op, ``conv_transpose2d_resize_add`` (the transposed conv's
   and the integer bicubic's int32 accumulators rescaled to 1/256 of an output code, summed, rounded once to scale
   1/255, zero point 0: the protocol's uint8 image); measured on Set5 x2 with the official weights, rounding the
@@ -38,6 +43,9 @@ from ..errors import ConfigError, ModelError
 __all__ = ["calibration_patches", "convert_idn", "float_values"]
 
 ONE = 1.0 / 255.0
+#: the fine input plane: codes of (255·x − coarse code) · FINE + FINE_ZERO (:meth:`IntegerIDN.split`)
+FINE = 255.0
+FINE_ZERO = 128
 
 
 def calibration_patches(scale: int, count: int = 64, patch: int = 48, seed: int = 0,
@@ -113,7 +121,7 @@ def _observe(model, batches, method: str, percentile: float) -> dict[str, tuple[
 @torch.no_grad()
 def convert_idn(model, calibration: torch.Tensor, method: str = "minmax", percentile: float = 99.99,
                 batch: int = 16, engine: str = "fast", weight_bits: int = 14, mid_shift: int = 6,
-                nominal: tuple[int, int] = (32, 32), fused: bool = True, frac_bits: int = 8):
+                nominal: tuple[int, int] = (32, 32), fused: bool = True, frac_bits: int = 8, planes: int = 2):
     """Post-training int8 IDN from a float IDN and calibration LR patches.
 
     Args:
@@ -130,6 +138,10 @@ def convert_idn(model, calibration: torch.Tensor, method: str = "minmax", percen
             at ``2^-frac_bits`` codes, rounded once); False: ``conv_transpose2d`` and ``resize_bicubic`` each to a
             uint8 image, then ``add`` (about 0.1 dB lower on Set5 x2: two extra roundings of half a code).
         frac_bits: fractional bits of the fused sum.
+        planes: 2 (with ``fused``): the input is 16-bit, two uint8 planes (the code and its fraction,
+            :meth:`compactnn.models.idn.IntegerIDN.split`); the network branch reads the first, the bicubic branch
+            both. 1: one uint8 plane (the protocol's float LR image rounded to 1/255, which by itself costs a float
+            IDN 0.09 dB on Set5 x2).
 
     Returns:
         :class:`compactnn.models.idn.IntegerIDN`.
@@ -197,8 +209,12 @@ def convert_idn(model, calibration: torch.Tensor, method: str = "minmax", percen
                           shift_out=m["shift_y"], left_shift=m["left_shift"], name=out))
         return out
 
+    planes = planes if fused else 1
     x = qv("x", ONE, 0)
-    h = conv(x, "c1", model.conv1)
+    w1, b1 = model.conv1.weight, model.conv1.bias
+    if planes == 2:  # the fine plane does not enter the network branch: zero weights
+        w1 = torch.cat([w1, torch.zeros_like(w1)], dim=1)
+    h = conv(x, "c1", model.conv1, w1, b1)
     h = conv(h, "c2", model.conv2)
     for i, blk in enumerate(model.blocks):
         p, d = f"b{i}_", blk.distill
@@ -231,9 +247,13 @@ def convert_idn(model, calibration: torch.Tensor, method: str = "minmax", percen
         m0, sh = output_multiplier(s_in, s_w * 2.0 ** frac_bits, ONE)
         tensors["res_m"], tensors["res_s"] = i32(m0), i32(sh)
         mb, sb = quantize_multiplier(values[x]["scale"] * 2.0 ** frac_bits / (ONE * gain))
+        mf, sf = quantize_multiplier(values[x]["scale"] / FINE * 2.0 ** frac_bits / (ONE * gain))
         ops.append(ir.ConvTransposeResizeAdd(inputs=(h, x), output=y, scale=model.scale, resize_multiplier=mb,
                                              resize_shift=sb, weight_bits=weight_bits, mid_shift=mid_shift,
-                                             frac_bits=frac_bits, name="upsample+bicubic", **geo))
+                                             frac_bits=frac_bits, name="upsample+bicubic", planes=planes,
+                                             fine_multiplier=mf if planes == 2 else 0,
+                                             fine_shift=sf if planes == 2 else 0,
+                                             fine_zero_point=FINE_ZERO if planes == 2 else 0, **geo))
     else:  # uint8 residual and bicubic images, then the TFLite add
         res = qv("res")
         m0, sh = output_multiplier(s_in, s_w, values[res]["scale"])
@@ -244,7 +264,7 @@ def convert_idn(model, calibration: torch.Tensor, method: str = "minmax", percen
         ops.append(ir.ResizeBicubic(inputs=(x,), output=bic, scale=model.scale, multiplier=m0, shift=sh,
                                     weight_bits=weight_bits, mid_shift=mid_shift, name="bicubic"))
         y = add(res, bic, "y", ONE, 0)
-    core = IntegerModel((1, *nominal), {"value": x, **{k: values[x][k] for k in ("scale", "zero_point")}},
+    core = IntegerModel((planes, *nominal), {"value": x, **{k: values[x][k] for k in ("scale", "zero_point")}},
                         {"value": y, **{k: values[y][k] for k in ("scale", "zero_point")}}, values, ops, tensors,
                         engine=engine)
-    return IntegerIDN(model.scale, core, engine=engine)
+    return IntegerIDN(model.scale, core, engine=engine, planes=planes)

@@ -595,12 +595,14 @@ def _resize_bicubic(engine, model, op: ir.ResizeBicubic, zp: dict):
 
 
 def combine_fraction_torch(acc_t: Tensor, m_t, s_t, acc_b: Tensor, m_b: int, s_b: int, frac: int, z_y: int,
-                           qmin: int, qmax: int) -> Tensor:
+                           qmin: int, qmax: int, acc_f: Tensor | None = None, m_f: int = 0, s_f: int = 0) -> Tensor:
     """:func:`.reference.combine_fraction` on NHWC int64 tensors (per-channel multipliers along the last axis);
     returns int8 ``q − 128``."""
     from .fixedpoint import multiply_by_quantized_multiplier_torch as mbqm
 
     u = mbqm(acc_t, m_t, s_t, axis=-1) + mbqm(acc_b, m_b, s_b)
+    if acc_f is not None:
+        u = u + mbqm(acc_f, m_f, s_f)
     u.clamp_(INT32_MIN, INT32_MAX)
     if frac:
         u = (u + ((1 << (frac - 1)) - (u < 0).to(_I64))).bitwise_right_shift_(frac)
@@ -623,9 +625,13 @@ def _conv_transpose_resize_add(engine, model, op: ir.ConvTransposeResizeAdd, zp:
         wo = (w - 1) * op.stride[1] + kw - op.padding[1] - op.padding_end[1]
         acc = step.acc(f).to(_I64) + step.bias  # with the bias and the zero-point fold: the definition's acc_t
         acc_t = depth_to_space_crop(acc, op.stride, pc["out_channels"], pc["crop"], (ho, wo))
-        acc_b = _resize_acc(x, zx, op.scale, op.weight_bits, op.mid_shift)
+        o = x.shape[-1] // op.planes
+        acc_b = _resize_acc(x[..., :o], zx, op.scale, op.weight_bits, op.mid_shift)
+        acc_f = _resize_acc(x[..., o:], op.fine_zero_point - 128, op.scale, op.weight_bits, op.mid_shift) if (
+            op.planes == 2) else None
         return combine_fraction_torch(acc_t, m_t if m_t.numel() > 1 else int(m_t[0]), s_t if s_t.numel() > 1
                                       else int(s_t[0]), acc_b, op.resize_multiplier, op.resize_shift,
-                                      op.frac_bits, zp[op.output], op.qmin, op.qmax)
+                                      op.frac_bits, zp[op.output], op.qmin, op.qmax, acc_f, op.fine_multiplier,
+                                      op.fine_shift)
 
     return run

@@ -449,7 +449,13 @@ class ConvTransposeResizeAdd(ConvTranspose2d):
     ``y = clamp(RDBPOT(u, frac_bits) + Z_out, qmin, qmax)``. So neither branch is rounded to uint8 on its own (two
     uint8 intermediates, each with its own rounding, would add up to one output code of error); the only 8-bit
     rounding is the output's, which the super-resolution protocol applies to its float output anyway. The
-    transposed conv's output must have the bicubic's shape (``O`` = the image's channels, ``h·scale`` rows)."""
+    transposed conv's output must have the bicubic's shape (``O`` = the image's channels, ``h·scale`` rows).
+
+    ``planes = 2``: the image input holds ``2·O`` channels, a coarse plane (channels ``0..O``) and a fine plane
+    (``O..2O``, e.g. the fraction of a code times 255, so that image = coarse + fine/255 in coarse codes); the fine
+    plane's bicubic accumulators (of ``q − fine_zero_point``) are added with ``(fine_multiplier, fine_shift)``:
+    ``u = sat32(MBQM(acc_t) + MBQM(acc_b0) + MBQM(acc_b1, fine_multiplier, fine_shift))``. This gives the bicubic
+    branch a 16-bit input (an uint8 low-resolution image has a zero fine plane)."""
 
     kind: ClassVar[str] = "conv_transpose2d_resize_add"
     n_inputs: ClassVar[int | None] = 2
@@ -460,6 +466,10 @@ class ConvTransposeResizeAdd(ConvTranspose2d):
     weight_bits: int = 14
     mid_shift: int = 6
     frac_bits: int = 8
+    planes: int = 1
+    fine_multiplier: int = 0
+    fine_shift: int = 0
+    fine_zero_point: int = 0
 
     def check(self) -> None:
         super().check()
@@ -467,6 +477,11 @@ class ConvTransposeResizeAdd(ConvTranspose2d):
         m, s = _multiplier(self.resize_multiplier, self.resize_shift, "resize")
         self._set("resize_multiplier", m)
         self._set("resize_shift", s)
+        self._set("planes", _int(self.planes, "planes", 1, 2))
+        m, s = _multiplier(self.fine_multiplier, self.fine_shift, "fine")
+        self._set("fine_multiplier", m)
+        self._set("fine_shift", s)
+        self._set("fine_zero_point", _int(self.fine_zero_point, "fine_zero_point", 0, 255))
         self._set("weight_bits", _int(self.weight_bits, "weight_bits", 1, 16))
         self._set("mid_shift", _int(self.mid_shift, "mid_shift", 0, 31))
         self._set("frac_bits", _int(self.frac_bits, "frac_bits", 0, 16))
@@ -479,9 +494,9 @@ class ConvTransposeResizeAdd(ConvTranspose2d):
     def infer(self, shapes, buffers):
         out = super().infer(shapes[:1], buffers)
         c, h, w = _image(shapes[1], "the image input")
-        if out != (c, h * self.scale, w * self.scale):
-            raise _Bad(f"the transposed conv gives {out} but the x{self.scale} bicubic of {shapes[1]} gives "
-                       f"{(c, h * self.scale, w * self.scale)}")
+        if c % self.planes or out != (c // self.planes, h * self.scale, w * self.scale):
+            raise _Bad(f"the transposed conv gives {out} but the x{self.scale} bicubic of {shapes[1]} "
+                       f"({self.planes} plane(s)) gives {(c // self.planes, h * self.scale, w * self.scale)}")
         return out
 
 

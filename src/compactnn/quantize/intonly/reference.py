@@ -461,11 +461,13 @@ def resize_bicubic_acc(q_x, z_x: int, scale: int, weight_bits: int = 14, mid_shi
 
 
 def combine_fraction(acc_t, M_t, shift_t, acc_b, M_b, shift_b, frac_bits: int, z_y: int, qmin: int, qmax: int,
-                     axis: int | None = 1) -> np.ndarray:
-    """``clamp(RDBPOT(sat32(MBQM(acc_t) + MBQM(acc_b)), frac_bits) + Z_y, qmin, qmax)`` (see
-    :class:`.ir.ConvTransposeResizeAdd`)."""
+                     axis: int | None = 1, acc_f=None, M_f: int = 0, shift_f: int = 0) -> np.ndarray:
+    """``clamp(RDBPOT(sat32(MBQM(acc_t) + MBQM(acc_b) [+ MBQM(acc_f)]), frac_bits) + Z_y, qmin, qmax)`` (see
+    :class:`.ir.ConvTransposeResizeAdd`; ``acc_f``: the fine plane's bicubic accumulators, or None)."""
     u = multiply_by_quantized_multiplier(acc_t, M_t, shift_t, axis) + multiply_by_quantized_multiplier(
         acc_b, M_b, shift_b)
+    if acc_f is not None:
+        u = u + multiply_by_quantized_multiplier(acc_f, M_f, shift_f)
     u = np.clip(u, INT32_MIN, INT32_MAX)
     y = rdbpot(u, frac_bits) if frac_bits else u
     return np.clip(y + int(z_y), qmin, qmax)
@@ -473,7 +475,8 @@ def combine_fraction(acc_t, M_t, shift_t, acc_b, M_b, shift_b, frac_bits: int, z
 
 def conv_transpose_resize_add(q_f, z_f: int, q_w, q_b, M0, shift, q_x, z_x: int, scale: int, M0_b: int,
                               shift_b: int, z_y: int, stride=1, padding=0, padding_end=None, weight_bits: int = 14,
-                              mid_shift: int = 6, frac_bits: int = 8, qmin: int = 0, qmax: int = 255) -> np.ndarray:
+                              mid_shift: int = 6, frac_bits: int = 8, qmin: int = 0, qmax: int = 255,
+                              planes: int = 1, M0_f: int = 0, shift_f: int = 0, z_fine: int = 0) -> np.ndarray:
     """The definition of :class:`.ir.ConvTransposeResizeAdd`: the transposed conv of ``q_f`` plus the bicubic of
     ``q_x``, summed at ``2^-frac_bits`` output codes, rounded once.
 
@@ -482,11 +485,14 @@ def conv_transpose_resize_add(q_f, z_f: int, q_w, q_b, M0, shift, q_x, z_x: int,
     """
     qmin, qmax = _range(qmin, qmax)
     acc_t = conv_transpose2d_acc(q_f, z_f, q_w, q_b, stride, padding, padding_end)
-    acc_b = resize_bicubic_acc(q_x, z_x, scale, weight_bits, mid_shift)
+    x = _arr(q_x, "q_x", np.uint8, 4)
+    o = x.shape[1] // planes
+    acc_b = resize_bicubic_acc(x[:, :o], z_x, scale, weight_bits, mid_shift)
+    acc_f = resize_bicubic_acc(x[:, o:], z_fine, scale, weight_bits, mid_shift) if planes == 2 else None
     if acc_t.shape != acc_b.shape:
         raise ModelError(f"the transposed conv gives {acc_t.shape[1:]}, the bicubic {acc_b.shape[1:]}")
     return combine_fraction(acc_t, M0, shift, acc_b, M0_b, shift_b, frac_bits, _code(z_y, "z_y"), qmin,
-                            qmax).astype(np.uint8)
+                            qmax, acc_f=acc_f, M_f=M0_f, shift_f=shift_f).astype(np.uint8)
 
 
 def clamp(q, qmin: int, qmax: int) -> np.ndarray:
@@ -548,7 +554,8 @@ def _conv_transpose_resize_add(model, op: ir.ConvTransposeResizeAdd, env: dict, 
     return conv_transpose_resize_add(env[f], zp[f], _buf(model, op.weight), a["q_b"], a["M0"], a["shift"], env[x],
                                      zp[x], op.scale, op.resize_multiplier, op.resize_shift, zp[op.output],
                                      op.stride, op.padding, op.padding_end, op.weight_bits, op.mid_shift,
-                                     op.frac_bits, op.qmin, op.qmax)
+                                     op.frac_bits, op.qmin, op.qmax, op.planes, op.fine_multiplier, op.fine_shift,
+                                     op.fine_zero_point)
 
 
 @KERNELS.register(ir.ResizeBicubic)

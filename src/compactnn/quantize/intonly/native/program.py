@@ -568,12 +568,16 @@ def _conv_transpose_resize_add(prog, model, op, shapes, zp):
         img = _arena(p[1], n * hi * wi * ci).reshape(n, hi, wi, ci).transpose(0, 3, 1, 2)
         try:
             ref._int32(acc_t, "the conv_transpose2d accumulator")
-            acc_b = ref.resize_bicubic_acc(np.ascontiguousarray(img), zx, op.scale, op.weight_bits,
+            acc_b = ref.resize_bicubic_acc(np.ascontiguousarray(img[:, :o]), zx, op.scale, op.weight_bits,
                                            op.mid_shift).transpose(0, 2, 3, 1)
+            acc_f = ref.resize_bicubic_acc(np.ascontiguousarray(img[:, o:]), op.fine_zero_point, op.scale,
+                                           op.weight_bits, op.mid_shift).transpose(0, 2, 3, 1) if (
+                op.planes == 2) else None
         except ModelError:
             return 1
         y = ref.combine_fraction(acc_t, m_t, s_t, acc_b, op.resize_multiplier, op.resize_shift, op.frac_bits,
-                                 zp[op.output], op.qmin, op.qmax, axis=-1)
+                                 zp[op.output], op.qmin, op.qmax, axis=-1, acc_f=acc_f, M_f=op.fine_multiplier,
+                                 shift_f=op.fine_shift)
         _arena(p[2], n * ho * wo * o).reshape(n, ho, wo, o)[:] = y
         return 0
 
