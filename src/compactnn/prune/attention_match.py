@@ -191,7 +191,8 @@ def _check_all(model: nn.Module, input_shape: tuple[int, ...], cands: list[dict[
         mod = model.get_submodule(owner)
         with eval_mode(mod), torch.no_grad():
             want = cand["spec"].canonical(mod).eval()(args[0])
-        if want.shape != out.shape or not torch.allclose(want, out, rtol=1e-4, atol=1e-5 * (1 + float(out.abs().max()))):
+        tol = 1e-5 * (1 + float(out.abs().max()))
+        if want.shape != out.shape or not torch.allclose(want, out, rtol=1e-4, atol=tol):
             results[owner] = "its output differs from the canonical attention's"
             continue
         results[owner] = None
