@@ -95,6 +95,26 @@ def test_finetune_trains_codebooks_and_bakes_plain_layers(digits):
     assert torch.all(tuned[3].weight == 0) and type(tuned[3]) is nn.Linear
 
 
+def test_default_finetune_is_adam_and_a_diverging_sgd_says_why(digits, monkeypatch):
+    """Summed cluster gradients (the paper's update) make plain SGD's step grow with the cluster size: an unset
+    optimizer/lr trains codebooks with Adam at 1e-4; a diverging SGD fine-tune names the cause in its one line."""
+    import compactnn.quantize.kmeans as km
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 10))
+    fit(model, digits, epochs=2, lr=0.1, batch_size=64, quiet=True)
+    seen = []
+    real = km.run_finetune
+    monkeypatch.setattr(km, "run_finetune", lambda m, d, ft, method: seen.append(ft) or real(m, d, ft, method))
+    cn.compress(model, KMeansQuantize(bits=2, finetune=FineTune(epochs=1)), data=digits)
+    cn.compress(model, KMeansQuantize(bits=2, finetune=FineTune(epochs=1, lr=0.001)), data=digits)
+    assert (seen[0].optimizer, seen[0].lr) == ("adam", 1e-4)
+    assert (seen[1].optimizer, seen[1].lr) == (None, 0.001)  # a set lr keeps the general rule
+    with pytest.raises(ConfigError, match=r"diverged.*sum over its cluster.*~4,096 weights per centroid"):
+        cn.compress(model, KMeansQuantize(bits=2, finetune=FineTune(epochs=1, lr=100.0, optimizer="sgd")),
+                    data=digits)
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"bits": 0}, "bits"), ({"bits": 9}, "bits"), ({"init": "kmeans++"}, "init"), ({"layers": ()}, "layers"),

@@ -20,6 +20,7 @@ from torch.nn.utils import parametrize
 
 from ..api import register_method
 from ..cluster import inertia, kmeans_1d
+from ..errors import ConfigError
 from ..config import FineTune, MethodConfig, Patterns, PerLayer, PositiveInt, Range, Seed
 from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune, slot_of, strip_parametrizations
 
@@ -95,7 +96,12 @@ class KMeansQuantize(MethodConfig):
             of >= 2 dims (LSTM/GRU matrices, attention projections, a user layer's ``weight``).
         exclude: patterns of layers left alone.
         init: centroid init: ``"linear"`` (the paper's best), ``"density"`` or ``"random"``.
-        finetune: fine-tuning of the codebooks (assignments fixed); ``None`` = cluster only.
+        finetune: fine-tuning of the codebooks (assignments fixed); ``None`` = cluster only. The paper's update sums
+            the gradients of a cluster's weights, so with plain SGD the step grows with the cluster size: a 2-bit
+            LeNet-5 (~10^5 weights per centroid in fc1) diverges at SGD lr 0.01 within a few steps (a one-line error
+            that says so); Adam is unaffected by the scale. So a ``FineTune`` that sets neither ``optimizer`` nor
+            ``lr`` trains the codebooks with Adam at lr 1e-4 (not the general rule of following the model's own
+            training optimizer).
         iterations: at most this many Lloyd iterations per layer.
         seed: random seed for ``init="random"``.
     """
@@ -134,10 +140,20 @@ def kmeans_quantize(model: nn.Module, config: KMeansQuantize, data: Any, target:
             for name, (index, codebook) in clusters.items():
                 layers[name].weight.copy_(torch.cat([codebook.new_zeros(1), codebook])[index])
         return model
+    ft = config.finetune
+    if ft.optimizer is None and ft.lr is None:  # summed cluster gradients: a scale-free optimizer by default
+        ft = dataclasses.replace(ft, optimizer="adam", lr=1e-4)
     try:
         for name, (index, codebook) in clusters.items():
             share_weights(layers[name], index, codebook)
-        run_finetune(model, data, config.finetune, config.method)
+        run_finetune(model, data, ft, config.method)
+    except ConfigError as err:
+        if "diverged" not in str(err):
+            raise
+        big = max(int((index > 0).sum()) // max(codebook.numel(), 1) for index, codebook in clusters.values())
+        raise ConfigError(f"{err}: a centroid's gradient is the sum over its cluster (Deep Compression; here up to "
+                          f"~{big:,} weights per centroid), so SGD needs a far smaller lr than training did; "
+                          "use optimizer='adam' (scale-free) or divide lr by the cluster size") from None
     finally:
         for name in clusters:
             strip_parametrizations(layers[name], "weight")
