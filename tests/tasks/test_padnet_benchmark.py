@@ -28,12 +28,20 @@ def test_quick_benchmark_runs_caches_and_reports(bench, tmp_path, monkeypatch):
     stamp = (tmp_path / "padnet_runs.json").stat().st_mtime_ns
     bench.main(["train", "--quick", "--out", str(tmp_path), "--rows", rows, "--threads", "1"])  # all cached
     assert (tmp_path / "padnet_runs.json").stat().st_mtime_ns == stamp
+    (model,) = (tmp_path / "models").glob("*-C-s0.cnz")
+    model.unlink()  # runs/ is not in the repository: a missing model is retrained and must match the cached run
     bench.main(["compress", "--quick", "--out", str(tmp_path), "--threads", "1"])
+    assert model.is_file()
+    bench.main(["int8", "--quick", "--out", str(tmp_path), "--threads", "1"])
     bench.main(["report", "--quick", "--out", str(tmp_path), "--threads", "1"])
     doc = json.loads((tmp_path / "padnet.json").read_text())
     assert [r["row"] for r in doc["rows"]] == ["multi-task", "C", "C-no-normals"]
     (comp,) = doc["compression"]["magnitude"]
     assert comp["reload_identical"] is True and 0.49 < comp["zero_fraction"] < 0.51
     assert comp["bytes"] < doc["compression"]["dense"]["bytes"]
+    q = doc["compression"]["int8_mixed"]
+    assert q["reload_identical"] is True and q["integer_parts"] >= 1 and 0.5 < q["int8_weight_share"] < 1
+    assert q["bytes"] < q["float_bytes"] and "rmse" in q["float"] and "decoders.depth.up1.0" in q["float_layers"]
+    assert "integer-only int8 (mixed" in (tmp_path / "padnet.md").read_text()
     assert (tmp_path / "padnet.png").stat().st_size > 1000
     assert "one seed: no verdict" in (tmp_path / "padnet.md").read_text()
