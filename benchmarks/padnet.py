@@ -147,8 +147,9 @@ def ensure_model(s: dict, out: Path, models: Path, row: str, seed: int = 0) -> P
 
 def part_int8(s: dict, out: Path, models: Path) -> None:
     """Integer-only int8 of PAD-Net C (seed 0), post-training: ``IntegerOnly(mixed=True)``. The whole model does not
-    convert (the decoders' transposed convs and the distillation modules, which take several tensors, stay float);
-    every part that does runs in the integer engine with a quantize/dequantize at its borders."""
+    convert (the distillation modules take several tensors and stay float); every part that does, encoder, heads
+    and decoders with their transposed convs, runs in the integer engine with a quantize/dequantize at its
+    borders."""
     import warnings
 
     from compactnn.quantize.intonly.method import IntegerOnly
@@ -314,7 +315,7 @@ def part_report(s: dict, out: Path, models: Path, name: str) -> None:
             f = int8["float"]
             comp_lines.append(f"| dense, the float model of the int8 row | 0 | {int8['float_bytes']:,} | "
                               f"{f['rmse']:.3f} | {f['delta1']:.3f} | {f['pixel_acc']:.3f} | {f['miou']:.3f} | — |")
-            comp_lines.append(f"| integer-only int8 (mixed: {int8['int8_weight_share']:.0%} of weights int8) | 0 | "
+            comp_lines.append(f"| integer-only int8 (mixed: {int8['int8_weight_share']:.1%} of weights int8) | 0 | "
                               f"{int8['bytes']:,} | {int8['rmse']:.3f} | {int8['delta1']:.3f} | "
                               f"{int8['pixel_acc']:.3f} | {int8['miou']:.3f} | {int8['reload_identical']} |")
     doc = {"settings": {**s, "key": key}, "rows": table, "claims": claims, "compression": {"dense": dense,
@@ -350,13 +351,13 @@ def part_report(s: dict, out: Path, models: Path, name: str) -> None:
 
 
 def _int8_text(int8: dict) -> str:
+    names = int8["float_layers"]
     return ("Integer-only int8 (`padnet.py int8`): `IntegerOnly(mixed=True)`, post-training calibration, no "
-            f"fine-tune: {int8['integer_parts']} parts run in the integer engine (encoder, intermediate heads); "
-            f"{len(int8['float_layers'])} layers stay float, with a quantize/dequantize at each border: the decoders' "
-            "transposed convs (the generic converter has no ConvTranspose2d yet, although the IR has the op) and the "
-            "distillation modules, which take several tensors ("
-            + ", ".join(f"`{n}`" for n in int8["float_layers"][:6]) + (", ..." if len(int8["float_layers"]) > 6
-                                                                           else "") + ").")
+            f"fine-tune, on PAD-Net C seed 0 trained again with the same settings (its float scores are the row "
+            f"above it): {int8['integer_parts']} parts run in the integer engine ({int8['int8_weight_share']:.1%} of "
+            f"the weights are int8); {len(names)} modules stay float, with a quantize/dequantize at each border: "
+            + ", ".join(f"`{n}`" for n in names[:8]) + (", ..." if len(names) > 8 else "")
+            + " (the distillation modules take several tensors, which an integer part cannot yet).")
 
 
 def _reading(claims: list[dict], s: dict) -> str:

@@ -40,8 +40,8 @@ def test_quick_benchmark_runs_caches_and_reports(bench, tmp_path, monkeypatch):
     assert comp["reload_identical"] is True and 0.49 < comp["zero_fraction"] < 0.51
     assert comp["bytes"] < doc["compression"]["dense"]["bytes"]
     q = doc["compression"]["int8_mixed"]
-    assert q["reload_identical"] is True and q["integer_parts"] >= 1 and 0.5 < q["int8_weight_share"] < 1
-    assert q["bytes"] < q["float_bytes"] and "rmse" in q["float"] and "decoders.depth.up1.0" in q["float_layers"]
+    assert q["reload_identical"] is True and q["integer_parts"] >= 1 and 0.9 < q["int8_weight_share"] < 1
+    assert q["bytes"] < q["float_bytes"] and "rmse" in q["float"] and not any(n.startswith("decoders") for n in q["float_layers"])
     assert "integer-only int8 (mixed" in (tmp_path / "padnet.md").read_text()
     assert (tmp_path / "padnet.png").stat().st_size > 1000
     assert "one seed: no verdict" in (tmp_path / "padnet.md").read_text()

@@ -31,7 +31,7 @@ from . import ir
 from .fakequant import ActQuant
 from .model import IntegerModel
 from .lower import QLut, QMul, QSoftmax, kind_of, lower_move, lut_table, softmax_params
-from .qat import QAdd, QCat, QConv2d, QLinear, QuantInput, _describe
+from .qat import QAdd, QCat, QConv2d, QConvTranspose2d, QLinear, QuantInput, _describe
 from .fixedpoint import quantize_multiplier
 from .qparams import add_multipliers, bias_int32, output_multiplier, quantize, relu_range, symmetric_int8
 
@@ -157,8 +157,9 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             s_in = values[x]["scale"]
             s_out, z_out = observed(mod.out_quant, where)
             w, b = mod.folded()
-            s_w, _ = symmetric_int8(w, per_channel=mod.per_channel, axis=0)
-            q_w = quantize(w, s_w, 0, -127, 127, axis=0 if mod.per_channel else None).astype(np.int8)
+            axis = getattr(mod, "out_axis", 0)  # 1 for a transposed conv's (C_in, C_out, kh, kw) weight
+            s_w, _ = symmetric_int8(w, per_channel=mod.per_channel, axis=axis)
+            q_w = quantize(w, s_w, 0, -127, 127, axis=axis if mod.per_channel else None).astype(np.int8)
             m0, sh = output_multiplier(s_in, s_w, s_out)
             qmin, qmax = relu_range(z_out, s_out, mod.activation)
             tensors.update({f"w{i}": torch.from_numpy(q_w), f"b{i}": torch.from_numpy(bias_int32(b, s_in, s_w)),
@@ -170,7 +171,12 @@ def convert(prepared: fx.GraphModule, input_shape, engine: str = "fast") -> Inte
             common = dict(inputs=(x,), output=out, weight=f"w{i}", bias=f"b{i}", multiplier=f"m{i}", shift=f"s{i}",
                           weight_scale=f"ws{i}", activation=mod.activation, qmin=int(qmin), qmax=int(qmax),
                           name=str(node.target))
-            if isinstance(mod, QConv2d):
+            if isinstance(mod, QConvTranspose2d):
+                c = mod.conv
+                pad, extra = pair(c.padding), pair(c.output_padding)
+                ops.append(ir.ConvTranspose2d(stride=pair(c.stride), padding=pad,
+                                              padding_end=(pad[0] - extra[0], pad[1] - extra[1]), **common))
+            elif isinstance(mod, QConv2d):
                 c = mod.conv
                 ops.append(ir.Conv2d(stride=pair(c.stride), padding=pair(c.padding), dilation=pair(c.dilation),
                                      groups=int(c.groups), **common))

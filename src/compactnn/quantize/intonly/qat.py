@@ -4,6 +4,8 @@
 and replaces, in a ``GraphModule``:
 
 - ``Conv2d [→ BatchNorm2d] [→ ReLU/ReLU6]`` by :class:`QConv2d` (BN folded, activation fused);
+- ``ConvTranspose2d [→ BatchNorm2d] [→ ReLU/ReLU6]`` (groups 1, dilation 1, ``output_padding <= padding``) by
+  :class:`QConvTranspose2d` (the same folding along the weight's output axis, 1);
 - ``Linear [→ ReLU/ReLU6]`` by :class:`QLinear`;
 - ``Add`` (the marker :class:`compactnn.graph.Add`, ``operator.add``, ``torch.add``) ``[→ ReLU/ReLU6]`` by
   :class:`QAdd`;
@@ -38,7 +40,7 @@ from compactnn.graph import Add, Concat, source_line, trace
 from .fakequant import ActQuant, fake_quant_weight
 from .lower import QLut, QMul, QSoftmax, kind_of, lut_from_node, softmax_dim
 
-__all__ = ["QAdd", "QCat", "QConv2d", "QLinear", "QuantInput", "prepare", "qmodules", "set_fake_quant"]
+__all__ = ["QAdd", "QCat", "QConv2d", "QConvTranspose2d", "QLinear", "QuantInput", "prepare", "qmodules", "set_fake_quant"]
 
 _ACTS = ("none", "relu", "relu6")
 
@@ -83,6 +85,9 @@ class QConv2d(_QWeight):
         freeze_bn_after: training steps after which BN uses its running statistics (None: never while training).
     """
 
+    #: the weight's output-channel axis (1 for :class:`QConvTranspose2d`)
+    out_axis = 0
+
     def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, activation: str = "none",
                  per_channel: bool = True, ema_decay: float = 0.999, act_delay: int = 0,
                  freeze_bn_after: int | None = None) -> None:
@@ -108,8 +113,10 @@ class QConv2d(_QWeight):
     def folded(self, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The folded float ``(weight, bias)``; batch statistics of ``x`` when training and not frozen."""
         w, b = self.conv.weight, self.conv.bias
+        along = [1, 1, 1, 1]
+        along[self.out_axis] = -1  # the BN factor runs along the weight's output-channel axis
         if b is None:
-            b = torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
+            b = torch.zeros(w.shape[self.out_axis], dtype=w.dtype, device=w.device)
         bn = self.bn
         if bn is None:
             return w, b
@@ -126,15 +133,43 @@ class QConv2d(_QWeight):
                 bn.running_mean.mul_(1 - m).add_(m * (mean.detach() + b.detach()))
                 bn.running_var.mul_(1 - m).add_(m * var.detach() * n / max(n - 1, 1))
             sigma = torch.sqrt(var + bn.eps)
-            return w * (gamma / sigma).reshape(-1, 1, 1, 1), beta - gamma * mean / sigma
+            return w * (gamma / sigma).reshape(along), beta - gamma * mean / sigma
         sigma = torch.sqrt(bn.running_var + bn.eps)
-        return w * (gamma / sigma).reshape(-1, 1, 1, 1), beta + gamma * (b - bn.running_mean) / sigma
+        return w * (gamma / sigma).reshape(along), beta + gamma * (b - bn.running_mean) / sigma
 
     def forward(self, x: Tensor) -> Tensor:
         w, b = self.folded(x)
         if self.training:
             self.steps += 1
         return self.out_quant(_activate(self._conv(x, self._wq(w), b), self.activation))
+
+
+class QConvTranspose2d(QConv2d):
+    """ConvTranspose2d with folded BatchNorm, fused ReLU/ReLU6 and fake-quantized weights and output: as
+    :class:`QConv2d`, with the output channels on the weight's axis 1 (``(C_in, C_out, kh, kw)``), which is where
+    the per-channel scales and the BN factors go. Converted to :class:`.ir.ConvTranspose2d` (PyTorch's
+    ``padding=p, output_padding=op`` is the op's ``padding = p`` and ``padding_end = p − op``)."""
+
+    def __init__(self, conv: nn.ConvTranspose2d, bn: nn.BatchNorm2d | None = None, activation: str = "none",
+                 per_channel: bool = True, ema_decay: float = 0.999, act_delay: int = 0,
+                 freeze_bn_after: int | None = None) -> None:
+        op, pad = tuple(conv.output_padding), tuple(conv.padding)
+        bad = ([f"groups={conv.groups}"] if conv.groups != 1 else []) + (
+            [f"dilation={tuple(conv.dilation)}"] if tuple(conv.dilation) != (1, 1) else []) + (
+            [f"output_padding={op} > padding={pad}"] if any(o > p for o, p in zip(op, pad)) else [])
+        if bad:
+            raise ModelError(f"ConvTranspose2d with {', '.join(bad)} is not supported; integer-only takes groups 1, "
+                             "dilation 1 and output_padding <= padding")
+        super().__init__(conv, bn, activation, per_channel, ema_decay, act_delay, freeze_bn_after)
+
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        c = self.conv
+        return F.conv_transpose2d(x, w, b, c.stride, c.padding, c.output_padding, 1, 1)
+
+    out_axis = 1
+
+    def _wq(self, w: Tensor) -> Tensor:
+        return super()._wq(w.transpose(0, 1)).transpose(0, 1)
 
 
 class QLinear(_QWeight):
@@ -216,7 +251,7 @@ def _kind(node: fx.Node, modules: dict) -> str:
         return more
     if node.op == "call_module":
         m = modules[node.target]
-        for cls, k in ((nn.Conv2d, "conv"), (nn.BatchNorm2d, "bn"), (nn.Linear, "linear"), (nn.ReLU6, "relu6"),
+        for cls, k in ((nn.Conv2d, "conv"), (nn.ConvTranspose2d, "convt"), (nn.BatchNorm2d, "bn"), (nn.Linear, "linear"), (nn.ReLU6, "relu6"),
                        (nn.ReLU, "relu"), (Add, "add"), (Concat, "cat"), (PASS_MODULES, "pass")):
             if isinstance(m, cls):
                 return k
@@ -310,7 +345,7 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
                 q = graph.call_module("input_quant", (node,))
             node.replace_all_uses_with(q)
             q.args = (node,)
-        elif kind == "conv":
+        elif kind in ("conv", "convt"):
             bn = _sole_user(node)
             bn_mod = None
             last = node
@@ -318,7 +353,8 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
                 bn_mod, last = modules[bn.target], bn
                 done.add(bn)
             last, act = act_after(last)
-            q = QConv2d(modules[node.target], bn_mod, act, conv_pc, freeze_bn_after=freeze_bn_after, **kw)
+            cls = QConv2d if kind == "conv" else QConvTranspose2d
+            q = cls(modules[node.target], bn_mod, act, conv_pc, freeze_bn_after=freeze_bn_after, **kw)
             install(last, node, node.target, q, node.args)
         elif kind == "linear":
             last, act = act_after(node)
@@ -341,8 +377,8 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
                 raise ModelError(f"{_describe(node, modules)} concatenates along dim {dim}; only channels (1)")
             install(node, node, path, QCat(1, **kw), tuple(tensors))
         elif kind == "bn":
-            raise ModelError(f"{_describe(node, modules)} does not follow a Conv2d; integer-only folds BN into the "
-                             "conv before it")
+            raise ModelError(f"{_describe(node, modules)} does not follow a Conv2d or ConvTranspose2d; integer-only "
+                             "folds BN into the conv before it")
         elif kind in ("relu", "relu6", "lut"):  # a ReLU that cannot be fused, or a function: a table of codes
             fn, fname, x = lut_from_node(node, modules)
             if node.op == "call_module":
@@ -363,7 +399,7 @@ def prepare(model: nn.Module, *, per_channel: bool | str = True, ema_decay: floa
         elif kind == "other":
             where = source_line(node)
             raise ModelError(f"{_describe(node, modules)}{f' (at {where})' if where else ''} is not supported by "
-                             "integer-only conversion; supported: Conv2d(+BatchNorm2d)(+ReLU/ReLU6), "
+                             "integer-only conversion; supported: Conv2d/ConvTranspose2d(+BatchNorm2d)(+ReLU/ReLU6), "
                              "Linear(+ReLU/ReLU6), Add, cat, mul, max/avg pools, sigmoid/tanh/hardswish/"
                              "hardsigmoid/silu/gelu/leaky_relu, permute/transpose, reshape/view/flatten/squeeze, "
                              "slicing, constant zero pad, softmax (last axis); IntegerOnly(mixed=True) leaves the rest "
