@@ -189,6 +189,14 @@ def test_hints_train_a_regressor_and_leave_no_trace(small, teacher):
                                      teacher_layers=("fc1",), finetune=FineTune(epochs=1)), data=small)
 
 
+def test_a_diverging_hint_run_names_the_feature_weight(small, teacher):
+    student = cn.models.create("lenet300", data=small, seed=1)
+    cfg = Distill(teacher=teacher, features="hints", layers=("fc2",), teacher_layers=("fc1",), feature_weight=1e12,
+                  finetune=FineTune(epochs=1, lr=0.05, optimizer="sgd", batch_size=64))
+    with pytest.raises(ConfigError, match=r"diverged.*lower feature_weight \(now 1e\+12\)"):
+        cn.compress(student, cfg, data=small)
+
+
 def test_attention_map_and_attention_transfer_on_conv_nets(digits):
     f = torch.randn(3, 5, 4, 4)
     a = attention_map(f)
