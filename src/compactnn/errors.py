@@ -13,6 +13,11 @@ class ConfigError(CompactnnError, ValueError):
     """A recipe or config is malformed: unknown key or method, wrong type, missing field."""
 
 
+class TrainingDiverged(ConfigError):
+    """The training loss became nan or inf (a ConfigError: the settings, usually the lr, are the cause). Methods
+    catch it to add what they know about the cause (k-means: the cluster size; hints: the feature weight)."""
+
+
 class DataError(CompactnnError):
     """A data set is missing or its files are malformed."""
 

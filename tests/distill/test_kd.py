@@ -15,7 +15,7 @@ from compactnn.api import from_dict
 from compactnn.config import FineTune, TeacherSpec, to_dict
 from compactnn.distill import Distill, TeacherOutputs, attention_map, kd_loss, load_teacher
 from compactnn.distill.features import feature_loss
-from compactnn.errors import ConfigError, ModelError
+from compactnn.errors import ConfigError, ModelError, TrainingDiverged
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +193,7 @@ def test_a_diverging_hint_run_names_the_feature_weight(small, teacher):
     student = cn.models.create("lenet300", data=small, seed=1)
     cfg = Distill(teacher=teacher, features="hints", layers=("fc2",), teacher_layers=("fc1",), feature_weight=1e12,
                   finetune=FineTune(epochs=1, lr=0.05, optimizer="sgd", batch_size=64))
-    with pytest.raises(ConfigError, match=r"diverged.*lower feature_weight \(now 1e\+12\)"):
+    with pytest.raises(TrainingDiverged, match=r"diverged.*lower feature_weight \(now 1e\+12\)"):
         cn.compress(student, cfg, data=small)
 
 

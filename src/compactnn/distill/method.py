@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..api import register_method
 from ..config import FineTune, MethodConfig, NonNegative, Patterns, Range, TeacherSpec, check
 from ..data.user import batches_of
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingDiverged
 from ..layers import Target, require_data, run_finetune, select_layers
 from .features import DEFAULT_WEIGHT, feature_loss
 from .kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, load_teacher
@@ -100,16 +100,14 @@ def distill(model: nn.Module, config: Distill, data: Any, target: Target) -> nn.
     teacher_layers = select_layers(teacher, config.teacher_layers, kinds=(nn.Module,), what="teacher")
     device = next(iter(model.parameters()), torch.empty(0)).device
     weight = DEFAULT_WEIGHT[config.features] if config.feature_weight is None else config.feature_weight
-    with feature_loss(model, teacher, target.layers, teacher_layers, config.features, config.feature_weight,
+    with feature_loss(model, teacher, target.layers, teacher_layers, config.features, weight,
                       config.temperature, config.alpha, data, probe_batch(data).to(device)) as loss_fn:
         try:
             run_finetune(model, data, finetune, config.method, loss_fn=loss_fn)
-        except ConfigError as err:
-            if "diverged" not in str(err):
-                raise
+        except TrainingDiverged as err:
             # e.g. hints at the default weight 100 on Caffe's LeNet-5 (no BN): inf within 8 steps, at lr 0.01 too
-            raise ConfigError(f"{err}, or lower feature_weight (now {weight:g}): the {config.features} term may "
-                              "dominate the loss of a net without BatchNorm") from None
+            raise TrainingDiverged(f"{err}, or lower feature_weight (now {weight:g}): the {config.features} term "
+                                   "may dominate the loss of a net without BatchNorm") from None
     return model
 
 

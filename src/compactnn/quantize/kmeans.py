@@ -20,7 +20,7 @@ from torch.nn.utils import parametrize
 
 from ..api import register_method
 from ..cluster import inertia, kmeans_1d
-from ..errors import ConfigError
+from ..errors import TrainingDiverged
 from ..config import FineTune, MethodConfig, Patterns, PerLayer, PositiveInt, Range, Seed
 from ..layers import WEIGHT_LAYERS, Target, require_data, run_finetune, slot_of, strip_parametrizations
 
@@ -147,13 +147,11 @@ def kmeans_quantize(model: nn.Module, config: KMeansQuantize, data: Any, target:
         for name, (index, codebook) in clusters.items():
             share_weights(layers[name], index, codebook)
         run_finetune(model, data, ft, config.method)
-    except ConfigError as err:
-        if "diverged" not in str(err):
-            raise
+    except TrainingDiverged as err:
         big = max(int((index > 0).sum()) // max(codebook.numel(), 1) for index, codebook in clusters.values())
-        raise ConfigError(f"{err}: a centroid's gradient is the sum over its cluster (Deep Compression; here up to "
-                          f"~{big:,} weights per centroid), so SGD needs a far smaller lr than training did; "
-                          "use optimizer='adam' (scale-free) or divide lr by the cluster size") from None
+        raise TrainingDiverged(f"{err}: a centroid's gradient is the sum over its cluster (Deep Compression; here "
+                               f"up to ~{big:,} weights per centroid), so SGD needs a far smaller lr than training "
+                               "did; use optimizer='adam' (scale-free) or divide lr by the cluster size") from None
     finally:
         for name in clusters:
             strip_parametrizations(layers[name], "weight")

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..data.user import batches_of
-from ..errors import ConfigError, DataError, ModelError
+from ..errors import ConfigError, DataError, ModelError, TrainingDiverged
 from ..graph import eval_mode, restore_modes
 from . import distributed
 from .checkpoint import PathLike, load_checkpoint, save_checkpoint
@@ -29,6 +29,12 @@ StepHook = Callable[[nn.Module, int, int], None]
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "step", "constant")
+
+
+def diverged(step: int, epoch: int, value: float, opt: torch.optim.Optimizer) -> TrainingDiverged:
+    """The one-line error for a loss that became nan or inf at 0-based ``step`` of 0-based ``epoch``."""
+    return TrainingDiverged(f"training diverged at step {step + 1} (epoch {epoch + 1}): loss is {value}; "
+                            f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
 
 
 def _dataset(data: Any, part: str, caller: str) -> Dataset | DataLoader:
@@ -207,8 +213,7 @@ def fit(model: nn.Module, data: Any, *, epochs: int = 10, lr: float = 0.1, optim
                 value = loss.item()
                 if not math.isfinite(value):
                     bar.close()
-                    raise ConfigError(f"training diverged at step {step + 1} (epoch {epoch + 1}): loss is {value}; "
-                                      f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
+                    raise diverged(step, epoch, value, opt)
                 loss.backward()
                 opt.step()
                 sched.step()
@@ -290,8 +295,7 @@ def _fit_loader(model: nn.Module, loader: DataLoader, *, epochs: int, lr: float,
                 value = loss.item()
                 if not math.isfinite(value):
                     bar.close()
-                    raise ConfigError(f"training diverged at step {step + 1} (epoch {epoch + 1}): loss is {value}; "
-                                      f"lower lr (now {opt.param_groups[0]['lr']:.3g}) or check the data")
+                    raise diverged(step, epoch, value, opt)
                 loss.backward()
                 opt.step()
                 sched.step()
