@@ -72,7 +72,7 @@ def markdown_table(rows: list[dict], columns: list[str]) -> str:
             return f"{v:.4f}" if abs(v) < 1 else f"{v:,.2f}"
         if isinstance(v, int):
             return f"{v:,}"
-        return "" if v is None else str(v)
+        return "" if v is None else str(v).replace("|", "\\|")  # a "|" inside a cell would split it
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
