@@ -25,6 +25,7 @@ minutes. Students: LeNet-5 (3 seeds) and ResNet-20 (one seed, when run). Compres
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -53,8 +54,6 @@ def load_data(args):
     if args.digits:  # scikit-learn's bundled 8x8 digits, whole (1,437 train / 360 test): the small fallback
         return cn.data.load("digits")
     full = cn.data.load("fashion-mnist", root=args.data_root)
-    import dataclasses
-
     if not (args.quick or args.smoke):
         return full  # all 60,000 training and 10,000 test images
     n = 300 if args.smoke else 2_000
@@ -266,8 +265,6 @@ def plan(args, bundle, part: str, teacher_memo, teacher_raw):
                     out.append((st, label, seed, lambda st=st, seed=seed, cfg=cfg: cn.compress(
                         float_student(args, bundle, st, seed), cfg, ft_data(args, bundle, seed)), epochs, False))
     elif part == "lenet5-other":
-        import dataclasses
-
         st = "lenet5"
         o = OTHER_FT["epochs"]
         for seed in seeds:

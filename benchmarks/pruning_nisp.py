@@ -178,20 +178,32 @@ def time_rows(rows: list[dict], models: list, bundle, repeats: int, runs: int = 
             for m, d in zip(models, ms):
                 assert torch.allclose(m.eval()(x), d(x), atol=1e-4, rtol=1e-4), f"{form} form changed the outputs"
     flat = [m for ms in forms.values() for m in ms]
-    per_run = []  # per run: [ms of each model in flat order]
-    for i in range(runs):
-        per_run.append(latencies(flat, bundle.input_shape, repeats))
-        print(f"run {i + 1}/{runs}, ms at batch 256 (dense, nisp, l1) eager/folded/compiled:",
-              [round(v, 1) for v in per_run[-1]], flush=True)
+    per_run = timing_runs(flat, bundle.input_shape, repeats, runs, "(dense, nisp, l1) eager/folded/compiled")
     n = len(models)
     for f, (form, prefix) in enumerate((("eager", "eager_"), ("folded", "folded_"), ("compiled", ""))):
         for j, r in enumerate(rows):
-            ms = [run[f * n + j] for run in per_run]
-            speed = [run[f * n] / run[f * n + j] for run in per_run]
-            r[f"{prefix or 'latency_'}ms_b256"] = round(statistics.median(ms), 2)
-            r[f"{prefix}speedup"] = round(statistics.median(speed), 3)
+            ms, speed, spread = summary(per_run, f * n + j, f * n)
+            r[f"{prefix or 'latency_'}ms_b256"] = ms
+            r[f"{prefix}speedup"] = speed
             if form == "compiled":
-                r["speedup_runs"] = f"{min(speed):.2f}-{max(speed):.2f}"
+                r["speedup_runs"] = spread
+
+
+def timing_runs(models: list, shape, repeats: int, runs: int, what: str) -> list[list[float]]:
+    """``runs`` round-robin runs of :func:`latencies` over ``models``: per run, the median ms of each model."""
+    per_run = []
+    for i in range(runs):
+        per_run.append(latencies(models, shape, repeats))
+        print(f"run {i + 1}/{runs}, ms at batch 256 {what}:", [round(v, 1) for v in per_run[-1]], flush=True)
+    return per_run
+
+
+def summary(per_run: list[list[float]], j: int, ref: int) -> tuple[float, float, str]:
+    """Model ``j`` against reference ``ref``: median ms over runs, median speed-up (a run's: ref ms / model ms) and
+    the speed-ups' min-max."""
+    speed = [run[ref] / run[j] for run in per_run]
+    return (round(statistics.median(run[j] for run in per_run), 2), round(statistics.median(speed), 3),
+            f"{min(speed):.2f}-{max(speed):.2f}")
 
 
 def plot(rows: list[dict], path) -> None:

@@ -4,9 +4,9 @@ Speed depends on the kept widths only, not on the weights' values, so this pilot
 ResNet-20 (the cached model of ``benchmarks/pruning_nisp.py``) at several budgets without fine-tuning, and times the
 compiled forms (``inference_form(compile=True)``) side by side with the dense one: ``--runs`` runs of ``--rounds``
 round-robin rounds at batch 256, a run's speed-up is dense median / model median, the table gives the median over
-runs and their min-max. It chose ``pruning_nisp.BUDGET``. Accuracy is not a column: before fine-tuning every pruned
-ResNet-20 here is at chance (the residual groups lose channels on every member of their adds), and the fine-tuned
-accuracy is what ``pruning_nisp.py`` measures.
+runs and their min-max. It chose ``pruning_nisp.BUDGET``. Accuracy is not a column: before fine-tuning, the pruned
+ResNet-20s of a scratch run of this pilot were all at chance (the residual groups lose channels on every member of
+their adds), and the fine-tuned accuracy is what ``pruning_nisp.py`` measures.
 
 Run: ``python benchmarks/pruning_nisp_budgets.py [--seed 1]`` (about 5 minutes; the dense model is trained first
 if it is not cached). Writes docs/results/pruning_nisp_budgets.{md,json,png}.
@@ -14,7 +14,6 @@ if it is not cached). Writes docs/results/pruning_nisp_budgets.{md,json,png}.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import matplotlib
@@ -62,15 +61,11 @@ def main() -> None:
         models.append(pruned)
         print(rows[-1], f"{time.perf_counter() - t:.0f} s", flush=True)
     compiled = [cn.report.inference_form(m, compile=True) for m in models]
-    per_run = []
-    for i in range(args.runs):
-        per_run.append(pruning_nisp.latencies(compiled, bundle.input_shape, args.rounds))
-        print(f"run {i + 1}/{args.runs}, ms:", [round(v, 1) for v in per_run[-1]], flush=True)
+    per_run = pruning_nisp.timing_runs(compiled, bundle.input_shape, args.rounds, args.runs,
+                                       "(dense, then each setting)")
     for j, r in enumerate(rows):
-        speed = [run[0] / run[j] for run in per_run]
-        r.update(latency_ms_b256=round(statistics.median(run[j] for run in per_run), 2),
-                 speedup=round(statistics.median(speed), 3), speedup_runs=f"{min(speed):.2f}-{max(speed):.2f}",
-                 seed=args.seed, data=bundle.name)
+        ms, speed, spread = pruning_nisp.summary(per_run, j, 0)
+        r.update(latency_ms_b256=ms, speedup=speed, speedup_runs=spread, seed=args.seed, data=bundle.name)
 
     def plot(fh) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
