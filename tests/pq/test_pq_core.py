@@ -164,11 +164,12 @@ def test_pair_update_is_the_spectral_optimum():
     r, k = 3, 5
     p = [torch.randn(k, 2 * r, generator=gen, dtype=torch.float64) for _ in range(2)]
     c1, c2 = p[0].t() @ p[0], p[1].t() @ p[1]
-    basis = torch.eye(2 * r, dtype=torch.float64)
-    _pair_update(p, basis, 0, 1, r)
+    blocks = list(torch.stack(p).split(r, 2))
+    basis = list(torch.eye(2 * r, dtype=torch.float64).split(r, 1))
+    _pair_update(blocks, basis, 0, 1, r)
     best = float(torch.trace(c2) + torch.linalg.eigvalsh(c1 - c2)[-r:].sum())
-    assert spectral_objective(p, r) == pytest.approx(best, rel=1e-9)
-    u1, u2 = basis[:, :r], basis[:, r:]
+    assert spectral_objective(blocks) == pytest.approx(best, rel=1e-9)
+    u1, u2 = basis
     assert float(torch.trace(u1.t() @ c1 @ u1) + torch.trace(u2.t() @ c2 @ u2)) == pytest.approx(best, rel=1e-9)
     for perm in itertools.islice(itertools.permutations(range(2 * r)), 0, 720, 37):  # no coordinate split beats it
         e = torch.eye(2 * r, dtype=torch.float64)[:, list(perm)]

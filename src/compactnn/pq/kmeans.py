@@ -25,28 +25,67 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-#: Default memory bound (bytes) of one ``(groups, rows, k)`` float32 distance block.
-CHUNK_BYTES = 1 << 26
+#: Default memory bound (bytes) of one ``(groups, rows, k)`` float32 distance block. Small enough for the block to
+#: stay in cache between the product and the ``min`` that reads it: 4 MiB assigned 16 x 60,000 8-d sub-vectors to
+#: 256 centroids in 0.20 s on 2 threads here, against 0.62 s at 64 MiB and 0.33 s at 256 KiB
+#: (``benchmarks/pq.py`` times whole trainings).
+CHUNK_BYTES = 1 << 22
 
 
 def _rows_per_chunk(groups: int, k: int, chunk_bytes: int) -> int:
     return max(1, int(chunk_bytes // (4 * max(1, groups) * max(1, k))))
 
 
-def assign(x: Tensor, centroids: Tensor, chunk_bytes: int = CHUNK_BYTES) -> tuple[Tensor, Tensor]:
+def _native():
+    from ..quantize.intonly import native
+
+    return native.load()
+
+
+def _assign_native(lib, x: Tensor, c: Tensor) -> tuple[Tensor, Tensor] | None:
+    """The fused C search (``assign.c``), or None when it does not apply."""
+    g, n, d = x.shape
+    k = c.shape[1]
+    kp = -(-k // 16) * 16
+    ct = torch.zeros(g, d, kp, dtype=torch.float32)
+    ct[:, :, :k] = c.transpose(1, 2)
+    cn = torch.full((g, kp), float("inf"), dtype=torch.float32)
+    cn[:, :k] = (c * c).sum(-1)
+    x = x.contiguous()
+    labels = torch.empty(g, n, dtype=torch.int64)
+    dist = torch.empty(g, n, dtype=torch.float32)
+    ptr = [t.data_ptr() for t in (x, ct, cn)]
+    if lib.cnn_l2_argmin(*ptr, g, n, d, k, kp, labels.data_ptr(), dist.data_ptr(), torch.get_num_threads()):
+        return None
+    return labels, dist
+
+
+def assign(x: Tensor, centroids: Tensor, chunk_bytes: int = CHUNK_BYTES, native: bool | None = None
+           ) -> tuple[Tensor, Tensor]:
     """Nearest centroid of every sub-vector, per group.
 
     Args:
         x: ``(g, n, d)`` sub-vectors (float32).
         centroids: ``(g, k, d)``.
-        chunk_bytes: bound on the bytes of one ``(g, rows, k)`` distance block.
+        chunk_bytes: bound on the bytes of one ``(g, rows, k)`` distance block (torch path).
+        native: use the fused C search of the native kernels (``COMPACTNN_NATIVE``; a few times faster than torch
+            here); None: when they load, False: torch only.
 
     Returns:
-        ``(labels (g, n) int64, squared distances (g, n) float32)``; ties go to the lower centroid index.
+        ``(labels (g, n) int64, squared distances (g, n) float32)``; ties go to the lower centroid index (both paths;
+        their float sums may round differently, so a near-tie can resolve the other way).
     """
     g, n, _ = x.shape
     k = centroids.shape[1]
-    c = centroids.to(torch.float32)
+    c = centroids.to(torch.float32).contiguous()
+    lib = _native() if native is not False else None
+    if native and lib is None:
+        raise ConfigError("the native kernels are not available (compactnn.quantize.intonly.native.status() says "
+                          "why); use native=None or False")
+    if lib is not None and x.dtype == torch.float32:
+        out = _assign_native(lib, x, c)
+        if out is not None:
+            return out
     cn = (c * c).sum(-1).unsqueeze(1)  # (g, 1, k)
     labels = torch.empty(g, n, dtype=torch.int64)
     dist = torch.empty(g, n, dtype=torch.float32)
@@ -71,13 +110,21 @@ def _kmeanspp(x: Tensor, k: int, gen: torch.Generator) -> Tensor:
     centroids = torch.empty(g, k, d, dtype=torch.float32)
     centroids[:, 0] = x[rows, first]
     best = ((x - centroids[:, :1]) ** 2).sum(-1)  # (g, size)
+    ones = torch.arange(1, size + 1, dtype=torch.float64)
+    xx = (x * x).sum(-1, keepdim=True)  # (g, size, 1)
+    cum = torch.empty(g, size, dtype=torch.float64)
     for j in range(1, k):
-        w = best.clamp_min(0.0)
-        total = w.sum(1, keepdim=True)
-        w = torch.where(total > 0, w, torch.ones_like(w))  # all points coincide with centres: any point will do
-        pick = torch.multinomial(w, 1, generator=gen).squeeze(1)
-        centroids[:, j] = x[rows, pick]
-        best = torch.minimum(best, ((x - centroids[:, j:j + 1]) ** 2).sum(-1))
+        # D^2 sampling by inverting the cumulative weights (torch.multinomial took 7 ms a call here)
+        torch.cumsum(best.clamp_min(0.0), 1, dtype=torch.float64, out=cum)
+        if not bool((cum[:, -1] > 0).all()):  # all points of a group on centres: any point will do
+            cum = torch.where(cum[:, -1:] > 0, cum, ones)
+        u = torch.rand(g, 1, generator=gen, dtype=torch.float64) * cum[:, -1:]
+        pick = torch.searchsorted(cum, u, right=True).squeeze(1).clamp_max_(size - 1)
+        c = x[rows, pick].unsqueeze(-1)  # (g, d, 1)
+        centroids[:, j] = c[..., 0]
+        # |x - c|^2 = |x|^2 + |c|^2 - 2 x.c, one batched product (the clamp above absorbs rounding below 0)
+        near = torch.bmm(x, c).mul_(-2.0).add_(xx).add_((c * c).sum(1, keepdim=True))  # 2x faster than baddbmm here
+        torch.minimum(best, near.squeeze(-1), out=best)
     return centroids
 
 

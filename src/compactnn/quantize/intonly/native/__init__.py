@@ -4,7 +4,7 @@
 hold the integer-only kernels: a direct convolution / linear layer with the fused TFLite requantization and
 optionally a fused residual Add (AVX-512 VNNI ``vpdpbusd`` when the compiler targets it, else portable loops),
 pooling, the quantized add, concat and layout changes; ``io.c`` holds the float input quantize and output
-dequantize. No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
+dequantize, and ``assign.c`` the nearest-centroid search of PQ's k-means (:mod:`compactnn.pq.kmeans`). No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
 ``cc``): ``-O3 -march=native -std=c11``, plus ``-fopenmp`` when that links.
 
 The shared object is cached in ``$COMPACTNN_CACHE/native`` (default ``$XDG_CACHE_HOME/compactnn/native``, else
@@ -50,7 +50,8 @@ __all__ = ["HEADERS", "SOURCES", "AddFuse", "CacheError", "Conv", "Requant", "ca
 
 SOURCES = [Path(__file__).with_name(f) for f in ("kernels.c", "conv.c", "ops.c")]  # the integer program: no float
 HEADERS = [Path(__file__).with_name(f) for f in ("kernels.h", "vnni.h")]  # included by them; no float type either
-IO_SOURCE = Path(__file__).with_name("io.c")  # the float input quantize / output dequantize (outside the program)
+#: float code outside the integer program: the input quantize / output dequantize, and PQ k-means' nearest centroid
+FLOAT_SOURCES = [Path(__file__).with_name(f) for f in ("io.c", "assign.c")]
 _cache: dict[str, object] = {}
 _memfds: list[int] = []
 _why: dict[str, str] = {}
@@ -239,7 +240,7 @@ def _compile(cc: str, flags: list[str], dir_fd: int, dir_path: Path, name: str) 
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp.so", dir=dir_path)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES), str(IO_SOURCE), "-lm"],
+        r = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, *map(str, SOURCES + FLOAT_SOURCES), "-lm"],
                            capture_output=True, timeout=120)
         if r.returncode != 0:
             return None
@@ -282,7 +283,7 @@ def _build(kind: str):
     # avx2: the AVX2 kernels whatever the CPU has beyond (-march=haswell: no AVX-512, so no VNNI path)
     arch = "-march=haswell" if kind == "avx2" else "-march=native"
     base = ["-O3", arch, "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
-    src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, IO_SOURCE))
+    src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, *FLOAT_SOURCES))
     try:
         for flags in (base + ["-fopenmp"], base):
             key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),
@@ -331,6 +332,7 @@ def _declare(lib) -> None:
         "cnn_nchw_to_nhwc": (None, [p, p, i64, i64, i64]),
         "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64]),
         "cnn_dequantize_u8": (None, [p, p, i64, ctypes.c_double, i64]),
+        "cnn_l2_argmin": (i, [p, p, p, i64, i64, i64, i64, i64, p, p, i]),
         "cnn_simd": (i, []),
         "cnn_openmp": (i, []),
     }
