@@ -342,14 +342,14 @@ def report(out: Path, threads: int) -> None:
 
 #: ``--auto``: every cell in the order the targets need them.
 AUTO = ([("fmnist", "spectral", 8), ("fmnist", "faiss-opq", 8), ("fmnist", "spectral", 16), ("fmnist", "faiss-opq", 16),
-         ("weights", 0, 0), ("fmnist", "faiss-pq", 16)]
+         ("weights", 0, 0)]
         + [("sift", r, b) for b in (8, 16) for r in ("spectral", "faiss-opq")]
-        + [("fmnist", r, b) for r in ("opq", "pq") for b in (8, 16)]
-        + [("fmnist", "faiss-opq-default", b) for b in (8, 16)]
+        + [("fmnist", r, b) for r in ("opq", "pq", "faiss-pq") for b in (8, 16)]
         + [("sift", r, b) for b in (8, 16) for r in ("opq", "faiss-pq", "pq")]
-        + [("fmnist", "spectral-full", b) for b in (8, 16)]
+        + [("lenet5", r, b) for b in (4, 12) for r in ("spectral", "faiss-opq", "opq", "faiss-pq", "pq")]
         + [("weights", 1, 0), ("weights", 2, 0)]
-        + [("lenet5", r, b) for b in (4, 12) for r in ("spectral", "faiss-opq", "opq", "faiss-pq", "pq")])
+        + [("fmnist", "spectral-full", b) for b in (8, 16)]
+        + [("fmnist", "faiss-opq-default", b) for b in (8, 16)])
 
 
 def main() -> None:

@@ -4,7 +4,8 @@
   lookup table ``T[j, c] = |q_j - codebook_j[c]|^2`` (``m x k``) is built once; the distance to a base vector with
   codes ``(c_1..c_m)`` is ``sum_j T[j, c_j]``, exactly ``|q - decode(codes)|^2`` (in the rotated space, which
   preserves distances). Search is batched over queries and vectorised over the base: the ``m`` tables of a chunk of
-  queries are gathered by the codes and summed (``torch.index_select``), then ``torch.topk``.
+  queries are gathered by the codes and summed (``torch.index_select``), then ``torch.topk``; with the native
+  kernels, one fused C pass over the codes per 16 queries keeps a ``k``-heap per query instead (``adc.c``).
 - SDC: the query is encoded too and compared code to code with per-subspace centroid-to-centroid tables
   (``m x k x k``, built once): the same gather with ``T[j, c] = |codebook_j[qcode_j] - codebook_j[c]|^2``.
 
@@ -21,12 +22,16 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, DataError
+from .kmeans import native_kernels
 from .quantizer import ProductQuantizer, check_vectors, train
 
 Mode = Literal["adc", "sdc"]
 SEARCH_CHUNK_BYTES = 1 << 27
 #: Queries per ADC/SDC block: small enough that the ``(base, queries)`` block stays in cache (measured: 8-32 best).
 QUERY_CHUNK = 16
+#: Queries per call of the native scan (their tables, ``16 m k`` floats per 16 queries, are built first).
+NATIVE_QUERIES = 256
+
 
 
 class PQIndex:
@@ -116,31 +121,68 @@ class PQIndex:
             raise ConfigError(f"k={k} is larger than the base ({self.ntotal} vectors); use k <= {self.ntotal}")
         return check_vectors(queries, "queries", self.dim)
 
-    def search(self, queries: Any, k: int, mode: Mode = "adc", chunk: int = QUERY_CHUNK
+    def _tables(self, qs: Tensor, mode: Mode) -> Tensor:
+        """``(nq, m, k)`` ADC or SDC lookup tables of a chunk of queries."""
+        if mode == "adc":
+            return self.lookup_tables(qs)
+        qcodes = self.quantizer.encode(qs).to(torch.int64)
+        return self.sdc_tables()[torch.arange(self.quantizer.m), qcodes]
+
+    def _search_native(self, lib, queries: Tensor, k: int, mode: Mode) -> tuple[Tensor, Tensor]:
+        """The fused C scan (``adc.c``): tables of 16 queries laid out ``(m k, 16)``, one pass over the codes."""
+        q = self.quantizer
+        nq = queries.shape[0]
+        dist = torch.empty(nq, k, dtype=torch.float32)
+        ids = torch.empty(nq, k, dtype=torch.int64)
+        codes = self.codes.contiguous()
+        for s in range(0, nq, NATIVE_QUERIES):
+            t = self._tables(queries[s:s + NATIVE_QUERIES], mode)
+            nb = t.shape[0]
+            pad = -nb % 16
+            if pad:
+                t = torch.cat([t, t.new_zeros(pad, q.m, q.k)])
+            t = t.reshape(-1, 16, q.m * q.k).transpose(1, 2).contiguous()  # (blocks, m k, 16)
+            if lib.cnn_adc_search(codes.data_ptr(), t.data_ptr(), self.ntotal, q.m, q.k, nb, k,
+                                  dist[s:].data_ptr(), ids[s:].data_ptr(), torch.get_num_threads()):
+                raise MemoryError("ADC search: out of memory for the result heaps")
+        return dist, ids
+
+    def search(self, queries: Any, k: int, mode: Mode = "adc", chunk: int = QUERY_CHUNK, native: bool | None = None
                ) -> tuple[Tensor, Tensor]:
         """The ``k`` nearest base vectors of every query by ADC or SDC distance.
 
+        Args:
+            queries: ``(nq, D)`` vectors.
+            k: results per query (at most the base size).
+            mode: ``"adc"`` (tables of the query) or ``"sdc"`` (tables of the query's codes).
+            chunk: queries per block of the torch path.
+            native: the fused C scan of the native kernels (``COMPACTNN_NATIVE``; codes of at most 8 bits), which
+                keeps a heap per query instead of a ``(base, queries)`` block: None: when they load, False: torch.
+
         Returns:
-            ``(distances (nq, k) float32, ids (nq, k) int64)``, nearest first.
+            ``(distances (nq, k) float32, ids (nq, k) int64)``, nearest first (the native path breaks ties by the
+            lower id; torch's ``topk`` does not promise an order among ties).
         """
         if mode not in ("adc", "sdc"):
             raise ConfigError(f"search mode must be 'adc' or 'sdc', got {mode!r}")
         queries = self.check_queries(queries, k)
         nq = queries.shape[0]
+        if mode == "sdc":
+            self.sdc_tables()
+        lib = native_kernels() if native is not False and self.codes.dtype == torch.uint8 else None
+        if native and lib is None:
+            raise ConfigError("the native ADC search needs the native kernels and codes of at most 8 bits "
+                              "(compactnn.quantize.intonly.native.status() says why the kernels are off); "
+                              "use native=None or False")
+        if lib is not None:
+            return self._search_native(lib, queries, k, mode)
         step = max(1, int(chunk))
         dist = torch.empty(nq, k, dtype=torch.float32)
         ids = torch.empty(nq, k, dtype=torch.int64)
         self._flat_codes()
-        if mode == "sdc":
-            self.sdc_tables()
 
         def work(s: int) -> None:
-            qs = queries[s:s + step]
-            if mode == "adc":
-                tables = self.lookup_tables(qs)
-            else:
-                qcodes = self.quantizer.encode(qs).to(torch.int64)
-                tables = self.sdc_tables()[torch.arange(self.quantizer.m), qcodes]  # (nq, m, k)
+            tables = self._tables(queries[s:s + step], mode)
             top = torch.topk(self.distances(tables), k, dim=0, largest=False, sorted=True)
             dist[s:s + step], ids[s:s + step] = top.values.t(), top.indices.t()
 

@@ -36,7 +36,9 @@ def _rows_per_chunk(groups: int, k: int, chunk_bytes: int) -> int:
     return max(1, int(chunk_bytes // (4 * max(1, groups) * max(1, k))))
 
 
-def _native():
+def native_kernels():
+    """The native kernel library (its float PQ kernels: ``assign.c``, ``adc.c``), or None (``COMPACTNN_NATIVE=off``,
+    no compiler)."""
     from ..quantize.intonly import native
 
     return native.load()
@@ -78,7 +80,7 @@ def assign(x: Tensor, centroids: Tensor, chunk_bytes: int = CHUNK_BYTES, native:
     g, n, _ = x.shape
     k = centroids.shape[1]
     c = centroids.to(torch.float32).contiguous()
-    lib = _native() if native is not False else None
+    lib = native_kernels() if native is not False else None
     if native and lib is None:
         raise ConfigError("the native kernels are not available (compactnn.quantize.intonly.native.status() says "
                           "why); use native=None or False")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch

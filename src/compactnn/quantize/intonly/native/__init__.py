@@ -4,7 +4,8 @@
 hold the integer-only kernels: a direct convolution / linear layer with the fused TFLite requantization and
 optionally a fused residual Add (AVX-512 VNNI ``vpdpbusd`` when the compiler targets it, else portable loops),
 pooling, the quantized add, concat and layout changes; ``io.c`` holds the float input quantize and output
-dequantize, and ``assign.c`` the nearest-centroid search of PQ's k-means (:mod:`compactnn.pq.kmeans`). No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
+dequantize, ``assign.c`` the nearest-centroid search of PQ's k-means (:mod:`compactnn.pq.kmeans`) and ``adc.c``
+the exhaustive ADC search of :class:`compactnn.pq.PQIndex`. No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
 ``cc``): ``-O3 -march=native -std=c11``, plus ``-fopenmp`` when that links.
 
 The shared object is cached in ``$COMPACTNN_CACHE/native`` (default ``$XDG_CACHE_HOME/compactnn/native``, else
@@ -50,8 +51,9 @@ __all__ = ["HEADERS", "SOURCES", "AddFuse", "CacheError", "Conv", "Requant", "ca
 
 SOURCES = [Path(__file__).with_name(f) for f in ("kernels.c", "conv.c", "ops.c")]  # the integer program: no float
 HEADERS = [Path(__file__).with_name(f) for f in ("kernels.h", "vnni.h")]  # included by them; no float type either
-#: float code outside the integer program: the input quantize / output dequantize, and PQ k-means' nearest centroid
-FLOAT_SOURCES = [Path(__file__).with_name(f) for f in ("io.c", "assign.c")]
+#: float code outside the integer program: the input quantize / output dequantize; PQ k-means' nearest centroid and
+#: PQ's ADC search
+FLOAT_SOURCES = [Path(__file__).with_name(f) for f in ("io.c", "assign.c", "adc.c")]
 _cache: dict[str, object] = {}
 _memfds: list[int] = []
 _why: dict[str, str] = {}
@@ -333,6 +335,7 @@ def _declare(lib) -> None:
         "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64]),
         "cnn_dequantize_u8": (None, [p, p, i64, ctypes.c_double, i64]),
         "cnn_l2_argmin": (i, [p, p, p, i64, i64, i64, i64, i64, p, p, i]),
+        "cnn_adc_search": (i, [p, p, i64, i64, i64, i64, i64, p, p, i]),
         "cnn_simd": (i, []),
         "cnn_openmp": (i, []),
     }

@@ -1,9 +1,10 @@
-"""The fused C nearest-centroid search (native ``assign.c``) against the torch path and against brute force."""
+"""The fused C kernels of PQ (native ``assign.c`` and ``adc.c``) against the torch paths and brute force."""
 
 import pytest
 import torch
 
 from compactnn.errors import ConfigError
+from compactnn.pq import PQIndex
 from compactnn.pq.kmeans import _assign_native, assign, kmeans
 from compactnn.quantize.intonly import native
 
@@ -66,3 +67,49 @@ def test_forcing_native_without_kernels_is_one_line(monkeypatch):
     with pytest.raises(ConfigError) as err:
         assign(torch.zeros(1, 4, 2), torch.zeros(1, 2, 2), native=True)
     assert "\n" not in str(err.value) and "native" in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def index():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, 24, generator=gen)
+    return PQIndex.build(x, 6, bits=8, iterations=4, quiet=True), torch.randn(300, 24, generator=gen)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mode", ["adc", "sdc"])
+def test_native_search_equals_torch_and_brute_force(monkeypatch, index, kind, mode):
+    idx, q = index
+    monkeypatch.setattr("compactnn.pq.index.native_kernels", lambda: native.load(kind))
+    d1, i1 = idx.search(q, 40, mode=mode)  # 300 queries: two calls of 256, a partial block of 16
+    d0, i0 = idx.search(q, 40, mode=mode, native=False)
+    assert torch.equal(d1, d0)  # the same float32 sums in the same order
+    assert (i1 != i0).float().mean() < 0.001  # topk may order equal distances otherwise
+    if mode == "adc":  # the distance to the reconstruction, nearest first
+        rec = idx.quantizer.decode(idx.codes).double()
+        full = ((q.double()[:, None] - rec[None]) ** 2).sum(-1)
+        assert torch.allclose(full.gather(1, i1), d1.double(), rtol=1e-4, atol=1e-3)
+        assert torch.allclose(full.topk(40, largest=False).values, d1.double(), rtol=1e-4, atol=1e-3)
+    assert torch.all(d1[:, 1:] >= d1[:, :-1])
+
+
+def test_native_search_ties_go_to_the_lower_id_and_k_can_be_the_base(index):
+    idx, q = index
+    dup = PQIndex(idx.quantizer, torch.cat([idx.codes[:50]] * 3))  # ids i, i + 50, i + 100 share codes
+    d, ids = dup.search(q[:20], 150)
+    assert torch.all(d[:, 1:] >= d[:, :-1])
+    for row_d, row_i in zip(d, ids):
+        for a in range(149):
+            if row_d[a] == row_d[a + 1]:
+                assert row_i[a] < row_i[a + 1]
+    assert sorted(ids[0].tolist()) == list(range(150))
+
+
+def test_native_search_needs_byte_codes():
+    gen = torch.Generator().manual_seed(1)
+    idx = PQIndex.build(torch.randn(600, 4, generator=gen), 2, bits=9, iterations=1, quiet=True)
+    with pytest.raises(ConfigError) as err:
+        idx.search(torch.randn(3, 4), 5, native=True)
+    assert "\n" not in str(err.value) and "8 bits" in str(err.value)
+    d, _ = idx.search(torch.randn(3, 4), 5)  # the torch path
+    assert d.shape == (3, 5)
