@@ -204,6 +204,9 @@ class NativeProgram:
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
+        # NCHW and NHWC differ only for a 3-D value of more than one channel and more than one pixel
+        self._reorder_in, self._reorder_out = (len(s) == 3 and s[0] > 1 and s[1] * s[2] > 1
+                                               for s in (shp[self.input_value], shp[self.output_value]))
         self._layouts: dict = {}
         self._local = threading.local()
 
@@ -396,9 +399,9 @@ class NativeProgram:
         dequantize from it (the C steps of io.c; as ``dequantize(run(quantize(x)))`` bit for bit)."""
         n = int(x.shape[0])
         plan = self._plan(n, False)
-        s, so = self.shapes[self.input_value], self.shapes[self.output_value]
-        count = n * int(np.prod(s))
-        if len(s) == 3:  # the codes in NCHW first, then to NHWC
+        so = self.shapes[self.output_value]
+        count = n * self.nbytes[self.input_value]
+        if self._reorder_in:  # the codes in NCHW first, then to NHWC; else straight into the arena
             if plan.codes is None or plan.codes.numel() < count:
                 plan.codes = torch.empty(count, dtype=torch.uint8)
             self.lib.cnn_quantize_f32(x.data_ptr(), plan.codes.data_ptr(), count, s_in, z_in)
@@ -408,7 +411,7 @@ class NativeProgram:
         self._execute(plan, n)
         y = torch.empty((n, *so), dtype=torch.float32)
         src = plan.ptr[self.output_value]
-        if len(so) == 3:
+        if self._reorder_out:
             codes = self._take(plan, self.output_value, n)
             src = codes.data_ptr()
         self.lib.cnn_dequantize_u8(src, y.data_ptr(), y.numel(), s_out, z_out)
