@@ -114,6 +114,17 @@ def torch_int8(model, calib_x: torch.Tensor):
     return convert_fx(prepared)
 
 
+def int8_isa() -> str:
+    """The CPU's int8 extensions: our kernels use AVX-512 VNNI (else AVX2); torch's oneDNN also uses AMX-INT8 tiles,
+    which change the batch-256 comparison (check with ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI)."""
+    from compactnn.quantize.intonly.native import _cpu_flags
+
+    flags = set(_cpu_flags().split())
+    return ("CPU int8: " + ", ".join(f"{name} {'yes' if flag in flags else 'no'}" for name, flag in
+                                     (("AVX-512 VNNI", "avx512_vnni"), ("AVX2", "avx2"), ("AMX-INT8", "amx_int8")))
+            + " (torch's oneDNN int8 convolutions use AMX when present; our kernels do not)")
+
+
 def median_ms(fn, x, repeats: int, warmup: int = 5) -> float:
     """Median wall-clock ms of ``fn(x)`` over ``repeats`` runs after ``warmup`` runs. A pause first lets the thread
     pools of the engine timed before (ORT's spin-waiting workers) go idle, so they do not steal this one's cores."""
@@ -363,7 +374,7 @@ def main() -> None:
     if parts != {"report"}:
         state["commands"] = list(dict.fromkeys(state.get("commands", []) + [command]))
     state["env"] = (f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
-                    f"Python {platform.python_version()}; data {bundle.name}")
+                    f"Python {platform.python_version()}; data {bundle.name}; {int8_isa()}")
     with tempfile.TemporaryDirectory() as tmp:
         for name in names if parts != {"report"} else []:
             run_model(name, bundle, args, parts, state, Path(tmp))

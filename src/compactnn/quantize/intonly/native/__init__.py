@@ -54,6 +54,7 @@ HEADERS = [Path(__file__).with_name(f) for f in ("kernels.h", "vnni.h")]  # incl
 #: float code outside the integer program: the input quantize / output dequantize; PQ k-means' nearest centroid and
 #: PQ's ADC search
 FLOAT_SOURCES = [Path(__file__).with_name(f) for f in ("io.c", "assign.c", "adc.c")]
+FLOAT_HEADERS = [Path(__file__).with_name("floatvec.h")]  # included by assign.c and adc.c
 _cache: dict[str, object] = {}
 _memfds: list[int] = []
 _why: dict[str, str] = {}
@@ -285,7 +286,7 @@ def _build(kind: str):
     # avx2: the AVX2 kernels whatever the CPU has beyond (-march=haswell: no AVX-512, so no VNNI path)
     arch = "-march=haswell" if kind == "avx2" else "-march=native"
     base = ["-O3", arch, "-std=c11"] + (["-DCNN_GENERIC"] if kind == "generic" else [])
-    src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, *FLOAT_SOURCES))
+    src = b"".join(p.read_bytes() for p in (*SOURCES, *HEADERS, *FLOAT_SOURCES, *FLOAT_HEADERS))
     try:
         for flags in (base + ["-fopenmp"], base):
             key = hashlib.sha256(b"\0".join([src, version.encode(), " ".join(flags).encode(),

@@ -11,17 +11,10 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
+#include "floatvec.h"
 
 #define QB 16
-typedef float vq __attribute__((vector_size(4 * QB)));
-typedef int32_t vqi __attribute__((vector_size(4 * QB)));
-
-static inline vq loadq(const float *p) {
-    vq v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+CNN_FLOAT_VECTOR(vq, QB)
 
 /* max-heap on (distance, id): the root is the worst kept result */
 static inline int worse(float da, int64_t ia, float db, int64_t ib) { return da > db || (da == db && ia > ib); }
@@ -78,8 +71,8 @@ int cnn_adc_search(const uint8_t *codes, const float *tables, int64_t n, int64_t
         for (int l = 0; l < QB; l++) thr[l] = l < nb ? INFINITY : -INFINITY; /* padding lanes never enter */
         for (int64_t i = 0; i < n; i++) {
             const uint8_t *c = codes + i * m;
-            vq acc = loadq(t + (int64_t)c[0] * QB);
-            for (int64_t j = 1; j < m; j++) acc += loadq(t + (j * k + c[j]) * QB);
+            vq acc = vq_load(t + (int64_t)c[0] * QB);
+            for (int64_t j = 1; j < m; j++) acc += vq_load(t + (j * k + c[j]) * QB);
             const vqi below = acc < thr;
             int any = 0;
             for (int l = 0; l < QB; l++) any |= below[l];

@@ -10,8 +10,7 @@
    scalar code): per point and per 16 (8) centroids the d products accumulate in a register, then a compare and blend
    keep the running minimum and its index per lane. */
 
-#include <stdint.h>
-#include <string.h>
+#include "floatvec.h"
 
 #ifdef __AVX512F__ /* 32 registers of 16 floats: 8 points x (sum, best, index) stay in registers */
 #define LANES 16
@@ -20,14 +19,7 @@
 #define LANES 8
 #define PTS 4
 #endif
-typedef float vf __attribute__((vector_size(4 * LANES)));
-typedef int32_t vi __attribute__((vector_size(4 * LANES)));
-
-static inline vf loadf(const float *p) {
-    vf v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+CNN_FLOAT_VECTOR(vf, LANES)
 
 /* x: (g, n, d) float32; ct: (g, d, kp) the centroids transposed, kp = k rounded up to 16, padded columns 0;
    cn: (g, kp) |c_j|^2, +inf on the padding; labels: (g, n) int64; dist: (g, n) float32. Returns 0, or 1 when kp is
@@ -43,7 +35,7 @@ int cnn_l2_argmin(const float *x, const float *ct, const float *cn, int64_t g, i
         const int64_t gi = job / nblocks, start = (job % nblocks) * block;
         const int64_t stop = start + block < n ? start + block : n;
         const float *c = ct + gi * d * kp, *norms = cn + gi * kp;
-        vi lane;
+        vfi lane;
         for (int l = 0; l < LANES; l++) lane[l] = l;
         /* PTS points at a time share each centroid load and give the FMAs independent chains; a short last group
            repeats its last point (computed, not stored) */
@@ -51,14 +43,14 @@ int cnn_l2_argmin(const float *x, const float *ct, const float *cn, int64_t g, i
             const float *xp[PTS];
             for (int q = 0; q < PTS; q++) xp[q] = x + (gi * n + (p0 + q < stop ? p0 + q : stop - 1)) * d;
             vf bv[PTS];
-            vi bi[PTS];
+            vfi bi[PTS];
             for (int64_t j0 = 0; j0 < kp; j0 += LANES) {
                 vf a[PTS] = {{0}};
                 for (int64_t t = 0; t < d; t++) {
-                    const vf cv = loadf(c + t * kp + j0);
+                    const vf cv = vf_load(c + t * kp + j0);
                     for (int q = 0; q < PTS; q++) a[q] += xp[q][t] * cv;
                 }
-                const vf nv = loadf(norms + j0);
+                const vf nv = vf_load(norms + j0);
                 for (int q = 0; q < PTS; q++) {
                     const vf v = nv - 2.0f * a[q];
                     if (j0 == 0) {
@@ -66,8 +58,8 @@ int cnn_l2_argmin(const float *x, const float *ct, const float *cn, int64_t g, i
                         bi[q] = lane;
                         continue;
                     }
-                    const vi lt = v < bv[q]; /* -1 where lower: a later index wins only when strictly lower */
-                    bv[q] = (vf)(((vi)v & lt) | ((vi)bv[q] & ~lt));
+                    const vfi lt = v < bv[q]; /* -1 where lower: a later index wins only when strictly lower */
+                    bv[q] = (vf)(((vfi)v & lt) | ((vfi)bv[q] & ~lt));
                     bi[q] = ((lane + (int32_t)j0) & lt) | (bi[q] & ~lt);
                 }
             }
