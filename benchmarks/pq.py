@@ -444,8 +444,9 @@ def main() -> None:
         sizes = [int(b) for b in args.bytes.split(",") if b] or BYTES[data]
         for nbytes in sizes:
             rows = args.rows.split(",")
+            # the cells the targets need first, if the time budget runs out
             rows.sort(key=lambda r: ("spectral", "faiss-opq", "opq", "faiss-pq", "pq", "faiss-opq-default",
-                                     "spectral-full", "spectral-long").index(r) if r in ROWS else 99)  # the cells the targets need first, if the time budget runs out
+                                     "spectral-full", "spectral-long").index(r) if r in ROWS else 99)
             for row in rows:
                 if time.perf_counter() - start > args.budget and not cell_path(data, row, nbytes, args.threads).exists():
                     print(f"budget spent; rerun for {data} {row} {nbytes}", flush=True)

@@ -33,7 +33,6 @@ QUERY_CHUNK = 16
 NATIVE_QUERIES = 256
 
 
-
 class PQIndex:
     """Codes of a base set under a :class:`ProductQuantizer`, with exhaustive ADC/SDC search.
 
