@@ -283,6 +283,15 @@ def weights_cell(seed: int, threads: int, data_root=None) -> dict:
     return result
 
 
+def verdict(gap: float, recall: float) -> str:
+    """"held" / "not held" for a recall difference, marked when it is inside two standard errors of a difference
+    of two independent recalls near ``recall`` on the NQ queries (conservative: both rows answer the same queries;
+    one seed, so such a gap is not a result either way)."""
+    se = (2 * recall * (1 - recall) / NQ) ** 0.5
+    word = "held" if gap >= 0 else "not held"
+    return f"{word}, inside 2 standard errors ({2 * se:.4f})" if abs(gap) < 2 * se else word
+
+
 def targets(rows: list[dict]) -> str:
     """The issue's targets, computed from the table: spectral recall@10 and train time against faiss OPQ, and every
     one of our rows' ADC search time against faiss's at the same code length."""
@@ -296,7 +305,7 @@ def targets(rows: list[dict]) -> str:
                 continue
             gap = ours["R@10"] - opq["R@10"]
             lines.append(f"- {data}, {nbytes} B: spectral R@10 {ours['R@10']:.4f} vs faiss OPQ {opq['R@10']:.4f} "
-                         f"({gap:+.4f}): {'held' if gap >= 0 else 'not held'}; train {ours['train_s']:.1f} s vs "
+                         f"({gap:+.4f}): {verdict(gap, ours['R@10'])}; train {ours['train_s']:.1f} s vs "
                          f"{opq['train_s']:.1f} s: {'faster' if ours['train_s'] < opq['train_s'] else 'not faster'}")
     for data in DATA:
         for nbytes in BYTES[data]:
@@ -308,7 +317,7 @@ def targets(rows: list[dict]) -> str:
                 gap = best["R@10"] - ref["R@10"]
                 lines.append(f"- {data}, {nbytes} B, against faiss OPQ at its defaults (R@10 {ref['R@10']:.4f}, "
                              f"{ref['train_s']:.0f} s): best spectral row {best['method']} {best['R@10']:.4f} "
-                             f"({gap:+.4f}, {best['train_s']:.0f} s): {'held' if gap >= 0 else 'not held'}")
+                             f"({gap:+.4f}, {best['train_s']:.0f} s): {verdict(gap, best['R@10'])}")
     vs = [(d, b, cell[(d, "spectral", b)]["R@10"] - cell[(d, "opq", b)]["R@10"]) for d in DATA for b in BYTES[d]
           if (d, "spectral", b) in cell and (d, "opq", b) in cell]
     if vs:

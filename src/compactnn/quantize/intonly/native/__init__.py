@@ -5,8 +5,9 @@ hold the integer-only kernels: a direct convolution / linear layer with the fuse
 optionally a fused residual Add (AVX-512 VNNI ``vpdpbusd`` when the compiler targets it, else portable loops),
 pooling, the quantized add, concat and layout changes; ``io.c`` holds the float input quantize and output
 dequantize, ``assign.c`` the nearest-centroid search of PQ's k-means (:mod:`compactnn.pq.kmeans`) and ``adc.c``
-the exhaustive ADC search of :class:`compactnn.pq.PQIndex`. No torch header is included, so the build takes about a second with the system C compiler (``$CC`` or
-``cc``): ``-O3 -march=native -std=c11``, plus ``-fopenmp`` when that links.
+the exhaustive ADC search of :class:`compactnn.pq.PQIndex` (both on the vector types of ``floatvec.h``). No torch
+header is included, so the build takes about a second with the system C compiler (``$CC`` or ``cc``):
+``-O3 -march=native -std=c11``, plus ``-fopenmp`` when that links.
 
 The shared object is cached in ``$COMPACTNN_CACHE/native`` (default ``$XDG_CACHE_HOME/compactnn/native``, else
 ``~/.cache/compactnn/native``) under a name keyed by the SHA-256 of the source, the compiler's version, the flags

@@ -179,6 +179,12 @@ def _pack(w: np.ndarray, nseg: int, seglen: int, per_pixel: bool) -> np.ndarray:
     return np.ascontiguousarray(seg.reshape(nb, 16, nseg * seglen // 4, 4).transpose(0, 2, 1, 3))
 
 
+def _layouts_differ(shape: tuple) -> bool:
+    """Whether a value's NCHW (PyTorch) and NHWC (arena) layouts are different bytes: only for a 3-D value of more
+    than one channel and more than one pixel; otherwise it is copied as it is."""
+    return len(shape) == 3 and shape[0] > 1 and shape[1] * shape[2] > 1
+
+
 class NativeProgram:
     """Compiled native program (see the module docstring). Use :meth:`build`."""
 
@@ -204,9 +210,7 @@ class NativeProgram:
         self.shapes = shp
         self.fused = self._fuse(model, zp)
         self.nbytes = {k: int(np.prod(s)) for k, s in shp.items()}
-        # NCHW and NHWC differ only for a 3-D value of more than one channel and more than one pixel
-        self._reorder_in, self._reorder_out = (len(s) == 3 and s[0] > 1 and s[1] * s[2] > 1
-                                               for s in (shp[self.input_value], shp[self.output_value]))
+        self._reorder_in, self._reorder_out = (_layouts_differ(shp[v]) for v in (self.input_value, self.output_value))
         self._layouts: dict = {}
         self._local = threading.local()
 
@@ -368,7 +372,7 @@ class NativeProgram:
     def _put(self, plan: "_Plan", src: int, n: int) -> None:
         """uint8 input codes at address ``src`` (PyTorch layout) into the arena (NHWC)."""
         s = self.shapes[self.input_value]
-        if len(s) == 3:
+        if _layouts_differ(s):
             self.lib.cnn_nchw_to_nhwc(src, plan.ptr[self.input_value], n, s[1] * s[2], s[0])
         else:
             ctypes.memmove(plan.ptr[self.input_value], src, n * self.nbytes[self.input_value])
@@ -377,9 +381,9 @@ class NativeProgram:
         """A fresh uint8 tensor of value ``name`` in PyTorch layout."""
         s = self.shapes[name]
         out = torch.empty((n, *s), dtype=torch.uint8)
-        if len(s) == 3:
+        if _layouts_differ(s):
             self.lib.cnn_nhwc_to_nchw(plan.ptr[name], out.data_ptr(), n, s[1] * s[2], s[0])
-        else:  # (F,), (T, F), ...: stored in PyTorch order
+        else:  # (F,), (T, F), one channel or one pixel: the same bytes in both orders
             ctypes.memmove(out.data_ptr(), plan.ptr[name], n * self.nbytes[name])
         return out
 
