@@ -38,6 +38,7 @@ import compactnn as cn  # noqa: E402
 from compactnn.data import DataBundle  # noqa: E402
 from compactnn.data.moving import load_moving_fashion_mnist, moving_bundle  # noqa: E402
 from compactnn.decompose import BTLinear, TRConv2d, TRLinear  # noqa: E402
+from compactnn.decompose.inference import freeze_conv, freeze_linear  # noqa: E402
 from compactnn.decompose.method import TensorRing, plan_layers  # noqa: E402
 from compactnn.decompose.shapes import suggest_modes  # noqa: E402
 from compactnn.decompose.trsvd import conv_tensor, linear_tensor, ring_error  # noqa: E402
@@ -283,8 +284,6 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
     batch 1 and 256: ``before`` is the layer's own forward as it ran before planning (the training path, forced
     with ``plan_mode="train"``), ``planned`` the planner's choice (``plan_mode="auto"``); every forced plan is timed
     too, to check the time model's choice against measurement (rows of part ``c plans``)."""
-    from compactnn.decompose import plan as P
-
     cn.report.latency.steady_allocator()
     torch.manual_seed(0)
     models = {name: cn.models.create(name, input_shape=clip_shape).eval() for name, _ in CELLS}
@@ -312,6 +311,7 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
           ("TTLinear rebuilt", rt)], (feats,)),
     ]
     rows = []
+    frozen_plan: dict = {}
     for layer, dense_label, dense, facts, shape in groups:
         dense.eval()
         res: dict = {}
@@ -325,6 +325,10 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
                 for mode in ["train", "auto", *cands]:
                     entries.append((mod, mode, x))
                     labels.append((label, mode))
+                frozen = (freeze_conv(mod, tuple(x.shape), "auto") if x.dim() == 4 else freeze_linear(mod, b, "auto"))
+                entries.append((frozen, None, x))
+                labels.append((label, "frozen"))
+                frozen_plan[(label, b)] = frozen.plan
             reps = 20 if b == 1 else 5
             times = time_side_by_side(entries, b, rounds, reps)
             res[b] = dict(zip(labels, times))
@@ -349,6 +353,13 @@ def latency_rows(tr_shape: tuple, clip_shape: tuple, rounds: int, lenet5_ratio: 
                              macs_ratio_b256=round(ratio[256], 3), params=nparams(mod),
                              macs=choice[1].macs[choice[1].plan],
                              ms_b1=round(res[1][(label, "auto")], 4), ms_b256=round(res[256][(label, "auto")], 3)))
+            rows.append(dict(base, key=f"c/{layer}/{label}/frozen", variant=f"{label} inference form",
+                             setting=(f"input {shape}; decompose.inference_form: plan b1: {frozen_plan[(label, 1)]}, "
+                                      f"b256: {frozen_plan[(label, 256)]}"),
+                             plan_b1=frozen_plan[(label, 1)], plan_b256=frozen_plan[(label, 256)],
+                             macs_ratio_b1=round(ratio[1], 3), macs_ratio_b256=round(ratio[256], 3),
+                             params=nparams(mod), macs=choice[1].macs[choice[1].plan],
+                             ms_b1=round(res[1][(label, "frozen")], 4), ms_b256=round(res[256][(label, "frozen")], 3)))
             for b in (1, 256):
                 measured = {m: res[b][(label, m)] for m in choice[b].times}
                 fastest = min(measured, key=measured.get)
@@ -435,13 +446,15 @@ def write_all(out: Path, rows: list[dict], notes: str, plot) -> None:
     seeded = [r for r in rows if not r["part"].startswith("c")]
     lat = [r for r in rows if r["part"] == "c latency"]
     checks = [r for r in rows if r["part"] == "c plans"]
-    md = [f"# Tensor decomposition: TRN and BT-LSTM", "",
+    md = ["# Tensor decomposition: TRN and BT-LSTM", "",
           f"Last run: `python benchmarks/decomposition.py {' '.join(sys.argv[1:])}` ({env}).", "",
           "Parts a and b: mean ± std over the seeds in `seeds` (sample std; one seed: no spread).", "",
           markdown_table(table_rows(seeded), COLUMNS), ""]
     if lat:
         md += ["Part c (latency, side by side in one process; `before` = the layer's forward before planning, "
-               "`planned` = the planner's choice, named in `setting`; made by "
+               "`planned` = the eager layer running the planner's choice, named in `setting`; `inference form` = "
+               "the layer frozen to the plan chosen for each batch size by `compactnn.decompose.inference_form` (a "
+               "`dense` plan is an `nn.Linear` / `nn.Conv2d`); made by "
                + ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "") for r in lat)) + "):", "",
                markdown_table(lat, ["model", "variant", "setting", "params", "macs", "ms_b1", "ms_b256"]), ""]
     if checks:

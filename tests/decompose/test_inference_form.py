@@ -10,7 +10,7 @@ from torch import nn
 
 import compactnn as cn
 from compactnn.decompose import TRConv2d, TRLinear, TuckerConv2d, inference_form, plans
-from compactnn.decompose.inference import FrozenConv, FrozenLinear
+from compactnn.decompose.inference import FROZEN, FrozenConv, FrozenConv2d, FrozenDenseLinear, FrozenLinear
 from compactnn.errors import ModelError
 
 
@@ -47,7 +47,10 @@ def test_inference_form_computes_the_same_function(batch_size, mode):
     f = inference_form(m, batch_size=batch_size, mode=mode)
     got = plans(f)
     assert set(got) == {"conv1", "conv2", "fc"}
-    assert isinstance(f.fc, FrozenLinear) and isinstance(f.conv1, FrozenConv)
+    assert all(isinstance(getattr(f, n), FROZEN) for n in ("conv1", "conv2", "fc"))
+    for name, plan in got.items():  # a dense plan is the plain torch layer; the others are graphs of their steps
+        assert isinstance(getattr(f, name), (FrozenDenseLinear, FrozenConv2d)) == (plan == "dense")
+    assert isinstance(f.fc, (FrozenLinear, FrozenDenseLinear)) and isinstance(f.conv1, (FrozenConv, FrozenConv2d))
     if mode is not None:
         assert set(got.values()) == {mode}
     x = torch.randn(5, *Small.input_shape)
@@ -129,3 +132,20 @@ def test_torch_compile():
     x = torch.randn(4, *Small.input_shape)
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["dense", "merged"])
+def test_inference_form_packs_and_loads(tmp_path, mode):
+    m = _model()
+    f = inference_form(m, batch_size=4, mode=mode)
+    path = tmp_path / "frozen.cnz"
+    cn.pack.save(f, path)
+    # a user's model class is not on the allow-list, and a merged plan's graph is code, never rebuilt from a file:
+    # both load into a skeleton made the same way (its tensors are replaced by the file's)
+    torch.manual_seed(5)
+    skeleton = inference_form(Small().eval(), batch_size=4, mode=mode)
+    back = cn.pack.load(path, model=skeleton)
+    assert plans(back) == plans(f)
+    x = torch.randn(2, *Small.input_shape)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), f(x))

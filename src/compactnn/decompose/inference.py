@@ -3,11 +3,13 @@ evaluation (:mod:`.plan`) with plain tensor ops, so the model scripts (TorchScri
 exports to ONNX.
 
 - Linear layers (:class:`TRLinear`, :class:`TTLinear`, :class:`BTLinear` and the rebuilt variants of the clip models)
-  become :class:`FrozenLinear`: the ``dense`` plan as ``F.linear`` with the rebuilt weight; the ``merged`` and
-  ``factorized`` plans as a ``torch.fx`` graph of ``permute`` / ``reshape`` / ``matmul`` / ``bmm`` over the cached
-  (merged, pre-permuted) cores (ONNX: Transpose, Reshape, MatMul).
-- Convolutions (:class:`TRConv2d`, :class:`TuckerConv2d`) become an ``nn.Sequential`` of ``nn.Conv2d`` (the plan's
-  convs: one dense conv, or 1x1 / grouped / 1x1 convs with merged cores).
+  become, for the ``dense`` plan, :class:`FrozenDenseLinear` (an ``nn.Linear`` with the rebuilt weight: it runs
+  exactly as the dense layer does); for the ``merged`` and ``factorized`` plans, :class:`FrozenLinear`: a
+  ``torch.fx`` graph of the eager planner's ops (:func:`.plan.run_linear`: ``matmul`` / ``bmm`` over the cached,
+  pre-permuted cores, ``permute`` / ``reshape`` only where the layout needs them, the bias fused into the last
+  product by ``addmm`` when the result is already in output order; ONNX: MatMul, Gemm, Transpose, Reshape).
+- Convolutions (:class:`TRConv2d`, :class:`TuckerConv2d`) become :class:`FrozenConv2d` (an ``nn.Conv2d``) for a
+  one-conv plan, else an ``nn.Sequential`` of ``nn.Conv2d`` (1x1 / grouped / 1x1 convs with merged cores).
 
 The plan of each layer is the one the planner picks for the layer's input at ``batch_size`` (recorded by one dry
 run on zeros of ``(batch_size, *input_shape)``); any batch size runs, the plan is just tuned for that one. Frozen
@@ -22,7 +24,6 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import ModelError
@@ -31,69 +32,91 @@ from ..pack.spec import packable
 from .plan import Choice, PlannedConv, PlannedLinear, Program, compile_program
 
 
-def _program_graph(program: Program, in_modes: Sequence[int], out_features: int) -> fx.GraphModule:
-    """A GraphModule computing :func:`.plan.run_program` on a ``(rows, in_features)`` input, flattened to
-    ``(rows, out_features)``."""
+def _program_graph(program: Program, in_features: int, out_features: int, bias: torch.Tensor) -> fx.GraphModule:
+    """A GraphModule computing :func:`.plan.run_linear` (bias included) on a ``(rows, in_features)`` input: the
+    same products, permutes and reshapes, and no reshape where the eager path has none."""
     root = nn.Module()
     g = fx.Graph()
-    x = g.placeholder("x")
-    t = g.call_method("reshape", (x, (-1, *in_modes)))
+    t = g.placeholder("x")  # (rows, in_features)
+    root.register_buffer("bias", bias.detach().clone())
+    last = len(program.steps) - 1
+    cols = in_features  # the columns of t while it is 2-D (then a reshape to (-1, cols) is not needed)
     for k, (c, s) in enumerate(zip(program.consts, program.steps)):
         root.register_buffer(f"c{k}", c.detach().clone())
         const = g.get_attr(f"c{k}")
-        a = g.call_method("permute", (t, tuple(s["perm"])))
-        if s["nb"] == 1:
-            t = g.call_function(torch.matmul, (g.call_method("reshape", (a, (-1, s["nk"]))), const))
+        if not s["ident"]:
+            a = g.call_method("permute", (g.call_method("reshape", (t, tuple(s["prev"]))), tuple(s["perm"])))
         else:
+            a = t
+        if s["nb"] > 1:
             t = g.call_function(torch.bmm, (g.call_method("reshape", (a, (s["nb"], -1, s["nk"]))), const))
-        t = g.call_method("reshape", (t, tuple(s["shape"])))
-    t = g.call_method("permute", (t, tuple(program.out_perm)))
-    g.output(g.call_method("reshape", (t, (-1, out_features))))
+            t, cols = g.call_method("reshape", (t, tuple(s["shape"]))), None
+            continue
+        a2 = a if s["ident"] and cols == s["nk"] else g.call_method("reshape", (a, (-1, s["nk"])))
+        if k == last and program.flat:
+            t = g.call_function(torch.addmm, (g.get_attr("bias"), a2, const))
+        else:
+            t = g.call_function(torch.mm, (a2, const))
+        cols = c.shape[-1]
+    if not program.flat:
+        t = g.call_method("reshape", (t, tuple(program.steps[-1]["shape"])))
+        if program.out_perm != list(range(len(program.out_perm))):
+            t = g.call_method("permute", (t, tuple(program.out_perm)))
+        t = g.call_function(torch.add, (g.call_method("reshape", (t, (-1, out_features))), g.get_attr("bias")))
+    g.output(t)
     return fx.GraphModule(root, g, class_name="PlannedContraction")
 
 
 @packable
 class FrozenLinear(nn.Module):
-    """A factorized linear layer frozen to one plan (see the module docstring). ``plan`` names it; ``weight`` holds
-    the dense weight for the ``dense`` plan (else ``contraction`` holds the graph); ``bias`` is always a tensor
-    (zeros when the layer had none). Input ``(..., in_features)``, output ``(..., out_features)``."""
+    """A factorized linear layer frozen to its ``merged`` or ``factorized`` plan (see the module docstring):
+    ``contraction`` is the graph of the plan's products, the bias included. Input ``(..., in_features)``, output
+    ``(..., out_features)``."""
 
-    def __init__(self, in_features: int, out_features: int, plan: str, weight: torch.Tensor | None,
-                 contraction: nn.Module | None, bias: torch.Tensor) -> None:
+    def __init__(self, in_features: int, out_features: int, plan: str, contraction: nn.Module) -> None:
         super().__init__()
         self.in_features, self.out_features, self.plan = int(in_features), int(out_features), plan
-        self.dense = weight is not None
-        self.register_buffer("weight", weight if weight is not None else torch.zeros(0))
-        self.contraction = contraction if contraction is not None else nn.Identity()
-        self.register_buffer("bias", bias)
+        self.contraction = contraction
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the graph's forward is called directly: GraphModule.__call__ adds a wrapper's work to every call
+        if x.dim() == 2:
+            return self.contraction.forward(x)
         lead = list(x.shape[:-1])
-        x2 = x.reshape(-1, self.in_features)
-        if self.dense:
-            y = F.linear(x2, self.weight, self.bias)
-        else:
-            y = self.contraction(x2) + self.bias
-        return y.reshape(lead + [self.out_features])
+        return self.contraction.forward(x.reshape(-1, self.in_features)).reshape(lead + [self.out_features])
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, plan={self.plan!r}"
 
 
-def freeze_linear(layer: nn.Module, rows: int, mode: str | None = None) -> FrozenLinear:
-    """:class:`FrozenLinear` of a planned linear layer for ``rows`` input rows (``mode``: force a plan)."""
+@packable
+class FrozenDenseLinear(nn.Linear):
+    """A factorized linear layer frozen to its ``dense`` plan: an ``nn.Linear`` holding the rebuilt weight, so it
+    runs exactly as the dense layer does (no work of its own)."""
+
+    plan = "dense"
+
+
+def freeze_linear(layer: nn.Module, rows: int, mode: str | None = None) -> nn.Module:
+    """:class:`FrozenDenseLinear` or :class:`FrozenLinear` of a planned linear layer for ``rows`` input rows
+    (``mode``: force a plan)."""
     choice: Choice = layer.plan_for(rows, mode)
     ops = layer.network_operands()
     with torch.no_grad():
         bias = (layer.bias.detach().clone() if layer.bias is not None
                 else torch.zeros(layer.out_features, dtype=ops[0].dtype, device=ops[0].device))
         if choice.plan == "dense":
-            return FrozenLinear(layer.in_features, layer.out_features, "dense",
-                                layer.full_weight().detach().contiguous().clone(), None, bias)
+            w = layer.full_weight().detach()
+            out = FrozenDenseLinear(layer.in_features, layer.out_features, bias=layer.bias is not None,
+                                    dtype=w.dtype, device=w.device)
+            out.weight.copy_(w)
+            if layer.bias is not None:
+                out.bias.copy_(bias)
+            return out.requires_grad_(False)
         path = layer.planner().candidates(layer, rows)[choice.plan]
         program = compile_program(path, layer.planner().network(layer), [None, *[o.detach() for o in ops]])
-    return FrozenLinear(layer.in_features, layer.out_features, choice.plan, None,
-                        _program_graph(program, layer.in_modes, layer.out_features), bias)
+    return FrozenLinear(layer.in_features, layer.out_features, choice.plan,
+                        _program_graph(program, layer.in_features, layer.out_features, bias))
 
 
 @packable
@@ -120,22 +143,40 @@ class FrozenConv(nn.Sequential):
         self.plan = plan
 
 
-def freeze_conv(layer: nn.Module, x_shape: Sequence[int], mode: str | None = None) -> FrozenConv:
-    """:class:`FrozenConv` of a planned convolution for inputs of ``x_shape`` ``(B, C, H, W)``."""
+@packable
+class FrozenConv2d(nn.Conv2d):
+    """A factorized convolution frozen to a one-conv plan (``dense``): an ``nn.Conv2d``, run exactly as the dense
+    layer is (``plan`` names the plan)."""
+
+    plan = "dense"
+
+
+def freeze_conv(layer: nn.Module, x_shape: Sequence[int], mode: str | None = None) -> nn.Module:
+    """:class:`FrozenConv2d` (one-conv plans) or :class:`FrozenConv` of a planned convolution for inputs of
+    ``x_shape`` ``(B, C, H, W)``."""
     choice = layer.plan_for(x_shape, mode)
     convs = []
+    steps = layer.conv_steps(choice.plan)
     with torch.no_grad():
-        for s in layer.conv_steps(choice.plan):
+        for s in steps:
             w = s.weight.detach()
-            conv = nn.Conv2d(w.shape[1] * s.groups, w.shape[0], tuple(w.shape[2:]), stride=s.stride,
-                             padding=s.padding, dilation=s.dilation, groups=s.groups, bias=s.bias is not None)
+            cls = FrozenConv2d if len(steps) == 1 and s.fold == 1 else nn.Conv2d
+            conv = cls(w.shape[1] * s.groups, w.shape[0], tuple(w.shape[2:]), stride=s.stride, padding=s.padding,
+                       dilation=s.dilation, groups=s.groups, bias=s.bias is not None)
             conv = conv.to(dtype=w.dtype, device=w.device)
             conv.weight.copy_(w)
             if s.bias is not None:
                 conv.bias.copy_(s.bias.detach())
             conv.requires_grad_(False)
             convs.append(FoldedConv(conv, s.fold) if s.fold > 1 else conv)
+    if len(convs) == 1 and isinstance(convs[0], FrozenConv2d):
+        convs[0].plan = choice.plan
+        return convs[0]
     return FrozenConv(convs, choice.plan)
+
+
+#: The frozen layer classes (each has ``plan``).
+FROZEN = (FrozenLinear, FrozenDenseLinear, FrozenConv, FrozenConv2d)
 
 
 def record_inputs(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> dict[str, tuple]:
@@ -207,12 +248,12 @@ def plans(model: nn.Module) -> dict[str, str]:
     ran)."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, (FrozenLinear, FrozenConv)):
+        if isinstance(m, FROZEN):
             out[name] = m.plan
         elif isinstance(m, PlannedLinear) and getattr(m, "last_plan", None):
             out[name] = m.last_plan
     return out
 
 
-__all__ = ["inference_form", "plans", "FrozenLinear", "FrozenConv", "freeze_linear", "freeze_conv",
-           "record_inputs"]
+__all__ = ["inference_form", "plans", "FrozenLinear", "FrozenDenseLinear", "FrozenConv", "FrozenConv2d", "FROZEN",
+           "freeze_linear", "freeze_conv", "record_inputs"]

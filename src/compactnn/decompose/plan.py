@@ -14,8 +14,11 @@ modes). The same function can be evaluated in many orders. Three plan families a
 Each plan is scored by a time model, summed over its steps (each step is one matrix product ``(na x nk) @ (nk x nc)``,
 ``nb`` times): ``max(macs / (MAC_RATE * eff), bytes / BANDWIDTH) + STEP_OVERHEAD`` with ``eff = nk / (nk + S) *
 nc / (nc + S)`` (GEMM kernels run far below peak on thin matrices, e.g. a rank-10 inner dimension) and ``bytes`` the
-float32 operands and result (a roofline: a product is bound by its arithmetic or by moving its operands). The
-cheapest plan runs. Merged or rebuilt tensors are
+float32 operands and result (a roofline: a product is bound by its arithmetic or by moving its operands), plus
+``COPY_OVERHEAD`` and the copied bytes when the running intermediate must be permuted before its product. Whether it
+must follows from the layout :func:`compile_program` gives each product (the labels summed next placed last), so the
+cost of a step depends on the part joined before it: the searches keep, per subset, the best chain for each set of
+labels the last part brought, which keeps them exact (tested against brute force). The cheapest plan runs. Merged or rebuilt tensors are
 batch-independent, so in inference they are computed once and cached; their cost is left out of the per-call time.
 Plans and caches are per layer, keyed by the number of input rows (plans) and by the cores' ``_version`` counters and
 ``data_ptr`` (cached tensors): an optimizer step, ``load_state_dict`` or any in-place change of a core rebuilds them
@@ -43,8 +46,12 @@ from torch import nn
 MAC_RATE = 9e10
 #: Bytes per second moved by a step (operands read, result written).
 BANDWIDTH = 4e10
-#: Seconds of fixed overhead per contraction step (permute, reshape, matmul, reshape: Python and dispatch).
-STEP_OVERHEAD = 15e-6
+#: Seconds of fixed overhead per contraction step (reshape, matmul: Python and dispatch). Measured on LeNet-300's
+#: fc1 at one row (R=10, two products x (784) -> (100) -> (300), 108,400 MACs): the products alone 17 us, the planned
+#: layer 38 us, against 19 us and 30 us for the dense F.linear: about 8 us per step more than the dense plan's call.
+STEP_OVERHEAD = 8e-6
+#: Seconds of fixed overhead of a step whose input must be permuted into place (permute + copying reshape).
+COPY_OVERHEAD = 6e-6
 #: Inner / output dimension at which a GEMM reaches half of ``MAC_RATE``.
 HALF_EFF_DIM = 32
 #: Batched products (``nb > 1``) are modelled with an inner dimension this many times smaller.
@@ -66,13 +73,14 @@ MODES = ("auto",) + PLANS
 
 
 def step_time(macs: float, elements: float, dims: tuple[int, int] = (1 << 20, 1 << 20),
-              overhead: float = STEP_OVERHEAD, half: float | None = None) -> float:
+              overhead: float = STEP_OVERHEAD, half: float | None = None, copies: bool = False) -> float:
     """The time model of one step (seconds): ``max(macs / (MAC_RATE * eff), 4 * elements / BANDWIDTH) + overhead``
-    with ``eff = nk / (nk + S) * nc / (nc + S)`` for ``dims = (nk, nc)`` (see the module docstring)."""
+    with ``eff = nk / (nk + S) * nc / (nc + S)`` for ``dims = (nk, nc)`` (see the module docstring), plus
+    ``COPY_OVERHEAD`` when the step permutes its input into place (``copies``)."""
     nk, nc = dims
     half = HALF_EFF_DIM if half is None else half
     eff = nk / (nk + half) * nc / (nc + half)
-    return max(macs / (MAC_RATE * eff), 4.0 * elements / BANDWIDTH) + overhead
+    return max(macs / (MAC_RATE * eff), 4.0 * elements / BANDWIDTH) + overhead + (COPY_OVERHEAD if copies else 0.0)
 
 
 # ----------------------------------------------------------------------------------------------- networks and paths
@@ -111,18 +119,43 @@ class _Subsets:
     def elements(self, labels) -> int:
         return math.prod(self.size[l] for l in labels)
 
-    def step(self, m1: int, m2: int) -> tuple[int, int, tuple[int, int]]:
-        """MACs, elements touched (both operands and the result) and the GEMM's ``(nk, nc)`` (summed size, size of
-        the labels only ``m2`` keeps) of contracting subsets ``m1`` and ``m2``."""
+    def step(self, m1: int, m2: int, last: int = 0) -> tuple[int, int, tuple[int, int], bool]:
+        """:meth:`step_from` with the labels brought by ``last``, the part joined last into ``m1`` (0 when ``m1`` is
+        the raw input or holds no input)."""
+        return self.step_from(m1, self.brought(m1, last), m2)
+
+    def step_from(self, m1: int, brought: frozenset, m2: int) -> tuple[int, int, tuple[int, int], bool]:
+        """MACs, elements touched (both operands and the result, and a copy of the running intermediate when it
+        must be permuted), the GEMM's ``(nk, nc)`` (summed size, size of the labels only ``m2`` keeps) and whether
+        the running intermediate is copied (see :meth:`copies`), of contracting subsets ``m1`` and ``m2``."""
         a, b, c = self.open[m1], self.open[m2], self.open[m1 | m2]
-        nk = self.elements((a & b) - c)
+        summed = (a & b) - c
+        nk = self.elements(summed)
         nc = self.elements(b - a)
         ea = self.elements(a)
-        copy = 2 * ea if m1 & 1 and m1 != 1 else 0  # the running intermediate, permuted into place (a copy)
         nb = self.elements(a & b & c)
+        copies = bool(m1 & 1) and self.copies(m1, brought, summed, bool(a & b & c))
+        copy = 2 * ea if copies else 0
         if nb > 1:  # a batched product (a label kept by both sides, e.g. a block-term block index): MKL's batched
             nk = max(1, nk // BMM_PENALTY)  # small GEMMs run well below a single large one; modelled as a thinner one
-        return self.elements(a | b), ea + self.elements(b) + self.elements(c) + copy, (nk, nc)
+        return self.elements(a | b), ea + self.elements(b) + self.elements(c) + copy, (nk, nc), copies
+
+    def brought(self, m1: int, last: int) -> frozenset:
+        """The labels of the running intermediate ``m1`` that its last part ``last`` brought in."""
+        return self.open[last] - self.open[m1 ^ last] if last and m1 != 1 else frozenset()
+
+    def copies(self, m1: int, brought: frozenset, summed: frozenset, batched: bool) -> bool:
+        """Whether the running intermediate ``m1`` must be permuted (copied) before a step summing ``summed``, as
+        :func:`compile_program` lays it out: the raw input keeps its label order (no copy when the summed labels are
+        its trailing ones); a product has the labels it kept first, then the labels its last part ``brought``, those
+        summed by the next step at the end (no copy when every summed label was brought by that part). A batched
+        product (a label kept by both sides) is modelled as always copying (its batch labels go first)."""
+        if batched:
+            return True
+        if m1 == 1:
+            x = self.net.labels[0]
+            return set(x[len(x) - len(summed):]) != summed
+        return not summed <= brought
 
 
 @dataclasses.dataclass
@@ -153,12 +186,13 @@ def _tree_stats(tree, sub: _Subsets, cached: bool) -> tuple[int, float, int, int
         return 1 << tree, 0.0, 0, 0, 0, 0
     l, r = (_tree_stats(t, sub, cached) for t in tree)
     mask = l[0] | r[0]
-    macs, elems, dims = sub.step(l[0], r[0])
+    last = _mask_of(tree[0][1]) if l[0] & 1 and not isinstance(tree[0], int) else 0
+    macs, elems, dims, copies = sub.step(l[0], r[0], last)
     if cached and not mask & 1:
         return mask, 0.0, 0, l[3] + r[3] + macs, 0, 0
     cache = sum(sub.elements(sub.open[s[0]]) for s in (l, r) if cached and not s[0] & 1 and s[0] & (s[0] - 1))
-    return (mask, l[1] + r[1] + step_time(macs, elems, dims), l[2] + r[2] + macs, l[3] + r[3], l[4] + r[4] + cache,
-            l[5] + r[5] + 1)
+    return (mask, l[1] + r[1] + step_time(macs, elems, dims, copies=copies), l[2] + r[2] + macs, l[3] + r[3],
+            l[4] + r[4] + cache, l[5] + r[5] + 1)
 
 
 def _path(kind: str, tree, sub: _Subsets, cached: bool) -> Path:
@@ -192,16 +226,24 @@ def factorized_path(net: Network) -> Path:
     """Plan (a): mode by mode, each step one raw core, in the order of least modelled time (DP over core subsets)."""
     sub = _Subsets(net)
     n = sub.n
-    best: dict[int, tuple[float, object]] = {1: (0.0, 0)}
+    # the cost of a step depends on which labels the last core brought (copy or not): states are (mask, brought)
+    best: dict[int, dict[frozenset, tuple[float, object]]] = {1: {frozenset(): (0.0, 0)}}
     for mask in range(3, 1 << n, 2):  # masks holding the input
+        here: dict[frozenset, tuple[float, object]] = {}
         for k in range(1, n):
-            if mask >> k & 1 and (mask ^ (1 << k)) in best:
-                prev = mask ^ (1 << k)
-                macs, elems, dims = sub.step(prev, 1 << k)
-                t = best[prev][0] + step_time(macs, elems, dims)
-                if mask not in best or t < best[mask][0]:
-                    best[mask] = (t, (best[prev][1], k))
-    return _path("factorized", best[(1 << n) - 1][1], sub, cached=False)
+            prev = mask ^ (1 << k)
+            if not mask >> k & 1 or prev not in best:
+                continue
+            for brought, (t0, tree) in best[prev].items():
+                macs, elems, dims, copies = sub.step_from(prev, brought, 1 << k)
+                t = t0 + step_time(macs, elems, dims, copies=copies)
+                key = sub.brought(mask, 1 << k)
+                if key not in here or t < here[key][0]:
+                    here[key] = (t, (tree, k))
+        if here:
+            best[mask] = here
+    final = min(best[(1 << n) - 1].values(), key=lambda v: v[0])
+    return _path("factorized", final[1], sub, cached=False)
 
 
 def merged_path(net: Network, max_cache: int = MAX_CACHE) -> Path | None:
@@ -209,27 +251,32 @@ def merged_path(net: Network, max_cache: int = MAX_CACHE) -> Path | None:
     modelled per-call time; the tree that merges all cores first (the dense weight) is excluded. None if no tree
     keeps its cached parts within ``max_cache`` elements."""
     sub = _Subsets(net)
-    n, full = sub.n, (1 << sub.n) - 1
+    full = (1 << sub.n) - 1
     memo: dict = {}
-    best: dict[int, tuple[float, object]] = {1: (0.0, 0)}
+    best: dict[int, dict[frozenset, tuple[float, object]]] = {1: {frozenset(): (0.0, 0)}}  # see factorized_path
     for mask in range(3, full + 1, 2):
         rest = mask & ~1
+        here: dict[frozenset, tuple[float, object]] = {}
         for other in [rest, *_submasks(rest)]:  # the input-free operand of the last step
             prev = mask ^ other
             if prev not in best or (mask == full and prev == 1):
                 continue
             if other & (other - 1) and sub.elements(sub.open[other]) > max_cache:
                 continue
-            macs, elems, dims = sub.step(prev, other)
-            t = best[prev][0] + step_time(macs, elems, dims)
-            if mask not in best or t < best[mask][0]:
-                best[mask] = (t, (best[prev][1], _min_merge(other, sub, memo)[1]))
+            key = sub.brought(mask, other)
+            for brought, (t0, tree) in best[prev].items():
+                macs, elems, dims, copies = sub.step_from(prev, brought, other)
+                t = t0 + step_time(macs, elems, dims, copies=copies)
+                if key not in here or t < here[key][0]:
+                    here[key] = (t, (tree, _min_merge(other, sub, memo)[1]))
+        if here:
+            best[mask] = here
     # a cached part may also be combined with the running intermediate through a subtree holding the input on
     # both sides: impossible (the input is one operand), so the last step always joins the input side and a cached
     # part, and this chain search is exact over all trees.
     if full not in best:
         return None
-    return _path("merged", best[full][1], sub, cached=True)
+    return _path("merged", min(best[full].values(), key=lambda v: v[0])[1], sub, cached=True)
 
 
 def dense_path(net: Network) -> Path:
@@ -286,12 +333,22 @@ def evaluate_tree(tree, net: Network, operands: Sequence[torch.Tensor]) -> tuple
 class Program:
     """A plan ready to run on the input: ``steps`` is the chain from the input to the result; each step holds a
     prepared constant (a cached part, permuted and reshaped for its matrix product) and the permutation and shapes
-    of the running intermediate. Used by the eager planner and by :func:`compactnn.decompose.inference.freeze`."""
+    of the running intermediate. ``flat``: the last step is one product whose result is ``(rows, out)`` in the
+    network's output order (no final permute; the bias is added by ``addmm``). Used by the eager planner and by
+    :func:`compactnn.decompose.inference.freeze_linear`."""
 
     kind: str
     consts: list[torch.Tensor]
     steps: list[dict]
     out_perm: list[int]
+    flat: bool = False
+
+
+def _order_open(labels: list[str], first: Sequence[str], last: Sequence[str]) -> list[str]:
+    """``labels`` reordered: those in ``first`` (in that order), the rest, those in ``last`` (in that order)."""
+    head = [l for l in first if l in labels]
+    tail = [l for l in last if l in labels and l not in head]
+    return head + [l for l in labels if l not in head and l not in tail] + tail
 
 
 def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) -> Program:
@@ -299,6 +356,10 @@ def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) 
 
     Every per-call step contracts the running intermediate (labels ``cur``) with one cached part ``c``:
     ``t = t.permute(perm).reshape(nb, -1, nk) @ C (nb, nk, n_c)``, result labels ``batch + t-only + c-only``.
+    The order of ``c-only`` is free (it is the prepared constant's column order), so it is chosen to save copies:
+    in the last step, the network's output order (the result is then flat, no final permute); before, the labels
+    the next step keeps first and those it sums last, in the order the next step sums them (its permute is then the
+    identity whenever the running intermediate's own labels allow).
     """
     size = net.size
     chain = []  # right-hand subtrees along the input chain, from the input upward
@@ -309,25 +370,28 @@ def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) 
     chain.reverse()
     keep_sets = []
     mask = 1
-    masks = []
     for right in chain:
-        rmask = _mask_of(right)
-        mask |= rmask
+        mask |= _mask_of(right)
         outside = set(net.output)
         for k, labels in enumerate(net.labels):
             if not mask >> k & 1:
                 outside.update(labels)
         keep_sets.append(outside)
-        masks.append(rmask)
+    parts = [evaluate_tree(right, net, operands) if not isinstance(right, int)
+             else (operands[right], list(net.labels[right])) for right in chain]
     cur = list(net.labels[0])
     consts, steps = [], []
-    for right, keep in zip(chain, keep_sets):
-        c, lc = evaluate_tree(right, net, operands) if not isinstance(right, int) else (operands[right],
-                                                                                          list(net.labels[right]))
+    for k, ((c, lc), keep) in enumerate(zip(parts, keep_sets)):
         batch = [l for l in cur if l in lc and l in keep]
         summed = [l for l in cur if l in lc and l not in keep]
         t_only = [l for l in cur if l not in lc]
         c_only = [l for l in lc if l not in cur]
+        if k + 1 == len(parts):
+            c_only = _order_open(c_only, [l for l in net.output if l in c_only], [])
+        else:
+            nxt = parts[k + 1][1]
+            sums_next = [l for l in c_only if l in nxt and l not in keep_sets[k + 1]]
+            c_only = _order_open(c_only, [], sums_next)
         nb, nk = math.prod(size[l] for l in batch), math.prod(size[l] for l in summed)
         nc = math.prod(size[l] for l in c_only)
         prepared = c.permute([lc.index(l) for l in batch + summed + c_only]).reshape(nb, nk, nc).contiguous()
@@ -337,9 +401,12 @@ def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) 
         labels = batch + t_only + c_only
         perm = [cur.index(l) for l in batch + t_only + summed]
         steps.append(dict(perm=perm, ident=perm == list(range(len(perm))), nb=nb, nk=nk,
+                          prev=[-1 if l == "b" else size[l] for l in cur],
                           shape=[-1 if l == "b" else size[l] for l in labels]))
         cur = labels
-    return Program(path.kind, consts, steps, [cur.index(l) for l in net.output])
+    out_perm = [cur.index(l) for l in net.output]
+    flat = out_perm == list(range(len(out_perm))) and steps[-1]["nb"] == 1 and t_only == ["b"]
+    return Program(path.kind, consts, steps, out_perm, flat)
 
 
 def _mask_of(tree) -> int:
@@ -359,6 +426,29 @@ def run_program(program: Program, x: torch.Tensor) -> torch.Tensor:
         t = t.view(s["shape"])
     perm = program.out_perm
     return t if perm == list(range(len(perm))) else t.permute(perm)
+
+
+def run_linear(program: Program, x: torch.Tensor, in_modes: Sequence[int],
+               bias: torch.Tensor | None) -> torch.Tensor:
+    """``program`` on ``x`` of shape ``(rows, in_features)``, plus ``bias``: ``(rows, out_features)``. A flat
+    program's last step is one ``addmm`` (bias fused, no final copy)."""
+    rows = x.shape[0]
+    if not program.flat:
+        y = run_program(program, x.reshape(rows, *in_modes)).reshape(rows, -1)
+        return y if bias is None else y + bias
+    t = x
+    last = len(program.steps) - 1
+    for k, (c, s) in enumerate(zip(program.consts, program.steps)):
+        a = t if s["ident"] else t.reshape(s["prev"]).permute(s["perm"])
+        if s["nb"] > 1:
+            t = torch.bmm(a.reshape(s["nb"], -1, s["nk"]), c).view(s["shape"])
+        elif k < last:
+            t = torch.mm(a.reshape(-1, s["nk"]), c)
+        elif bias is None:
+            t = torch.mm(a.reshape(-1, s["nk"]), c)
+        else:
+            t = torch.addmm(bias, a.reshape(-1, s["nk"]), c)
+    return t.reshape(rows, -1)
 
 
 # ----------------------------------------------------------------------------------------------- the planner
@@ -482,12 +572,11 @@ class LinearPlanner:
         if threads > 1:
             torch.set_num_threads(1)
         try:
-            y = run_program(fast[2], x.reshape(rows, *layer.in_modes))
+            y = run_linear(fast[2], x.reshape(rows, layer.in_features), layer.in_modes, layer.bias)
         finally:
             if threads > 1:
                 torch.set_num_threads(threads)
-        y = y.reshape(*x.shape[:-1], layer.out_features)
-        return y if layer.bias is None else y + layer.bias
+        return y.reshape(*x.shape[:-1], layer.out_features)
 
 
 class PlannedLinear:
@@ -528,7 +617,7 @@ def _mode(layer, mode: str | None) -> str:
 
 
 __all__ = ["Network", "Path", "Program", "Choice", "LinearPlanner", "PlannedLinear", "factorized_path",
-           "merged_path", "dense_path", "compile_program", "run_program", "evaluate_tree", "step_time", "PLANS",
+           "merged_path", "dense_path", "compile_program", "run_program", "run_linear", "evaluate_tree", "step_time", "PLANS",
            "MODES", "MAC_RATE", "BANDWIDTH", "STEP_OVERHEAD", "MAX_CACHE"]
 
 
