@@ -28,7 +28,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -70,6 +69,7 @@ def child(rounds: int, repeats: int) -> dict:
 
     import compactnn as cn
     from compactnn.data import ArrayDataset, DataBundle
+    from integer_only import median_ms
     from compactnn.quantize.intonly.method import IntegerOnly
     from compactnn.quantize.intonly.native import status
 
@@ -100,21 +100,12 @@ def child(rounds: int, repeats: int) -> dict:
 
     def timed(fn) -> float:
         with torch.inference_mode():
-            for _ in range(3):
-                fn(batch)
-            ts = []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn(batch)
-                ts.append(time.perf_counter() - t)
-        return statistics.median(ts) * 1e3
+            return median_ms(fn, batch, repeats, warmup=3)
 
     per = {"ours": [], "torch": []}
     for _ in range(rounds):
         per["ours"].append(round(timed(im), 3))
-        time.sleep(0.3)
         per["torch"].append(round(timed(tq), 3))
-        time.sleep(0.3)
     ratios = [a / b for a, b in zip(per["ours"], per["torch"])]
     return dict(kernel=status(), data=data, exact=exact, ours_ms=statistics.median(per["ours"]),
                 torch_ms=statistics.median(per["torch"]), ratio=round(statistics.median(ratios), 3),
