@@ -136,7 +136,8 @@ def main() -> None:
                               str(args.repeats)], env=env, capture_output=True, text=True, cwd=ROOT / "benchmarks")
         if res.returncode:
             raise SystemExit(f"{label}: the child failed: {res.stderr.strip().splitlines()[-1]}")
-        row = dict(pair=label, ours=ours, torch_isa=isa or "default", **json.loads(res.stdout.strip().splitlines()[-1]))
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        row = dict(pair=label, ours=ours, torch_isa=isa or "default", **got)
         print(f"  ours {row['ours_ms']:.2f} ms ({row['kernel']}, bit-exact {row['exact']}), torch {row['torch_ms']:.2f} "
               f"ms: {row['ratio']:.2f}x (rounds {row['ratio_min']:.2f}-{row['ratio_max']:.2f})", flush=True)
         rows.append(row)

@@ -18,8 +18,9 @@ float32 operands and result (a roofline: a product is bound by its arithmetic or
 ``COPY_OVERHEAD`` and the copied bytes when the running intermediate must be permuted before its product. Whether it
 must follows from the layout :func:`compile_program` gives each product (the labels summed next placed last), so the
 cost of a step depends on the part joined before it: the searches keep, per subset, the best chain for each set of
-labels the last part brought, which keeps them exact (tested against brute force). The cheapest plan runs. Merged or rebuilt tensors are
-batch-independent, so in inference they are computed once and cached; their cost is left out of the per-call time.
+labels the last part brought, which keeps them exact (tested against brute force). The cheapest plan runs. Merged
+or rebuilt tensors are batch-independent, so in inference they are computed once and cached; their cost is left
+out of the per-call time.
 Plans and caches are per layer, keyed by the number of input rows (plans) and by the cores' ``_version`` counters and
 ``data_ptr`` (cached tensors): an optimizer step, ``load_state_dict`` or any in-place change of a core rebuilds them
 on the next call.
@@ -358,8 +359,8 @@ def compile_program(path: Path, net: Network, operands: Sequence[torch.Tensor]) 
     ``t = t.permute(perm).reshape(nb, -1, nk) @ C (nb, nk, n_c)``, result labels ``batch + t-only + c-only``.
     The order of ``c-only`` is free (it is the prepared constant's column order), so it is chosen to save copies:
     in the last step, the network's output order (the result is then flat, no final permute); before, the labels
-    the next step keeps first and those it sums last, in the order the next step sums them (its permute is then the
-    identity whenever the running intermediate's own labels allow).
+    the next step keeps first and those it sums last (its permute is then the identity whenever the labels it sums
+    all came with this part; the next constant takes the summed labels in this order).
     """
     size = net.size
     chain = []  # right-hand subtrees along the input chain, from the input upward
@@ -617,8 +618,8 @@ def _mode(layer, mode: str | None) -> str:
 
 
 __all__ = ["Network", "Path", "Program", "Choice", "LinearPlanner", "PlannedLinear", "factorized_path",
-           "merged_path", "dense_path", "compile_program", "run_program", "run_linear", "evaluate_tree", "step_time", "PLANS",
-           "MODES", "MAC_RATE", "BANDWIDTH", "STEP_OVERHEAD", "MAX_CACHE"]
+           "merged_path", "dense_path", "compile_program", "run_program", "run_linear", "evaluate_tree", "step_time",
+           "PLANS", "MODES", "MAC_RATE", "BANDWIDTH", "STEP_OVERHEAD", "COPY_OVERHEAD", "MAX_CACHE"]
 
 
 # ----------------------------------------------------------------------------------------------- convolutions
