@@ -83,7 +83,8 @@ class Conv(ctypes.Structure):
 
     _fields_ = [(k, _I64) for k in ("h", "w", "c", "o", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
                                     "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P),
-                                                                  ("rqn", Requant), ("leaky", _I64), ("raw", _I64)]
+                                                                  ("rqn", Requant), ("leaky", _I64), ("raw", _I64),
+                                                                  ("wp16", _P)]
 
 
 KINDS = ("auto", "vnni", "avx2", "generic")

@@ -327,38 +327,43 @@ void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, co
 #elif CNN_AVX2
 /* AVX2 path (CPUs without AVX-512 VNNI): the dot products with vpmaddwd on 16-bit values. vpmaddubsw (u8 x s8 pairs
    summed into saturating int16) is not used: 255*127*2 = 64770 overflows int16, so it would saturate where the
-   reference does not. Zero-extended codes (<= 255) times sign-extended weights (|w| <= 127), summed in pairs into
-   int32 by vpmaddwd, are exact (its one saturating case, -32768 * -32768 twice, cannot occur), and the int32 sums
-   are exact while K*255*127 < 2^31 (checked by the caller). Requantization and the fused Add: the definition
-   (requant1) and the Add's table, as the portable path. */
+   reference does not. Each group of 4 input bytes is broadcast to every dword (one load); its even bytes (0, 2) and
+   odd bytes (1, 3) as zero-extended int16 pairs (one and, one shift), times the channels' even / odd weight pairs
+   (sign-extended int16, packed so by program.py: Conv.wp16), summed in pairs into int32 by vpmaddwd, give each
+   channel's dword: no shuffles, and the accumulators are in channel order. The products are exact (|a*w| <= 255*128,
+   and vpmaddwd's one saturating case, -32768 * -32768 twice, cannot occur), and the int32 sums are exact while
+   K*255*127 < 2^31 (checked by the caller). Requantization: the folded form on 8 channels (below) where it applies,
+   else the definition (requant1) and the Add's table, as the portable path. */
 
 /* int32 accumulators of MR (<= 4) pixels x the 16 channels of block b, in channel order. */
 static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const Conv *d, const uint8_t *const *rows,
                                                               int64_t b, const int64_t *segoff, int32_t out[4][16]) {
     const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
-    const int8_t *w = d->wp + b * k4 * 64;
-    __m256i acc[4][4];
-    for (int i = 0; i < MR; i++)
-        for (int q = 0; q < 4; q++) acc[i][q] = _mm256_setzero_si256();
+    const int16_t *w = d->wp16 + b * k4 * 64;
+    const __m256i low = _mm256_set1_epi16(0x00FF);
+    __m256i acc[4][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
     for (int64_t s = 0; s < d->nseg; s++) {
         const int64_t so = segoff[s];
         for (int64_t t = 0; t < sl4; t++) {
-            const int8_t *wp = w + (s * sl4 + t) * 64;  /* [16 channels][4 bytes] */
-            __m256i wv[4];                              /* channels 4q..4q+3, their 4 weights as int16 */
-            for (int q = 0; q < 4; q++) wv[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wp + 16 * q)));
+            const __m256i *wp = (const __m256i *)(w + (s * sl4 + t) * 64);
+            const __m256i e0 = _mm256_loadu_si256(wp), o0 = _mm256_loadu_si256(wp + 1);
+            const __m256i e1 = _mm256_loadu_si256(wp + 2), o1 = _mm256_loadu_si256(wp + 3);
             for (int i = 0; i < MR; i++) {
                 int32_t av;
                 memcpy(&av, rows[i] + so + 4 * t, 4);
-                const __m256i a = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(av)));
-                for (int q = 0; q < 4; q++) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(a, wv[q]));
+                const __m256i x = _mm256_set1_epi32(av);
+                const __m256i xe = _mm256_and_si256(x, low), xo = _mm256_srli_epi16(x, 8);
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_add_epi32(_mm256_madd_epi16(xe, e0),
+                                                                         _mm256_madd_epi16(xo, o0)));
+                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_add_epi32(_mm256_madd_epi16(xe, e1),
+                                                                         _mm256_madd_epi16(xo, o1)));
             }
         }
     }
-    for (int i = 0; i < MR; i++) {  /* lanes hold two partial sums per channel: add the pairs, restore the order */
-        const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][0], acc[i][1]), 0xD8);
-        const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[i][2], acc[i][3]), 0xD8);
-        _mm256_storeu_si256((__m256i *)out[i], lo);
-        _mm256_storeu_si256((__m256i *)(out[i] + 8), hi);
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_si256((__m256i *)out[i], acc[i][0]);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), acc[i][1]);
     }
 }
 
@@ -416,9 +421,9 @@ static inline __m256i rq8_apply(__m256i acc, const int32_t *b32, const Rq8 *v, i
 /* The tile's codes with the folded form: MR pixels of block b, all 16 channels present. */
 static inline __attribute__((always_inline)) void emit_fast_avx2(const int MR, const Conv *d, int32_t acc[4][16],
                                                                  int64_t b, uint8_t *const *outs,
-                                                                 const uint8_t *const *ress) {
+                                                                 const uint8_t *const *ress, const Rq8 *v) {
     const int64_t c0 = b * 16;
-    const Rq8 v0 = rq8(&d->rq, c0), v1 = rq8(&d->rq, c0 + 8);
+    const Rq8 v0 = v[0], v1 = v[1];
     const __m256i lo = _mm256_set1_epi32((int32_t)d->rq.qmin), hi = _mm256_set1_epi32((int32_t)d->rq.qmax);
     const int neg = (int)d->rq.fneg;
     for (int i = 0; i < MR; i++) {
@@ -444,7 +449,9 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
     const int64_t nb = (d->o + 15) / 16;
     int32_t acc[4][16];
     for (int64_t b = 0; b < nb; b++) {
-        const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block of 16 channels */
+        const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block */
+        Rq8 v[2];  /* its constants, once per block */
+        if (fast) v[0] = rq8(&d->rq, b * 16), v[1] = rq8(&d->rq, b * 16 + 8);
         int64_t i = 0;
         if (d->raw) {
             const int64_t cnt = d->o - b * 16 < 16 ? d->o - b * 16 : 16;
@@ -454,15 +461,15 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
             }
             continue;
         }
-        for (; i + 3 <= m; i += 3) {
-            acc16_avx2(3, d, rows + i, b, segoff, acc);
-            if (fast) emit_fast_avx2(3, d, acc, b, outs + i, ress ? ress + i : 0);
+        for (; i + 4 <= m; i += 4) {
+            acc16_avx2(4, d, rows + i, b, segoff, acc);
+            if (fast) emit_fast_avx2(4, d, acc, b, outs + i, ress ? ress + i : 0, v);
             else
-                for (int r = 0; r < 3; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
+                for (int r = 0; r < 4; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
         }
         for (; i < m; i++) {
             acc16_avx2(1, d, rows + i, b, segoff, acc);
-            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0);
+            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0, v);
             else emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
         }
     }

@@ -74,6 +74,9 @@ typedef struct {
     Requant rqn;                     /* leaky: the negative side's constants (same bias arrays as rq) */
     int64_t leaky;                   /* 1: fused LeakyReLU: rqn where acc + bias < 0, else rq (never with add) */
     int64_t raw;                     /* 1: write the int32 accumulators (no bias; rq.fast = 0), 4*o bytes a pixel */
+    const int16_t *wp16;             /* the AVX2 path's weights (NULL on the others): [ceil(o/16)][nseg*seglen/4]
+                                        [4][8][2] int16: per group of 4 bytes, channels 0-7 then 8-15, each as the
+                                        even (bytes 0, 2) then the odd (bytes 1, 3) weight pairs of every channel */
 } Conv;
 
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }

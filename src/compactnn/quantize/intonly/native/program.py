@@ -179,6 +179,16 @@ def _pack(w: np.ndarray, nseg: int, seglen: int, per_pixel: bool) -> np.ndarray:
     return np.ascontiguousarray(seg.reshape(nb, 16, nseg * seglen // 4, 4).transpose(0, 2, 1, 3))
 
 
+def _pack16(wp: np.ndarray) -> np.ndarray:
+    """The AVX2 path's weights from :func:`_pack`'s ``[blocks][k4][16][4]`` int8: ``[blocks][k4][4][8][2]`` int16,
+    per group of 4 bytes the even (bytes 0, 2) and odd (bytes 1, 3) weight pairs of channels 0-7, then of 8-15
+    (``vpmaddwd`` of the even / odd input bytes with them gives each channel's dword directly; kernels.c)."""
+    nb, k4 = wp.shape[:2]
+    w = wp.astype(np.int16).reshape(nb, k4, 2, 8, 4)  # (block, group, half, channel, byte)
+    parts = np.stack([w[..., [0, 2]], w[..., [1, 3]]], axis=3)  # (block, group, half, even/odd, channel, pair)
+    return np.ascontiguousarray(parts.reshape(nb, k4, 4, 8, 2))
+
+
 def _layouts_differ(shape: tuple) -> bool:
     """Whether a value's NCHW (PyTorch) and NHWC (arena) layouts are different bytes: only for a 3-D value of more
     than one channel and more than one pixel; otherwise it is copied as it is."""
@@ -287,8 +297,8 @@ class NativeProgram:
         per_pixel = geo["dw"] != 1
         nseg, seglen = (kh * kw, _ceil(cin, 4)) if per_pixel else (kh, _ceil(kw * cin, 4))
         groups = geo.pop("groups", 1)
-        wp = self.keep(_pack(w4, nseg, seglen, per_pixel)) if groups == 1 else self.keep(
-            w4.transpose(0, 2, 3, 1).copy())
+        packed = _pack(w4, nseg, seglen, per_pixel) if groups == 1 else w4.transpose(0, 2, 3, 1).copy()
+        wp = self.keep(packed)
         w64 = w4.astype(np.int64).reshape(o, -1)  # acc + bias over all uint8 inputs (padding uses Z_in, also uint8)
         vmin, vmax = bias + 255 * np.minimum(w64, 0).sum(1), bias + 255 * np.maximum(w64, 0).sum(1)
         rq = _requant(self.keep, getattr(model, op.multiplier).numpy(), getattr(model, op.shift).numpy(), bias,
@@ -300,6 +310,8 @@ class NativeProgram:
             if not (rq.fast and rqn.fast):
                 rq.fast = rqn.fast = 0
             extra = dict(rqn=rqn, leaky=1)
+        if groups == 1 and self.lib.cnn_simd() == 1:  # the AVX2 path reads int16 weight pairs
+            extra["wp16"] = self.keep(_pack16(packed))
         d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo, **extra)
         self.keep.arrays.append(d)
         return d
