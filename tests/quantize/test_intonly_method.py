@@ -188,3 +188,34 @@ def test_input_quantization_rounds_half_away(int_lenet):
     assert q.dtype == torch.uint8 and int(q[0, 0, 0, 0]) == int(expect[0])
     y = int_lenet.quantize_input(x.float().repeat(10)[:64].reshape(1, 1, 8, 8)).reshape(-1)[:7].numpy()
     assert np.array_equal(y, quantize(x.float().numpy(), s, z, 0, 255))
+
+
+def test_reduce_range_gives_7bit_codes_everywhere(lenet, small, tmp_path):
+    """reduce_range=True (torch's x86 default): scales of 7-bit codes, every value's codes (reference engine) and the
+    input quantizer at most 127, the engines equal, the packed file keeps it, accuracy close to the 8-bit model's."""
+    im7 = cn.compress(lenet, IntegerOnly(mode="calibrate", calibration_batches=2, reduce_range=True), data=small)
+    im8 = cn.compress(lenet, IntegerOnly(mode="calibrate", calibration_batches=2), data=small)
+    x = small.test.x
+    q = im7.quantize_input(x * 10)  # far outside the calibrated range: clamped to 127
+    assert im7.input_qmax == 127 and int(q.max()) == 127 and im8.input_qmax == 255
+    values = im7.run_values(q, engine="reference")
+    assert max(int(v.max()) for v in values.values()) <= 127
+    assert all(op.qmax <= 127 for op in im7.ops if hasattr(op, "qmax"))
+    assert int_mismatches(im7, x) == 0
+    acc7, acc8 = ((m(x).argmax(1) == small.test.y).float().mean().item() for m in (im7, im8))
+    assert acc7 >= acc8 - 0.03
+    path = tmp_path / "m7.cnz"
+    cn.pack.save(im7, path)
+    back = cn.pack.load(path)
+    assert back.input_qmax == 127 and torch.equal(back(x), im7(x))
+    with pytest.raises(ConfigError, match="reduce_range"):
+        cn.compress(lenet, IntegerOnly(mode="calibrate", mixed=True, reduce_range=True), data=small)
+
+
+def test_input_qmax_in_a_file_is_checked(int_lenet):
+    """An input qmax that is not an int in [max(zero point, 1), 255] is refused with one line."""
+    z = int(int_lenet.input["zero_point"])
+    for bad in (300, -1, "127", 1.5) + ((z - 1,) if z > 1 else ()):
+        with pytest.raises(ModelError, match="input qmax"):
+            IntegerModel(int_lenet.input_shape, {**int_lenet.input, "qmax": bad}, int_lenet.output, int_lenet.values,
+                         int_lenet.ops, dict(int_lenet.named_buffers())).validate()

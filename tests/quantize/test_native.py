@@ -185,7 +185,7 @@ def test_residual_add_fused_into_conv_equals_unfused(block, conv_is_a, clamp, fo
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
-            for kind in ("auto", "generic"):
+            for kind in ("auto", "generic", *(k for k in ("avx2",) if k in KINDS)):
                 eng = FastEngine(im, kind)
                 fused = [a for a in eng.native.keep.arrays if isinstance(a, AddFuse)]
                 assert len(eng.native.fused) == 2 and len(fused) == 1 and fused[0].conv_is_a == conv_is_a
@@ -431,3 +431,35 @@ def test_forced_kernel_paths_report_what_they_run(monkeypatch):
         assert native.SIMD[lib.cnn_simd()] == kind and f"simd={kind}" in native.status()
     monkeypatch.setenv("COMPACTNN_NATIVE", "sse9")
     assert native.mode() == "auto"
+
+
+def test_seven_bit_codes_take_the_8bit_products_exactly():
+    """A model whose input codes are at most 127 (input qmax 127) and whose convs clamp at 127: on the AVX2 path each
+    conv reading such codes multiplies 8-bit values (vpmaddubsw, Conv.u7), with the same codes as the reference at the
+    extremes (codes 0 and 127, weights -127..127); a conv reading a value that may hold 255 keeps the 16-bit
+    products; codes above 127 are refused."""
+    if "avx2" not in KINDS:
+        pytest.skip("no AVX2 kernels on this machine")
+    from compactnn.quantize.intonly.native import Conv
+
+    rng = np.random.default_rng(7)
+    b = Builder(rng, (16, 9, 11), z_in=100)
+    c1 = b.conv("v0", 20, 3, padding=1, qmax=127, z=int(rng.integers(0, 128)))
+    c2 = b.conv(c1, 16, 3, padding=1, qmax=127, z=int(rng.integers(0, 128)))
+    c3 = b.conv(c2, 16, 3, padding=1, z=int(rng.integers(0, 128)))  # no clamp at 127: its output may hold 255
+    c4 = b.conv(c3, 16, 1, z=int(rng.integers(0, 128)))
+    im = b.model(c4)
+    im.input = {**im.input, "qmax": 127}
+    q = rng.integers(0, 128, (5, *im.input_shape), dtype=np.uint8)
+    q[0] = 127
+    q[1, :, ::2] = 0
+    ref = {k: torch.from_numpy(v) for k, v in run_reference(im, q).items()}
+    eng = FastEngine(im, "avx2")
+    assert [c.u7 for c in eng.native.keep.arrays if isinstance(c, Conv)] == [1, 1, 1, 0]
+    got = eng.run(torch.from_numpy(q), all_values=True)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    q[2, 0, 0, 0] = 128
+    with pytest.raises(ModelError, match="input qmax 127"):
+        eng.run(torch.from_numpy(q))
+    with pytest.raises(ModelError, match="input qmax 127"):
+        im.run_int(torch.from_numpy(q))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from compactnn.errors import ConfigError, ModelError
 
-from .qparams import asymmetric_uint8, nudged_range
+from .qparams import nudged_range
 
 __all__ = ["ActQuant", "fake_quant", "fake_quant_weight", "round_half_away_t", "weight_scale"]
 
@@ -89,10 +89,13 @@ class ActQuant(nn.Module):
     Args:
         ema_decay: EMA decay of the min/max, in [0, 1) (0.999 as TF and Distiller).
         act_delay: training steps (forward passes in training mode) before fake quantization starts.
+
+    ``self.qmax`` is the highest code (255; 127 for 7-bit activations, ``IntegerOnly(reduce_range=True)``).
     """
 
     def __init__(self, ema_decay: float = 0.999, act_delay: int = 0) -> None:
         super().__init__()
+        self.qmax = 255
         if not 0.0 <= ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.ema_decay = float(ema_decay)
@@ -147,11 +150,12 @@ class ActQuant(nn.Module):
         self.batches += 1
 
     def qparams(self) -> tuple[float, int]:
-        """``(scale, zero_point)`` of the observed range (:func:`.qparams.asymmetric_uint8`)."""
+        """``(scale, zero_point)`` of the observed range: :func:`.qparams.nudged_range` on [0, ``qmax``]."""
         if not self.observed:
             raise ModelError("an activation range was never observed; calibrate the model (run data through it) "
                              "before converting")
-        return asymmetric_uint8(float(self.min_val), float(self.max_val))
+        scale, zp, _, _ = nudged_range(float(self.min_val), float(self.max_val), 0, getattr(self, "qmax", 255))
+        return scale, zp
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training or self.calibrating:
@@ -161,7 +165,7 @@ class ActQuant(nn.Module):
             if int(self.steps) <= self.act_delay:
                 return x
         if self.enabled and not self.calibrating and self.observed:
-            return fake_quant(x, float(self.min_val), float(self.max_val))
+            return fake_quant(x, float(self.min_val), float(self.max_val), 0, getattr(self, "qmax", 255))
         return x
 
     def extra_repr(self) -> str:

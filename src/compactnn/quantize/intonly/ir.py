@@ -804,6 +804,8 @@ def _check_program(model, metadata: bool) -> dict[str, tuple[int, ...]]:
         if not isinstance(e, Mapping) or not isinstance(e.get("value"), str) or e["value"] not in qp:
             raise _Bad(f"{end} must name a value in values, got {_show(e)}")
         s, z = _check_qvalue(end, e)
+        if end == "input" and "qmax" in e:  # 7-bit activations: the input quantizer's highest code
+            _int(e["qmax"], "input qmax", max(z, 1), 255)
         if (s, z) != qp[e["value"]]:
             raise _Bad(f"{end} scale/zero point {(s, z)} differ from those of value {e['value']!r} {qp[e['value']]}")
         ends[end] = e["value"]

@@ -24,6 +24,7 @@ from .calibrate import calibrate, calibration_batches
 from .convert import convert
 from .model import IntegerModel, derived_weight_scales
 from .qat import prepare
+from .reduce import QMAX7, restrict_codes, set_activation_qmax
 
 __all__ = ["IntegerOnly", "inspect", "int_mismatches", "integer_only"]
 
@@ -51,6 +52,9 @@ class IntegerOnly(MethodConfig):
         mixed: convert the parts the integer engine supports and leave the rest in float, with quantize/dequantize
             at each border (post-training calibration only; see :mod:`.mixed`). False (the default) refuses a model
             that does not convert whole.
+        reduce_range: 7-bit activations, codes in [0, 127] (torch's x86 default, ``reduce_range=True``): one bit of
+            activation resolution traded for speed on CPUs without AVX-512 VNNI, where the native engine can then
+            use ``vpmaddubsw`` exactly (see :mod:`.reduce`). Still bit-exact between the engines.
     """
 
     method = "integer-only"
@@ -69,6 +73,7 @@ class IntegerOnly(MethodConfig):
     finetune: FineTune | None = FineTune(epochs=2)
     engine: Literal["fast", "reference"] = "fast"
     mixed: bool = False
+    reduce_range: bool = False
 
 
 def _input_shape(model: nn.Module, data: Any) -> tuple:
@@ -91,6 +96,8 @@ def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any =
         ConfigError: no data.
         ModelError: the model has a layer the integer model does not support.
     """
+    if config.mixed and config.reduce_range:
+        raise ConfigError("integer-only: reduce_range is not supported with mixed=True; drop one of them")
     if config.mixed:
         from .mixed import integer_mixed
 
@@ -99,10 +106,15 @@ def integer_only(model: nn.Module, config: IntegerOnly, data: Any, target: Any =
     shape = _input_shape(model, data)
     prepared = prepare(model, per_channel=config.per_channel, ema_decay=config.ema_decay,
                        act_delay=config.act_delay, freeze_bn_after=config.freeze_bn_after)
+    if config.reduce_range:
+        set_activation_qmax(prepared, QMAX7)
     calibrate(prepared, batches, config.calibration, config.percentile)
     if config.mode == "qat" and config.finetune is not None:
         run_finetune(prepared, data, config.finetune, IntegerOnly.method)
-    return convert(prepared, shape, engine=config.engine)
+    im = convert(prepared, shape, engine=config.engine)
+    if config.reduce_range:
+        restrict_codes(im, QMAX7)
+    return im
 
 
 def inspect(model: IntegerModel) -> list[dict]:

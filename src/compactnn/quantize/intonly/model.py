@@ -120,7 +120,8 @@ class IntegerModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------------- running
     def quantize_input(self, x: Tensor) -> Tensor:
-        """Check ``x`` and quantize it to uint8: ``clamp(round(x / S) + Z, 0, 255)``, rounding half away from zero."""
+        """Check ``x`` and quantize it to uint8: ``clamp(round(x / S) + Z, 0, qmax)``, rounding half away from zero
+        (``qmax``: the input entry's, 255 unless the model has 7-bit activations)."""
         if not isinstance(x, Tensor):
             raise ModelError(f"IntegerModel takes a float tensor, got {type(x).__name__}")
         if not x.dtype.is_floating_point:
@@ -133,7 +134,12 @@ class IntegerModel(nn.Module):
         m = t.abs()
         fl = torch.floor(m)
         r = torch.copysign(fl + (m - fl >= 0.5), t)  # exact half-away rounding (floor(m + 0.5) is not)
-        return (r + int(self.input["zero_point"])).clamp_(0, 255).to(torch.uint8)
+        return (r + int(self.input["zero_point"])).clamp_(0, self.input_qmax).to(torch.uint8)
+
+    @property
+    def input_qmax(self) -> int:
+        """The highest input code: 255, or 127 for a model with 7-bit activations (:func:`.reduce.restrict_codes`)."""
+        return int(self.input.get("qmax", 255))
 
     def dequantize_output(self, q: Tensor) -> Tensor:
         """``S·(q − Z)`` as float32."""
@@ -149,9 +155,16 @@ class IntegerModel(nn.Module):
         engine = self._check_engine(engine)
         if not isinstance(q, Tensor) or q.dtype != torch.uint8:
             raise ModelError(f"run_int takes a uint8 tensor, got {getattr(q, 'dtype', type(q).__name__)}")
+        self._check_codes(q)
         if engine == "reference":
             return torch.from_numpy(run_reference(self, q.numpy())[self.output["value"]])
         return self.fast_engine().run(q)
+
+    def _check_codes(self, q: Tensor) -> None:
+        """A model with 7-bit activations takes input codes of at most its input ``qmax``."""
+        if self.input_qmax < 255 and q.numel() and int(q.max()) > self.input_qmax:
+            raise ModelError(f"input codes go up to {int(q.max())}, above this model's input qmax {self.input_qmax} "
+                             "(7-bit activations); quantize with quantize_input, or clamp the codes")
 
     def run_values(self, q: Tensor, engine: str | None = None) -> dict[str, Tensor]:
         """Every value (input, each op's output) as uint8 tensors in PyTorch layout, for per-layer checks.
@@ -161,6 +174,7 @@ class IntegerModel(nn.Module):
             engine: ``"fast"`` or ``"reference"``; default ``self.engine``.
         """
         engine = self._check_engine(engine)
+        self._check_codes(q)
         if engine == "reference":
             return {k: torch.from_numpy(v) for k, v in run_reference(self, q.numpy()).items()}
         return self.fast_engine().run(q, all_values=True)

@@ -84,7 +84,7 @@ class Conv(ctypes.Structure):
     _fields_ = [(k, _I64) for k in ("h", "w", "c", "o", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
                                     "nseg", "seglen", "zin")] + [("wp", _P), ("rq", Requant), ("add", _P),
                                                                   ("rqn", Requant), ("leaky", _I64), ("raw", _I64),
-                                                                  ("wp16", _P)]
+                                                                  ("wp16", _P), ("u7", _I64)]
 
 
 KINDS = ("auto", "vnni", "avx2", "generic")
@@ -335,7 +335,7 @@ def _declare(lib) -> None:
         "cnn_scatter_channels": (None, [p, p, i64, i64, i64, i64]),
         "cnn_nhwc_to_nchw": (None, [p, p, i64, i64, i64]),
         "cnn_nchw_to_nhwc": (None, [p, p, i64, i64, i64]),
-        "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64]),
+        "cnn_quantize_f32": (None, [p, p, i64, ctypes.c_double, i64, i64]),
         "cnn_dequantize_u8": (None, [p, p, i64, ctypes.c_double, i64]),
         "cnn_l2_argmin": (i, [p, p, p, i64, i64, i64, i64, i64, p, p, i]),
         "cnn_adc_search": (i, [p, p, i64, i64, i64, i64, i64, p, p, i]),

@@ -8,13 +8,14 @@
 #include <immintrin.h>
 #endif
 
-void cnn_quantize_f32(const float *x, uint8_t *q, int64_t count, double scale, int64_t zp) {
+/* qmax: the highest code (255, or 127 for a model with 7-bit activations). */
+void cnn_quantize_f32(const float *x, uint8_t *q, int64_t count, double scale, int64_t zp, int64_t qmax) {
     int64_t i = 0;
 #if defined(__AVX512F__) && !defined(CNN_GENERIC)
     /* 8 at a time, the same IEEE operations (division, floor, compare, sign copy are exact or correctly rounded
        alike); max(r, 0) returns 0 for NaN (its second operand), as the scalar branch does. */
     const __m512d s = _mm512_set1_pd(scale), z = _mm512_set1_pd((double)zp), half = _mm512_set1_pd(0.5);
-    const __m512d one = _mm512_set1_pd(1.0), lo = _mm512_setzero_pd(), hi = _mm512_set1_pd(255.0);
+    const __m512d one = _mm512_set1_pd(1.0), lo = _mm512_setzero_pd(), hi = _mm512_set1_pd((double)qmax);
     const __m512i sign = _mm512_set1_epi64((int64_t)1 << 63);
     for (; i + 8 <= count; i += 8) {
         const __m512d t = _mm512_div_pd(_mm512_cvtps_pd(_mm256_loadu_ps(x + i)), s);
@@ -30,7 +31,7 @@ void cnn_quantize_f32(const float *x, uint8_t *q, int64_t count, double scale, i
     for (; i < count; i++) {
         double t = (double)x[i] / scale, m = fabs(t), fl = floor(m);
         double r = copysign(fl + (m - fl >= 0.5 ? 1.0 : 0.0), t) + (double)zp;
-        q[i] = r >= 255.0 ? 255 : (r >= 0.0 ? (uint8_t)r : 0); /* NaN -> 0 */
+        q[i] = r >= (double)qmax ? (uint8_t)qmax : (r >= 0.0 ? (uint8_t)r : 0); /* NaN -> 0 */
     }
 }
 

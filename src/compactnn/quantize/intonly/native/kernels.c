@@ -367,6 +367,42 @@ static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const
     }
 }
 
+/* The same with 8-bit products, for a conv whose input codes are all <= 127 (Conv.u7: 7-bit activations): the
+   group's 4 bytes broadcast to every dword, vpmaddubsw with the packed int8 weights (Conv.wp, 8 channels x 4 bytes
+   a register) gives each channel's two pair sums as int16, exact since |a0*w0 + a1*w1| <= 127*128*2 < 2^15, and
+   vpmaddwd with ones adds them into the channel's dword: 3 instructions for 32 products, not 4. */
+static inline __attribute__((always_inline)) void acc16_avx2_u7(const int MR, const Conv *d,
+                                                                 const uint8_t *const *rows, int64_t b,
+                                                                 const int64_t *segoff, int32_t out[4][16]) {
+    const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
+    const int8_t *w = d->wp + b * k4 * 64;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[4][2];
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int64_t s = 0; s < d->nseg; s++) {
+        const int64_t so = segoff[s];
+        for (int64_t t = 0; t < sl4; t++) {
+            const __m256i *wp = (const __m256i *)(w + (s * sl4 + t) * 64);
+            const __m256i w0 = _mm256_loadu_si256(wp), w1 = _mm256_loadu_si256(wp + 1);
+            for (int i = 0; i < MR; i++) {
+                int32_t av;
+                memcpy(&av, rows[i] + so + 4 * t, 4);
+                const __m256i x = _mm256_set1_epi32(av);
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+            }
+        }
+    }
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_si256((__m256i *)out[i], acc[i][0]);
+        _mm256_storeu_si256((__m256i *)(out[i] + 8), acc[i][1]);
+    }
+}
+
+/* The accumulators of MR pixels of block b with the conv's kernel (8-bit products where its inputs allow). */
+#define ACC16(MR, d, rows, b, segoff, acc) \
+    ((d)->u7 ? acc16_avx2_u7(MR, d, rows, b, segoff, acc) : acc16_avx2(MR, d, rows, b, segoff, acc))
+
 static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
                              int *ovf) {
     for (int64_t l = 0, c = b * 16; l < 16 && c < d->o; l++, c++) {
@@ -418,23 +454,101 @@ static inline __m256i rq8_apply(__m256i acc, const int32_t *b32, const Rq8 *v, i
     return _mm256_min_epi32(_mm256_max_epi32(y, lo), hi);
 }
 
+/* The fused Add's folded form (kernels.h) on 8 codes, the AVX2 version of vnni.h's add_apply: each input rescaled
+   (exactly linear, the int32 split form, or the int64 fold), summed, then the output fold; even and odd elements in
+   the low dwords of int64 lanes. AVX2 has no 64-bit arithmetic right shift: floor(t / 2^s) = ((t ^ 2^63) >> s)
+   - 2^(63 - s), with >> logical (exact for any int64 t and 0 < s < 64). */
+typedef struct {
+    __m256i z, alpha, m, c, n, mh, ml, k0, kn, off;
+    __m128i ls, s, sh;
+    int lin, split, neg;
+} AddSide8;
+
+typedef struct { AddSide8 own, res; __m256i my, cy, ny, offy, lo, hi; __m128i sy; int negy; } Add8;
+
+static inline AddSide8 add_side8(int64_t z, int64_t alpha, int64_t ls, int64_t m, int64_t c, int64_t s, int64_t n,
+                                 int64_t mh, int64_t ml, int64_t k0, int64_t kn, int64_t sh) {
+    return (AddSide8){_mm256_set1_epi32((int32_t)z), _mm256_set1_epi32((int32_t)alpha), _mm256_set1_epi64x(m),
+                      _mm256_set1_epi64x(c), _mm256_set1_epi64x(n), _mm256_set1_epi32((int32_t)mh),
+                      _mm256_set1_epi32((int32_t)ml), _mm256_set1_epi32((int32_t)k0), _mm256_set1_epi32((int32_t)kn),
+                      _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - s))), _mm_cvtsi64_si128(ls),
+                      _mm_cvtsi64_si128(s), _mm_cvtsi64_si128(sh), alpha != 0, sh != 0, n != 0};
+}
+
+static inline Add8 add8_vec(const AddFuse *f) {
+    return (Add8){add_side8(f->zs, f->alpha_s, f->ls, f->ms, f->cs, f->ss, f->ns, f->mhs, f->mls, f->k0s, f->kns,
+                            f->shs),
+                  add_side8(f->zr, f->alpha_r, f->ls, f->mr, f->cr, f->sr, f->nr, f->mhr, f->mlr, f->k0r, f->knr,
+                            f->shr),
+                  _mm256_set1_epi64x(f->my), _mm256_set1_epi64x(f->cy), _mm256_set1_epi64x(f->ny),
+                  _mm256_set1_epi64x((int64_t)((uint64_t)1 << (63 - f->sy))), _mm256_set1_epi32((int32_t)f->qmin),
+                  _mm256_set1_epi32((int32_t)f->qmax), _mm_cvtsi64_si128(f->sy), f->ny != 0};
+}
+
+/* (a + c - [a < 0] * n) >> s (arithmetic) for the int64 lanes a. */
+static inline __m256i fold8(__m256i a, __m256i c, int neg, __m256i n, __m128i s, __m256i off) {
+    __m256i t = _mm256_add_epi64(a, c);
+    if (neg) t = _mm256_sub_epi64(t, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_setzero_si256(), a), n));
+    return _mm256_sub_epi64(_mm256_srl_epi64(_mm256_xor_si256(t, _mm256_set1_epi64x(INT64_MIN)), s), off);
+}
+
+/* One input's rescaled values (even elements in *ev, odd ones in *od: low dwords). */
+static inline void rescale8(__m256i q, const AddSide8 *v, __m256i *ev, __m256i *od) {
+    const __m256i d = _mm256_sub_epi32(q, v->z);
+    if (v->lin || v->split) {
+        __m256i r;
+        if (v->lin) {
+            r = _mm256_mullo_epi32(d, v->alpha);
+        } else {  /* d*Mh + ((d*Ml + K0 - [d < 0]*Kn) >> S), all in int32 (program.py checks it on all codes) */
+            __m256i t = _mm256_add_epi32(_mm256_mullo_epi32(d, v->ml), v->k0);
+            t = _mm256_sub_epi32(t, _mm256_and_si256(_mm256_srai_epi32(d, 31), v->kn));
+            r = _mm256_add_epi32(_mm256_mullo_epi32(d, v->mh), _mm256_sra_epi32(t, v->sh));
+        }
+        *ev = r;
+        *od = _mm256_srli_epi64(r, 32);
+        return;
+    }
+    const __m256i x = _mm256_sll_epi32(d, v->ls);
+    *ev = fold8(_mm256_mul_epi32(x, v->m), v->c, v->neg, v->n, v->s, v->off);
+    *od = fold8(_mm256_mul_epi32(_mm256_srli_epi64(x, 32), v->m), v->c, v->neg, v->n, v->s, v->off);
+}
+
+/* own: the conv's 8 codes (int32 lanes); res: the residual's 8 codes -> the Add's 8 codes (int32 lanes). */
+static inline __m256i add8_apply(__m256i own, const uint8_t *res, const Add8 *v) {
+    const __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)res));
+    __m256i se, so, re, ro;
+    rescale8(own, &v->own, &se, &so);
+    rescale8(q, &v->res, &re, &ro);
+    se = _mm256_add_epi32(se, re);
+    so = _mm256_add_epi32(so, ro);
+    const __m256i ye = fold8(_mm256_mul_epi32(se, v->my), v->cy, v->negy, v->ny, v->sy, v->offy);
+    const __m256i yo = fold8(_mm256_mul_epi32(so, v->my), v->cy, v->negy, v->ny, v->sy, v->offy);
+    const __m256i y = _mm256_blend_epi32(ye, _mm256_slli_epi64(yo, 32), 0xAA);
+    return _mm256_min_epi32(_mm256_max_epi32(y, v->lo), v->hi);
+}
+
 /* The tile's codes with the folded form: MR pixels of block b, all 16 channels present. */
 static inline __attribute__((always_inline)) void emit_fast_avx2(const int MR, const Conv *d, int32_t acc[4][16],
                                                                  int64_t b, uint8_t *const *outs,
-                                                                 const uint8_t *const *ress, const Rq8 *v) {
+                                                                 const uint8_t *const *ress, const Rq8 *v,
+                                                                 const Add8 *av) {
     const int64_t c0 = b * 16;
     const Rq8 v0 = v[0], v1 = v[1];
     const __m256i lo = _mm256_set1_epi32((int32_t)d->rq.qmin), hi = _mm256_set1_epi32((int32_t)d->rq.qmax);
     const int neg = (int)d->rq.fneg;
     for (int i = 0; i < MR; i++) {
-        const __m256i y0 = rq8_apply(_mm256_loadu_si256((const __m256i *)acc[i]), d->rq.b32 + c0, &v0, neg, lo, hi);
-        const __m256i y1 = rq8_apply(_mm256_loadu_si256((const __m256i *)(acc[i] + 8)), d->rq.b32 + c0 + 8, &v1, neg,
-                                     lo, hi);
+        __m256i y0 = rq8_apply(_mm256_loadu_si256((const __m256i *)acc[i]), d->rq.b32 + c0, &v0, neg, lo, hi);
+        __m256i y1 = rq8_apply(_mm256_loadu_si256((const __m256i *)(acc[i] + 8)), d->rq.b32 + c0 + 8, &v1, neg,
+                               lo, hi);
+        if (av) {  /* the fused Add, folded */
+            y0 = add8_apply(y0, ress[i] + c0, av);
+            y1 = add8_apply(y1, ress[i] + c0 + 8, av);
+        }
         /* 16 int32 codes in [0, 255] -> 16 bytes in channel order */
         const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(y0, y1), 0xD8);
         const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256(w16, 1));
         uint8_t *o = outs[i] + c0;
-        if (d->add) {
+        if (d->add && !av) {
             uint8_t t[16];
             _mm_storeu_si128((__m128i *)t, bytes);
             for (int l = 0; l < 16; l++) o[l] = add1(d->add, t[l], ress[i][c0 + l]);
@@ -452,24 +566,26 @@ void cnn_rows_block(const Conv *d, const uint8_t *const *rows, uint8_t *const *o
         const int fast = d->rq.fast && !d->leaky && (b + 1) * 16 <= d->o;  /* the folded form on a full block */
         Rq8 v[2];  /* its constants, once per block */
         if (fast) v[0] = rq8(&d->rq, b * 16), v[1] = rq8(&d->rq, b * 16 + 8);
+        Add8 addv;
+        const Add8 *av = fast && d->add && d->add->fast ? (addv = add8_vec(d->add), &addv) : 0;
         int64_t i = 0;
         if (d->raw) {
             const int64_t cnt = d->o - b * 16 < 16 ? d->o - b * 16 : 16;
             for (; i < m; i++) {
-                acc16_avx2(1, d, rows + i, b, segoff, acc);
+                ACC16(1, d, rows + i, b, segoff, acc);
                 memcpy((int32_t *)outs[i] + b * 16, acc[0], 4 * cnt);
             }
             continue;
         }
         for (; i + 4 <= m; i += 4) {
-            acc16_avx2(4, d, rows + i, b, segoff, acc);
-            if (fast) emit_fast_avx2(4, d, acc, b, outs + i, ress ? ress + i : 0, v);
+            ACC16(4, d, rows + i, b, segoff, acc);
+            if (fast) emit_fast_avx2(4, d, acc, b, outs + i, ress ? ress + i : 0, v, av);
             else
                 for (int r = 0; r < 4; r++) emit_avx2(d, acc[r], b, outs[i + r], ress ? ress[i + r] : 0, ovf);
         }
         for (; i < m; i++) {
-            acc16_avx2(1, d, rows + i, b, segoff, acc);
-            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0, v);
+            ACC16(1, d, rows + i, b, segoff, acc);
+            if (fast) emit_fast_avx2(1, d, acc, b, outs + i, ress ? ress + i : 0, v, av);
             else emit_avx2(d, acc[0], b, outs[i], ress ? ress[i] : 0, ovf);
         }
     }
@@ -479,7 +595,7 @@ void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, co
     const int64_t nb = (d->o + 15) / 16;
     int32_t acc[4][16], best[16];
     for (int64_t b = 0; b < nb; b++) {
-        acc16_avx2(4, d, rows, b, segoff, acc);
+        ACC16(4, d, rows, b, segoff, acc);
         for (int l = 0; l < 16; l++) {
             const int32_t x = acc[0][l] > acc[1][l] ? acc[0][l] : acc[1][l];
             const int32_t y = acc[2][l] > acc[3][l] ? acc[2][l] : acc[3][l];

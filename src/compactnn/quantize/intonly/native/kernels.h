@@ -77,6 +77,8 @@ typedef struct {
     const int16_t *wp16;             /* the AVX2 path's weights (NULL on the others): [ceil(o/16)][nseg*seglen/4]
                                         [4][8][2] int16: per group of 4 bytes, channels 0-7 then 8-15, each as the
                                         even (bytes 0, 2) then the odd (bytes 1, 3) weight pairs of every channel */
+    int64_t u7;                      /* 1: every input code (padding included) is <= 127, so the AVX2 path may
+                                        multiply 8-bit values (vpmaddubsw cannot saturate); wp16 is then NULL */
 } Conv;
 
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }

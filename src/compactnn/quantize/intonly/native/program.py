@@ -24,6 +24,7 @@ kernel for); the engine then runs the pure-torch path.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 
 import numpy as np
@@ -189,6 +190,24 @@ def _pack16(wp: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(parts.reshape(nb, k4, 4, 8, 2))
 
 
+#: Ops whose output codes lie within their inputs' (they move, pick or average codes)
+_KEEPS_RANGE = (ir.MaxPool2d, ir.AvgPool2d, ir.GlobalAvgPool, ir.Flatten, ir.Permute, ir.Reshape, ir.Slice)
+
+
+def _code_max(model, op, ins: list[int], zp: dict) -> int:
+    """The highest code ``op`` can write: its clamp ``qmax``, its table's largest entry, its inputs' (ops that move
+    or average codes; a pad also writes the input zero point), else 255."""
+    if any(f.name == "qmax" for f in dataclasses.fields(op)):
+        return int(op.qmax)
+    if isinstance(op, ir.Lut):
+        return int(getattr(model, op.table).max())
+    if isinstance(op, _KEEPS_RANGE):
+        return max(ins)
+    if isinstance(op, ir.Pad):
+        return max(ins[0], zp[op.inputs[0]])
+    return 255
+
+
 def _layouts_differ(shape: tuple) -> bool:
     """Whether a value's NCHW (PyTorch) and NHWC (arena) layouts are different bytes: only for a 3-D value of more
     than one channel and more than one pixel; otherwise it is copied as it is."""
@@ -203,14 +222,17 @@ class NativeProgram:
         # the native entry point: the whole program is checked again here, right before any geometry goes to C
         checked = ir.check_program(model, metadata=False)
         self.input_value, self.output_value = model.input["value"], model.output["value"]
+        self.input_qmax = int(model.input.get("qmax", 255))  # 127 with 7-bit activations
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
         shp = {self.input_value: checked[self.input_value]}  # (C, H, W) or (F,), PyTorch order
         self.steps = []  # (fn(ptrs, n, threads), inputs, output)
         self.macs = 0  # multiply-adds (and element steps) per sample, for the serial threshold
         self._convs: dict = {}  # output value -> its Conv (groups == 1, and linear layers)
         self._adds: dict = {}  # output value -> the Add's 256 x 256 table
+        self.vmax = {self.input_value: self.input_qmax}  # the highest code each value can hold
         for op in model.ops:
             fn, shp[op.output] = KERNELS.get(op)(self, model, op, [shp[i] for i in op.inputs], zp)
+            self.vmax[op.output] = _code_max(model, op, [self.vmax[i] for i in op.inputs], zp)
             if tuple(shp[op.output]) != checked[op.output]:
                 raise ModelError(f"native program: op {op.label} gives shape {shp[op.output]}, the IR "
                                  f"{checked[op.output]}")
@@ -310,8 +332,11 @@ class NativeProgram:
             if not (rq.fast and rqn.fast):
                 rq.fast = rqn.fast = 0
             extra = dict(rqn=rqn, leaky=1)
-        if groups == 1 and self.lib.cnn_simd() == 1:  # the AVX2 path reads int16 weight pairs
-            extra["wp16"] = self.keep(_pack16(packed))
+        if groups == 1 and self.lib.cnn_simd() == 1:  # the AVX2 path: int16 weight pairs, or 8-bit products
+            if zin <= 127 and getattr(self, "vmax", {}).get(op.inputs[0], 255) <= 127:
+                extra["u7"] = 1  # every input code (and the padding) <= 127: vpmaddubsw is exact (kernels.c)
+            else:
+                extra["wp16"] = self.keep(_pack16(packed))
         d = Conv(c=cin, o=o, kh=kh, kw=kw, nseg=nseg, seglen=seglen, zin=zin, wp=wp, rq=rq, **geo, **extra)
         self.keep.arrays.append(d)
         return d
@@ -402,6 +427,8 @@ class NativeProgram:
     def run(self, q: Tensor, all_values: bool = False):
         """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
         n = int(q.shape[0])
+        if self.input_qmax < 255 and q.numel() and int(q.max()) > self.input_qmax:  # the 8-bit products need it
+            raise ModelError(f"input codes go up to {int(q.max())}, above the model's input qmax {self.input_qmax}")
         plan = self._plan(n, all_values)
         q = q.contiguous()
         self._put(plan, q.data_ptr(), n)
@@ -420,10 +447,11 @@ class NativeProgram:
         if self._reorder_in:  # the codes in NCHW first, then to NHWC; else straight into the arena
             if plan.codes is None or plan.codes.numel() < count:
                 plan.codes = torch.empty(count, dtype=torch.uint8)
-            self.lib.cnn_quantize_f32(x.data_ptr(), plan.codes.data_ptr(), count, s_in, z_in)
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.codes.data_ptr(), count, s_in, z_in, self.input_qmax)
             self._put(plan, plan.codes.data_ptr(), n)
         else:
-            self.lib.cnn_quantize_f32(x.data_ptr(), plan.ptr[self.input_value], count, s_in, z_in)
+            self.lib.cnn_quantize_f32(x.data_ptr(), plan.ptr[self.input_value], count, s_in, z_in,
+                                      self.input_qmax)
         self._execute(plan, n)
         y = torch.empty((n, *so), dtype=torch.float32)
         src = plan.ptr[self.output_value]
