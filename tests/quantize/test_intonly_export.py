@@ -290,6 +290,23 @@ def test_end_to_end_exact_mode_is_bit_identical(tmp_path, digits, name):
     np.testing.assert_array_equal(y, y_engine)  # float outputs too: same quantize, same dequantize
 
 
+def test_seven_bit_model_exports_its_input_clamp(tmp_path, digits):
+    """IntegerOnly(reduce_range=True): inputs far beyond the calibrated range quantize to at most 127 in both ONNX
+    forms, as in the engine (exact mode: every code equal)."""
+    import compactnn as cn
+    from compactnn.quantize.intonly.method import IntegerOnly
+
+    torch.manual_seed(0)
+    model = cn.models.create("lenet5", data=digits)
+    im = cn.compress(model, IntegerOnly(mode="calibrate", calibration_batches=2, reduce_range=True), data=digits)
+    x = digits.test.x[:64] * 3
+    assert int(im.quantize_input(x).max()) == 127
+    diff, y, y_engine = _onnx_vs_engine(im.eval(), x, tmp_path / "m7.onnx", "exact")
+    assert diff.max() == 0
+    diff, _, _ = _onnx_vs_engine(im, x, tmp_path / "m7q.onnx", "qlinear")
+    assert diff.max() <= 1
+
+
 def test_end_to_end_lenet5_qlinear_within_one_code(tmp_path, digits):
     diff, _, _ = _onnx_vs_engine(_integer_model("lenet5", digits), digits.test.x, tmp_path / "m.onnx", "qlinear")
     exact = float((diff == 0).mean())

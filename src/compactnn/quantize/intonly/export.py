@@ -218,7 +218,13 @@ def build_onnx(model, opset: int = DEFAULT_OPSET, mode: str = "exact"):
     if mode == "exact":
         exact.quantize_input(g, v_in)
     else:
-        g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [v_in])
+        qmax = int(model.input.get("qmax", 255))
+        if qmax < 255:  # 7-bit activations: the quantizer's codes clipped as IntegerModel.quantize_input does
+            g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [f"{v_in}_q8"])
+            g.node("Clip", [f"{v_in}_q8", g.const("in_qmin", np.array(0, dtype=np.uint8)),
+                            g.const("in_qmax", np.array(qmax, dtype=np.uint8))], [v_in])
+        else:
+            g.node("QuantizeLinear", ["input", *g.qparams(v_in)], [v_in])
     table = exact.KERNELS if mode == "exact" else KERNELS
     for i, op in enumerate(model.ops):
         table.get(op)(g, i, op)

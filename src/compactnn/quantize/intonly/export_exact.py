@@ -177,7 +177,8 @@ def quantize_input(g: Graph, v_in: str) -> None:
     r = _op(g, "Mul", [_op(g, "Sign", [t]), _op(g, "Floor", [_op(g, "Add", [_op(g, "Abs", [t]),
                                                                            _c(g, "f64_half", 0.5, np.float64)])])])
     r = _op(g, "Add", [r, _c(g, "in_zp", float(g.model.input["zero_point"]), np.float64)])
-    r = _op(g, "Clip", [r, _c(g, "f64_0", 0.0, np.float64), _c(g, "f64_255", 255.0, np.float64)])
+    qmax = float(g.model.input.get("qmax", 255))  # 127 with 7-bit activations
+    r = _op(g, "Clip", [r, _c(g, "f64_0", 0.0, np.float64), _c(g, f"f64_{qmax:g}", qmax, np.float64)])
     g.node("Cast", [r], [v_in], to=_UINT8)
 
 
