@@ -335,61 +335,42 @@ void cnn_pool4_block(const Conv *d, const uint8_t *const *rows, uint8_t *out, co
    K*255*127 < 2^31 (checked by the caller). Requantization: the folded form on 8 channels (below) where it applies,
    else the definition (requant1) and the Add's table, as the portable path. */
 
-/* int32 accumulators of MR (<= 4) pixels x the 16 channels of block b, in channel order. */
-static inline __attribute__((always_inline)) void acc16_avx2(const int MR, const Conv *d, const uint8_t *const *rows,
-                                                              int64_t b, const int64_t *segoff, int32_t out[4][16]) {
+/* int32 accumulators of MR (<= 4) pixels x the 16 channels of block b, in channel order. U7: 8-bit products, for
+   a conv whose input codes are all <= 127 (Conv.u7: 7-bit activations): vpmaddubsw of the broadcast group with the
+   packed int8 weights (Conv.wp, 8 channels x 4 bytes a register) gives each channel's two pair sums as int16, exact
+   since |a0*w0 + a1*w1| <= 127*128*2 < 2^15, and vpmaddwd with ones adds them into the channel's dword: 3
+   instructions for 32 products, not 4. */
+static inline __attribute__((always_inline)) void acc16_avx2(const int U7, const int MR, const Conv *d,
+                                                              const uint8_t *const *rows, int64_t b,
+                                                              const int64_t *segoff, int32_t out[4][16]) {
     const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
-    const int16_t *w = d->wp16 + b * k4 * 64;
-    const __m256i low = _mm256_set1_epi16(0x00FF);
+    const int8_t *w8 = U7 ? d->wp + b * k4 * 64 : 0;
+    const int16_t *w16 = U7 ? 0 : d->wp16 + b * k4 * 64;
+    const __m256i low = _mm256_set1_epi16(0x00FF), ones = _mm256_set1_epi16(1);
     __m256i acc[4][2];
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
     for (int64_t s = 0; s < d->nseg; s++) {
         const int64_t so = segoff[s];
         for (int64_t t = 0; t < sl4; t++) {
-            const __m256i *wp = (const __m256i *)(w + (s * sl4 + t) * 64);
-            const __m256i e0 = _mm256_loadu_si256(wp), o0 = _mm256_loadu_si256(wp + 1);
-            const __m256i e1 = _mm256_loadu_si256(wp + 2), o1 = _mm256_loadu_si256(wp + 3);
+            const int64_t kk = (s * sl4 + t) * 64;
+            const __m256i *wp = U7 ? (const __m256i *)(w8 + kk) : (const __m256i *)(w16 + kk);
+            const __m256i w0 = _mm256_loadu_si256(wp), w1 = _mm256_loadu_si256(wp + 1);  /* U7: channels 0-7, 8-15 */
+            __m256i w2 = w0, w3 = w1;  /* else e0, o0, e1, o1 */
+            if (!U7) w2 = _mm256_loadu_si256(wp + 2), w3 = _mm256_loadu_si256(wp + 3);
             for (int i = 0; i < MR; i++) {
                 int32_t av;
                 memcpy(&av, rows[i] + so + 4 * t, 4);
                 const __m256i x = _mm256_set1_epi32(av);
-                const __m256i xe = _mm256_and_si256(x, low), xo = _mm256_srli_epi16(x, 8);
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_add_epi32(_mm256_madd_epi16(xe, e0),
-                                                                         _mm256_madd_epi16(xo, o0)));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_add_epi32(_mm256_madd_epi16(xe, e1),
-                                                                         _mm256_madd_epi16(xo, o1)));
-            }
-        }
-    }
-    for (int i = 0; i < MR; i++) {
-        _mm256_storeu_si256((__m256i *)out[i], acc[i][0]);
-        _mm256_storeu_si256((__m256i *)(out[i] + 8), acc[i][1]);
-    }
-}
-
-/* The same with 8-bit products, for a conv whose input codes are all <= 127 (Conv.u7: 7-bit activations): the
-   group's 4 bytes broadcast to every dword, vpmaddubsw with the packed int8 weights (Conv.wp, 8 channels x 4 bytes
-   a register) gives each channel's two pair sums as int16, exact since |a0*w0 + a1*w1| <= 127*128*2 < 2^15, and
-   vpmaddwd with ones adds them into the channel's dword: 3 instructions for 32 products, not 4. */
-static inline __attribute__((always_inline)) void acc16_avx2_u7(const int MR, const Conv *d,
-                                                                 const uint8_t *const *rows, int64_t b,
-                                                                 const int64_t *segoff, int32_t out[4][16]) {
-    const int64_t k4 = d->nseg * d->seglen / 4, sl4 = d->seglen / 4;
-    const int8_t *w = d->wp + b * k4 * 64;
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256i acc[4][2];
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
-    for (int64_t s = 0; s < d->nseg; s++) {
-        const int64_t so = segoff[s];
-        for (int64_t t = 0; t < sl4; t++) {
-            const __m256i *wp = (const __m256i *)(w + (s * sl4 + t) * 64);
-            const __m256i w0 = _mm256_loadu_si256(wp), w1 = _mm256_loadu_si256(wp + 1);
-            for (int i = 0; i < MR; i++) {
-                int32_t av;
-                memcpy(&av, rows[i] + so + 4 * t, 4);
-                const __m256i x = _mm256_set1_epi32(av);
-                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
-                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+                if (U7) {
+                    acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones));
+                    acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones));
+                } else {
+                    const __m256i xe = _mm256_and_si256(x, low), xo = _mm256_srli_epi16(x, 8);
+                    acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_add_epi32(_mm256_madd_epi16(xe, w0),
+                                                                             _mm256_madd_epi16(xo, w1)));
+                    acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_add_epi32(_mm256_madd_epi16(xe, w2),
+                                                                             _mm256_madd_epi16(xo, w3)));
+                }
             }
         }
     }
@@ -401,7 +382,7 @@ static inline __attribute__((always_inline)) void acc16_avx2_u7(const int MR, co
 
 /* The accumulators of MR pixels of block b with the conv's kernel (8-bit products where its inputs allow). */
 #define ACC16(MR, d, rows, b, segoff, acc) \
-    ((d)->u7 ? acc16_avx2_u7(MR, d, rows, b, segoff, acc) : acc16_avx2(MR, d, rows, b, segoff, acc))
+    ((d)->u7 ? acc16_avx2(1, MR, d, rows, b, segoff, acc) : acc16_avx2(0, MR, d, rows, b, segoff, acc))
 
 static inline void emit_avx2(const Conv *d, const int32_t *acc, int64_t b, uint8_t *out, const uint8_t *res,
                              int *ovf) {
