@@ -24,6 +24,7 @@ VARIANTS = {  # label -> IntegerOnly keyword arguments (besides calibration_batc
     "calibrate minmax": dict(mode="calibrate", calibration="minmax"),
     "calibrate percentile": dict(mode="calibrate", calibration="percentile"),
     "calibrate minmax, per-tensor": dict(mode="calibrate", calibration="minmax", per_channel=False),
+    "QAT, 7-bit activations": dict(mode="qat", reduce_range=True),  # torch's x86 numerics (reduce_range)
 }
 
 

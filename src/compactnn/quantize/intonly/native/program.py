@@ -333,7 +333,7 @@ class NativeProgram:
                 rq.fast = rqn.fast = 0
             extra = dict(rqn=rqn, leaky=1)
         if groups == 1 and self.lib.cnn_simd() == 1:  # the AVX2 path: int16 weight pairs, or 8-bit products
-            if zin <= 127 and getattr(self, "vmax", {}).get(op.inputs[0], 255) <= 127:
+            if zin <= 127 and self.vmax.get(op.inputs[0], 255) <= 127:
                 extra["u7"] = 1  # every input code (and the padding) <= 127: vpmaddubsw is exact (kernels.c)
             else:
                 extra["wp16"] = self.keep(_pack16(packed))
