@@ -6,13 +6,15 @@ runs in its own child process with both set before torch starts:
 
 - ``vnni`` vs torch default (on a host with AMX-INT8, torch's oneDNN runs its int8 convolutions on AMX tiles);
 - ``vnni`` vs torch with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`` (the same instruction set as ours);
-- ``avx2`` vs torch with ``ONEDNN_MAX_CPU_ISA=AVX2`` (a CPU without VNNI: most laptops and many cloud VMs).
+- ``avx2`` vs torch with ``ONEDNN_MAX_CPU_ISA=AVX2`` (a CPU without VNNI: most laptops and many cloud VMs);
+- the same with our activations on 7 bits (``IntegerOnly(reduce_range=True)``): torch's x86 qconfig quantizes its
+  activations so in every row, and on AVX2 that lets both engines multiply 8-bit values (``vpmaddubsw``).
 
 The model is the registry ResNet-20 on a (1, 28, 28) input, seeded, its BatchNorm statistics set by forward passes
 over the calibration images (Fashion-MNIST, or scikit-learn's digits padded to 28x28 when it is not installed), then
 converted post-training (``IntegerOnly(mode="calibrate")``): speed does not depend on how well the weights are
 trained, so no training runs here. Every child also checks its path's outputs bit for bit against the reference
-engine. Each child times ``--rounds`` rounds, each both engines in turn (median of ``--repeats`` runs); the ratio is
+engine, and reports each engine's output error against the float model. Each child times ``--rounds`` rounds, each both engines in turn (median of ``--repeats`` runs); the ratio is
 the median over rounds. Results: docs/results/int8_isa.{md,json,png}.
 
     python benchmarks/int8_isa.py [--rounds 5] [--repeats 20]
