@@ -39,6 +39,7 @@ from compactnn.errors import ModelError
 
 from . import ir
 from .fixedpoint import INT32_MAX, INT32_MIN
+from .reduce import check_input_codes
 
 __all__ = ["FastEngine", "KERNELS", "Requant", "mbqm_fast"]
 
@@ -256,6 +257,7 @@ class FastEngine:
         self.native = None if lib is None else NativeProgram.build(model, lib)
         self.input_value = model.input["value"]
         self.output_value = model.output["value"]
+        self.input_qmax = int(model.input.get("qmax", 255))  # 127 with 7-bit activations
         zp = {k: int(v["zero_point"]) for k, v in model.values.items()}
         consumers: dict[str, int] = {}
         for op in model.ops:
@@ -312,6 +314,7 @@ class FastEngine:
 
     def run(self, q: Tensor, all_values: bool = False):
         """Run on uint8 codes (PyTorch layout); the uint8 output, or every value by name if ``all_values``."""
+        check_input_codes(q, self.input_qmax)
         if self.native is not None and q.shape[0] > 0:
             return self.native.run(q, all_values)
         env = {self.input_value: self._to_internal(q)}

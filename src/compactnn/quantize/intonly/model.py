@@ -16,6 +16,7 @@ from compactnn.pack.spec import packable
 
 from . import ir
 from . import reference as ref
+from .reduce import check_input_codes
 
 __all__ = ["IntegerModel", "derived_weight_scales", "run_reference", "weight_scales"]
 
@@ -155,16 +156,10 @@ class IntegerModel(nn.Module):
         engine = self._check_engine(engine)
         if not isinstance(q, Tensor) or q.dtype != torch.uint8:
             raise ModelError(f"run_int takes a uint8 tensor, got {getattr(q, 'dtype', type(q).__name__)}")
-        self._check_codes(q)
         if engine == "reference":
+            check_input_codes(q, self.input_qmax)  # the fast engine checks in its run
             return torch.from_numpy(run_reference(self, q.numpy())[self.output["value"]])
         return self.fast_engine().run(q)
-
-    def _check_codes(self, q: Tensor) -> None:
-        """A model with 7-bit activations takes input codes of at most its input ``qmax``."""
-        if self.input_qmax < 255 and q.numel() and int(q.max()) > self.input_qmax:
-            raise ModelError(f"input codes go up to {int(q.max())}, above this model's input qmax {self.input_qmax} "
-                             "(7-bit activations); quantize with quantize_input, or clamp the codes")
 
     def run_values(self, q: Tensor, engine: str | None = None) -> dict[str, Tensor]:
         """Every value (input, each op's output) as uint8 tensors in PyTorch layout, for per-layer checks.
@@ -174,8 +169,8 @@ class IntegerModel(nn.Module):
             engine: ``"fast"`` or ``"reference"``; default ``self.engine``.
         """
         engine = self._check_engine(engine)
-        self._check_codes(q)
         if engine == "reference":
+            check_input_codes(q, self.input_qmax)
             return {k: torch.from_numpy(v) for k, v in run_reference(self, q.numpy()).items()}
         return self.fast_engine().run(q, all_values=True)
 

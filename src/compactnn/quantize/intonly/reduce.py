@@ -28,6 +28,19 @@ from .fakequant import ActQuant
 QMAX7 = 127
 
 
+def has_clamp(op: ir.Op) -> bool:
+    """Whether ``op`` clamps its output codes to ``[qmin, qmax]`` (fields of its own)."""
+    return any(f.name == "qmax" for f in dataclasses.fields(op))
+
+
+def check_input_codes(q: torch.Tensor, qmax: int) -> None:
+    """Refuse input codes above ``qmax`` (a model with 7-bit activations; the 8-bit products of the AVX2 path need
+    the bound), with one line."""
+    if qmax < 255 and q.numel() and int(q.max()) > qmax:
+        raise ModelError(f"input codes go up to {int(q.max())}, above this model's input qmax {qmax} (7-bit "
+                         "activations); quantize with quantize_input, or clamp the codes")
+
+
 def set_activation_qmax(model: nn.Module, qmax: int) -> None:
     """Every activation observer of a prepared model quantizes on [0, ``qmax``] (before calibration)."""
     for m in model.modules():
@@ -46,7 +59,7 @@ def restrict_codes(model, qmax: int = QMAX7) -> None:
                          f"the observers' qmax set to {qmax}")
     ops = []
     for op in model.ops:
-        if any(f.name == "qmax" for f in dataclasses.fields(op)):
+        if has_clamp(op):
             op = dataclasses.replace(op, qmin=min(op.qmin, qmax), qmax=min(op.qmax, qmax))
         elif isinstance(op, ir.Lut):
             with torch.no_grad():
@@ -57,4 +70,4 @@ def restrict_codes(model, qmax: int = QMAX7) -> None:
     model._fast = None
 
 
-__all__ = ["QMAX7", "restrict_codes", "set_activation_qmax"]
+__all__ = ["QMAX7", "check_input_codes", "has_clamp", "restrict_codes", "set_activation_qmax"]

@@ -24,7 +24,6 @@ kernel for); the engine then runs the pure-torch path.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import threading
 
 import numpy as np
@@ -36,6 +35,7 @@ from compactnn.errors import ModelError
 from .. import ir
 from .. import reference as ref
 from ..fixedpoint import INT32_MAX, INT32_MIN, multiply_by_quantized_multiplier
+from ..reduce import has_clamp
 from . import AddFuse, Conv, Requant
 
 __all__ = ["KERNELS", "NativeProgram", "unsupported"]
@@ -197,7 +197,7 @@ _KEEPS_RANGE = (ir.MaxPool2d, ir.AvgPool2d, ir.GlobalAvgPool, ir.Flatten, ir.Per
 def _code_max(model, op, ins: list[int], zp: dict) -> int:
     """The highest code ``op`` can write: its clamp ``qmax``, its table's largest entry, its inputs' (ops that move
     or average codes; a pad also writes the input zero point), else 255."""
-    if any(f.name == "qmax" for f in dataclasses.fields(op)):
+    if has_clamp(op):
         return int(op.qmax)
     if isinstance(op, ir.Lut):
         return int(getattr(model, op.table).max())
@@ -425,10 +425,9 @@ class NativeProgram:
         return out
 
     def run(self, q: Tensor, all_values: bool = False):
-        """uint8 codes in PyTorch layout -> the output codes (or every value by name)."""
+        """uint8 codes in PyTorch layout (at most the input qmax: FastEngine.run checks) -> the output codes (or every
+        value by name)."""
         n = int(q.shape[0])
-        if self.input_qmax < 255 and q.numel() and int(q.max()) > self.input_qmax:  # the 8-bit products need it
-            raise ModelError(f"input codes go up to {int(q.max())}, above the model's input qmax {self.input_qmax}")
         plan = self._plan(n, all_values)
         q = q.contiguous()
         self._put(plan, q.data_ptr(), n)
